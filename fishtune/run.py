@@ -1,0 +1,225 @@
+"""One FISH-Tuning run: `python -m fishtune.run task=rte peft=lora mask=fish budget=2`.
+
+config -> task -> data -> model -> PEFT method on layers -> Fisher -> mask -> masked Adam -> result file.
+Everything that can be wrong with a config is checked in `plan()` before any weights are loaded.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+from transformers import set_seed
+
+from . import data as glue
+from .fisher import empirical_fisher
+from .masks import build_mask, check_mode
+from .methods import check_method, count_on_meta, insert_method, original_layers, run_layers, split_trainable
+from .models import DECODER_FAMILIES, check_model_config, load_model, load_tokenizer, model_config
+from .results import git_commit, now_iso, package_versions, result_path, write_json_atomic, SCHEMA, config_hash
+from .tasks import TaskSpec, get_task
+from .train import TrainSettings, apply_masks, train
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+class ConfigError(ValueError):
+    """A bad config value, reported as one line before any work starts."""
+
+
+@dataclass
+class Plan:
+    """What a run will do, derived from its config without loading any weights."""
+    config: dict
+    task: TaskSpec
+    family: str
+    layers: int
+    mode: str
+    k: int | None          # trainable entries in all (head included); None = everything inserted
+    head: int
+    candidates: int
+    total: int
+    path: Path
+
+
+def plan(config: dict) -> Plan:
+    """Validate a resolved config and derive the run's layers, budget and result path."""
+    try:
+        task = get_task(config["task"]["name"])
+        model_cfg, peft_cfg, mask_cfg = config["model"], config["peft"], config["mask"]
+        check_model_config(model_cfg)
+        mode = mask_cfg["mode"]
+        check_mode(mode)
+        family = model_cfg["family"]
+        check_method(peft_cfg["name"], family)
+        glue.check_glue_files(task, config["data"]["glue_dir"])
+        budget = int(config["budget"])
+        layers = run_layers(peft_cfg, mode, budget)
+        tokenizer = load_tokenizer(model_cfg) if model_cfg["source"] == "tiny" else None
+        conf = model_config(model_cfg, task.num_labels, tokenizer)
+        if not 1 <= layers <= conf.num_hidden_layers:
+            raise ValueError(f"cannot insert {peft_cfg['name']} on {layers} layers: {model_cfg['name']} has "
+                             f"{conf.num_hidden_layers} (allowed 1..{conf.num_hidden_layers})")
+        counts = count_on_meta(conf, peft_cfg, layers, family)
+        k = None
+        if mode != "none":
+            k = mask_cfg.get("k")
+            if k is None:  # the trainable count of the original run at this budget level
+                rank = mask_cfg.get("budget_rank") or peft_cfg.get("rank")
+                original = dict(peft_cfg, rank=rank, layers=None)
+                k = count_on_meta(conf, original, original_layers(peft_cfg, budget), family)["trainable"]
+            k = int(k)
+            if not counts["head"] <= k <= counts["trainable"]:
+                raise ValueError(f"budget k={k} is impossible for {peft_cfg['name']} on {layers} layers: it must lie "
+                                 f"between the head's {counts['head']} and all {counts['trainable']} inserted entries")
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        raise ConfigError(str(e).strip("'\"")) from e
+    path = result_path(config["paths"]["runs_dir"], config, layers)
+    return Plan(config, task, family, layers, mode, k, counts["head"], counts["trainable"] - counts["head"],
+                counts["total"], path)
+
+
+def _device_and_precision(train_cfg: dict) -> tuple[str, bool]:
+    device = train_cfg["device"]
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    precision = train_cfg["precision"]
+    bf16 = precision == "bf16" or (precision == "auto" and device == "cuda" and torch.cuda.is_bf16_supported())
+    return device, bf16
+
+
+def execute(p: Plan, progress: bool = True) -> dict:
+    """Run the plan and write its result file; returns the result."""
+    cfg, task = p.config, p.task
+    seed = int(cfg["seed"])
+    device, bf16 = _device_and_precision(cfg["train"])
+    p.path.parent.mkdir(parents=True, exist_ok=True)
+    set_seed(seed)
+
+    tokenizer = load_tokenizer(cfg["model"])
+    template = cfg["model"]["family"] in DECODER_FAMILIES
+    glue_dir = cfg["data"]["glue_dir"]
+    splits = {}
+    for split in ("train", "dev"):
+        examples = glue.subsample(glue.load_split(task, split, glue_dir), cfg["data"][f"{split}_samples"], seed)
+        splits[split] = glue.encode(examples, tokenizer, task, use_template=template)
+    batch_size = int(cfg["train"]["batch_size"])
+    train_loader = glue.make_loader(splits["train"], tokenizer, batch_size, shuffle=True, seed=seed)
+    dev_loader = glue.make_loader(splits["dev"], tokenizer, int(cfg["train"]["eval_batch_size"]), sort_by_length=True)
+
+    set_seed(seed)  # the head's initialisation and the method's insertion must not depend on data loading
+    model = insert_method(load_model(cfg["model"], task.num_labels, tokenizer), cfg["peft"], p.layers, p.family)
+    model.to(device)
+    head, candidates = split_trainable(model, p.family)
+
+    fisher_seconds = 0.0
+    mask_file = p.path.with_suffix(".mask.pt")
+    if p.mode != "none":
+        if mask_file.exists():  # a resumed run keeps the mask it started with
+            masks = torch.load(mask_file)
+        else:
+            scores = {n: torch.zeros_like(q) for n, q in candidates.items()}
+            if p.mode in ("fish", "rev"):
+                t0 = time.perf_counter()
+                n = int(cfg["fisher"]["samples"])
+                fisher_set = glue.subsample(splits["train"], n, seed)
+                loader = glue.make_loader(fisher_set, tokenizer, int(cfg["fisher"]["chunk_size"]), sort_by_length=True)
+                for q in head.values():  # the head is always trained: no need to score it
+                    q.requires_grad_(False)
+                fisher = empirical_fisher(model, loader, n)
+                for q in head.values():
+                    q.requires_grad_(True)
+                scores = {n_: fisher[n_] for n_ in candidates}
+                fisher_seconds = time.perf_counter() - t0
+            masks = build_mask(scores, p.k - p.head, p.mode, seed)
+            torch.save(masks, mask_file)
+        partial = apply_masks(model, masks)
+        trainable = p.head + sum(int(m.sum()) for m in masks.values())
+    else:
+        partial = {}
+        trainable = p.head + p.candidates
+
+    lr = float(cfg["train"]["lr"] or task.lr) * float(cfg["train"]["lr_scale"])
+    settings = TrainSettings(lr=lr, weight_decay=float(cfg["train"]["weight_decay"]),
+                             max_epochs=int(cfg["train"]["max_epochs"]), patience=int(cfg["train"]["patience"]),
+                             device=device, bf16=bf16, progress=progress)
+    checkpoint = p.path.with_suffix(".ckpt.pt")
+    outcome = train(model, train_loader, dev_loader, task, settings, partial, checkpoint=checkpoint)
+
+    result = {
+        "schema": SCHEMA, "run_id": p.path.stem, "config_hash": config_hash(cfg), "config": cfg,
+        "model": cfg["model"]["name"], "task": task.name, "method": cfg["peft"]["name"], "layers": p.layers,
+        "rank": cfg["peft"].get("rank"), "mask": p.mode, "budget": int(cfg["budget"]), "seed": seed,
+        "trainable": trainable, "total": p.total, "ratio_pct": 100 * trainable / p.total, "lr": lr,
+        "train_examples": len(splits["train"]), "dev_examples": len(splits["dev"]),
+        "history": outcome.history, "best": outcome.best, "stop_reason": outcome.stop_reason,
+        "fisher_seconds": fisher_seconds, "train_seconds": outcome.train_seconds,
+        "samples_per_second": outcome.samples_seen / max(outcome.train_seconds, 1e-9),
+        "device": device, "precision": "bf16" if bf16 else "fp32",
+        "versions": package_versions(), "git_commit": git_commit(), "finished_at": now_iso(),
+    }
+    write_json_atomic(p.path, result)
+    checkpoint.unlink(missing_ok=True)
+    return result
+
+
+def run(config: dict | DictConfig, progress: bool = True) -> dict:
+    """Plan and execute one run, or return the existing result when its file is already there."""
+    if isinstance(config, DictConfig):
+        config = OmegaConf.to_container(config, resolve=True)
+    p = plan(config)
+    if p.path.exists() and not config.get("force"):
+        print(f"fishtune: skip, result exists: {p.path}")
+        import json
+        return json.loads(p.path.read_text())
+    return execute(p, progress=progress)
+
+
+def check_group_overrides(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
+    """Reject an unknown option of a config group (task=foo) with one line naming the allowed ones,
+    before Hydra composes anything."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        overrides = OverridesParser.create().parse_overrides([a for a in argv if not a.startswith("-")])
+    except Exception:
+        return  # Hydra reports malformed overrides itself
+    for o in overrides:
+        group = conf_dir / o.key_or_group
+        if o.package is not None or not group.is_dir() or o.is_delete():
+            continue
+        allowed = sorted(f.stem for f in group.glob("*.yaml"))
+        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+        for v in values:
+            if v not in allowed:
+                raise ConfigError(f"unknown {o.key_or_group} {v!r}; choose one of: {', '.join(allowed)}")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def _hydra_main(cfg: DictConfig) -> None:
+    try:
+        result = run(cfg)
+    except ConfigError as e:
+        print(f"fishtune: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    best = result["best"]
+    print(f"fishtune: {result['run_id']}: best {result['task']} score {best['score']:.2f} at epoch {best['epoch']} "
+          f"({result['stop_reason']}), trainable {result['trainable']} = {result['ratio_pct']:.4f}%")
+
+
+def main() -> None:
+    try:
+        check_group_overrides(sys.argv[1:])
+    except ConfigError as e:
+        print(f"fishtune: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

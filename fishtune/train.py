@@ -1,0 +1,203 @@
+"""Masked Adam training with per-epoch dev evaluation, early stopping and epoch checkpoints.
+
+Masking: the gradient of every masked-out entry is set to exactly zero before each step. Adam's
+moments of such an entry then stay zero and its update is 0 / (sqrt(0) + eps) = 0, so it never
+changes, bit for bit. Weight decay is decoupled (AdamW style) and multiplied by the mask, because a
+plain L2 or AdamW decay would shrink masked-out entries although their gradient is zero.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .metrics import glue_metrics
+from .models import classification_loss
+from .tasks import TaskSpec
+
+
+@dataclass
+class TrainSettings:
+    lr: float = 5e-5
+    weight_decay: float = 0.0
+    max_epochs: int = 400
+    patience: int = 10            # epochs without a better dev score before stopping
+    device: str = "cpu"
+    bf16: bool = False            # autocast to bf16 (CUDA); parameters and optimiser stay fp32
+    progress: bool = True
+
+
+@dataclass
+class TrainResult:
+    history: list[dict] = field(default_factory=list)
+    best: dict = field(default_factory=dict)
+    stop_reason: str = ""
+    train_seconds: float = 0.0
+    samples_seen: int = 0
+
+
+def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Freeze what a mask leaves out. Tensors with no chosen entry stop requiring grad; fully
+    chosen tensors need no mask. Returns float masks for the partly chosen tensors only."""
+    params = dict(model.named_parameters())
+    partial = {}
+    for name, mask in masks.items():
+        chosen = int(mask.sum())
+        if chosen == 0:
+            params[name].requires_grad_(False)
+        elif chosen < mask.numel():
+            partial[name] = mask.to(params[name].device, params[name].dtype)
+    return partial
+
+
+class MaskedAdam:
+    """torch.optim.Adam over the trainable parameters, with masked gradients and masked decoupled
+    weight decay. `masks` maps parameter names to 0/1 float tensors (absent = fully trainable)."""
+
+    def __init__(self, model: nn.Module, masks: Mapping[str, torch.Tensor], lr: float, weight_decay: float = 0.0):
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.params = [p for _, p in named]
+        self.masked = [(p, masks[n]) for n, p in named if n in masks]
+        self.lr, self.weight_decay = lr, weight_decay
+        fused = all(p.is_cuda for p in self.params)
+        self.optimizer = torch.optim.Adam(self.params, lr=lr, weight_decay=0.0, fused=fused or None,
+                                          foreach=None if fused else True)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        if self.masked:
+            grads = [p.grad for p, _ in self.masked if p.grad is not None]
+            torch._foreach_mul_(grads, [m for p, m in self.masked if p.grad is not None])
+        if self.weight_decay:
+            masked_ids = {id(p) for p, _ in self.masked}
+            for p, m in self.masked:  # p <- p * (1 - lr * wd * mask): masked-out entries multiply by exactly 1
+                p.mul_(1 - self.lr * self.weight_decay * m)
+            for p in self.params:
+                if id(p) not in masked_ids:
+                    p.mul_(1 - self.lr * self.weight_decay)
+        self.optimizer.step()
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def state_dict(self) -> dict:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state)
+
+
+def _autocast(settings: TrainSettings):
+    if settings.bf16:
+        return torch.autocast(device_type=torch.device(settings.device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, task: TaskSpec, settings: TrainSettings) -> dict:
+    """Dev loss (mean over examples) and the task's metrics x100 (`score` is the table number)."""
+    model.eval()
+    preds, labels, loss_sum = [], [], 0.0
+    for batch in loader:
+        y = batch["labels"].to(settings.device)
+        with _autocast(settings):
+            logits = model(**{k: v.to(settings.device) for k, v in batch.items() if k != "labels"}).logits
+        loss_sum += classification_loss(logits, y, task.is_regression, reduction="sum").item()
+        logits = logits.float()
+        preds.append((logits.squeeze(-1) if task.is_regression else logits.argmax(-1)).cpu().numpy())
+        labels.append(y.cpu().numpy())
+    preds, labels = np.concatenate(preds), np.concatenate(labels)
+    metrics = glue_metrics(task, preds, labels)
+    return {"dev_loss": loss_sum / len(labels), "metrics": metrics, "score": metrics["score"]}
+
+
+def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Atomic: a crash while saving leaves the previous checkpoint intact."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def train(model: nn.Module, train_loader, dev_loader, task: TaskSpec, settings: TrainSettings,
+          masks: Mapping[str, torch.Tensor] | None = None, checkpoint: Path | None = None,
+          on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train until early stopping or max_epochs; evaluate on dev after every epoch.
+
+    With `checkpoint`, the trainable state, optimiser, epoch, early-stopping state and RNG are saved
+    after every epoch, and an existing checkpoint is resumed: an interrupted run ends with the same
+    result as an uninterrupted one (on CPU).
+    """
+    model.to(settings.device)
+    opt = MaskedAdam(model, masks or {}, settings.lr, settings.weight_decay)
+    result = TrainResult(best={"score": -math.inf, "epoch": 0})
+    bad_epochs, start_epoch = 0, 1
+    if checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False)
+        with torch.no_grad():
+            params = dict(model.named_parameters())
+            for n, v in state["trainable"].items():
+                params[n].copy_(v)
+        opt.load_state_dict(state["optimizer"])
+        result = state["result"]
+        bad_epochs, start_epoch = state["bad_epochs"], state["epoch"] + 1
+        torch.set_rng_state(state["rng"])
+        if train_loader.generator is not None:
+            train_loader.generator.set_state(state["loader_rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["cuda_rng"])
+
+    # A checkpoint written by the stopping epoch means there is nothing left to train.
+    epochs = range(start_epoch, settings.max_epochs + 1) if result.stop_reason != "early_stopping" else range(0)
+    result.stop_reason = result.stop_reason or "max_epochs"
+    for epoch in tqdm(epochs, desc=f"{task.name} epochs", disable=not settings.progress, initial=start_epoch - 1,
+                      total=settings.max_epochs):
+        model.train()
+        t0, loss_sum, n_seen = time.perf_counter(), 0.0, 0
+        for batch in tqdm(train_loader, desc=f"epoch {epoch}", leave=False, disable=not settings.progress):
+            y = batch["labels"].to(settings.device)
+            with _autocast(settings):
+                logits = model(**{k: v.to(settings.device) for k, v in batch.items() if k != "labels"}).logits
+            loss = classification_loss(logits, y, task.is_regression)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            loss_sum += loss.item() * len(y)
+            n_seen += len(y)
+        result.train_seconds += time.perf_counter() - t0
+        result.samples_seen += n_seen
+
+        dev = evaluate(model, dev_loader, task, settings)
+        record = {"epoch": epoch, "train_loss": loss_sum / max(n_seen, 1), **dev}
+        result.history.append(record)
+        if dev["score"] > result.best["score"]:
+            result.best = {"epoch": epoch, "score": dev["score"], "metrics": dev["metrics"], "dev_loss": dev["dev_loss"]}
+            bad_epochs = 0
+        else:
+            bad_epochs += 1
+        if on_epoch is not None:
+            on_epoch(record)
+        stop = bad_epochs >= settings.patience
+        if stop:
+            result.stop_reason = "early_stopping"
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, {
+                "trainable": _trainable_state(model), "optimizer": opt.state_dict(), "result": result,
+                "epoch": epoch, "bad_epochs": bad_epochs, "rng": torch.get_rng_state(),
+                "loader_rng": train_loader.generator.get_state() if train_loader.generator is not None else None,
+                "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+            })
+        if stop:
+            break
+    return result

@@ -1,0 +1,56 @@
+"""Shared test helpers: offline, tiny random models, GLUE fixtures shipped under tests/fixtures."""
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+ROOT = Path(__file__).resolve().parent.parent
+GLUE_FIXTURES = ROOT / "tests" / "fixtures" / "glue"
+CONF = ROOT / "conf"
+
+
+def model_cfg(name: str) -> dict:
+    return OmegaConf.to_container(OmegaConf.load(CONF / "model" / f"{name}.yaml"))
+
+
+def peft_cfg(name: str = "lora", **over) -> dict:
+    return {**OmegaConf.to_container(OmegaConf.load(CONF / "peft" / f"{name}.yaml")), **over}
+
+
+def tiny_peft_model(model: str = "tiny_bert", task: str = "rte", method: str = "lora", layers: int = 3,
+                    seed: int = 0, **peft_over):
+    """(model, tokenizer, task spec) with the method inserted on the bottom `layers` layers."""
+    from fishtune.methods import insert_method
+    from fishtune.models import load_model, load_tokenizer
+    from fishtune.tasks import get_task
+
+    cfg, spec = model_cfg(model), get_task(task)
+    tok = load_tokenizer(cfg)
+    torch.manual_seed(seed)
+    m = insert_method(load_model(cfg, spec.num_labels, tok), peft_cfg(method, **peft_over), layers, cfg["family"])
+    return m, tok, spec
+
+
+def loader(tok, spec, split="train", batch_size=8, n=None, template=False, **kw):
+    from fishtune import data
+
+    ex = data.subsample(data.load_split(spec, split, GLUE_FIXTURES), n, 0)
+    return data.make_loader(data.encode(ex, tok, spec, use_template=template), tok, batch_size, **kw)
+
+
+def run_config(tmp_path, *overrides: str) -> dict:
+    """A resolved run config composed from conf/ with Hydra's compose API, as the CLI would."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[f"data.glue_dir={GLUE_FIXTURES}", f"paths.runs_dir={tmp_path}",
+                                           "model=tiny_bert", *overrides])
+    return OmegaConf.to_container(cfg, resolve=True)

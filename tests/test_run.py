@@ -1,0 +1,101 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT, run_config
+from fishtune import run as run_module
+from fishtune.run import ConfigError, check_group_overrides, plan, run
+
+QUICK = ["train.max_epochs=2", "fisher.samples=16", "data.train_samples=24", "data.dev_samples=12"]
+
+
+def test_run_writes_result_file_then_skips(tmp_path, capsys):
+    cfg = run_config(tmp_path, "task=mrpc", "mask=fish", "budget=2", *QUICK)
+    result = run(cfg, progress=False)
+    path = plan(cfg).path
+    assert path.exists() and json.loads(path.read_text())["run_id"] == result["run_id"]
+    for key in ("config", "model", "task", "method", "layers", "rank", "mask", "seed", "trainable", "total",
+                "ratio_pct", "history", "best", "stop_reason", "fisher_seconds", "train_seconds",
+                "samples_per_second", "versions", "git_commit"):
+        assert key in result, key
+    assert (result["model"], result["task"], result["method"], result["mask"]) == ("tiny_bert", "mrpc", "lora", "fish")
+    assert result["layers"] == 5 and result["budget"] == 2 and len(result["history"]) == 2
+    assert {"train_loss", "dev_loss", "metrics", "score"} <= set(result["history"][0])
+    assert {"f1", "accuracy"} <= set(result["best"]["metrics"]) and result["best"]["epoch"] in (1, 2)
+    assert result["ratio_pct"] == pytest.approx(100 * result["trainable"] / result["total"])
+    assert result["fisher_seconds"] > 0
+    # The budget is the original run's count: LoRA r1 on 2 tiny layers (Q,K,V: 3 x 2 x (32+32)) + head 66.
+    assert result["trainable"] == 2 * 3 * 64 + 66
+    original = run(run_config(tmp_path, "task=mrpc", "mask=none", "budget=2", *QUICK), progress=False)
+    assert original["trainable"] == result["trainable"] and original["layers"] == 2
+    mask = torch.load(path.with_suffix(".mask.pt"))
+    assert sum(int(m.sum()) for m in mask.values()) == result["trainable"] - 66
+    assert not path.with_suffix(".ckpt.pt").exists()
+
+    capsys.readouterr()
+    again = run(cfg, progress=False)
+    assert "skip, result exists" in capsys.readouterr().out and again == json.loads(path.read_text())
+
+
+def test_same_config_and_seed_reproduce_mask_and_metrics(tmp_path):
+    results = []
+    for sub in ("a", "b"):
+        cfg = run_config(tmp_path / sub, "task=cola", "mask=fish", *QUICK)
+        results.append(run(cfg, progress=False))
+        results[-1]["mask"] = torch.load(plan(cfg).path.with_suffix(".mask.pt"))
+    a, b = results
+    assert a["history"] == b["history"] and a["config_hash"] == b["config_hash"]
+    assert all(torch.equal(a["mask"][n], b["mask"][n]) for n in a["mask"])
+
+
+@pytest.mark.parametrize("override,message", [
+    ("task=qnli", "unknown task 'qnli'; choose one of: cola, mrpc, rte, sst2, stsb, wnli"),
+    ("model=gpt9", "unknown model 'gpt9'; choose one of: "),
+    ("peft=bitfit", "unknown peft 'bitfit'; choose one of: "),
+    ("mask=best", "unknown mask 'best'; choose one of: fish, none, rand, rev"),
+    ("task=rte,qnli", "unknown task 'qnli'"),
+])
+def test_unknown_group_option_is_one_clear_line(override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        check_group_overrides([override])
+
+
+def test_cli_error_exits_nonzero_with_one_line():
+    out = subprocess.run([sys.executable, "-m", "fishtune.run", "task=qnli"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "fishtune: error: unknown task 'qnli'; choose one of: cola, mrpc, rte, sst2, stsb, wnli"]
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    def refuse(*a, **k):
+        raise AssertionError("a model was loaded before the config was validated")
+    monkeypatch.setattr(run_module, "load_model", refuse)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["mask=fish", "mask.k=100000"], r"budget k=100000 is impossible for lora on 5 layers: it must lie between "
+                                     r"the head's 66 and all 1026 inserted entries"),
+    (["mask=fish", "budget=5"], r"unknown budget level 5; choose one of: 1, 2, 3, 4"),
+    (["peft.layers=7"], r"cannot insert lora on 7 layers: tiny_bert has 6 \(allowed 1..6\)"),
+    (["data.glue_dir=/nonexistent/glue"], r"GLUE directory not found: /nonexistent/glue"),
+    (["model.family=t5"], r"unknown model family 't5'; choose one of: bert, modernbert, llama"),
+    (["peft.name=bitfit"], r"unknown PEFT method 'bitfit'; choose one of: "),
+    (["task.name=qnli"], r"unknown task 'qnli'"),
+    (["mask.mode=top"], r"unknown mask mode 'top'"),
+])
+def test_bad_config_fails_before_any_model_loads(tmp_path, no_model_loading, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        run(run_config(tmp_path, *overrides), progress=False)
+
+
+def test_missing_glue_file(tmp_path, no_model_loading):
+    (tmp_path / "glue" / "RTE").mkdir(parents=True)
+    (tmp_path / "glue" / "RTE" / "train.tsv").write_text("index\tsentence1\tsentence2\tlabel\n")
+    with pytest.raises(ConfigError, match=r"GLUE file not found: .*RTE/dev.tsv"):
+        run(run_config(tmp_path, f"data.glue_dir={tmp_path / 'glue'}"), progress=False)

@@ -1,0 +1,91 @@
+import pytest
+import torch
+
+from conftest import loader, tiny_peft_model
+from fishtune.fisher import empirical_fisher
+from fishtune.masks import build_mask
+from fishtune.methods import split_trainable
+from fishtune.train import TrainSettings, apply_masks, train
+
+
+def masked_setup(k=40, mode="fish", task="rte", seed=0):
+    m, tok, spec = tiny_peft_model(task=task, seed=seed)
+    head, cand = split_trainable(m, "bert")
+    scores = {n: v for n, v in empirical_fisher(m, loader(tok, spec), 16).items() if n in cand}
+    masks = build_mask(scores, k, mode, seed=42)
+    return m, tok, spec, head, masks
+
+
+def run_training(m, tok, spec, masks, **settings):
+    s = TrainSettings(**{"lr": 1e-2, "max_epochs": 3, "patience": 10, "progress": False, **settings})
+    partial = apply_masks(m, masks)
+    dl = loader(tok, spec, batch_size=8, shuffle=True, seed=0)
+    return train(m, dl, loader(tok, spec, "dev"), spec, s, partial)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_masked_out_entries_bit_identical_and_exactly_k_trained(weight_decay):
+    m, tok, spec, head, masks = masked_setup(k=40)
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    run_training(m, tok, spec, masks, weight_decay=weight_decay)
+    after = dict(m.named_parameters())
+    changed = 0
+    for n, mask in masks.items():
+        assert torch.equal(after[n][~mask], before[n][~mask]), n  # bit for bit
+        changed += int((after[n][mask] != before[n][mask]).sum())
+    assert changed == 40  # every chosen entry moved (lr 1e-2), no other candidate did
+    assert all(not torch.equal(after[n], before[n]) for n in head)  # the head trains in full
+    frozen = [n for n in before if n not in masks and n not in head]
+    assert all(torch.equal(after[n], before[n]) for n in frozen)
+
+
+def test_trainable_entries_equal_k():
+    m, _, _, head, masks = masked_setup(k=57)
+    partial = apply_masks(m, masks)
+    trainable = sum(int(partial[n].sum()) if n in partial else p.numel()
+                    for n, p in m.named_parameters() if p.requires_grad)
+    assert trainable == 57 + sum(p.numel() for p in head.values())
+
+
+def test_early_stopping_after_patience_reports_best_epoch():
+    m, tok, spec = tiny_peft_model()
+    # lr 0: the dev score of epoch 1 is never beaten, so training stops after `patience` more epochs.
+    out = train(m, loader(tok, spec), loader(tok, spec, "dev"), spec,
+                TrainSettings(lr=0.0, max_epochs=50, patience=3, progress=False))
+    assert out.stop_reason == "early_stopping"
+    assert [h["epoch"] for h in out.history] == [1, 2, 3, 4]
+    assert out.best["epoch"] == 1 and out.best["score"] == out.history[0]["score"]
+    out = train(m, loader(tok, spec), loader(tok, spec, "dev"), spec,
+                TrainSettings(lr=0.0, max_epochs=2, patience=3, progress=False))
+    assert out.stop_reason == "max_epochs" and len(out.history) == 2
+
+
+def test_stsb_regression_trains():
+    m, tok, spec = tiny_peft_model(task="stsb")
+    out = train(m, loader(tok, spec, shuffle=True), loader(tok, spec, "dev"), spec,
+                TrainSettings(lr=1e-2, max_epochs=3, patience=5, progress=False))
+    assert spec.is_regression and m.config.num_labels == 1
+    assert {"pearson", "spearman", "score"} <= set(out.history[-1]["metrics"])
+    assert out.history[-1]["train_loss"] < out.history[0]["train_loss"]
+
+
+def test_resume_from_checkpoint_equals_uninterrupted(tmp_path):
+    def fresh():
+        m, tok, spec, _, masks = masked_setup(k=30)
+        return m, tok, spec, apply_masks(m, masks)
+
+    settings = TrainSettings(lr=1e-2, max_epochs=4, patience=10, progress=False)
+    m, tok, spec, partial = fresh()
+    full = train(m, loader(tok, spec, shuffle=True, seed=3), loader(tok, spec, "dev"), spec, settings, partial)
+    expected = {n: p.detach().clone() for n, p in m.named_parameters()}
+
+    ckpt = tmp_path / "run.ckpt.pt"
+    m, tok, spec, partial = fresh()  # "killed" after epoch 2
+    train(m, loader(tok, spec, shuffle=True, seed=3), loader(tok, spec, "dev"), spec,
+          TrainSettings(lr=1e-2, max_epochs=2, patience=10, progress=False), partial, checkpoint=ckpt)
+    m, tok, spec, partial = fresh()  # a new process picks the checkpoint up
+    resumed = train(m, loader(tok, spec, shuffle=True, seed=3), loader(tok, spec, "dev"), spec, settings, partial,
+                    checkpoint=ckpt)
+    assert [h["score"] for h in resumed.history] == [h["score"] for h in full.history]
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in full.history]
+    assert all(torch.equal(expected[n], p) for n, p in m.named_parameters())
