@@ -8,7 +8,6 @@ TORCH_VERSION ?= 2.13.0
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
-export WANDB_MODE ?= disabled
 export TOKENIZERS_PARALLELISM ?= false
 
 # Extra Hydra overrides for `make run`.

@@ -1,7 +1,9 @@
 """Model registry: the embedded MiniLM, hub models, and tiny random configs for tests.
 
 A model config (conf/model/*.yaml) has `name`, `family` (bert | modernbert | llama), `source`
-(embedded | hub | tiny), `path` (hub id or local folder) and, for tiny models, `tiny` (config kwargs).
+(embedded | hub | tiny), `path` (hub id or local folder), for tiny (randomly initialised) models `tiny`
+(config kwargs; empty = the architecture's defaults, e.g. bert-base for BERT), and optionally
+`tokenizer` (a tokenizer folder).
 """
 from __future__ import annotations
 
@@ -37,8 +39,9 @@ def check_model_config(cfg: Mapping[str, Any]) -> None:
 
 
 def load_tokenizer(cfg: Mapping[str, Any]) -> PreTrainedTokenizerBase:
-    # Tiny models borrow the embedded model's WordPiece tokenizer: offline, and a real vocabulary.
-    path = cfg["path"] if cfg["source"] == "hub" else embedded_path()
+    # Random-weight models borrow the embedded model's WordPiece tokenizer: offline, and a real
+    # vocabulary. `tokenizer:` in a model config names another folder (e.g. where the package is absent).
+    path = cfg.get("tokenizer") or (cfg["path"] if cfg["source"] == "hub" else embedded_path())
     tok = AutoTokenizer.from_pretrained(path)
     if tok.pad_token is None:  # LLaMA ships without one
         tok.pad_token = tok.eos_token

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 
 from . import data as glue
+from . import tracking
 from .fisher import empirical_fisher
 from .masks import build_mask, check_mode
 from .methods import check_method, count_on_meta, insert_method, original_layers, run_layers, split_trainable
@@ -148,13 +149,15 @@ def execute(p: Plan, progress: bool = True) -> dict:
     settings = TrainSettings(lr=lr, weight_decay=float(cfg["train"]["weight_decay"]),
                              max_epochs=int(cfg["train"]["max_epochs"]), patience=int(cfg["train"]["patience"]),
                              device=device, bf16=bf16, progress=progress)
+    keys = {"model": cfg["model"]["name"], "task": task.name, "method": cfg["peft"]["name"], "layers": p.layers,
+            "rank": cfg["peft"].get("rank"), "mask": p.mode, "budget": int(cfg["budget"]), "seed": seed}
+    tracker = tracking.start(cfg, keys, p.path.stem)
     checkpoint = p.path.with_suffix(".ckpt.pt")
-    outcome = train(model, train_loader, dev_loader, task, settings, partial, checkpoint=checkpoint)
+    outcome = train(model, train_loader, dev_loader, task, settings, partial, checkpoint=checkpoint,
+                    on_epoch=tracker[0] if tracker else None)
 
     result = {
-        "schema": SCHEMA, "run_id": p.path.stem, "config_hash": config_hash(cfg), "config": cfg,
-        "model": cfg["model"]["name"], "task": task.name, "method": cfg["peft"]["name"], "layers": p.layers,
-        "rank": cfg["peft"].get("rank"), "mask": p.mode, "budget": int(cfg["budget"]), "seed": seed,
+        "schema": SCHEMA, "run_id": p.path.stem, "config_hash": config_hash(cfg), "config": cfg, **keys,
         "trainable": trainable, "total": p.total, "ratio_pct": 100 * trainable / p.total, "lr": lr,
         "train_examples": len(splits["train"]), "dev_examples": len(splits["dev"]),
         "history": outcome.history, "best": outcome.best, "stop_reason": outcome.stop_reason,
@@ -165,6 +168,8 @@ def execute(p: Plan, progress: bool = True) -> dict:
     }
     write_json_atomic(p.path, result)
     checkpoint.unlink(missing_ok=True)
+    if tracker:
+        tracker[1](result)
     return result
 
 

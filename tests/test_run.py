@@ -99,3 +99,31 @@ def test_missing_glue_file(tmp_path, no_model_loading):
     (tmp_path / "glue" / "RTE" / "train.tsv").write_text("index\tsentence1\tsentence2\tlabel\n")
     with pytest.raises(ConfigError, match=r"GLUE file not found: .*RTE/dev.tsv"):
         run(run_config(tmp_path, f"data.glue_dir={tmp_path / 'glue'}"), progress=False)
+
+
+def test_wandb_offline_logs_keys_tags_group_and_epochs(tmp_path, monkeypatch):
+    import wandb
+
+    real_init, seen = wandb.init, {"logs": []}
+
+    def spying_init(**kwargs):  # the real offline run; we keep what it recorded
+        run = real_init(**kwargs)
+        seen.update(config=dict(run.config), tags=list(run.tags), group=run.group, name=run.name)
+        real_log = run.log
+        monkeypatch.setattr(run, "log", lambda data, step=None: (seen["logs"].append((step, data)),
+                                                                  real_log(data, step=step)))
+        return run
+
+    monkeypatch.setattr(wandb, "init", spying_init)
+    cfg = run_config(tmp_path, "task=rte", "mask=rand", "logger=wandb", "logger.mode=offline", "logger.table=table5",
+                     *QUICK)
+    result = run(cfg, progress=False)
+    for key, value in (("table", "table5"), ("method", "lora"), ("budget", 1), ("mask", "rand"), ("task", "rte")):
+        assert seen["config"][key] == value
+    assert {"table:table5", "method:lora", "budget:1", "mask:rand"} <= set(seen["tags"])
+    assert seen["group"] == "tiny_bert-rte-lora-r1-b1" and seen["name"] == result["run_id"]  # masks share a group
+    assert [step for step, _ in seen["logs"]] == [1, 2]
+    assert [d["dev_score"] for _, d in seen["logs"]] == [h["score"] for h in result["history"]]
+    assert {"train_loss", "dev_loss", "dev_accuracy"} <= set(seen["logs"][0][1])
+    offline = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(offline) == 1 and offline[0].stat().st_size > 0
