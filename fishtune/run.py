@@ -27,6 +27,8 @@ from .tasks import TaskSpec, get_task
 from .train import TrainSettings, apply_masks, train
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+# Config groups whose options all live in conf/ (hydra/* groups also have options from plugins).
+OWN_GROUPS = ("model", "peft", "mask", "task", "profile", "logger", "experiment")
 
 
 class ConfigError(ValueError):
@@ -196,7 +198,7 @@ def check_group_overrides(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
         return  # Hydra reports malformed overrides itself
     for o in overrides:
         group = conf_dir / o.key_or_group
-        if o.package is not None or not group.is_dir() or o.is_delete():
+        if o.key_or_group not in OWN_GROUPS or o.package is not None or o.is_delete():
             continue
         allowed = sorted(f.stem for f in group.glob("*.yaml"))
         values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]

@@ -63,6 +63,12 @@ def test_unknown_group_option_is_one_clear_line(override, message):
         check_group_overrides([override])
 
 
+def test_plugin_groups_and_plain_keys_pass_the_check():
+    check_group_overrides(["hydra/launcher=submitit_slurm", "task=rte,mrpc", "train.lr=1e-3", "+experiment=table5"])
+    with pytest.raises(ConfigError, match="unknown experiment 'table9'"):
+        check_group_overrides(["+experiment=table9"])
+
+
 def test_cli_error_exits_nonzero_with_one_line():
     out = subprocess.run([sys.executable, "-m", "fishtune.run", "task=qnli"], cwd=ROOT, capture_output=True,
                          text=True, timeout=120)
