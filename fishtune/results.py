@@ -70,6 +70,16 @@ def load_results(runs_dir: str | Path) -> list[dict]:
     return out
 
 
+def load_failures(runs_dir: str | Path) -> list[dict]:
+    """The `*.failed.json` records of runs that crashed in a sweep (error and traceback)."""
+    out = []
+    for path in sorted(Path(runs_dir).rglob("*.failed.json")):
+        data = json.loads(path.read_text())
+        data["_path"] = str(path)
+        out.append(data)
+    return out
+
+
 def package_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 

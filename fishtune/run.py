@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,6 +171,7 @@ def execute(p: Plan, progress: bool = True) -> dict:
     }
     write_json_atomic(p.path, result)
     checkpoint.unlink(missing_ok=True)
+    p.path.with_suffix(".failed.json").unlink(missing_ok=True)  # an earlier failure of this run is history
     if tracker:
         tracker[1](result)
     return result
@@ -207,13 +209,35 @@ def check_group_overrides(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
                 raise ConfigError(f"unknown {o.key_or_group} {v!r}; choose one of: {', '.join(allowed)}")
 
 
+def record_failure(config: dict, error: BaseException) -> Path:
+    """Write `<run>.failed.json` (the error and its traceback) beside where the result would be."""
+    try:
+        path = plan(config).path.with_suffix(".failed.json")
+    except ConfigError:
+        path = Path(config["paths"]["runs_dir"]) / f"invalid-{config_hash(config)}.failed.json"
+    write_json_atomic(path, {"status": "failed", "config": config, "error": f"{type(error).__name__}: {error}",
+                             "traceback": traceback.format_exception(error), "finished_at": now_iso()})
+    return path
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    config = OmegaConf.to_container(cfg, resolve=True)
+    in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        result = run(cfg)
-    except ConfigError as e:
-        print(f"fishtune: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        result = run(config)
+    except Exception as e:  # noqa: BLE001 - a sweep records every failure and goes on with the next run
+        if in_sweep:
+            path = record_failure(config, e)
+            print(f"fishtune: FAILED ({type(e).__name__}: {e}); details in {path}", file=sys.stderr)
+            return
+        if isinstance(e, ConfigError):
+            print(f"fishtune: error: {e}", file=sys.stderr)
+            sys.exit(2)
+        raise
     best = result["best"]
     print(f"fishtune: {result['run_id']}: best {result['task']} score {best['score']:.2f} at epoch {best['epoch']} "
           f"({result['stop_reason']}), trainable {result['trainable']} = {result['ratio_pct']:.4f}%")

@@ -133,3 +133,19 @@ def test_wandb_offline_logs_keys_tags_group_and_epochs(tmp_path, monkeypatch):
     assert {"train_loss", "dev_loss", "dev_accuracy"} <= set(seen["logs"][0][1])
     offline = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(offline) == 1 and offline[0].stat().st_size > 0
+
+
+def test_sweep_records_a_crash_and_finishes_the_other_runs(tmp_path):
+    from conftest import GLUE_FIXTURES
+    from fishtune.results import load_failures, load_results
+
+    # fisher.chunk_size=0 breaks only the run that estimates a Fisher (mask=fish), not mask=none.
+    out = subprocess.run([sys.executable, "-m", "fishtune.run", "-m", "model=tiny_bert", "task=rte", "mask=fish,none",
+                          "fisher.chunk_size=0", f"data.glue_dir={GLUE_FIXTURES}", f"paths.runs_dir={tmp_path}",
+                          *QUICK], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "FAILED (ValueError" in out.stderr
+    assert [r["mask"] for r in load_results(tmp_path)] == ["none"]
+    failures = load_failures(tmp_path)
+    assert len(failures) == 1 and failures[0]["config"]["mask"]["mode"] == "fish"
+    assert "batch_size" in failures[0]["error"] and failures[0]["traceback"]
