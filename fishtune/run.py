@@ -19,6 +19,7 @@ from transformers import set_seed
 
 from . import data as glue
 from . import tracking
+from .adaptive import AdaptiveFreezer, AdaptiveSettings
 from .fisher import empirical_fisher
 from .masks import build_mask, check_mode
 from .methods import check_method, count_on_meta, insert_method, original_layers, run_layers, split_trainable
@@ -58,7 +59,10 @@ def plan(config: dict) -> Plan:
         model_cfg, peft_cfg, mask_cfg = config["model"], config["peft"], config["mask"]
         check_model_config(model_cfg)
         mode = mask_cfg["mode"]
-        check_mode(mode)
+        if mode != "adaptive":
+            check_mode(mode)
+        elif mask_cfg.get("start", "all") not in ("all", "fish"):
+            raise ValueError(f"unknown adaptive start {mask_cfg['start']!r}; choose one of: all, fish")
         family = model_cfg["family"]
         check_method(peft_cfg["name"], family)
         glue.check_glue_files(task, config["data"]["glue_dir"])
@@ -71,7 +75,7 @@ def plan(config: dict) -> Plan:
                              f"{conf.num_hidden_layers} (allowed 1..{conf.num_hidden_layers})")
         counts = count_on_meta(conf, peft_cfg, layers, family)
         k = None
-        if mode != "none":
+        if mode not in ("none", "adaptive") or mask_cfg.get("start") == "fish":
             k = mask_cfg.get("k")
             if k is None:  # the trainable count of the original run at this budget level
                 rank = mask_cfg.get("budget_rank") or peft_cfg.get("rank")
@@ -95,6 +99,22 @@ def _device_and_precision(train_cfg: dict) -> tuple[str, bool]:
     precision = train_cfg["precision"]
     bf16 = precision == "bf16" or (precision == "auto" and device == "cuda" and torch.cuda.is_bf16_supported())
     return device, bf16
+
+
+def fisher_scores(model, head: dict, candidates: dict, train_set: list[dict], tokenizer, fisher_cfg: dict,
+                  seed: int) -> dict[str, torch.Tensor]:
+    """Empirical Fisher of the candidates on a seeded choice of `fisher_cfg['samples']` training examples."""
+    n = int(fisher_cfg["samples"])
+    loader = glue.make_loader(glue.subsample(train_set, n, seed), tokenizer, int(fisher_cfg["chunk_size"]),
+                              sort_by_length=True)
+    for q in head.values():  # the head is always trained: no need to score it
+        q.requires_grad_(False)
+    try:
+        fisher = empirical_fisher(model, loader, n)
+    finally:
+        for q in head.values():
+            q.requires_grad_(True)
+    return {name: fisher[name] for name in candidates}
 
 
 def execute(p: Plan, progress: bool = True) -> dict:
@@ -123,30 +143,25 @@ def execute(p: Plan, progress: bool = True) -> dict:
 
     fisher_seconds = 0.0
     mask_file = p.path.with_suffix(".mask.pt")
-    if p.mode != "none":
-        if mask_file.exists():  # a resumed run keeps the mask it started with
-            masks = torch.load(mask_file)
-        else:
-            scores = {n: torch.zeros_like(q) for n, q in candidates.items()}
-            if p.mode in ("fish", "rev"):
-                t0 = time.perf_counter()
-                n = int(cfg["fisher"]["samples"])
-                fisher_set = glue.subsample(splits["train"], n, seed)
-                loader = glue.make_loader(fisher_set, tokenizer, int(cfg["fisher"]["chunk_size"]), sort_by_length=True)
-                for q in head.values():  # the head is always trained: no need to score it
-                    q.requires_grad_(False)
-                fisher = empirical_fisher(model, loader, n)
-                for q in head.values():
-                    q.requires_grad_(True)
-                scores = {n_: fisher[n_] for n_ in candidates}
-                fisher_seconds = time.perf_counter() - t0
-            masks = build_mask(scores, p.k - p.head, p.mode, seed)
-            torch.save(masks, mask_file)
-        partial = apply_masks(model, masks)
-        trainable = p.head + sum(int(m.sum()) for m in masks.values())
+    select = "fish" if p.mode == "adaptive" and cfg["mask"].get("start") == "fish" else p.mode
+    if select in ("none", "adaptive"):  # everything inserted trains (adaptive then freezes groups)
+        masks = {n: torch.ones_like(q, dtype=torch.bool) for n, q in candidates.items()}
+    elif mask_file.exists():  # a resumed run keeps the mask it started with
+        masks = torch.load(mask_file)
     else:
-        partial = {}
-        trainable = p.head + p.candidates
+        scores = {n: torch.zeros_like(q) for n, q in candidates.items()}
+        if select in ("fish", "rev"):
+            t0 = time.perf_counter()
+            scores = fisher_scores(model, head, candidates, splits["train"], tokenizer, cfg["fisher"], seed)
+            fisher_seconds = time.perf_counter() - t0
+        masks = build_mask(scores, p.k - p.head, select, seed)
+        torch.save(masks, mask_file)
+    partial = apply_masks(model, masks)
+    trainable = p.head + sum(int(m.sum()) for m in masks.values())
+    freezer = None
+    if p.mode == "adaptive":
+        freezer = AdaptiveFreezer(model, masks, AdaptiveSettings(**{
+            k: cfg["mask"][k] for k in AdaptiveSettings.__dataclass_fields__ if k in cfg["mask"]}))
 
     lr = float(cfg["train"]["lr"] or task.lr) * float(cfg["train"]["lr_scale"])
     settings = TrainSettings(lr=lr, weight_decay=float(cfg["train"]["weight_decay"]),
@@ -157,7 +172,7 @@ def execute(p: Plan, progress: bool = True) -> dict:
     tracker = tracking.start(cfg, keys, p.path.stem)
     checkpoint = p.path.with_suffix(".ckpt.pt")
     outcome = train(model, train_loader, dev_loader, task, settings, partial, checkpoint=checkpoint,
-                    on_epoch=tracker[0] if tracker else None)
+                    on_epoch=tracker[0] if tracker else None, freezer=freezer)
 
     result = {
         "schema": SCHEMA, "run_id": p.path.stem, "config_hash": config_hash(cfg), "config": cfg, **keys,
@@ -169,6 +184,12 @@ def execute(p: Plan, progress: bool = True) -> dict:
         "device": device, "precision": "bf16" if bf16 else "fp32",
         "versions": package_versions(), "git_commit": git_commit(), "finished_at": now_iso(),
     }
+    if freezer is not None:  # the active set shrinks: report where it ended and its mean over steps
+        active = [h["active_entries"] for h in freezer.history]
+        result.update(trainable_final=p.head + freezer.active_entries(),
+                      ratio_pct_final=100 * (p.head + freezer.active_entries()) / p.total,
+                      ratio_pct_mean=100 * (p.head + sum(active) / max(len(active), 1)) / p.total,
+                      active_ratio_history=[h["active_ratio"] for h in outcome.history])
     write_json_atomic(p.path, result)
     checkpoint.unlink(missing_ok=True)
     p.path.with_suffix(".failed.json").unlink(missing_ok=True)  # an earlier failure of this run is history

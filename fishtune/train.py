@@ -132,12 +132,13 @@ def save_checkpoint(path: Path, state: dict) -> None:
 
 def train(model: nn.Module, train_loader, dev_loader, task: TaskSpec, settings: TrainSettings,
           masks: Mapping[str, torch.Tensor] | None = None, checkpoint: Path | None = None,
-          on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
+          on_epoch: Callable[[dict], None] | None = None, freezer=None) -> TrainResult:
     """Train until early stopping or max_epochs; evaluate on dev after every epoch.
 
     With `checkpoint`, the trainable state, optimiser, epoch, early-stopping state and RNG are saved
     after every epoch, and an existing checkpoint is resumed: an interrupted run ends with the same
-    result as an uninterrupted one (on CPU).
+    result as an uninterrupted one (on CPU). `freezer` (mask=adaptive, fishtune.adaptive) sees every
+    gradient before the optimiser step and may freeze parameter groups.
     """
     model.to(settings.device)
     opt = MaskedAdam(model, masks or {}, settings.lr, settings.weight_decay)
@@ -157,6 +158,8 @@ def train(model: nn.Module, train_loader, dev_loader, task: TaskSpec, settings: 
             train_loader.generator.set_state(state["loader_rng"])
         if state.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state(state["cuda_rng"])
+        if freezer is not None:
+            freezer.load_state_dict(state["freezer"])
 
     # A checkpoint written by the stopping epoch means there is nothing left to train.
     epochs = range(start_epoch, settings.max_epochs + 1) if result.stop_reason != "early_stopping" else range(0)
@@ -171,6 +174,8 @@ def train(model: nn.Module, train_loader, dev_loader, task: TaskSpec, settings: 
                 logits = model(**{k: v.to(settings.device) for k, v in batch.items() if k != "labels"}).logits
             loss = classification_loss(logits, y, task.is_regression)
             loss.backward()
+            if freezer is not None:
+                freezer.after_backward(opt.optimizer)
             opt.step()
             opt.zero_grad()
             loss_sum += loss.item() * len(y)
@@ -180,6 +185,8 @@ def train(model: nn.Module, train_loader, dev_loader, task: TaskSpec, settings: 
 
         dev = evaluate(model, dev_loader, task, settings)
         record = {"epoch": epoch, "train_loss": loss_sum / max(n_seen, 1), **dev}
+        if freezer is not None:
+            record["active_ratio"] = freezer.active_ratio
         result.history.append(record)
         if dev["score"] > result.best["score"]:
             result.best = {"epoch": epoch, "score": dev["score"], "metrics": dev["metrics"], "dev_loss": dev["dev_loss"]}
@@ -197,6 +204,7 @@ def train(model: nn.Module, train_loader, dev_loader, task: TaskSpec, settings: 
                 "epoch": epoch, "bad_epochs": bad_epochs, "rng": torch.get_rng_state(),
                 "loader_rng": train_loader.generator.get_state() if train_loader.generator is not None else None,
                 "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+                "freezer": freezer.state_dict() if freezer is not None else None,
             })
         if stop:
             break
