@@ -5,6 +5,8 @@ Everything that can be wrong with a config is checked in `plan()` before any wei
 """
 from __future__ import annotations
 
+import os
+import socket
 import sys
 import time
 import traceback
@@ -30,6 +32,8 @@ from .train import TrainSettings, apply_masks, train
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 # Config groups whose options all live in conf/ (hydra/* groups also have options from plugins).
+# Recorded in the result file when a run executes as a Slurm job (a requeued job keeps its ids).
+SLURM_KEYS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT", "SLURM_JOB_PARTITION")
 OWN_GROUPS = ("model", "peft", "mask", "task", "profile", "logger", "experiment")
 
 
@@ -181,7 +185,8 @@ def execute(p: Plan, progress: bool = True) -> dict:
         "history": outcome.history, "best": outcome.best, "stop_reason": outcome.stop_reason,
         "fisher_seconds": fisher_seconds, "train_seconds": outcome.train_seconds,
         "samples_per_second": outcome.samples_seen / max(outcome.train_seconds, 1e-9),
-        "device": device, "precision": "bf16" if bf16 else "fp32",
+        "device": device, "precision": "bf16" if bf16 else "fp32", "host": socket.gethostname(),
+        "slurm": {k[6:].lower(): v for k, v in os.environ.items() if k in SLURM_KEYS} or None,
         "versions": package_versions(), "git_commit": git_commit(), "finished_at": now_iso(),
     }
     if freezer is not None:  # the active set shrinks: report where it ended and its mean over steps
