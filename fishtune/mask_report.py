@@ -1,0 +1,206 @@
+"""Does a mask really help? Mask comparison with paired tests, and where masks put their entries.
+
+`python -m fishtune.mask_report --runs-dir runs --out results` writes
+  masks.csv / masks.tex    original, fish, rand, rev and adaptive at each budget: mean and std over
+                           seeds per task, Avg, and for each mode against original the mean paired
+                           difference over (task, seed) pairs with a paired t-test p-value
+  mask_placement.csv/.png  chosen entries per layer and module type (per model, method, mask)
+  mask_overlap.csv/.png    Jaccard overlap of fish masks across tasks and seeds (same model, method,
+                           layers, budget)
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.stats import ttest_rel
+
+from .results import load_results
+
+MODES = ("none", "fish", "rand", "rev", "adaptive")
+LABELS = {"none": "original", "fish": "fish", "rand": "rand", "rev": "rev", "adaptive": "adaptive"}
+TASK_ORDER = ("cola", "mrpc", "rte", "sst2", "stsb", "wnli")
+
+
+def _frame(results: list[dict]) -> pd.DataFrame:
+    rows = [{"model": r["model"], "method": r["method"], "rank": r["rank"], "mask": r["mask"], "budget": r["budget"],
+             "task": r["task"], "seed": r["seed"], "score": r["best"]["score"], "ratio_pct": r["ratio_pct"]}
+            for r in results]
+    return pd.DataFrame(rows, columns=["model", "method", "rank", "mask", "budget", "task", "seed", "score",
+                                       "ratio_pct"])
+
+
+def paired_test(mode_scores: pd.Series, original_scores: pd.Series) -> tuple[float, float, int]:
+    """(mean difference, two-sided paired t-test p-value, pairs) over the index both series share."""
+    both = pd.concat([mode_scores, original_scores], axis=1, join="inner").dropna()
+    n = len(both)
+    if n == 0:
+        return math.nan, math.nan, 0
+    diffs = both.iloc[:, 0] - both.iloc[:, 1]
+    diff = float(diffs.mean())
+    if n < 2:
+        return diff, math.nan, n
+    if np.isclose(diffs.std(ddof=1), 0):  # identical differences: t is 0 (no change) or infinite
+        return diff, (1.0 if np.isclose(diff, 0) else 0.0), n
+    return diff, float(ttest_rel(both.iloc[:, 0], both.iloc[:, 1]).pvalue), n
+
+
+def mask_table(results: list[dict]) -> pd.DataFrame:
+    """One row per (model, method, rank, budget, mode): per-task mean and std over seeds, Avg, and the
+    paired comparison with the original row at the same budget."""
+    df = _frame(results)
+    out = []
+    for (model, method, rank, budget), group in df.groupby(["model", "method", "rank", "budget"], dropna=False):
+        tasks = [t for t in TASK_ORDER if t in set(group["task"])]
+        by_mode = {m: g.set_index(["task", "seed"])["score"] for m, g in group.groupby("mask")}
+        for mode in [m for m in MODES if m in by_mode]:
+            scores = by_mode[mode]
+            row = {"model": model, "method": method, "rank": rank, "budget": budget, "row": LABELS[mode],
+                   "ratio_pct": float(group[group["mask"] == mode]["ratio_pct"].mean()),
+                   "seeds": int(scores.index.get_level_values("seed").nunique())}
+            per_task = scores.groupby(level="task")
+            for task in tasks:
+                vals = per_task.get_group(task) if task in per_task.groups else pd.Series(dtype=float)
+                row[task] = float(vals.mean()) if len(vals) else math.nan
+                row[f"{task}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else math.nan
+            row["avg"] = float(np.mean([row[t] for t in tasks])) if tasks else math.nan
+            if mode != "none" and "none" in by_mode:
+                row["diff_vs_original"], row["p_value"], row["pairs"] = paired_test(scores, by_mode["none"])
+            out.append(row)
+    return pd.DataFrame(out)
+
+
+def mask_table_latex(table: pd.DataFrame) -> str:
+    tasks = [t for t in TASK_ORDER if t in table.columns]
+    header = " & ".join(["Budget", "Row", "Ratio (\\%)", *[t.upper() for t in tasks], "Avg", "$\\Delta$", "$p$"])
+    lines = ["\\begin{tabular}{ll" + "r" * (len(tasks) + 4) + "}", "\\toprule", header + " \\\\", "\\midrule"]
+    for (model, method), group in table.groupby(["model", "method"]):
+        lines.append(f"\\multicolumn{{{len(tasks) + 6}}}{{l}}{{{model} / {method}}} \\\\")
+        for _, r in group.iterrows():
+            cells = [f"{r[t]:.2f} $\\pm$ {r[t + '_std']:.2f}" if not math.isnan(r.get(t + "_std", math.nan))
+                     else ("" if math.isnan(r[t]) else f"{r[t]:.2f}") for t in tasks]
+            diff = r.get("diff_vs_original", math.nan)
+            p = r.get("p_value", math.nan)
+            lines.append(" & ".join([str(r["budget"]), r["row"], f"{r['ratio_pct']:.4f}", *cells, f"{r['avg']:.2f}",
+                                     "" if pd.isna(diff) else f"{diff:+.2f}", "" if pd.isna(p) else f"{p:.3f}"])
+                         + " \\\\")
+        lines.append("\\midrule")
+    lines[-1] = "\\bottomrule"
+    lines.append("\\end{tabular}")
+    return "\n".join(lines) + "\n"
+
+
+_LAYER = re.compile(r"\.(?:layer|layers)\.(\d+)\.")
+
+
+def describe_parameter(name: str) -> tuple[int | None, str]:
+    """(layer index, module type) of a parameter name, e.g. (3, 'query.lora_A'); (None, 'other') outside layers."""
+    m = _LAYER.search(name)
+    if not m:
+        return None, "other"
+    parts = [p for p in name[m.end():].split(".") if p not in ("default", "weight", "bias")]
+    return int(m.group(1)), ".".join(parts[-2:])
+
+
+def placement(results: list[dict]) -> pd.DataFrame:
+    """Chosen entries per layer and module type for every run that saved a mask."""
+    rows = []
+    for r in results:
+        path = Path(r["_path"]).with_suffix(".mask.pt")
+        if not path.exists():
+            continue
+        for name, m in torch.load(path).items():
+            layer, kind = describe_parameter(name)
+            rows.append({"model": r["model"], "method": r["method"], "mask": r["mask"], "budget": r["budget"],
+                         "task": r["task"], "seed": r["seed"], "layer": layer, "module": kind,
+                         "chosen": int(m.sum()), "entries": m.numel()})
+    return pd.DataFrame(rows)
+
+
+def jaccard(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """|A and B| / |A or B| over all entries of two masks on the same parameters."""
+    inter = sum(int((a[n] & b[n]).sum()) for n in a)
+    union = sum(int((a[n] | b[n]).sum()) for n in a)
+    return inter / union if union else 1.0
+
+
+def overlap(results: list[dict], mode: str = "fish") -> pd.DataFrame:
+    """Pairwise Jaccard overlap of `mode` masks of runs with the same model, method, layers and budget."""
+    runs = [r for r in results if r["mask"] == mode and Path(r["_path"]).with_suffix(".mask.pt").exists()]
+    rows = []
+    key = lambda r: (r["model"], r["method"], r["layers"], r["rank"], r["budget"])  # noqa: E731
+    for k, group in itertools.groupby(sorted(runs, key=lambda r: (key(r), r["task"], r["seed"])), key=key):
+        group = list(group)
+        masks = [torch.load(Path(r["_path"]).with_suffix(".mask.pt")) for r in group]
+        for (ra, ma), (rb, mb) in itertools.combinations(zip(group, masks), 2):
+            rows.append({"model": k[0], "method": k[1], "layers": k[2], "rank": k[3], "budget": k[4],
+                         "task_a": ra["task"], "seed_a": ra["seed"], "task_b": rb["task"], "seed_b": rb["seed"],
+                         "same": "seed" if ra["task"] == rb["task"] else ("task" if ra["seed"] == rb["seed"] else "both"),
+                         "jaccard": jaccard(ma, mb)})
+    return pd.DataFrame(rows)
+
+
+def _plots(place: pd.DataFrame, lap: pd.DataFrame, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    if not place.empty:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+        chosen = place[place["mask"] != "none"]
+        for ax, by in zip(axes, ("layer", "module")):
+            share = chosen.groupby(["mask", by])["chosen"].sum().unstack(0).fillna(0)
+            (share / share.sum()).plot.bar(ax=ax)
+            ax.set_ylabel("share of chosen entries")
+            ax.set_title(f"mask entries per {by}")
+        fig.tight_layout()
+        fig.savefig(out / "mask_placement.png", dpi=120)
+        plt.close(fig)
+        written.append(out / "mask_placement.png")
+    if not lap.empty:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        lap.boxplot(column="jaccard", by="same", ax=ax)
+        ax.set_title("Jaccard overlap of fish masks")
+        ax.set_xlabel("pairs differing in")
+        fig.suptitle("")
+        fig.tight_layout()
+        fig.savefig(out / "mask_overlap.png", dpi=120)
+        plt.close(fig)
+        written.append(out / "mask_overlap.png")
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs-dir", default="runs")
+    ap.add_argument("--out", default="results")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = load_results(args.runs_dir)
+    if not results:
+        print(f"mask_report: no result files under {args.runs_dir}")
+        return
+    table = mask_table(results)
+    table.to_csv(out / "masks.csv", index=False, float_format="%.4f")
+    (out / "masks.tex").write_text(mask_table_latex(table))
+    place, lap = placement(results), overlap(results)
+    place.to_csv(out / "mask_placement.csv", index=False)
+    lap.to_csv(out / "mask_overlap.csv", index=False, float_format="%.4f")
+    written = [out / f for f in ("masks.csv", "masks.tex", "mask_placement.csv", "mask_overlap.csv")]
+    written += _plots(place, lap, out)
+    show = [c for c in ["budget", "row", "seeds", *TASK_ORDER, "avg", "diff_vs_original", "p_value"] if c in table]
+    print(table[show].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    print("wrote " + ", ".join(str(p) for p in written))
+
+
+if __name__ == "__main__":
+    main()

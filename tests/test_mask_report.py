@@ -1,0 +1,70 @@
+import math
+
+import pytest
+import torch
+from scipy.stats import ttest_rel
+
+from fishtune.mask_report import describe_parameter, jaccard, main, mask_table, overlap, placement
+from fishtune.results import load_results, write_json_atomic
+
+SCORES = {  # (mask, task, seed) -> best dev score
+    **{("none", t, s): 50 + i + s for i, t in enumerate(("mrpc", "rte")) for s in (1, 2, 3)},
+    **{("fish", t, s): 52 + i + s + 0.5 * s * (t == "rte") for i, t in enumerate(("mrpc", "rte")) for s in (1, 2, 3)},
+    **{("rand", t, s): 49 + i + s for i, t in enumerate(("mrpc", "rte")) for s in (1, 2)},
+}
+NAMES = ["base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.default.weight",
+         "base_model.model.bert.encoder.layer.4.attention.self.value.lora_B.default.weight"]
+
+
+def write_runs(tmp_path):
+    for (mask, task, seed), score in SCORES.items():
+        path = tmp_path / f"{mask}-{task}-{seed}.json"
+        write_json_atomic(path, {"schema": 1, "model": "minilm", "method": "lora", "rank": 1, "mask": mask,
+                                 "budget": 1, "task": task, "seed": seed, "layers": 1 if mask == "none" else 5,
+                                 "ratio_pct": 0.01, "best": {"score": score}})
+        if mask != "none":
+            g = torch.Generator().manual_seed(seed + 10 * (task == "rte"))
+            m = {n: torch.rand(4, 8, generator=g) > 0.5 for n in NAMES}
+            torch.save(m, path.with_suffix(".mask.pt"))
+    return load_results(tmp_path)
+
+
+def test_mask_table_means_stds_and_paired_test(tmp_path):
+    table = mask_table(write_runs(tmp_path)).set_index("row")
+    assert list(table.index) == ["original", "fish", "rand"]
+    fish = [SCORES[("fish", t, s)] for t in ("mrpc", "rte") for s in (1, 2, 3)]
+    orig = [SCORES[("none", t, s)] for t in ("mrpc", "rte") for s in (1, 2, 3)]
+    assert table.loc["fish", "p_value"] == pytest.approx(ttest_rel(fish, orig).pvalue)
+    assert table.loc["fish", "diff_vs_original"] == pytest.approx(sum(fish) / 6 - sum(orig) / 6)
+    assert table.loc["fish", "pairs"] == 6 and table.loc["rand", "pairs"] == 4  # rand has seeds 1, 2 only
+    assert table.loc["original", "mrpc"] == pytest.approx(52) and table.loc["original", "mrpc_std"] == pytest.approx(1)
+    assert table.loc["original", "avg"] == pytest.approx((52 + 53) / 2)
+    assert math.isnan(table.loc["original"].get("p_value", math.nan))
+
+
+def test_jaccard_placement_and_overlap(tmp_path):
+    a = {"x": torch.tensor([True, True, False, False])}
+    b = {"x": torch.tensor([True, False, True, False])}
+    assert jaccard(a, b) == pytest.approx(1 / 3) and jaccard(a, a) == 1.0
+    assert describe_parameter(NAMES[0]) == (0, "query.lora_A")
+    assert describe_parameter("base_model.model.classifier.modules_to_save.default.weight") == (None, "other")
+    results = write_runs(tmp_path)
+    place = placement(results)
+    assert set(place["layer"]) == {0, 4} and place["entries"].eq(32).all()
+    lap = overlap(results, "fish")
+    assert len(lap) == 15  # 6 fish masks (2 tasks x 3 seeds): 15 pairs
+    assert set(lap["same"]) == {"seed", "task", "both"}
+    masks = {(r["task"], r["seed"]): torch.load(tmp_path / f"fish-{r['task']}-{r['seed']}.mask.pt")
+             for r in results if r["mask"] == "fish"}
+    row = lap[(lap.task_a == "mrpc") & (lap.seed_a == 1) & (lap.task_b == "mrpc") & (lap.seed_b == 2)].iloc[0]
+    assert row["jaccard"] == pytest.approx(jaccard(masks[("mrpc", 1)], masks[("mrpc", 2)]))
+
+
+def test_cli_writes_every_file(tmp_path):
+    write_runs(tmp_path / "runs")
+    main(["--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
+    for name in ("masks.csv", "masks.tex", "mask_placement.csv", "mask_overlap.csv", "mask_placement.png",
+                 "mask_overlap.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+    tex = (tmp_path / "out" / "masks.tex").read_text()
+    assert "\\toprule" in tex and "\\bottomrule" in tex and "$\\pm$" in tex
