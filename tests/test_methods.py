@@ -1,0 +1,202 @@
+"""The six PEFT methods on tiny random models: where they are inserted, how many parameters they
+train, that the head trains, that Fisher scores and masked Adam work on every candidate tensor, and
+that unsupported combinations are refused by name. Offline, CPU, a few seconds per family."""
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from fishtune import methods, models
+from fishtune.fisher import empirical_fisher
+from fishtune.masks import build_mask
+from fishtune.methods import SUPPORT_MATRIX, count_on_meta, count_parameters, insert_method, split_trainable
+from fishtune.models import HEAD_MODULE, LAYER_PREFIX
+from fishtune.train import MaskedAdam, apply_masks
+
+CONF = models.__file__.rsplit("/fishtune/", 1)[0] + "/conf"
+COMBOS = [(family, name) for family, names in SUPPORT_MATRIX.items() for name in names]
+REFUSED = [(family, name) for family in SUPPORT_MATRIX for name in methods.METHODS if name not in SUPPORT_MATRIX[family]]
+
+
+@lru_cache(maxsize=None)
+def model_cfg(family: str):
+    return OmegaConf.load(f"{CONF}/model/tiny_{family}.yaml")
+
+
+@lru_cache(maxsize=None)
+def tokenizer(family: str):
+    return models.load_tokenizer(model_cfg(family))
+
+
+def peft_cfg(name: str, **overrides) -> dict:
+    return dict(OmegaConf.to_container(OmegaConf.load(f"{CONF}/peft/{name}.yaml")), **overrides)
+
+
+def build(family: str, name: str, layers: int, **overrides):
+    torch.manual_seed(0)
+    model = models.load_model(model_cfg(family), 2, tokenizer(family))
+    return insert_method(model, peft_cfg(name, **overrides), layers, family)
+
+
+def batch(family: str) -> dict:
+    enc = tokenizer(family)(["a short one", "a somewhat longer second sentence here", "third", "and a fourth"],
+                            padding=True, return_tensors="pt")
+    return {**enc, "labels": torch.tensor([0, 1, 1, 0])}
+
+
+def expected_count(family: str, p: dict, layers: int) -> int:
+    """The method's trainable entries (head excluded), written out from the architecture."""
+    c = models.model_config(model_cfg(family), 2, tokenizer(family))
+    h, f = c.hidden_size, c.intermediate_size
+    kv = h // c.num_attention_heads * getattr(c, "num_key_value_heads", c.num_attention_heads)
+    name, r = p["name"], p.get("rank")
+    if name in ("lora", "dora"):
+        # (in, out) of each target: BERT Q,K,V; ModernBERT attention Wo and MLP Wo; LLaMA o_proj
+        shapes = {"bert": [(h, h)] * 3, "modernbert": [(h, h), (f, h)], "llama": [(h, h)]}[family]
+        per_layer = sum(r * (i + o) + (o if name == "dora" else 0) for i, o in shapes)
+    elif name == "adapter":  # two Houlsby bottlenecks: down h->b (+b), up b->h (+h)
+        b = h // 16
+        per_layer = 2 * (2 * h * b + b + h)
+    elif name == "prefix":  # keys and values of length 30, kv-heads wide
+        per_layer = 2 * p["prefix_length"] * kv
+    elif name == "ia3":  # l_k, l_v (kv wide) and l_ff (intermediate wide)
+        per_layer = 2 * kv + f
+    elif name == "unipelt":  # gated LoRA on Q,K,V + gated prefix + gated bottleneck; each gate is h -> 1
+        b, gate = p["bottleneck"], h + 1
+        lora = r * (h + h) + 2 * r * (h + kv) + 3 * gate
+        per_layer = lora + (2 * p["prefix_length"] * kv + gate) + (2 * h * b + b + h + gate)
+    else:
+        raise AssertionError(name)
+    return layers * per_layer
+
+
+def layers_of(model, family: str) -> set[int]:
+    """Layer indices named by trainable non-head parameters, plus layers reading a prefix from
+    adapters' shared prefix pool (its one flat parameter is named after the first layer only)."""
+    pattern = re.compile(rf"(?:^|\.){re.escape(LAYER_PREFIX[family])}\.(\d+)\.")
+    found = {int(m.group(1)) for n, p in model.named_parameters()
+             if p.requires_grad and not methods.is_head(n, family) and (m := pattern.search(n))}
+    for n, module in model.named_modules():
+        if methods.ADAPTER_NAME in getattr(module, "prefixes", {}):
+            found.add(int(pattern.search(n + ".").group(1)))
+    return found
+
+
+def check_layers_and_count(model, family: str, name: str, layers: int) -> None:
+    assert layers_of(model, family) == set(range(layers))
+    assert methods.inserted_layers(model, family) == list(range(layers))
+    _, candidates = split_trainable(model, family)
+    assert sum(q.numel() for q in candidates.values()) == expected_count(family, peft_cfg(name), layers)
+
+
+@pytest.mark.parametrize("family,name", COMBOS)
+def test_inserted_on_exactly_the_bottom_layers_with_the_formula_count(family, name):
+    model = build(family, name, 3)
+    check_layers_and_count(model, family, name, 3)
+    head, candidates = split_trainable(model, family)
+    # the whole head trains: a 2-class Linear on the hidden size (LLaMA's score has no bias)
+    h = models.model_config(model_cfg(family), 2, tokenizer(family)).hidden_size
+    assert all(HEAD_MODULE[family] in n.split(".") for n in head)
+    assert sum(q.numel() for q in head.values()) == 2 * h + (0 if family == "llama" else 2)
+    # nothing of the base model trains: every candidate belongs to the method
+    marker = {"peft": ("lora_", "ia3_"), "adapters": (f".{methods.ADAPTER_NAME}.",)}[methods.METHODS[name].library]
+    assert all(any(k in n for k in marker) for n in candidates), list(candidates)
+    # the model is still called as model(**batch).logits
+    assert model(**{k: v for k, v in batch(family).items() if k != "labels"}).logits.shape == (4, 2)
+    # the meta-device count (what runs and `make ratios` use) is the real model's count
+    counts = count_on_meta(models.model_config(model_cfg(family), 2, tokenizer(family)), peft_cfg(name), 3, family)
+    assert (counts["trainable"], counts["total"]) == count_parameters(model)
+    assert counts["head"] == sum(q.numel() for q in head.values())
+
+
+@pytest.mark.parametrize("family,name", COMBOS)
+def test_first_and_all_layers_on_meta(family, name):
+    conf = models.model_config(model_cfg(family), 2, tokenizer(family))
+    for layers in (1, conf.num_hidden_layers):
+        model = models.build_on_meta(conf)
+        with torch.device("meta"):
+            model = insert_method(model, peft_cfg(name, init="default"), layers, family)
+        check_layers_and_count(model, family, name, layers)
+
+
+@pytest.mark.parametrize("family,name", COMBOS)
+def test_fisher_and_masked_adam_on_every_candidate(family, name):
+    """Fisher scores reach every candidate tensor (prefix embeddings and gates included); a mask from
+    them trains the chosen entries and leaves every other entry bit-identical after Adam steps."""
+    model = build(family, name, 2)
+    data = batch(family)
+    head, candidates = split_trainable(model, family)
+    for q in head.values():
+        q.requires_grad_(False)  # as the runner does: the head is always trained, not scored
+    fisher = empirical_fisher(model, [data], num_samples=4)
+    for q in head.values():
+        q.requires_grad_(True)
+    assert set(fisher) == set(candidates)
+    silent = [n for n, s in fisher.items() if not (torch.isfinite(s).all() and s.abs().sum() > 0)]
+    assert not silent, f"zero or non-finite Fisher: {silent}"
+
+    k = sum(q.numel() for q in candidates.values()) // 3
+    masks = build_mask({n: fisher[n] for n in candidates}, k, "fish", seed=0)
+    assert sum(int(m.sum()) for m in masks.values()) == k
+    before = {n: q.detach().clone() for n, q in model.named_parameters()}
+    opt = MaskedAdam(model, apply_masks(model, masks), lr=1e-2)
+    model.train()
+    inputs = {key: v for key, v in data.items() if key != "labels"}
+    for _ in range(3):
+        loss = torch.nn.functional.cross_entropy(model(**inputs).logits, data["labels"])
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    after = dict(model.named_parameters())
+    for n, q in before.items():
+        if n in masks:
+            assert torch.equal(after[n][~masks[n]], q[~masks[n]]), f"{n}: a masked-out entry moved"
+        elif n not in head:
+            assert torch.equal(after[n], q), f"{n}: a frozen parameter moved"
+    assert any(not torch.equal(after[n][m], before[n][m]) for n, m in masks.items()), "no chosen entry trained"
+    assert all(not torch.equal(after[n], before[n]) for n in head), "the head did not train"
+
+
+@pytest.mark.parametrize("family,name", REFUSED)
+def test_unsupported_combination_names_the_supported_ones(family, name):
+    with pytest.raises(ValueError, match=rf"{name}.*{family}.*{family} supports {', '.join(SUPPORT_MATRIX[family])}"):
+        build(family, name, 2)
+
+
+def test_unknown_method_and_layer_count_are_refused():
+    with pytest.raises(ValueError, match="choose one of: lora, dora, adapter, prefix, ia3, unipelt"):
+        methods.check_method("bitfit", "bert")
+    with pytest.raises(ValueError, match=r"allowed 1\.\.6"):
+        build("bert", "lora", 7)
+
+
+@pytest.mark.parametrize("rank", [1, 32])
+def test_lora_any_rank_with_pissa(rank):
+    model = build("bert", "lora", 6, rank=rank)  # hidden 32: rank 32 is a full-rank PiSSA split
+    _, candidates = split_trainable(model, "bert")
+    assert sum(q.numel() for q in candidates.values()) == expected_count("bert", peft_cfg("lora", rank=rank), 6)
+
+
+def test_lora_ranks_and_layers_on_bert_base_meta():
+    """LoRA rank 1..32 on 1..12 layers of bert-base, counted without weights."""
+    conf = models.arch_config(OmegaConf.load(f"{CONF}/model/bert_base.yaml"))
+    for rank, layers in [(1, 1), (2, 12), (4, 5), (8, 3), (16, 7), (32, 12)]:
+        counts = count_on_meta(conf, peft_cfg("lora", rank=rank), layers, "bert")
+        assert counts["trainable"] - counts["head"] == layers * 3 * rank * (768 + 768)
+        assert counts["head"] == 768 * 2 + 2
+
+
+def test_bert_base_per_layer_counts_match_the_paper_arithmetic():
+    """REFERENCE section 2: the per-layer sizes the paper's Table 1 ratios imply on bert-base."""
+    conf = models.arch_config(OmegaConf.load(f"{CONF}/model/bert_base.yaml"))
+    per_layer = {}
+    for name in methods.METHODS:
+        p = peft_cfg(name)
+        one, two = (count_on_meta(conf, p, n, "bert")["trainable"] for n in (1, 2))
+        per_layer[name] = two - one
+    assert per_layer == {"lora": 4608, "dora": 6912, "adapter": 149_088, "prefix": 46_080, "ia3": 4608,
+                         "unipelt": 21_513}
