@@ -2,7 +2,7 @@
 
 A result file is the unit of resume and aggregation. Its top-level keys (schema 1):
   run_id, config_hash, config (resolved), model, task, method, layers, rank, mask, budget, seed,
-  trainable, total, ratio_pct, history [{epoch, train_loss, dev_loss, metrics, score}],
+  trainable, total, ratio_pct, budget_ratio_pct (over the original run's model), history [{epoch, train_loss, dev_loss, metrics, score}],
   best {epoch, score, metrics, dev_loss}, stop_reason, fisher_seconds, train_seconds,
   samples_per_second, device, precision, host, slurm (job ids, or null), versions, git_commit,
   finished_at; adaptive runs add trainable_final, ratio_pct_final, ratio_pct_mean, active_ratio_history.
@@ -35,8 +35,9 @@ def run_name(config: Mapping[str, Any], layers: int) -> str:
     """Readable part of a run's file name; the config hash keeps two configs from sharing one."""
     mask = config["mask"]["mode"]
     budget = f"-b{config['budget']}" if mask != "none" else ""
+    rank = config["peft"].get("rank")
     return (f"{config['model']['name']}-{config['task']['name']}-{config['peft']['name']}"
-            f"-L{layers}-r{config['peft'].get('rank', '-')}-{mask}{budget}-s{config['seed']}")
+            f"-L{layers}{f'-r{rank}' if rank is not None else ''}-{mask}{budget}-s{config['seed']}")
 
 
 def result_path(runs_dir: str | Path, config: Mapping[str, Any], layers: int) -> Path:

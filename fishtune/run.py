@@ -37,6 +37,11 @@ SLURM_KEYS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLUR
 OWN_GROUPS = ("model", "peft", "mask", "task", "profile", "logger", "experiment")
 
 
+def slurm_ids() -> dict | None:
+    """This process's Slurm job ids ({"job_id": ..., "restart_count": ...}), None outside Slurm."""
+    return {k[6:].lower(): v for k, v in os.environ.items() if k in SLURM_KEYS} or None
+
+
 class ConfigError(ValueError):
     """A bad config value, reported as one line before any work starts."""
 
@@ -53,6 +58,7 @@ class Plan:
     head: int
     candidates: int
     total: int
+    budget_total: int      # all parameters of the original run that sets the budget (the paper's ratio)
     path: Path
 
 
@@ -71,20 +77,22 @@ def plan(config: dict) -> Plan:
         check_method(peft_cfg["name"], family)
         glue.check_glue_files(task, config["data"]["glue_dir"])
         budget = int(config["budget"])
-        layers = run_layers(peft_cfg, mode, budget)
         tokenizer = load_tokenizer(model_cfg) if model_cfg["source"] == "tiny" else None
         conf = model_config(model_cfg, task.num_labels, tokenizer)
-        if not 1 <= layers <= conf.num_hidden_layers:
+        depth = conf.num_hidden_layers
+        layers = run_layers(peft_cfg, mode, budget, depth)
+        if not 1 <= layers <= depth:
             raise ValueError(f"cannot insert {peft_cfg['name']} on {layers} layers: {model_cfg['name']} has "
-                             f"{conf.num_hidden_layers} (allowed 1..{conf.num_hidden_layers})")
+                             f"{depth} (allowed 1..{depth})")
         counts = count_on_meta(conf, peft_cfg, layers, family)
-        k = None
+        k, budget_total = None, counts["total"]
         if mode not in ("none", "adaptive") or mask_cfg.get("start") == "fish":
             k = mask_cfg.get("k")
             if k is None:  # the trainable count of the original run at this budget level
                 rank = mask_cfg.get("budget_rank") or peft_cfg.get("rank")
                 original = dict(peft_cfg, rank=rank, layers=None)
-                k = count_on_meta(conf, original, original_layers(peft_cfg, budget), family)["trainable"]
+                original = count_on_meta(conf, original, original_layers(peft_cfg, budget, depth), family)
+                k, budget_total = original["trainable"], original["total"]
             k = int(k)
             if not counts["head"] <= k <= counts["trainable"]:
                 raise ValueError(f"budget k={k} is impossible for {peft_cfg['name']} on {layers} layers: it must lie "
@@ -93,7 +101,7 @@ def plan(config: dict) -> Plan:
         raise ConfigError(str(e).strip("'\"")) from e
     path = result_path(config["paths"]["runs_dir"], config, layers)
     return Plan(config, task, family, layers, mode, k, counts["head"], counts["trainable"] - counts["head"],
-                counts["total"], path)
+                counts["total"], budget_total, path)
 
 
 def _device_and_precision(train_cfg: dict) -> tuple[str, bool]:
@@ -175,18 +183,22 @@ def execute(p: Plan, progress: bool = True) -> dict:
             "rank": cfg["peft"].get("rank"), "mask": p.mode, "budget": int(cfg["budget"]), "seed": seed}
     tracker = tracking.start(cfg, keys, p.path.stem)
     checkpoint = p.path.with_suffix(".ckpt.pt")
+    # A requeued (or rerun) job continues after the last epoch its checkpoint holds.
+    resumed_from = int(torch.load(checkpoint, weights_only=False)["epoch"]) if checkpoint.exists() else None
     outcome = train(model, train_loader, dev_loader, task, settings, partial, checkpoint=checkpoint,
                     on_epoch=tracker[0] if tracker else None, freezer=freezer)
 
     result = {
         "schema": SCHEMA, "run_id": p.path.stem, "config_hash": config_hash(cfg), "config": cfg, **keys,
-        "trainable": trainable, "total": p.total, "ratio_pct": 100 * trainable / p.total, "lr": lr,
+        "trainable": trainable, "total": p.total, "ratio_pct": 100 * trainable / p.total,
+        # The paper prints one ratio per budget row: the trainable count over the original run's model.
+        "budget_ratio_pct": 100 * trainable / p.budget_total, "lr": lr,
         "train_examples": len(splits["train"]), "dev_examples": len(splits["dev"]),
         "history": outcome.history, "best": outcome.best, "stop_reason": outcome.stop_reason,
         "fisher_seconds": fisher_seconds, "train_seconds": outcome.train_seconds,
         "samples_per_second": outcome.samples_seen / max(outcome.train_seconds, 1e-9),
         "device": device, "precision": "bf16" if bf16 else "fp32", "host": socket.gethostname(),
-        "slurm": {k[6:].lower(): v for k, v in os.environ.items() if k in SLURM_KEYS} or None,
+        "slurm": slurm_ids(), "resumed_from_epoch": resumed_from,
         "versions": package_versions(), "git_commit": git_commit(), "finished_at": now_iso(),
     }
     if freezer is not None:  # the active set shrinks: report where it ended and its mean over steps
@@ -242,7 +254,8 @@ def record_failure(config: dict, error: BaseException) -> Path:
     except ConfigError:
         path = Path(config["paths"]["runs_dir"]) / f"invalid-{config_hash(config)}.failed.json"
     write_json_atomic(path, {"status": "failed", "config": config, "error": f"{type(error).__name__}: {error}",
-                             "traceback": traceback.format_exception(error), "finished_at": now_iso()})
+                             "traceback": traceback.format_exception(error), "host": socket.gethostname(),
+                             "slurm": slurm_ids(), "finished_at": now_iso()})
     return path
 
 

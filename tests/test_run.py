@@ -31,6 +31,7 @@ def test_run_writes_result_file_then_skips(tmp_path, capsys):
     assert result["trainable"] == 2 * 3 * 64 + 66
     original = run(run_config(tmp_path, "task=mrpc", "mask=none", "budget=2", *QUICK), progress=False)
     assert original["trainable"] == result["trainable"] and original["layers"] == 2
+    assert original["budget_ratio_pct"] == result["budget_ratio_pct"] == original["ratio_pct"] > result["ratio_pct"]
     mask = torch.load(path.with_suffix(".mask.pt"))
     assert sum(int(m.sum()) for m in mask.values()) == result["trainable"] - 66
     assert not path.with_suffix(".ckpt.pt").exists()
@@ -49,6 +50,16 @@ def test_same_config_and_seed_reproduce_mask_and_metrics(tmp_path):
     a, b = results
     assert a["history"] == b["history"] and a["config_hash"] == b["config_hash"]
     assert all(torch.equal(a["mask"][n], b["mask"][n]) for n in a["mask"])
+
+
+def test_schedules_deeper_than_the_model_scale_down(tmp_path):
+    # IA3's paper schedule (3, 5, 8, 10; FISH 12) on a 6-layer model: x 6/12, rounded up.
+    layers = {b: plan(run_config(tmp_path, "peft=ia3", "mask=none", f"budget={b}")).layers for b in (1, 2, 3, 4)}
+    assert layers == {1: 2, 2: 3, 3: 4, 4: 5}
+    fish = plan(run_config(tmp_path, "peft=ia3", "mask=fish", "budget=4"))
+    assert fish.layers == 6 and fish.k == plan(run_config(tmp_path, "peft=ia3", "mask=none", "budget=4")).candidates + 66
+    # LoRA's schedule (1-4, FISH 5) fits 6 layers and is used as written.
+    assert plan(run_config(tmp_path, "mask=none", "budget=3")).layers == 3
 
 
 @pytest.mark.parametrize("override,message", [
