@@ -5,27 +5,37 @@ daemons. Skipped unless asked for, with `FISHTUNE_SLURM_TESTS=1` or `pytest -m s
 test-slurm` does both and leaves the cluster down afterwards. A cluster that was already running
 when the tests started is left running (only its test jobs are cancelled).
 
-The app under test is tests/slurm_app.py (no fishtune code): each job writes one JSON with the
-Slurm variables it saw, and counts its attempts, so a requeued job knows it is on its second.
+Two apps run on it. tests/slurm_app.py (no fishtune code): each job writes one JSON with the Slurm
+variables it saw, and counts its attempts, so a requeued job knows it is on its second. Then
+fishtune itself (`python -m fishtune.run -m hydra/launcher=slurm ...` on tiny_bert and the GLUE
+fixtures): a 4-run sweep whose result files carry their job ids, one run signalled mid-training
+and requeued that resumes from its checkpoint and ends equal to an uninterrupted local run, and a
+sweep with a crashing run that `python -m fishtune.sweep_summary` reports while the other finishes.
 The cluster runs without accounting, so tests/slurm_bin (a test-only `sacct` stand-in that submitit
 polls) goes first on the sweep's PATH: without any sacct a job that dies without a result would
 leave the sweep waiting forever.
+
+The tests of fishtune.sweep_summary at the end need no cluster and run in `make test`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slurm
+slurm = pytest.mark.slurm  # needs the cluster: every test that uses the `cluster` fixture
 
 REPO = Path(__file__).resolve().parents[1]
 SLURM_LOCAL = REPO / "scripts" / "slurm-local"
@@ -33,6 +43,7 @@ APP = REPO / "tests" / "slurm_app.py"
 SACCT_BIN = REPO / "tests" / "slurm_bin"
 PARTITION = os.environ.get("SLURM_LOCAL_PARTITION", "local")
 JOB_NAME = "slurm_app"  # hydra.job.name of the app = the Slurm job name
+FISHTUNE_JOB_NAME = "fishtune_test"  # hydra.launcher.name of the fishtune sweeps
 SWEEP_TIMEOUT_S = 150
 _sweeps: list[subprocess.Popen] = []  # started sweeps; any still running at teardown are ended
 
@@ -58,7 +69,7 @@ def cluster(request: pytest.FixtureRequest):
     finally:
         for proc in _sweeps:
             _end(proc)
-        subprocess.run(["scancel", "--name", f"{JOB_NAME},fishtune-urgent"], capture_output=True)
+        subprocess.run(["scancel", "--name", f"{JOB_NAME},{FISHTUNE_JOB_NAME},fishtune-urgent"], capture_output=True)
         if not was_running:
             stop = subprocess.run([SLURM_LOCAL, "stop"], capture_output=True, text=True)
             print(stop.stdout + stop.stderr)
@@ -86,11 +97,15 @@ def _sweep_cmd(out: Path, *overrides: str) -> list[str]:
 
 
 def _start_sweep(out: Path, *overrides: str, **launcher: object) -> subprocess.Popen:
+    return _start(_sweep_cmd(out, *overrides), out, _env(**launcher))
+
+
+def _start(cmd: list[str], out: Path, env: dict[str, str]) -> subprocess.Popen:
+    """Starts `cmd` in its own process group, its output in <out>.log."""
+    out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.parent / f"{out.name}.log", "w") as log:
-        proc = subprocess.Popen(
-            _sweep_cmd(out, *overrides), cwd=REPO, env=_env(**launcher), stdout=log,
-            stderr=subprocess.STDOUT, text=True, start_new_session=True,
-        )
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
     _sweeps.append(proc)
     return proc
 
@@ -157,6 +172,7 @@ def _submitit_log(out: Path, task: str) -> str:
     return "".join(p.read_text() for p in sorted(folder.glob("*_log.*")))
 
 
+@slurm
 def test_sweep_runs_as_slurm_array(cluster, tmp_path):
     out = tmp_path / "basic"
     rc, log = _sweep(out, "x=1,2", "sleep_s=3")
@@ -179,6 +195,7 @@ def test_sweep_runs_as_slurm_array(cluster, tmp_path):
         assert flag in text, text
 
 
+@slurm
 def test_signalled_job_is_requeued_by_submitit(cluster, tmp_path):
     """USR2 (what Slurm sends signal_delay_s before the time limit, and submitit's own preemption
     test sends): submitit checkpoints the job, `scontrol requeue`s it, and it completes on its
@@ -201,6 +218,7 @@ def test_signalled_job_is_requeued_by_submitit(cluster, tmp_path):
     assert "this job is preempted" in slog and f"Requeued job {task}" in slog, slog
 
 
+@slurm
 def test_time_limit_requeues_with_max_num_timeout(cluster, tmp_path):
     """A real Slurm time limit: --time=1 with --signal=USR2@10. slurmctld checks time limits every
     30 s and signals a job once `now + delay + 30 s` reaches its end, so 20 to 50 s after the start
@@ -215,6 +233,7 @@ def test_time_limit_requeues_with_max_num_timeout(cluster, tmp_path):
     assert "this job is timed-out" in slog and "(0 remaining timeouts)" in slog, slog
 
 
+@slurm
 def test_preempted_job_is_requeued_by_slurm(cluster, tmp_path):
     """Real preemption: a job in partition `urgent` (higher PriorityTier, PreemptMode=REQUEUE) needs
     both cores; Slurm preempts the running sweep job and requeues it; it reruns and completes."""
@@ -237,6 +256,7 @@ def test_preempted_job_is_requeued_by_slurm(cluster, tmp_path):
         ["scontrol", "show", "job", "-o", task], capture_output=True, text=True).stdout
 
 
+@slurm
 def test_crashed_job_fails_the_sweep_and_a_rerun_finishes_it(cluster, tmp_path):
     """A job killed outright (no result file) must end the sweep with an error, not hang it (this
     is where submitit needs sacct); rerunning the sweep keeps the finished job's result and redoes
@@ -256,3 +276,280 @@ def test_crashed_job_fails_the_sweep_and_a_rerun_finishes_it(cluster, tmp_path):
     r2 = _result(out, 2)
     assert r2["attempt"] == 2 and r2["SLURM_RESTART_COUNT"] is None  # a new job, not a requeue
     assert r2["SLURM_ARRAY_JOB_ID"] != first["SLURM_ARRAY_JOB_ID"]
+
+
+# ---- fishtune itself on the cluster --------------------------------------------------------------
+
+GLUE = REPO / "tests" / "fixtures" / "glue"
+FT_EPOCHS = 12
+# Tiny, but slow enough to signal a run mid-training: the fixtures' 40 training rows in batches of
+# 2 are 20 steps an epoch (0.3 s on an idle core, 1 s on a busy one), and no early stop.
+FT_ARGS = ("model=tiny_bert", f"data.glue_dir={GLUE}", f"train.max_epochs={FT_EPOCHS}",
+           f"train.patience={FT_EPOCHS}", "train.batch_size=2", "fisher.samples=16")
+FT_TIMEOUT_S = 420
+# (task, mask) of the run signalled mid-training: the array's last task (Slurm starts array tasks in
+# index order), so no task of the array is still pending then. Slurm 22.05 answers a signal to a
+# task of an array with pending tasks with "Job can not be altered now" although it delivers it, and
+# scancel then retries every few seconds until the requeued job runs again and dies of the signal.
+SIGNALLED = ("mrpc", "fish")
+
+
+@dataclass
+class FishtuneSweeps:
+    main: Path              # runs_dir of `task=rte,mrpc mask=none,fish`, one run signalled
+    crash: Path             # runs_dir of `task=rte mask=none,fish fisher.chunk_size=0`
+    ref: Path               # runs_dir of the signalled run's config, run here without Slurm
+    main_rc: int
+    main_log: str
+    crash_rc: int
+    crash_log: str
+    ref_rc: int
+    ref_log: str
+    signalled_job: str      # ARRAYID_TASK
+    epoch_at_signal: int    # the epoch of the checkpoint that existed when the signal went out
+    seconds: float
+
+
+def _fishtune_sweep(runs_dir: Path, *overrides: str) -> list[str]:
+    return [sys.executable, "-m", "fishtune.run", "-m", "hydra/launcher=slurm",
+            f"hydra.launcher.name={FISHTUNE_JOB_NAME}", *FT_ARGS, f"paths.runs_dir={runs_dir}", *overrides]
+
+
+def _fishtune_env() -> dict[str, str]:
+    # timeout_min > 10: submitit counts a USR2 before `min(0.8 T, T - 10 min)` as a preemption (always
+    # requeued); with a shorter limit every USR2 is a time-out (requeued only within max_num_timeout).
+    env = _env(TIMEOUT_MIN=60)
+    env.pop("OMP_NUM_THREADS", None)  # the launcher's setup line sets it to the job's CPUs (1)
+    return env
+
+
+def _sweep_dir(runs_dir: Path) -> Path:
+    [d] = runs_dir.glob("hydra/multirun_*")
+    return d
+
+
+def _job_of(runs_dir: Path, task: str, mask: str) -> str:
+    """ARRAYID_TASK of the (started) job that runs task/mask: Hydra's job number is the array index."""
+    sweep = _sweep_dir(runs_dir)
+    for f in sweep.glob("*/.hydra/overrides.yaml"):
+        text = f.read_text()
+        if f"task={task}\n" in text and f"mask={mask}\n" in text:
+            [folder] = (sweep / ".submitit").glob(f"*_{f.parent.parent.name}")
+            return folder.name
+    pytest.fail(f"no started job for task={task} mask={mask} in {sweep}")
+
+
+def _label(slurm: dict) -> str:
+    return f"{slurm['array_job_id']}_{slurm['array_task_id']}"
+
+
+def _summary(runs_dir: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fishtune.sweep_summary", str(runs_dir)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def fishtune_sweeps(cluster, tmp_path_factory) -> FishtuneSweeps:
+    """Two fishtune sweeps on the cluster at once, and the signalled run's config locally beside them;
+    USR2 to the SIGNALLED run's job once its first epoch checkpoint is on disk."""
+    from fishtune.results import load_results  # noqa: F401 - fail here, not in a job, if fishtune is broken
+
+    base = tmp_path_factory.mktemp("fishtune")
+    main, crash, ref = base / "main", base / "crash", base / "ref"
+    t0 = time.time()
+    env = _fishtune_env()
+    main_proc = _start(_fishtune_sweep(main, "task=rte,mrpc", "mask=none,fish"), main, env)
+    task, mask = SIGNALLED
+    ref_proc = _start([sys.executable, "-m", "fishtune.run", *FT_ARGS, f"paths.runs_dir={ref}", f"task={task}",
+                       f"mask={mask}"], ref, {**os.environ, "OMP_NUM_THREADS": "1"})  # one thread, as in a job
+    # The second sweep queues behind the first (Slurm runs jobs in submission order here).
+    _wait_for(lambda: any(main.glob("hydra/multirun_*/.submitit/*/*_submission.sh")) or main_proc.poll() is not None,
+              "the first sweep's sbatch", timeout=FT_TIMEOUT_S)
+    # fisher.chunk_size=0 breaks only the run that estimates a Fisher (mask=fish), not mask=none
+    crash_proc = _start(_fishtune_sweep(crash, "task=rte", "mask=none,fish", "fisher.chunk_size=0"), crash, env)
+    import torch  # (slow to import; meanwhile the jobs start)
+
+    def ckpt() -> Path | None:
+        return next(main.glob(f"*-{task}-*-{mask}-*.ckpt.pt"), None)
+
+    _wait_for(lambda: ckpt() is not None or main_proc.poll() is not None, f"the {task}/{mask} run's checkpoint",
+              timeout=FT_TIMEOUT_S)
+    path = ckpt()
+    if path is None:
+        _, log = _finish(main_proc, main)
+        pytest.fail(f"the sweep ended before the {task}/{mask} run wrote a checkpoint:\n{log}")
+    snapshot = base / "at_signal.ckpt.pt"
+    shutil.copyfile(path, snapshot)
+    job = _job_of(main, task, mask)
+    if path.with_name(path.name.removesuffix(".ckpt.pt") + ".json").exists():
+        pytest.fail(f"{path.name}: the run finished before the signal; give it more epochs (FT_EPOCHS)")
+    array = job.split("_")[0]
+    _wait_for(lambda: not subprocess.run(["squeue", "-h", "-r", "-t", "PD", "-j", array], capture_output=True,
+                                         text=True).stdout.strip(), f"no pending task in array {array}")
+    # what Slurm sends signal_delay_s before a time limit, and submitit on a preemption
+    sig = subprocess.run(["scancel", "--signal=USR2", job], capture_output=True, text=True, timeout=60)
+    assert sig.returncode == 0, f"scancel --signal=USR2 {job}: {sig.stderr}\n{_squeue()}"
+
+    main_rc, main_log = _finish(main_proc, main, FT_TIMEOUT_S)
+    crash_rc, crash_log = _finish(crash_proc, crash, FT_TIMEOUT_S)
+    ref_rc, ref_log = _finish(ref_proc, ref, FT_TIMEOUT_S)
+    epoch = int(torch.load(snapshot, weights_only=False)["epoch"])
+    sweeps = FishtuneSweeps(main, crash, ref, main_rc, main_log, crash_rc, crash_log, ref_rc, ref_log, job, epoch,
+                            time.time() - t0)
+    print(f"fishtune sweeps: {sweeps.seconds:.0f} s; signalled {job} after epoch {epoch}")
+    return sweeps
+
+
+@slurm
+def test_fishtune_sweep_runs_as_slurm_jobs(fishtune_sweeps):
+    s = fishtune_sweeps
+    assert s.main_rc == 0, s.main_log
+    from fishtune.results import load_results
+
+    results = {(r["task"], r["mask"]): r for r in load_results(s.main)}
+    assert set(results) == {("rte", "none"), ("rte", "fish"), ("mrpc", "none"), ("mrpc", "fish")}, s.main_log
+    # real Slurm jobs: one array (the sweep), one task per run, each with its own job id
+    ids = [r["slurm"] for r in results.values()]
+    assert len({i["array_job_id"] for i in ids}) == 1 and ids[0]["array_job_id"].isdigit()
+    assert sorted(i["array_task_id"] for i in ids) == ["0", "1", "2", "3"]
+    assert len({i["job_id"] for i in ids}) == 4 and all(i["job_id"].isdigit() for i in ids)
+    assert all(i["job_partition"] == PARTITION for i in ids)
+    for (task, mask), r in results.items():
+        assert r["host"] == socket.gethostname() and r["device"] == "cpu" and r["model"] == "tiny_bert"
+        assert r["config"]["data"]["glue_dir"] == str(GLUE)
+        assert r["train_examples"] == 40 and r["dev_examples"] == 16
+        assert [h["epoch"] for h in r["history"]] == list(range(1, FT_EPOCHS + 1))
+        for h in r["history"]:
+            assert math.isfinite(h["train_loss"]) and math.isfinite(h["dev_loss"]) and 0 <= h["score"] <= 100
+        assert r["best"]["score"] == max(h["score"] for h in r["history"]) and r["stop_reason"] == "max_epochs"
+        assert 0 < r["trainable"] < r["total"]
+        if (task, mask) != SIGNALLED:
+            assert "restart_count" not in r["slurm"] and r["resumed_from_epoch"] is None
+    for task in ("rte", "mrpc"):  # the mask keeps exactly the original (mask=none) run's trainable count
+        assert results[(task, "fish")]["trainable"] == results[(task, "none")]["trainable"]
+        assert results[(task, "fish")]["layers"] > results[(task, "none")]["layers"]
+        assert results[(task, "fish")]["fisher_seconds"] > 0 or (task, "fish") == SIGNALLED
+    # conf/hydra/launcher/slurm.yaml reached sbatch
+    script = next((_sweep_dir(s.main) / ".submitit").glob("*/*_submission.sh")).read_text()
+    for line in (f"--job-name={FISHTUNE_JOB_NAME}", "--array=0-3%", "--cpus-per-task=1", "--time=60",
+                 "export OMP_NUM_THREADS=$SLURM_CPUS_PER_TASK"):
+        assert line in script, script
+    assert not list(s.main.glob("*.ckpt.pt")) and not list(s.main.glob("*.failed.json"))
+
+
+@slurm
+def test_signalled_fishtune_run_resumes_from_its_checkpoint(fishtune_sweeps):
+    """USR2 mid-training: submitit requeues the job (same job id, SLURM_RESTART_COUNT=1); the requeued
+    job reruns the same config, which resumes from the epoch checkpoint and ends with exactly the
+    result of an uninterrupted run."""
+    s = fishtune_sweeps
+    assert s.main_rc == 0, s.main_log
+    assert s.ref_rc == 0, s.ref_log
+    from fishtune.results import load_results
+
+    [r] = [r for r in load_results(s.main) if (r["task"], r["mask"]) == SIGNALLED]
+    [ref] = load_results(s.ref)
+    assert r["run_id"] == ref["run_id"]  # the same config (paths are not part of a run's identity)
+    assert _label(r["slurm"]) == s.signalled_job and r["slurm"]["restart_count"] == "1"
+    assert 1 <= s.epoch_at_signal <= r["resumed_from_epoch"] < FT_EPOCHS, (s.epoch_at_signal, r["resumed_from_epoch"])
+    assert ref["slurm"] is None and ref["resumed_from_epoch"] is None
+    assert r["history"] == ref["history"]  # every epoch's losses, metrics and scores, bit for bit
+    assert r["best"] == ref["best"] and r["stop_reason"] == ref["stop_reason"]
+    assert (r["trainable"], r["total"]) == (ref["trainable"], ref["total"])
+    logs = "".join(p.read_text() for p in (_sweep_dir(s.main) / ".submitit" / s.signalled_job).glob("*_log.*"))
+    assert "this job is preempted" in logs and f"Requeued job {s.signalled_job}" in logs, logs[-3000:]
+    assert logs.count("Starting with JobEnvironment") == 2  # two attempts of the same job
+
+
+@slurm
+def test_crashed_fishtune_run_is_reported_and_the_other_finishes(fishtune_sweeps):
+    """A run that raises inside its Slurm job is recorded as <run>.failed.json (with its job id); the
+    sweep goes on, its other run finishes, and the sweep summary lists both."""
+    s = fishtune_sweeps
+    assert s.crash_rc == 0, s.crash_log  # a run that raises is a finished job, not a crashed sweep
+    from fishtune.results import load_failures, load_results
+
+    [done] = load_results(s.crash)
+    [failed] = load_failures(s.crash)
+    assert done["mask"] == "none" and done["slurm"]["job_id"].isdigit()
+    assert failed["config"]["mask"]["mode"] == "fish" and "batch_size" in failed["error"]
+    assert failed["slurm"]["array_job_id"] == done["slurm"]["array_job_id"] and failed["host"] == done["host"]
+    out = _summary(s.crash)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "1 finished, 1 failed, 0 without a result" in out.stdout, out.stdout
+    assert f"slurm {_label(failed['slurm'])} on {failed['host']}" in out.stdout, out.stdout
+    assert "error: ValueError" in out.stdout and "batch_size" in out.stdout, out.stdout
+    assert f"slurm {_label(done['slurm'])}" in out.stdout, out.stdout
+
+
+@slurm
+def test_sweep_summary_of_the_signalled_sweep(fishtune_sweeps):
+    s = fishtune_sweeps
+    out = _summary(s.main)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "4 finished, 0 failed, 0 without a result" in out.stdout, out.stdout
+    assert re.search(rf"slurm {s.signalled_job} on \S+, requeued 1x, resumed after epoch \d+", out.stdout), out.stdout
+
+
+# ---- fishtune.sweep_summary without a cluster (runs in `make test`) ------------------------------
+
+def _fake_result(runs_dir: Path, run_id: str, **over) -> None:
+    result = {"schema": 1, "run_id": run_id, "task": "rte", "mask": "none", "history": [{"epoch": 1}, {"epoch": 2}],
+              "best": {"epoch": 2, "score": 61.25}, "stop_reason": "max_epochs", "host": "node7",
+              "slurm": None, "resumed_from_epoch": None, **over}
+    (runs_dir / f"{run_id}.json").write_text(json.dumps(result))
+
+
+def test_sweep_summary_lists_finished_failed_and_jobs_without_result(tmp_path, monkeypatch, capsys):
+    from submitit.helpers import DelayedSubmission
+
+    from fishtune import sweep_summary
+
+    _fake_result(tmp_path, "a-none")
+    _fake_result(tmp_path, "b-fish", mask="fish", resumed_from_epoch=3,
+                 slurm={"job_id": "12", "array_job_id": "7", "array_task_id": "1", "restart_count": "1"})
+    (tmp_path / "b-fish.failed.json").write_text(json.dumps({"error": "old"}))  # finished later: not listed
+    (tmp_path / "c-fish.failed.json").write_text(json.dumps({
+        "status": "failed", "error": "ValueError: batch_size=0", "host": "node8",
+        "slurm": {"job_id": "13", "array_job_id": "7", "array_task_id": "2"}}))
+    # hydra-submitit-launcher's folders: the array's own (script only), one job that returned, one without
+    sub = tmp_path / "hydra" / "multirun_x" / ".submitit"
+    for job in ("7", "7_0", "7_3"):
+        (sub / job).mkdir(parents=True)
+    (sub / "7" / "7_submission.sh").write_text("#!/bin/bash\n")
+    for job in ("7_0", "7_3"):
+        DelayedSubmission(print, ["task=mrpc", "mask=fish"], "hydra.sweep.dir", 3, "job_id_for_3", {}).dump(
+            sub / job / f"{job}_submitted.pkl")
+    (sub / "7_0" / "7_0_0_result.pkl").write_bytes(b"")
+
+    monkeypatch.setattr(sweep_summary, "_queue_states", lambda: {})  # squeue answers; 7_3 is not queued
+    s = sweep_summary.summarize(tmp_path)
+    assert [r["run_id"] for r in s["finished"]] == ["a-none", "b-fish"]
+    assert [r["run_id"] for r in s["failed"]] == ["c-fish"]
+    assert [(j["job"], j["state"], j["overrides"]) for j in s["without_result"]] == [
+        ("7_3", "ended without a result", ["task=mrpc", "mask=fish"])]
+    assert not s["ok"]
+    assert sweep_summary.main([str(tmp_path)]) == 1
+    text = capsys.readouterr().out
+    assert text.startswith(f"sweep summary of {tmp_path}: 2 finished, 1 failed, 1 without a result\n")
+    assert "  a-none  score 61.25 (best epoch 2 of 2, max_epochs)  on node7\n" in text
+    assert "  b-fish  score 61.25 (best epoch 2 of 2, max_epochs)  slurm 7_1 on node7, requeued 1x, " \
+           "resumed after epoch 3\n" in text
+    assert "  c-fish  slurm 7_2 on node8\n    error: ValueError: batch_size=0\n" in text
+    assert "  7_3  ended without a result\n    overrides: task=mrpc mask=fish\n    log: " in text
+
+    monkeypatch.setattr(sweep_summary, "_queue_states", lambda: {"7_3": "RUNNING"})
+    assert sweep_summary.summarize(tmp_path)["without_result"][0]["state"] == "running"
+    monkeypatch.setattr(sweep_summary, "_queue_states", lambda: None)  # no Slurm here
+    assert sweep_summary.summarize(tmp_path)["without_result"][0]["state"].startswith("unknown")
+    assert sweep_summary.main([str(tmp_path), "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["failed"][0]["error"] == "ValueError: batch_size=0"
+
+
+def test_sweep_summary_exit_status(tmp_path, capsys):
+    from fishtune import sweep_summary
+
+    _fake_result(tmp_path, "a-none")
+    assert sweep_summary.main([str(tmp_path)]) == 0
+    assert "1 finished, 0 failed, 0 without a result" in capsys.readouterr().out
+    assert sweep_summary.main([str(tmp_path / "nowhere")]) == 2
