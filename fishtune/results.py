@@ -28,6 +28,8 @@ _NOT_IDENTITY = ("paths", "force", "logger", "hydra")
 
 def config_hash(config: Mapping[str, Any]) -> str:
     identity = {k: v for k, v in config.items() if k not in _NOT_IDENTITY}
+    if isinstance(identity.get("data"), Mapping):  # where GLUE is read from does not change the run
+        identity["data"] = {k: v for k, v in identity["data"].items() if k != "glue_dir"}
     blob = json.dumps(identity, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 

@@ -1,0 +1,170 @@
+"""The aggregator on synthetic result files: the paper's layout, blanks and a missing list, seed
+statistics, LaTeX rules, Figure 3 files. No training: each test writes a handful of JSON files."""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fishtune.aggregate import aggregate, build_table, mean_std, parse_model_map, RunIndex, table_rows
+from fishtune.paper import paper_wide
+from fishtune.results import SCHEMA, config_hash, result_path, write_json_atomic
+
+TASKS6 = ["cola", "mrpc", "rte", "sst2", "stsb", "wnli"]
+
+
+def fake_result(runs_dir, *, model="bert_base", method="lora", task="rte", mask="none", budget=1, layers=None,
+                rank=1, budget_rank=None, seed=42, score=50.0, losses=(0.7, 0.6, 0.5), finished="2026-01-01T00:00:00"):
+    """Write one result file with the schema of fishtune/results.py, as fishtune.run would."""
+    if layers is None:
+        layers = budget if mask == "none" else 5
+    config = {
+        "model": {"name": model, "family": "bert", "source": "hub", "path": None},
+        "peft": {"name": method, "rank": rank, "budget_layers": [1, 2, 3, 4], "fish_layers": 5, "layers": None},
+        "mask": {"mode": mask} if mask == "none" else {"mode": mask, "k": None, "budget_rank": budget_rank},
+        "task": {"name": task}, "budget": budget, "seed": seed, "logger": {"mode": "none"},
+        "paths": {"runs_dir": str(runs_dir)}, "force": False,
+    }
+    history = [{"epoch": e + 1, "train_loss": l + 0.1, "dev_loss": l, "metrics": {"accuracy": score}, "score": score}
+               for e, l in enumerate(losses)]
+    result = {
+        "schema": SCHEMA, "run_id": "x", "config_hash": config_hash(config), "config": config,
+        "model": model, "task": task, "method": method, "layers": layers, "rank": rank, "mask": mask,
+        "budget": budget, "seed": seed, "trainable": 6146, "total": 109_489_538, "ratio_pct": 0.0056,
+        "history": history, "best": {"epoch": len(losses), "score": score, "metrics": {}, "dev_loss": losses[-1]},
+        "stop_reason": "max_epochs", "finished_at": finished,
+    }
+    write_json_atomic(result_path(runs_dir, config, layers), result)
+    return result
+
+
+def test_layout_follows_the_paper_with_blanks_and_a_missing_list(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    fake_result(runs, task="rte", mask="none", budget=2, score=61.0)
+    fake_result(runs, task="rte", mask="rand", budget=2, score=55.0)
+    out = aggregate(runs, tmp_path / "results", ["5"])
+    frame = pd.read_csv(tmp_path / "results" / "table5.csv")
+    paper = paper_wide(5)
+    assert list(frame["label"]) == list(paper["label"]) and list(frame["budget"]) == list(paper["budget"])
+    assert [c for c in frame.columns if c in ("CoLA", "MRPC", "RTE", "SST-2", "STS-B", "WNLI", "Avg")] == \
+        ["CoLA", "MRPC", "RTE", "SST-2", "STS-B", "WNLI", "Avg"]
+    original_b2 = frame[(frame.row == "original") & (frame.budget == 2)].iloc[0]
+    assert original_b2["RTE"] == 61.0 and math.isnan(original_b2["CoLA"]) and math.isnan(original_b2["Avg"])
+    assert frame[(frame.row == "rand") & (frame.budget == 2)].iloc[0]["RTE"] == 55.0
+    assert frame["RTE"].notna().sum() == 2
+    # 16 rows, all with blanks: each listed once, with the overrides that would fill it.
+    assert len(out["missing"]) == 16
+    printed = capsys.readouterr().out
+    assert "missing runs" in printed
+    assert "model=bert_base peft=lora mask=none budget=2 task=cola,mrpc,sst2,stsb,wnli" in printed
+
+
+def test_no_sst2_column_where_the_paper_has_none_and_explicit_layers_and_ranks(tmp_path):
+    runs = tmp_path / "runs"
+    fake_result(runs, task="mrpc", mask="fish", budget=3, layers=8, score=70.0)            # Table 3 lay8
+    fake_result(runs, task="mrpc", mask="fish", budget=3, rank=4, budget_rank=1, score=71.0)  # Table 4 rk4
+    fake_result(runs, task="mrpc", mask="fish", budget=3, rank=4, score=99.0)   # budget of a rank-4 original: no row
+    built3 = build_table(3, RunIndex(_load(runs)))
+    built4 = build_table(4, RunIndex(_load(runs)))
+    assert "SST-2" not in built3.frame.columns and "SST-2" not in built4.frame.columns
+    t3 = built3.frame.set_index(["budget", "label"])
+    assert t3.loc[(3, "LoRA-FISH-rk1-lay8"), "MRPC"] == 70.0
+    assert t3["MRPC"].notna().sum() == 1
+    t4 = built4.frame.set_index(["budget", "label"])
+    assert t4.loc[(3, "LoRA-FISH-rk4-lay5"), "MRPC"] == 71.0
+    assert t4["MRPC"].notna().sum() == 1
+    missing = " ".join(built3.missing + built4.missing)
+    assert "peft.layers=12" in missing and "peft.rank=32 mask.budget_rank=1" in missing
+
+
+def test_a_run_shared_by_two_tables_shows_in_both(tmp_path):
+    runs = tmp_path / "runs"
+    fake_result(runs, task="cola", mask="fish", budget=1, score=44.0)
+    index = RunIndex(_load(runs))
+    cells = {n: build_table(n, index).frame for n in (1, 3, 4, 5)}
+    for n, frame in cells.items():
+        assert (frame["CoLA"] == 44.0).sum() == 1, n
+
+
+def test_mean_and_std_over_seeds_equal_numpys(tmp_path):
+    runs = tmp_path / "runs"
+    scores = {task: [40.0 + i + 3 * s for s in range(3)] for i, task in enumerate(TASKS6)}
+    for task, values in scores.items():
+        for seed, v in enumerate(values):
+            fake_result(runs, task=task, mask="fish", budget=4, seed=seed, score=v)
+    row = build_table(5, RunIndex(_load(runs))).frame.query("row == 'fish' and budget == 4").iloc[0]
+    for task, title in zip(TASKS6, ["CoLA", "MRPC", "RTE", "SST-2", "STS-B", "WNLI"]):
+        assert row[title] == pytest.approx(np.mean(scores[task]))
+        assert row[f"{title}_std"] == pytest.approx(np.std(scores[task], ddof=1))
+        assert row[f"{title}_n"] == 3
+    per_seed_avg = np.mean([scores[t] for t in TASKS6], axis=0)
+    assert row["Avg"] == pytest.approx(per_seed_avg.mean())
+    assert row["Avg_std"] == pytest.approx(np.std(per_seed_avg, ddof=1))
+    assert mean_std([1.0])[1] != mean_std([1.0])[1]    # one seed: no std (NaN)
+
+
+def test_duplicate_seed_keeps_the_newest(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    fake_result(runs, task="rte", score=50.0, finished="2026-01-01T00:00:00")
+    # Same cell and seed, another config (different data setting) -> another file.
+    r = fake_result(runs / "other", task="rte", score=52.0, finished="2026-02-01T00:00:00")
+    assert r["best"]["score"] == 52.0
+    out = aggregate(runs, tmp_path / "res", ["5"])
+    assert out["5"].frame.query("row == 'original' and budget == 1").iloc[0]["RTE"] == 52.0
+    assert "2 results for seed 42" in capsys.readouterr().out
+
+
+def test_latex_has_booktabs_rules_and_paper_comparison(tmp_path):
+    runs = tmp_path / "runs"
+    for seed, v in enumerate((43.0, 45.0)):
+        fake_result(runs, task="cola", seed=seed, score=v)
+    aggregate(runs, tmp_path / "res", ["1"], paper=True, verbose=False)
+    tex = (tmp_path / "res" / "table1.tex").read_text()
+    for rule in (r"\toprule", r"\midrule", r"\bottomrule", r"\begin{tabular}", r"\end{tabular}"):
+        assert rule in tex
+    assert tex.count(r"\midrule") == 1 + 5          # under the header, and between the six methods
+    assert r"44.00 $\pm$ 1.41" in tex               # mean +- sample std of 43 and 45
+    assert r"\quad\textit{paper}" in tex and "43.27" in tex and "+0.73" in tex   # 44.00 - 43.27
+    assert "(IA)$^3$-FISH" in tex
+    frame = pd.read_csv(tmp_path / "res" / "table1.csv")
+    first = frame.iloc[0]
+    assert first["CoLA_paper"] == 43.27 and first["CoLA_diff"] == pytest.approx(0.73)
+    assert first["ratio_paper"] == 0.0057
+
+
+def test_figure3_files_and_model_map(tmp_path):
+    runs = tmp_path / "runs"
+    for task in TASKS6:
+        fake_result(runs, model="minilm", task=task, mask="none", losses=(0.9, 0.8, 0.7, 0.65))
+        fake_result(runs, model="minilm", task=task, mask="fish", losses=(0.8, 0.7, 0.6))
+    out = aggregate(runs, tmp_path / "res", ["figure3", "1"], model_map=parse_model_map("bert_base=minilm"),
+                    verbose=False)
+    for name in ("figure3.png", "figure3.pdf", "figure3.csv"):
+        assert (tmp_path / "res" / name).stat().st_size > 0
+    curve = pd.read_csv(tmp_path / "res" / "figure3.csv", index_col="epoch")
+    # Each row is plotted while every task still has a dev loss: original 4 epochs, FISH 3.
+    assert list(curve.index) == [1, 2, 3, 4] and math.isnan(curve.loc[4, "fish"])
+    assert curve.loc[1, "original"] == pytest.approx(0.9) and curve.loc[3, "fish"] == pytest.approx(0.6)
+    assert out["1"].frame.iloc[0]["model"] == "minilm" and out["1"].frame.iloc[0]["Avg"] == 50.0
+
+
+def test_failed_runs_are_listed_with_their_error(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    ok = fake_result(runs, task="rte", mask="fish", budget=1, layers=8)          # Table 3's lay8 row
+    failed = {**ok["config"], "peft": {**ok["config"]["peft"], "layers": 10}}    # lay10: the model is too small
+    write_json_atomic(runs / "invalid-0.failed.json",
+                      {"status": "failed", "config": failed, "error": "ConfigError: minilm has 6 layers\ntrace"})
+    out = aggregate(runs, tmp_path / "res", ["3"])
+    assert "    rte failed: ConfigError: minilm has 6 layers" in out["missing"]
+    assert "1 failure records" in capsys.readouterr().out
+
+
+def test_empty_runs_dir_does_not_crash(tmp_path):
+    out = aggregate(tmp_path / "nothing", tmp_path / "res", ["all"], verbose=False)
+    assert len(out["missing"]) == sum(len(table_rows(n)) for n in range(1, 6)) + 12
+    assert (tmp_path / "res" / "table2.tex").exists() and not (tmp_path / "res" / "figure3.png").exists()
+
+
+def _load(runs):
+    from fishtune.results import load_results
+    return load_results(runs)
