@@ -116,6 +116,7 @@ def make_loader(encoded: list[dict], tokenizer: PreTrainedTokenizerBase, batch_s
     Fisher) so little padding is computed; order does not change any per-example result."""
     if sort_by_length:
         encoded = sorted(encoded, key=lambda e: len(e["input_ids"]))
-    generator = torch.Generator().manual_seed(seed) if shuffle else None
-    return DataLoader(encoded, batch_size=batch_size, shuffle=shuffle, generator=generator,
+    # Always an own generator: without one, every pass over a DataLoader draws from torch's global
+    # RNG, and whether a Fisher pass ran would shift the dropout of the training that follows.
+    return DataLoader(encoded, batch_size=batch_size, shuffle=shuffle, generator=torch.Generator().manual_seed(seed),
                       collate_fn=DataCollatorWithPadding(tokenizer))
