@@ -97,7 +97,9 @@ ratios: setup
 # Sweeps on a real Slurm: starts a local single-node cluster (scripts/slurm-local; root, installs
 # slurm-wlm + munge from apt on first use), runs tests/test_slurm.py through hydra-submitit-launcher
 # (array sweep, requeue on signal / time limit / preemption, crashed job), and leaves the cluster
-# down, also when a test fails. About 2-3 minutes. See docs/SLURM.md.
+# down, also when a test fails. Also fishtune sweeps as Slurm jobs: job ids in the result files, a
+# USR2-requeued run resumed from its checkpoint with a result equal to an uninterrupted one, and a
+# crashed run reported by fishtune.sweep_summary. About 3-5 minutes. See docs/SLURM.md.
 .PHONY: test-slurm
 test-slurm: setup
 	@rc=0; FISHTUNE_SLURM_TESTS=1 $(BIN)/python -m pytest -q -m slurm tests/test_slurm.py || rc=$$?; \
@@ -105,3 +107,9 @@ test-slurm: setup
 	scripts/slurm-local status >/dev/null; st=$$?; \
 	if [ $$st -ne 3 ]; then echo "test-slurm: Slurm daemons still running after stop"; rc=1; fi; \
 	exit $$rc
+
+# Benchmarks (docs/BENCH.md): Fisher estimation and masked training vs their references, side by
+# side in one process; writes results/bench.json and results/bench.md. About 6-8 minutes on 2 CPU cores.
+.PHONY: bench
+bench: setup
+	$(BIN)/python benchmarks/bench.py

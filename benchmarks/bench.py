@@ -1,0 +1,440 @@
+"""fishtune benchmarks: Fisher estimation and masked training, each against a reference, side by side.
+
+    python benchmarks/bench.py [--glue-dir DIR] [--out results]    (or: make bench)
+
+Every figure is a ratio of two loops run in this process on the same model, data and settings,
+alternating step by step (benchmarks/timing.py), so load from other processes hits both alike:
+
+  fisher_speedup      batch-size-1 loop padded to max length (the paper code's way) / our
+                      empirical_fisher, 128 RTE samples, LoRA on 5 layers; both Fishers must agree
+                      (norm of difference / norm of reference <= 1e-4)
+  fisher_floor_ratio  our empirical_fisher / one plain forward+backward over the same batches
+  mask_overhead       training step with a fish mask / the same step without a mask (SST-2)
+  trainer_ratio       our training throughput / transformers.Trainer's (same model, data order,
+                      collator, batch size, optimiser maths, precision)
+  padding_gain        training step padded to max length / dynamically padded (SST-2)
+
+Writes results/bench.json and results/bench.md. See docs/BENCH.md.
+"""
+from __future__ import annotations
+
+import os
+
+for _k, _v in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1"),
+               ("TOKENIZERS_PARALLELISM", "false"), ("WANDB_MODE", "disabled")):
+    os.environ.setdefault(_k, _v)
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader
+from transformers import DataCollatorWithPadding, set_seed
+from transformers.utils import logging as hf_logging
+
+from fishtune import data as glue
+from fishtune.fisher import empirical_fisher
+from fishtune.masks import build_mask
+from fishtune.methods import insert_method, split_trainable
+from fishtune.models import load_model, load_tokenizer
+from fishtune.results import package_versions
+from fishtune.tasks import get_task
+from fishtune.train import TrainSettings, apply_masks, train
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from baselines import RecordingCollator, padded_loop_fisher, plain_backward, run_hf_trainer  # noqa: E402
+from timing import TickLoader, Turns, no_tick, peak_memory  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGETS = {  # figure: (comparison, bound) from the issue
+    "fisher_speedup": (">=", 4.0), "fisher_floor_ratio": ("<=", 1.3), "mask_overhead": ("<=", 1.05),
+    "trainer_ratio": (">=", 1.0), "fisher_rel_err": ("<=", 1e-4),
+}
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def load_avg() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--glue-dir", default=os.environ.get("GLUE_DIR", "/work/shared/glue_data"))
+    p.add_argument("--model", default="bert_base_random", help="a config in conf/model/")
+    p.add_argument("--peft", default="lora", help="a config in conf/peft/ (LoRA-style: Linear hooks apply)")
+    p.add_argument("--fisher-samples", type=int, default=128)
+    p.add_argument("--chunk-size", type=int, default=32, help="samples per Fisher batch (conf fisher.chunk_size)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--train-steps", type=int, default=14, help="training steps per loop (incl. warm-up)")
+    p.add_argument("--fixed-steps", type=int, default=5, help="steps of the padding comparison (fixed is slow)")
+    p.add_argument("--warmup", type=int, default=1, help="first steps of each training loop left out")
+    p.add_argument("--with-unpadded-loop", action="store_true",
+                   help="also time empirical_fisher(method='loop') (batch size 1, padding trimmed)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--out", default=str(ROOT / "results"))
+    return p.parse_args(argv)
+
+
+def ratio_stats(num: list[float], den: list[float], skip: int = 0) -> dict:
+    """Ratios of paired steps (same batch, neighbouring in time): median of the per-step ratios
+    (the headline: robust to a load spike in one step) and the ratio of the sums (throughput)."""
+    n = min(len(num), len(den))
+    a, b = num[skip:n], den[skip:n]
+    return {"median": statistics.median(x / y for x, y in zip(a, b)), "of_sums": sum(a) / sum(b), "steps": len(a),
+            "per_step": [round(x / y, 4) for x, y in zip(a, b)]}
+
+
+def mb(n_bytes: int) -> float:
+    return round(n_bytes / 2**20, 1)
+
+
+def fisher_section(args, model, tok, device) -> dict:
+    """Our empirical_fisher vs the padded batch-size-1 loop vs one plain forward+backward, on RTE."""
+    task = get_task("rte")
+    examples = glue.subsample(glue.load_split(task, "train", args.glue_dir), args.fisher_samples, args.seed)
+    encoded = glue.encode(examples, tok, task)
+    # As fishtune.run does it: length-sorted chunks, each padded to its own longest sample.
+    loader = lambda: glue.make_loader(encoded, tok, args.chunk_size, sort_by_length=True)  # noqa: E731
+    # The paper code's way: every sample padded to the task's max length, fed one at a time.
+    pad_max = DataCollatorWithPadding(tok, padding="max_length", max_length=task.max_length)
+    padded = [pad_max([e]) for e in encoded]
+    n = len(encoded)
+    tokens = sum(len(e["input_ids"]) for e in encoded)
+    chunks = list(loader())
+    dyn_tokens = sum(b["input_ids"].numel() for b in chunks)
+    log(f"fisher: RTE, {n} samples, {tokens} tokens ({dyn_tokens} in length-sorted chunks of {args.chunk_size}, "
+        f"{n * task.max_length} padded to {task.max_length}); trainable: "
+        f"{sum(p.numel() for p in model.parameters() if p.requires_grad)} LoRA entries")
+
+    models = {"ours": model, "floor": copy.deepcopy(model), "padded_loop": copy.deepcopy(model)}
+    # Peak memory first, each alone on its largest input (also warms every loop up).
+    largest = chunks[-1]
+    probes = {
+        "ours": lambda: empirical_fisher(models["ours"], [largest], len(largest["labels"])),
+        "floor": lambda: plain_backward(models["floor"], [largest], no_tick),
+        "padded_loop": lambda: padded_loop_fisher(models["padded_loop"], padded[:1], no_tick),
+    }
+    peak = {k: mb(peak_memory(fn, device)[1]) for k, fn in probes.items()}
+    log(f"fisher: peak MB on the largest chunk {tuple(largest['input_ids'].shape)}: {peak}")
+
+    loops = {
+        "ours": lambda tick: empirical_fisher(models["ours"], TickLoader(loader(), tick), n),
+        "floor": lambda tick: plain_backward(models["floor"], loader(), tick),
+        "padded_loop": lambda tick: padded_loop_fisher(models["padded_loop"], padded, tick, args.chunk_size),
+    }
+    if args.with_unpadded_loop:
+        models["unpadded_loop"] = copy.deepcopy(model)
+        loops["unpadded_loop"] = lambda tick: empirical_fisher(models["unpadded_loop"], TickLoader(loader(), tick),
+                                                               n, method="loop")
+    turns = Turns(device)
+    out = turns.run(loops)
+    secs = {k: sum(v) for k, v in turns.steps.items()}
+    cpu = {k: sum(v) for k, v in turns.cpu.items()}
+
+    ours, ref = out["ours"], out["padded_loop"]
+    diff = torch.sqrt(sum(((ours[k] - ref[k]).double() ** 2).sum() for k in ref))
+    norm = torch.sqrt(sum((ref[k].double() ** 2).sum() for k in ref))
+    rel_err = float(diff / norm)
+    log(f"fisher: ours {secs['ours']:.1f} s, floor {secs['floor']:.1f} s, padded loop {secs['padded_loop']:.1f} s; "
+        f"relative error {rel_err:.2e}")
+    result = {
+        "task": "rte", "samples": n, "chunk_size": args.chunk_size, "max_length": task.max_length,
+        "tokens": {"unpadded": tokens, "dynamic_sorted_chunks": dyn_tokens, "padded_to_max": n * task.max_length},
+        "seconds": {k: round(v, 3) for k, v in secs.items()},
+        "cpu_seconds": {k: round(v, 3) for k, v in cpu.items()},
+        "turn_seconds": {k: [round(x, 3) for x in v] for k, v in turns.steps.items()},
+        "peak_mb": peak, "peak_mb_input": {"ours": list(largest["input_ids"].shape),
+                                           "floor": list(largest["input_ids"].shape), "padded_loop": [1, task.max_length]},
+        "fisher_speedup": secs["padded_loop"] / secs["ours"],
+        "fisher_floor_ratio": secs["ours"] / secs["floor"],
+        "cpu_time_ratios": {"fisher_speedup": cpu["padded_loop"] / cpu["ours"],
+                            "fisher_floor_ratio": cpu["ours"] / cpu["floor"]},
+        "fisher_rel_err": rel_err,
+        "fisher_max_abs_err_over_max": float(max((ours[k] - ref[k]).abs().max() for k in ref)
+                                             / max(ref[k].abs().max() for k in ref)),
+    }
+    if "unpadded_loop" in out:
+        result["unpadded_loop_speedup"] = secs["padded_loop"] / secs["unpadded_loop"]
+    for name in list(models):
+        if name != "ours":
+            del models[name]
+    return result
+
+
+def fish_mask(args, model, tok, peft_cfg, family) -> tuple[dict, dict]:
+    """A fish mask for SST-2 as fishtune.run builds it: Fisher of the method's parameters (head
+    frozen meanwhile) on 128 samples; budget = the original LoRA run's count at budget level 1."""
+    task = get_task("sst2")
+    head, candidates = split_trainable(model, family)
+    examples = glue.subsample(glue.load_split(task, "train", args.glue_dir), args.fisher_samples, args.seed)
+    loader = glue.make_loader(glue.encode(examples, tok, task), tok, args.chunk_size, sort_by_length=True)
+    t0 = time.perf_counter()
+    for q in head.values():
+        q.requires_grad_(False)
+    scores = empirical_fisher(model, loader, args.fisher_samples)
+    for q in head.values():
+        q.requires_grad_(True)
+    seconds = time.perf_counter() - t0
+    total = sum(c.numel() for c in candidates.values())
+    k = total * int(peft_cfg["budget_layers"][0]) // int(peft_cfg["fish_layers"])
+    masks = build_mask({n: scores[n] for n in candidates}, k, "fish", args.seed)
+    info = {"fisher_seconds": round(seconds, 3), "candidates": total, "k": k,
+            "tensors": len(masks), "tensors_frozen": sum(int(m.sum()) == 0 for m in masks.values()),
+            "tensors_partial": sum(0 < int(m.sum()) < m.numel() for m in masks.values())}
+    return masks, info
+
+
+def train_section(args, model, tok, masks, device, bf16) -> dict:
+    """Training steps over the same SST-2 batches. Session 1, in turns: ours without a mask, ours with
+    the fish mask, transformers.Trainer. Session 2, in turns: ours with dynamic padding, ours with every
+    batch padded to max length. Peak memory: each alone, one step on the largest batch."""
+    task = get_task("sst2")
+    examples = glue.subsample(glue.load_split(task, "train", args.glue_dir), args.batch_size * args.train_steps,
+                              args.seed)
+    encoded = glue.encode(examples, tok, task)
+    dev = glue.encode(glue.subsample(glue.load_split(task, "dev", args.glue_dir), 32, args.seed), tok, task)
+    dev_loader = glue.make_loader(dev, tok, 32, sort_by_length=True)
+    settings = TrainSettings(lr=task.lr, weight_decay=0.0, max_epochs=1, patience=1, device=device, bf16=bf16,
+                             progress=False)
+    fixed_collator = DataCollatorWithPadding(tok, padding="max_length", max_length=task.max_length)
+
+    def fixed_loader(data):
+        return DataLoader(data, batch_size=args.batch_size, shuffle=True, collate_fn=fixed_collator,
+                          generator=torch.Generator().manual_seed(args.seed))
+
+    models = {"none": model}
+    for name in ("fish", "trainer", "fixed"):
+        models[name] = copy.deepcopy(model)
+    partial = apply_masks(models["fish"], masks)
+
+    def ours(name, loader, limit=None, masks=None):
+        return lambda tick: train(models[name], TickLoader(loader, tick, limit), dev_loader, task, settings, masks)
+
+    def trainer(data, steps, log_to=None):
+        collator = DataCollatorWithPadding(tok) if log_to is None else RecordingCollator(DataCollatorWithPadding(tok), log_to)
+        return lambda tick: run_hf_trainer(models["trainer"], data, collator, args.batch_size, task.lr, args.seed,
+                                           device, bf16, steps, tick)
+
+    # Peak memory: the batch holding the longest sample has the largest padded shape (batch x longest).
+    longest = sorted(encoded, key=lambda e: len(e["input_ids"]))[-args.batch_size:]
+    probes = {
+        "none": ours("none", glue.make_loader(longest, tok, args.batch_size)),
+        "fish": ours("fish", glue.make_loader(longest, tok, args.batch_size), masks=partial),
+        "trainer": trainer(longest, 1),
+        "fixed": ours("fixed", fixed_loader(longest)),
+    }
+    peak = {k: mb(peak_memory(lambda: fn(no_tick), device)[1]) for k, fn in probes.items()}
+    log(f"train: peak MB of one step on the largest batch: {peak}")
+
+    # Session 1. Both sides must train on the same batches: their fingerprints are compared.
+    seen = {"none": [], "trainer": []}
+    dyn_none = glue.make_loader(encoded, tok, args.batch_size, shuffle=True, seed=args.seed)
+    dyn_none.collate_fn = RecordingCollator(dyn_none.collate_fn, seen["none"])
+    loops = {
+        "none": ours("none", dyn_none),
+        "fish": ours("fish", glue.make_loader(encoded, tok, args.batch_size, shuffle=True, seed=args.seed),
+                     masks=partial),
+        "trainer": trainer(encoded, args.train_steps, seen["trainer"]),
+    }
+    log(f"train: SST-2, batch {args.batch_size}, {args.train_steps} steps each (first {args.warmup} left out), "
+        f"in turns: {', '.join(loops)}")
+    s1 = Turns(device)
+    s1.run(loops)
+    if seen["none"] != seen["trainer"]:
+        raise RuntimeError(f"Trainer saw other batches than fishtune: {seen['none'][:3]} vs {seen['trainer'][:3]}")
+
+    # Session 2: padding. "fixed" trains a copy of the same model; the batches are the same samples.
+    loops = {
+        "dynamic": lambda tick: train(models["none"], TickLoader(
+            glue.make_loader(encoded, tok, args.batch_size, shuffle=True, seed=args.seed), tick, args.fixed_steps),
+            dev_loader, task, settings),
+        "fixed": ours("fixed", fixed_loader(encoded), limit=args.fixed_steps),
+    }
+    log(f"train: dynamic vs fixed padding (max length {task.max_length}), {args.fixed_steps} steps each")
+    s2 = Turns(device)
+    s2.run(loops)
+
+    steps = {**s1.steps, **s2.steps}
+    cpu = {**s1.cpu, **s2.cpu}
+    w = args.warmup
+
+    def throughput(name):
+        s = steps[name][w:]
+        return args.batch_size * len(s) / sum(s)
+
+    result = {
+        "task": "sst2", "batch_size": args.batch_size, "steps": {k: len(v) for k, v in steps.items()}, "warmup": w,
+        "step_seconds": {k: [round(x, 3) for x in v] for k, v in steps.items()},
+        "step_cpu_seconds": {k: [round(x, 3) for x in v] for k, v in cpu.items()},
+        "median_step_seconds": {k: round(statistics.median(v[w:]), 3) for k, v in steps.items()},
+        "samples_per_second": {k: round(throughput(k), 2) for k in steps},
+        "peak_mb": {**peak, "dynamic": peak["none"]},
+        "peak_mb_batch": {"dynamic": [args.batch_size, len(longest[-1]["input_ids"])],
+                          "fixed": [args.batch_size, task.max_length]},
+        "mask_overhead": ratio_stats(steps["fish"], steps["none"], w),
+        "trainer_ratio": ratio_stats(steps["trainer"], steps["none"], w),
+        "padding_gain": ratio_stats(steps["fixed"], steps["dynamic"], w),
+        "cpu_time_ratios": {"mask_overhead": ratio_stats(cpu["fish"], cpu["none"], w),
+                            "trainer_ratio": ratio_stats(cpu["trainer"], cpu["none"], w),
+                            "padding_gain": ratio_stats(cpu["fixed"], cpu["dynamic"], w)},
+        "same_batches_as_trainer": True,
+    }
+    for name in ("fish", "trainer", "fixed"):
+        del models[name]
+    return result
+
+
+def optimizer_step_overhead(model, masks, repeats: int = 200) -> dict:
+    """MaskedAdam.step with and without the masks on the same gradients: the mask's own cost (ms)."""
+    from fishtune.train import MaskedAdam
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.grad = torch.randn_like(p) * 1e-3
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    float_masks = {n: m.to(named[n].device, named[n].dtype) for n, m in masks.items() if n in named}
+    opts = {"none": MaskedAdam(model, {}, lr=1e-8), "masked": MaskedAdam(model, float_masks, lr=1e-8)}
+    times = {k: [] for k in opts}
+    saved = [p.detach().clone() for p in params]
+    grads = [p.grad.clone() for p in params]
+    for _ in range(repeats):
+        for name, opt in opts.items():
+            for p, g in zip(params, grads):
+                p.grad.copy_(g)
+            t0 = time.perf_counter()
+            opt.step()
+            times[name].append(time.perf_counter() - t0)
+    with torch.no_grad():
+        for p, s in zip(params, saved):
+            p.copy_(s)
+            p.grad = None
+    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    return {"median_ms": {k: round(v, 4) for k, v in med.items()}, "masked_minus_none_ms": round(med["masked"] - med["none"], 4),
+            "params": len(params), "masked_params": len(float_masks)}
+
+
+def fmt_check(name: str, value: float) -> str:
+    op, bound = TARGETS[name]
+    ok = value >= bound if op == ">=" else value <= bound
+    return f"{op} {bound:g}", "yes" if ok else "**no**"
+
+
+def markdown(r: dict) -> str:
+    f, t, fig = r["fisher"], r["train"], r["figures"]
+    fs, fp = f["seconds"], f["peak_mb"]
+    ms, sps, tp = t["median_step_seconds"], t["samples_per_second"], t["peak_mb"]
+    rows = [  # figure, ours, the other side, peak MB ours, peak MB other
+        ("fisher_speedup", f"empirical_fisher {fs['ours']:.1f} s", f"padded bs-1 loop {fs['padded_loop']:.1f} s",
+         fp["ours"], fp["padded_loop"]),
+        ("fisher_floor_ratio", f"empirical_fisher {fs['ours']:.1f} s", f"plain fwd+bwd {fs['floor']:.1f} s",
+         fp["ours"], fp["floor"]),
+        ("fisher_rel_err", "empirical_fisher", "padded bs-1 loop", "", ""),
+        ("mask_overhead", f"fish mask {ms['fish']:.2f} s/step", f"no mask {ms['none']:.2f} s/step",
+         tp["fish"], tp["none"]),
+        ("trainer_ratio", f"fishtune.train {sps['none']:.2f} samples/s", f"HF Trainer {sps['trainer']:.2f} samples/s",
+         tp["none"], tp["trainer"]),
+        ("padding_gain", f"dynamic {ms['dynamic']:.2f} s/step", f"fixed {t['peak_mb_batch']['fixed'][1]} "
+         f"{ms['fixed']:.2f} s/step", tp["dynamic"], tp["fixed"]),
+    ]
+    lines = ["| figure | value | target | met | ours | compared with | peak MB ours | peak MB other |",
+             "|---|---:|---|---|---|---|---:|---:|"]
+    for name, ours, other, m_ours, m_other in rows:
+        target, ok = fmt_check(name, fig[name]) if name in TARGETS else ("", "")
+        shown = f"{fig[name]:.2e}" if name == "fisher_rel_err" else f"{fig[name]:.3f}"
+        lines.append(f"| {name} | {shown} | {target} | {ok} | {ours} | {other} | {m_ours} | {m_other} |")
+    m, st = r["machine"], r["settings"]
+    lines += [
+        "",
+        f"{st['model']} + {st['peft']} (rank {st['rank']}) on {st['layers']} layers; {m['device']}, "
+        f"{m['threads']} threads, {'bf16 autocast' if st['bf16'] else 'fp32'}; torch {m['versions'].get('torch')}, "
+        f"transformers {m['versions'].get('transformers')}. Load average {m['load_before']} at the start, "
+        f"{m['load_after']} at the end; the whole run took {r['total_seconds']:.0f} s.",
+        "",
+        f"- Fisher: {f['samples']} RTE samples in length-sorted chunks of {f['chunk_size']}; ratios of total seconds, "
+        f"the loops taking turns chunk by chunk. CPU-time ratios: speedup "
+        f"{f['cpu_time_ratios']['fisher_speedup']:.3f}, floor {f['cpu_time_ratios']['fisher_floor_ratio']:.3f}.",
+        f"- Training: SST-2, batch {t['batch_size']}; median over {t['mask_overhead']['steps']} paired steps (same "
+        f"batch, run back to back; padding: {t['padding_gain']['steps']}). Ratio of sums: mask "
+        f"{t['mask_overhead']['of_sums']:.3f}, trainer {t['trainer_ratio']['of_sums']:.3f}, padding "
+        f"{t['padding_gain']['of_sums']:.3f}.",
+        f"- Fish mask: k = {r['mask']['k']} of {r['mask']['candidates']} LoRA entries; {r['mask']['tensors_frozen']} of "
+        f"{r['mask']['tensors']} tensors frozen, {r['mask']['tensors_partial']} partly masked. MaskedAdam.step with "
+        f"masks minus without: {r['optimizer_step']['masked_minus_none_ms']:.3f} ms.",
+        "- Peak MB: working memory on top of the model, each loop alone on its largest input "
+        f"({'CUDA max_memory_allocated' if st['device'] == 'cuda' else 'CPU: sampled RSS after malloc_trim'}).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    hf_logging.set_verbosity_error()
+    t_start = time.perf_counter()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
+    machine = {"device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
+               "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "load_before": load_avg(),
+               "versions": package_versions(), "python": platform.python_version()}
+    log(f"{device}, {machine['threads']} threads, load average {machine['load_before']}")
+
+    model_cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "model" / f"{args.model}.yaml"))
+    peft_cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "peft" / f"{args.peft}.yaml"))
+    family, layers = model_cfg["family"], int(peft_cfg["fish_layers"])
+    tok = load_tokenizer(model_cfg)
+    t0 = time.perf_counter()
+    set_seed(args.seed)
+    model = insert_method(load_model(model_cfg, 2, tok), peft_cfg, layers, family).to(device)
+    log(f"model {args.model} + {args.peft} on {layers} layers built in {time.perf_counter() - t0:.1f} s")
+    head, _ = split_trainable(model, family)
+
+    # Fisher as fishtune.run computes it: the method's parameters only, the head frozen meanwhile.
+    for q in head.values():
+        q.requires_grad_(False)
+    fisher = fisher_section(args, model, tok, device)
+    for q in head.values():
+        q.requires_grad_(True)
+
+    masks, mask_info = fish_mask(args, model, tok, peft_cfg, family)
+    log(f"fish mask for SST-2: k={mask_info['k']} of {mask_info['candidates']}, "
+        f"{mask_info['tensors_frozen']} tensors frozen, Fisher {mask_info['fisher_seconds']:.1f} s")
+    trained = train_section(args, model, tok, masks, device, bf16)
+    opt_step = optimizer_step_overhead(model, masks)
+
+    figures = {
+        "fisher_speedup": fisher["fisher_speedup"], "fisher_floor_ratio": fisher["fisher_floor_ratio"],
+        "fisher_rel_err": fisher["fisher_rel_err"], "mask_overhead": trained["mask_overhead"]["median"],
+        "trainer_ratio": trained["trainer_ratio"]["median"], "padding_gain": trained["padding_gain"]["median"],
+    }
+    result = {
+        "figures": figures,
+        "checks": {k: fmt_check(k, figures[k])[1] == "yes" for k in TARGETS},
+        "settings": {"model": args.model, "peft": args.peft, "rank": peft_cfg.get("rank"), "layers": layers,
+                     "device": device, "bf16": bf16, "seed": args.seed, "glue_dir": str(args.glue_dir)},
+        "machine": machine, "fisher": fisher, "mask": mask_info, "train": trained, "optimizer_step": opt_step,
+    }
+    machine["load_after"] = load_avg()
+    result["total_seconds"] = time.perf_counter() - t_start
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "bench.md").write_text(markdown(result))
+    print(markdown(result))
+    log(f"wrote {out / 'bench.json'} and {out / 'bench.md'} in {result['total_seconds']:.0f} s")
+    failed = [k for k, ok in result["checks"].items() if not ok]
+    if failed:
+        log(f"targets missed: {', '.join(failed)}")
+    return 1 if not result["checks"]["fisher_rel_err"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
