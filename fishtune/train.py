@@ -168,7 +168,8 @@ def train(model: nn.Module, train_loader, dev_loader, task: TaskSpec, settings: 
                       total=settings.max_epochs):
         model.train()
         t0, loss_sum, n_seen = time.perf_counter(), 0.0, 0
-        for batch in tqdm(train_loader, desc=f"epoch {epoch}", leave=False, disable=not settings.progress):
+        # Per-batch bars only on a terminal (disable=None): in a log file they would be thousands of lines.
+        for batch in tqdm(train_loader, desc=f"epoch {epoch}", leave=False, disable=None if settings.progress else True):
             y = batch["labels"].to(settings.device)
             with _autocast(settings):
                 logits = model(**{k: v.to(settings.device) for k, v in batch.items() if k != "labels"}).logits
