@@ -9,6 +9,10 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
+# GLUE files: $$GLUE_DIR, else ../shared/glue_data when it exists (these machines), else the hub.
+ifneq ($(wildcard ../shared/glue_data),)
+export GLUE_DIR ?= $(abspath ../shared/glue_data)
+endif
 
 # Extra Hydra overrides for `make run`.
 ARGS ?=
@@ -44,7 +48,8 @@ clean:
 # ---- The paper's tables (docs/TABLES.md, docs/EXPERIMENTS.md) ---------------------------------
 # make table5 PROFILE=quick TASKS=mrpc,rte ARGS='data.glue_dir=/path/to/glue_data'
 #   PROFILE=quick|paper    quick: CPU-sized runs on offline stand-in models; paper: Table 6 settings
-#   LAUNCHER=basic|parallel|slurm   basic: one run after another in this process (conf/hydra/launcher/)
+#   LAUNCHER=basic|joblib|slurm   basic: one run after another in this process; joblib (alias parallel):
+#                          FISHTUNE_JOBS local worker processes; slurm: one array (conf/hydra/launcher/)
 #   TASKS=, METHODS=       comma lists that narrow a sweep (METHODS: Table 1's PEFT methods)
 #   ARGS=                  more Hydra overrides for every run; AGG_ARGS= options of the aggregator (--paper)
 # Each tableN target runs the table's sweep (runs already done are skipped), then writes the table,
@@ -68,7 +73,7 @@ MODERNBERT ?= tiny_modernbert
 LLAMA ?= tiny_llama
 endif
 SWEEP = $(BIN)/python -m fishtune.run -m profile=$(PROFILE) paths.runs_dir=$(RUNS_DIR) \
-	$(if $(filter-out basic,$(LAUNCHER)),hydra/launcher=$(LAUNCHER)) \
+	$(if $(filter-out basic,$(LAUNCHER)),hydra/launcher=$(if $(filter joblib,$(LAUNCHER)),parallel,$(LAUNCHER))) \
 	$(if $(TASKS),task=$(TASKS)) $(if $(METHODS),peft=$(METHODS))
 AGGREGATE = $(BIN)/python -m fishtune.aggregate --runs-dir $(RUNS_DIR) --out $(RESULTS_DIR) \
 	--model-map bert_base=$(BERT),modernbert_base=$(MODERNBERT),llama32_1b=$(LLAMA) $(AGG_ARGS)
@@ -88,7 +93,7 @@ tables: setup
 help-tables:
 	@echo "make table1 .. table5, figure3 - run a paper table's sweep, then write $(RESULTS_DIR)/tableN.csv/.tex"
 	@echo "make tables                    - only aggregate every table and Figure 3 from $(RUNS_DIR)"
-	@echo "  PROFILE=quick|paper LAUNCHER=basic|parallel|slurm TASKS=a,b METHODS=a,b ARGS='...' AGG_ARGS=--paper"
+	@echo "  PROFILE=quick|paper LAUNCHER=basic|joblib|slurm TASKS=a,b METHODS=a,b ARGS='...' AGG_ARGS=--paper"
 
 # Trainable-parameter ratios of Tables 1 and 2 from architecture configs alone (meta device, offline).
 ratios: setup

@@ -1,8 +1,10 @@
 """What fishtune is measured against. These live here, not in fishtune/: they are references only.
 
 * padded_loop_fisher: the paper code's Fisher, one sample at a time, each padded to the task's max length.
-* plain_backward: one plain batched forward and backward over the same batches, no per-sample work:
-  the floor that any per-sample-gradient method pays at least.
+* plain_backward: one plain batched forward and backward over the same groups of samples as
+  empirical_fisher, no per-sample work: the floor that any per-sample-gradient method pays at least.
+* plain_train: the textbook training step on whole batches (forward, mean loss, backward, Adam), for
+  the padding comparison: fixed-length against dynamic padding.
 * run_hf_trainer: transformers.Trainer on the same model, data order, collator, batch size, optimiser
   maths and precision as fishtune.train.train.
 """
@@ -15,7 +17,9 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
+from fishtune.batching import group_cost_tokens, length_groups
 from fishtune.models import classification_loss
+from fishtune.train import MaskedAdam
 
 from timing import TickLoader
 
@@ -44,14 +48,34 @@ def padded_loop_fisher(model: torch.nn.Module, samples: list[dict], tick: Callab
 
 
 def plain_backward(model: torch.nn.Module, batches: Iterable, tick: Callable[[], None]) -> None:
-    """One forward and backward per batch for the summed loss, gradients of the trainable parameters."""
+    """One forward and backward of the summed loss, for the trainable parameters' gradients, per
+    group of the batch: the groups empirical_fisher computes (fishtune.batching), so the two differ
+    only in the per-sample work."""
     params = [p for p in model.parameters() if p.requires_grad]
     device, regression = params[0].device, model.config.num_labels == 1
     model.eval()  # as empirical_fisher: dropout off
+    cost = group_cost_tokens(model)
     for batch in TickLoader(batches, tick):
+        for group in length_groups(batch, device, cost):
+            inputs, labels = _inputs(group, device)
+            loss = classification_loss(model(**inputs).logits, labels, regression, reduction="sum")
+            torch.autograd.grad(loss, params)
+
+
+def plain_train(model: torch.nn.Module, batches: Iterable, lr: float, tick: Callable[[], None],
+                limit: int | None = None) -> None:
+    """The textbook step on each whole batch as the loader pads it: forward, mean loss, backward,
+    Adam (fishtune's MaskedAdam without masks, the same maths as fishtune.train). fp32."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    device, regression = params[0].device, model.config.num_labels == 1
+    opt = MaskedAdam(model, {}, lr)
+    model.train()
+    for batch in TickLoader(batches, tick, limit):
         inputs, labels = _inputs(batch, device)
-        loss = classification_loss(model(**inputs).logits, labels, regression, reduction="sum")
-        torch.autograd.grad(loss, params)
+        loss = classification_loss(model(**inputs).logits, labels, regression)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
 
 
 class _Ticks(TrainerCallback):

@@ -8,11 +8,14 @@ alternating step by step (benchmarks/timing.py), so load from other processes hi
   fisher_speedup      batch-size-1 loop padded to max length (the paper code's way) / our
                       empirical_fisher, 128 RTE samples, LoRA on 5 layers; both Fishers must agree
                       (norm of difference / norm of reference <= 1e-4)
-  fisher_floor_ratio  our empirical_fisher / one plain forward+backward over the same batches
+  fisher_floor_ratio  our empirical_fisher / one plain forward+backward over the same groups of
+                      samples (fishtune.batching), without the per-sample work
   mask_overhead       training step with a fish mask / the same step without a mask (SST-2)
   trainer_ratio       our training throughput / transformers.Trainer's (same model, data order,
                       collator, batch size, optimiser maths, precision)
-  padding_gain        training step padded to max length / dynamically padded (SST-2)
+  padding_gain        training step padded to max length / dynamically padded (SST-2, whole batches)
+  length_group_gain   step on a dynamically padded whole batch / fishtune.train's step, which
+                      computes the batch as groups of similar length (CPU; fishtune.batching)
 
 Writes results/bench.json and results/bench.md. See docs/BENCH.md.
 """
@@ -40,6 +43,7 @@ from transformers import DataCollatorWithPadding, set_seed
 from transformers.utils import logging as hf_logging
 
 from fishtune import data as glue
+from fishtune.batching import group_cost_tokens, length_groups
 from fishtune.fisher import empirical_fisher
 from fishtune.masks import build_mask
 from fishtune.methods import insert_method, split_trainable
@@ -49,7 +53,8 @@ from fishtune.tasks import get_task
 from fishtune.train import TrainSettings, apply_masks, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from baselines import RecordingCollator, padded_loop_fisher, plain_backward, run_hf_trainer  # noqa: E402
+from baselines import (RecordingCollator, padded_loop_fisher, plain_backward, plain_train,  # noqa: E402
+                       run_hf_trainer)
 from timing import TickLoader, Turns, no_tick, peak_memory  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,8 +80,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--fisher-samples", type=int, default=128)
     p.add_argument("--chunk-size", type=int, default=32, help="samples per Fisher batch (conf fisher.chunk_size)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--train-steps", type=int, default=14, help="training steps per loop (incl. warm-up)")
-    p.add_argument("--fixed-steps", type=int, default=5, help="steps of the padding comparison (fixed is slow)")
+    p.add_argument("--train-steps", type=int, default=12, help="training steps per loop (incl. warm-up)")
+    p.add_argument("--fixed-steps", type=int, default=4, help="steps of the padding comparison (fixed is slow)")
     p.add_argument("--warmup", type=int, default=1, help="first steps of each training loop left out")
     p.add_argument("--with-unpadded-loop", action="store_true",
                    help="also time empirical_fisher(method='loop') (batch size 1, padding trimmed)")
@@ -112,8 +117,12 @@ def fisher_section(args, model, tok, device) -> dict:
     tokens = sum(len(e["input_ids"]) for e in encoded)
     chunks = list(loader())
     dyn_tokens = sum(b["input_ids"].numel() for b in chunks)
+    cost = group_cost_tokens(model)
+    groups = [g for b in chunks for g in length_groups(b, device, cost)]
+    group_tokens = sum(g["input_ids"].numel() for g in groups)
     log(f"fisher: RTE, {n} samples, {tokens} tokens ({dyn_tokens} in length-sorted chunks of {args.chunk_size}, "
-        f"{n * task.max_length} padded to {task.max_length}); trainable: "
+        f"{group_tokens} in their {len(groups)} length groups, {n * task.max_length} padded to {task.max_length}); "
+        f"trainable: "
         f"{sum(p.numel() for p in model.parameters() if p.requires_grad)} LoRA entries")
 
     models = {"ours": model, "floor": copy.deepcopy(model), "padded_loop": copy.deepcopy(model)}
@@ -149,7 +158,9 @@ def fisher_section(args, model, tok, device) -> dict:
         f"relative error {rel_err:.2e}")
     result = {
         "task": "rte", "samples": n, "chunk_size": args.chunk_size, "max_length": task.max_length,
-        "tokens": {"unpadded": tokens, "dynamic_sorted_chunks": dyn_tokens, "padded_to_max": n * task.max_length},
+        "tokens": {"unpadded": tokens, "dynamic_sorted_chunks": dyn_tokens, "length_groups": group_tokens,
+                   "padded_to_max": n * task.max_length},
+        "length_groups": [list(g["input_ids"].shape) for g in groups],
         "seconds": {k: round(v, 3) for k, v in secs.items()},
         "cpu_seconds": {k: round(v, 3) for k, v in cpu.items()},
         "turn_seconds": {k: [round(x, 3) for x in v] for k, v in turns.steps.items()},
@@ -195,9 +206,12 @@ def fish_mask(args, model, tok, peft_cfg, family) -> tuple[dict, dict]:
 
 
 def train_section(args, model, tok, masks, device, bf16) -> dict:
-    """Training steps over the same SST-2 batches. Session 1, in turns: ours without a mask, ours with
-    the fish mask, transformers.Trainer. Session 2, in turns: ours with dynamic padding, ours with every
-    batch padded to max length. Peak memory: each alone, one step on the largest batch."""
+    """Training steps over the same SST-2 batches (same samples, same order).
+
+    In turns: fishtune.train without and with the fish mask; fishtune.train and transformers.Trainer;
+    the textbook step on whole batches padded to max length ("fixed") and to their longest sample
+    ("dynamic") and fishtune.train ("ours": dynamic padding, then length groups inside each batch on
+    CPU). Peak memory: each alone, one step on the largest batch."""
     task = get_task("sst2")
     examples = glue.subsample(glue.load_split(task, "train", args.glue_dir), args.batch_size * args.train_steps,
                               args.seed)
@@ -208,90 +222,106 @@ def train_section(args, model, tok, masks, device, bf16) -> dict:
                              progress=False)
     fixed_collator = DataCollatorWithPadding(tok, padding="max_length", max_length=task.max_length)
 
-    def fixed_loader(data):
+    def dynamic_loader(data, record=None):
+        loader = glue.make_loader(data, tok, args.batch_size, shuffle=True, seed=args.seed)
+        if record is not None:
+            loader.collate_fn = RecordingCollator(loader.collate_fn, record)
+        return loader
+
+    def fixed_loader(data):  # the same sample order as make_loader's
         return DataLoader(data, batch_size=args.batch_size, shuffle=True, collate_fn=fixed_collator,
                           generator=torch.Generator().manual_seed(args.seed))
 
     models = {"none": model}
-    for name in ("fish", "trainer", "fixed"):
+    for name in ("fish", "trainer", "fixed", "dynamic"):
         models[name] = copy.deepcopy(model)
     partial = apply_masks(models["fish"], masks)
 
     def ours(name, loader, limit=None, masks=None):
         return lambda tick: train(models[name], TickLoader(loader, tick, limit), dev_loader, task, settings, masks)
 
-    def trainer(data, steps, log_to=None):
-        collator = DataCollatorWithPadding(tok) if log_to is None else RecordingCollator(DataCollatorWithPadding(tok), log_to)
+    def trainer(data, steps, record=None):
+        collator = DataCollatorWithPadding(tok)
+        if record is not None:
+            collator = RecordingCollator(collator, record)
         return lambda tick: run_hf_trainer(models["trainer"], data, collator, args.batch_size, task.lr, args.seed,
                                            device, bf16, steps, tick)
+
+    def plain(name, loader, limit=None):
+        return lambda tick: plain_train(models[name], loader, task.lr, tick, limit)
 
     # Peak memory: the batch holding the longest sample has the largest padded shape (batch x longest).
     longest = sorted(encoded, key=lambda e: len(e["input_ids"]))[-args.batch_size:]
     probes = {
-        "none": ours("none", glue.make_loader(longest, tok, args.batch_size)),
-        "fish": ours("fish", glue.make_loader(longest, tok, args.batch_size), masks=partial),
+        "none": ours("none", dynamic_loader(longest)),
+        "fish": ours("fish", dynamic_loader(longest), masks=partial),
         "trainer": trainer(longest, 1),
-        "fixed": ours("fixed", fixed_loader(longest)),
+        "dynamic": plain("dynamic", dynamic_loader(longest)),
+        "fixed": plain("fixed", fixed_loader(longest)),
     }
     peak = {k: mb(peak_memory(lambda: fn(no_tick), device)[1]) for k, fn in probes.items()}
     log(f"train: peak MB of one step on the largest batch: {peak}")
 
-    # Session 1. Both sides must train on the same batches: their fingerprints are compared.
+    # Sessions of two loops each: with two, each follows the other as often as itself (A B, B A,
+    # A B, ...), so whatever a step leaves behind for the next (allocator state after a big batch)
+    # weighs on both sides alike. The Trainer session also checks that both saw the same batches.
     seen = {"none": [], "trainer": []}
-    dyn_none = glue.make_loader(encoded, tok, args.batch_size, shuffle=True, seed=args.seed)
-    dyn_none.collate_fn = RecordingCollator(dyn_none.collate_fn, seen["none"])
-    loops = {
-        "none": ours("none", dyn_none),
-        "fish": ours("fish", glue.make_loader(encoded, tok, args.batch_size, shuffle=True, seed=args.seed),
-                     masks=partial),
-        "trainer": trainer(encoded, args.train_steps, seen["trainer"]),
+    sessions = {
+        "mask": {"none": ours("none", dynamic_loader(encoded)),
+                 "fish": ours("fish", dynamic_loader(encoded), masks=partial)},
+        "trainer": {"none": ours("none", dynamic_loader(encoded, seen["none"])),
+                    "trainer": trainer(encoded, args.train_steps, seen["trainer"])},
     }
-    log(f"train: SST-2, batch {args.batch_size}, {args.train_steps} steps each (first {args.warmup} left out), "
-        f"in turns: {', '.join(loops)}")
-    s1 = Turns(device)
-    s1.run(loops)
+    steps, cpu = {}, {}
+    for session, loops in sessions.items():
+        log(f"train: SST-2, batch {args.batch_size}, {args.train_steps} steps each (first {args.warmup} left out), "
+            f"in turns: {', '.join(loops)}")
+        turns = Turns(device)
+        turns.run(loops)
+        steps.update({f"{session}_{k}": v for k, v in turns.steps.items()})
+        cpu.update({f"{session}_{k}": v for k, v in turns.cpu.items()})
     if seen["none"] != seen["trainer"]:
         raise RuntimeError(f"Trainer saw other batches than fishtune: {seen['none'][:3]} vs {seen['trainer'][:3]}")
 
-    # Session 2: padding. "fixed" trains a copy of the same model; the batches are the same samples.
+    # Padding, three loops: "ours" goes on training the no-mask model; the others train copies of it.
     loops = {
-        "dynamic": lambda tick: train(models["none"], TickLoader(
-            glue.make_loader(encoded, tok, args.batch_size, shuffle=True, seed=args.seed), tick, args.fixed_steps),
-            dev_loader, task, settings),
-        "fixed": ours("fixed", fixed_loader(encoded), limit=args.fixed_steps),
+        "fixed": plain("fixed", fixed_loader(encoded), args.fixed_steps),
+        "dynamic": plain("dynamic", dynamic_loader(encoded), args.fixed_steps),
+        "ours": ours("none", dynamic_loader(encoded), limit=args.fixed_steps),
     }
-    log(f"train: dynamic vs fixed padding (max length {task.max_length}), {args.fixed_steps} steps each")
-    s2 = Turns(device)
-    s2.run(loops)
-
-    steps = {**s1.steps, **s2.steps}
-    cpu = {**s1.cpu, **s2.cpu}
+    log(f"train: padding to max length {task.max_length} vs to the batch's longest vs fishtune.train, "
+        f"{args.fixed_steps} steps each")
+    turns = Turns(device)
+    turns.run(loops)
+    steps.update({f"padding_{k}": v for k, v in turns.steps.items()})
+    cpu.update({f"padding_{k}": v for k, v in turns.cpu.items()})
     w = args.warmup
 
     def throughput(name):
         s = steps[name][w:]
         return args.batch_size * len(s) / sum(s)
 
-    result = {
+    return {
         "task": "sst2", "batch_size": args.batch_size, "steps": {k: len(v) for k, v in steps.items()}, "warmup": w,
         "step_seconds": {k: [round(x, 3) for x in v] for k, v in steps.items()},
         "step_cpu_seconds": {k: [round(x, 3) for x in v] for k, v in cpu.items()},
         "median_step_seconds": {k: round(statistics.median(v[w:]), 3) for k, v in steps.items()},
         "samples_per_second": {k: round(throughput(k), 2) for k in steps},
-        "peak_mb": {**peak, "dynamic": peak["none"]},
+        "peak_mb": {**peak, "padding_fixed": peak["fixed"], "padding_dynamic": peak["dynamic"],
+                    "padding_ours": peak["none"]},
         "peak_mb_batch": {"dynamic": [args.batch_size, len(longest[-1]["input_ids"])],
                           "fixed": [args.batch_size, task.max_length]},
-        "mask_overhead": ratio_stats(steps["fish"], steps["none"], w),
-        "trainer_ratio": ratio_stats(steps["trainer"], steps["none"], w),
-        "padding_gain": ratio_stats(steps["fixed"], steps["dynamic"], w),
-        "cpu_time_ratios": {"mask_overhead": ratio_stats(cpu["fish"], cpu["none"], w),
-                            "trainer_ratio": ratio_stats(cpu["trainer"], cpu["none"], w),
-                            "padding_gain": ratio_stats(cpu["fixed"], cpu["dynamic"], w)},
         "same_batches_as_trainer": True,
+        "mask_overhead": ratio_stats(steps["mask_fish"], steps["mask_none"], w),
+        "trainer_ratio": ratio_stats(steps["trainer_trainer"], steps["trainer_none"], w),
+        "padding_gain": ratio_stats(steps["padding_fixed"], steps["padding_dynamic"], w),
+        "length_group_gain": ratio_stats(steps["padding_dynamic"], steps["padding_ours"], w),
+        "padding_gain_ours": ratio_stats(steps["padding_fixed"], steps["padding_ours"], w),
+        "cpu_time_ratios": {"mask_overhead": ratio_stats(cpu["mask_fish"], cpu["mask_none"], w),
+                            "trainer_ratio": ratio_stats(cpu["trainer_trainer"], cpu["trainer_none"], w),
+                            "padding_gain": ratio_stats(cpu["padding_fixed"], cpu["padding_dynamic"], w),
+                            "length_group_gain": ratio_stats(cpu["padding_dynamic"], cpu["padding_ours"], w)},
     }
-    for name in ("fish", "trainer", "fixed"):
-        del models[name]
-    return result
 
 
 def optimizer_step_overhead(model, masks, repeats: int = 200) -> dict:
@@ -339,12 +369,14 @@ def markdown(r: dict) -> str:
         ("fisher_floor_ratio", f"empirical_fisher {fs['ours']:.1f} s", f"plain fwd+bwd {fs['floor']:.1f} s",
          fp["ours"], fp["floor"]),
         ("fisher_rel_err", "empirical_fisher", "padded bs-1 loop", "", ""),
-        ("mask_overhead", f"fish mask {ms['fish']:.2f} s/step", f"no mask {ms['none']:.2f} s/step",
+        ("mask_overhead", f"fish mask {ms['mask_fish']:.2f} s/step", f"no mask {ms['mask_none']:.2f} s/step",
          tp["fish"], tp["none"]),
-        ("trainer_ratio", f"fishtune.train {sps['none']:.2f} samples/s", f"HF Trainer {sps['trainer']:.2f} samples/s",
-         tp["none"], tp["trainer"]),
-        ("padding_gain", f"dynamic {ms['dynamic']:.2f} s/step", f"fixed {t['peak_mb_batch']['fixed'][1]} "
-         f"{ms['fixed']:.2f} s/step", tp["dynamic"], tp["fixed"]),
+        ("trainer_ratio", f"fishtune.train {sps['trainer_none']:.2f} samples/s",
+         f"HF Trainer {sps['trainer_trainer']:.2f} samples/s", tp["none"], tp["trainer"]),
+        ("padding_gain", f"dynamic padding {ms['padding_dynamic']:.2f} s/step",
+         f"padded to {t['peak_mb_batch']['fixed'][1]} {ms['padding_fixed']:.2f} s/step", tp["dynamic"], tp["fixed"]),
+        ("length_group_gain", f"fishtune.train {ms['padding_ours']:.2f} s/step",
+         f"dynamic padding {ms['padding_dynamic']:.2f} s/step", tp["none"], tp["dynamic"]),
     ]
     lines = ["| figure | value | target | met | ours | compared with | peak MB ours | peak MB other |",
              "|---|---:|---|---|---|---|---:|---:|"]
@@ -363,10 +395,13 @@ def markdown(r: dict) -> str:
         f"- Fisher: {f['samples']} RTE samples in length-sorted chunks of {f['chunk_size']}; ratios of total seconds, "
         f"the loops taking turns chunk by chunk. CPU-time ratios: speedup "
         f"{f['cpu_time_ratios']['fisher_speedup']:.3f}, floor {f['cpu_time_ratios']['fisher_floor_ratio']:.3f}.",
-        f"- Training: SST-2, batch {t['batch_size']}; median over {t['mask_overhead']['steps']} paired steps (same "
-        f"batch, run back to back; padding: {t['padding_gain']['steps']}). Ratio of sums: mask "
-        f"{t['mask_overhead']['of_sums']:.3f}, trainer {t['trainer_ratio']['of_sums']:.3f}, padding "
-        f"{t['padding_gain']['of_sums']:.3f}.",
+        f"- Training: SST-2, batch {t['batch_size']}, the same batches on every side; median over "
+        f"{t['mask_overhead']['steps']} paired steps (same batch, run back to back; padding rows: "
+        f"{t['padding_gain']['steps']}). Ratio of sums: mask {t['mask_overhead']['of_sums']:.3f}, trainer "
+        f"{t['trainer_ratio']['of_sums']:.3f}, padding {t['padding_gain']['of_sums']:.3f}, length groups "
+        f"{t['length_group_gain']['of_sums']:.3f}. fishtune.train runs each batch as length groups on CPU "
+        f"(fishtune.batching); padding rows: the textbook step on whole batches; padded to max length vs "
+        f"fishtune.train: {t['padding_gain_ours']['median']:.3f}.",
         f"- Fish mask: k = {r['mask']['k']} of {r['mask']['candidates']} LoRA entries; {r['mask']['tensors_frozen']} of "
         f"{r['mask']['tensors']} tensors frozen, {r['mask']['tensors_partial']} partly masked. MaskedAdam.step with "
         f"masks minus without: {r['optimizer_step']['masked_minus_none_ms']:.3f} ms.",
@@ -414,6 +449,7 @@ def main(argv=None) -> int:
         "fisher_speedup": fisher["fisher_speedup"], "fisher_floor_ratio": fisher["fisher_floor_ratio"],
         "fisher_rel_err": fisher["fisher_rel_err"], "mask_overhead": trained["mask_overhead"]["median"],
         "trainer_ratio": trained["trainer_ratio"]["median"], "padding_gain": trained["padding_gain"]["median"],
+        "length_group_gain": trained["length_group_gain"]["median"],
     }
     result = {
         "figures": figures,

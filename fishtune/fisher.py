@@ -7,7 +7,8 @@ wrong quantity). Two exact ways to get per-sample gradients:
   (LoRA's A and B, the classification head, ...), one batched forward/backward gives them all: for
   y = x W^T + b the gradient of sample n is sum_t g[n,t] x[n,t]^T and sum_t g[n,t], where g is the
   gradient of the summed loss with respect to y. Padded positions get zero gradient, so padding
-  does not change the result.
+  does not change the result; on CPU a batch is split into groups of similar length first, so
+  that little padding is computed (fishtune.batching).
 * Per-sample loop (any parameter: DoRA magnitudes, prefix embeddings, IA3 vectors, gates): one
   forward/backward per sample with its padding trimmed.
 """
@@ -19,6 +20,7 @@ from typing import Iterable, Iterator, Mapping
 import torch
 from torch import nn
 
+from .batching import group_cost_tokens, length_groups
 from .models import classification_loss
 
 
@@ -82,8 +84,11 @@ def _fisher_linear_hooks(model, params, owners, batches, regression) -> dict[str
     handles = [m.register_forward_hook(forward_hook) for m in owners]
     device = next(iter(params.values())).device
     try:
-        for batch in batches:
-            inputs, labels = _model_inputs(batch, device)
+        # On CPU each batch runs as groups of similar length cut to their own longest sample: the
+        # per-sample gradients are the same, the padding computed is less (fishtune.batching).
+        cost = group_cost_tokens(model)
+        for group in (g for batch in batches for g in length_groups(batch, device, cost)):
+            inputs, labels = _model_inputs(group, device)
             loss = classification_loss(model(**inputs).logits, labels, regression, reduction="sum")
             # autograd.grad fires the hooks without touching any .grad the caller may hold.
             torch.autograd.grad(loss, list(params.values()), allow_unused=True)

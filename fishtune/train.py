@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .batching import group_cost_tokens, length_groups
 from .metrics import glue_metrics
 from .models import classification_loss
 from .tasks import TaskSpec
@@ -106,7 +107,10 @@ def evaluate(model: nn.Module, loader, task: TaskSpec, settings: TrainSettings) 
     """Dev loss (mean over examples) and the task's metrics x100 (`score` is the table number)."""
     model.eval()
     preds, labels, loss_sum = [], [], 0.0
-    for batch in loader:
+    # Groups of similar length (CPU): the same predictions, in another order within a batch, with
+    # their labels taken along, so every metric is unchanged.
+    cost = group_cost_tokens(model)
+    for batch in (g for b in loader for g in length_groups(b, settings.device, cost)):
         y = batch["labels"].to(settings.device)
         with _autocast(settings):
             logits = model(**{k: v.to(settings.device) for k, v in batch.items() if k != "labels"}).logits
@@ -117,6 +121,30 @@ def evaluate(model: nn.Module, loader, task: TaskSpec, settings: TrainSettings) 
     preds, labels = np.concatenate(preds), np.concatenate(labels)
     metrics = glue_metrics(task, preds, labels)
     return {"dev_loss": loss_sum / len(labels), "metrics": metrics, "score": metrics["score"]}
+
+
+def _forward_backward(model: nn.Module, batch: Mapping[str, torch.Tensor], task: TaskSpec,
+                      settings: TrainSettings) -> torch.Tensor:
+    """The batch's mean loss (detached), its gradient accumulated into .grad.
+
+    On CPU the batch runs as groups of similar length, each cut to its own longest sample
+    (fishtune.batching): the same samples in the same optimiser step and the same gradient, the sum
+    of each group's share of the batch mean, but far less padding computed. Dropout draws its masks
+    group by group, which changes which masks are drawn, not how they are distributed.
+    """
+    groups = length_groups(batch, settings.device, group_cost_tokens(model))
+    n, total = len(batch["labels"]), 0.0
+    for group in groups:
+        y = group["labels"].to(settings.device)
+        with _autocast(settings):
+            logits = model(**{k: v.to(settings.device) for k, v in group.items() if k != "labels"}).logits
+        if len(groups) == 1:  # the batch whole, as always on GPU
+            loss = classification_loss(logits, y, task.is_regression)
+        else:
+            loss = classification_loss(logits, y, task.is_regression, reduction="sum") / n
+        loss.backward()
+        total = total + loss.detach()
+    return total
 
 
 def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -170,11 +198,8 @@ def train(model: nn.Module, train_loader, dev_loader, task: TaskSpec, settings: 
         t0, loss_sum, n_seen = time.perf_counter(), 0.0, 0
         # Per-batch bars only on a terminal (disable=None): in a log file they would be thousands of lines.
         for batch in tqdm(train_loader, desc=f"epoch {epoch}", leave=False, disable=None if settings.progress else True):
-            y = batch["labels"].to(settings.device)
-            with _autocast(settings):
-                logits = model(**{k: v.to(settings.device) for k, v in batch.items() if k != "labels"}).logits
-            loss = classification_loss(logits, y, task.is_regression)
-            loss.backward()
+            y = batch["labels"]
+            loss = _forward_backward(model, batch, task, settings)
             if freezer is not None:
                 freezer.after_backward(opt.optimizer)
             opt.step()
