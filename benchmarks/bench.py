@@ -74,7 +74,7 @@ def load_avg() -> float:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--glue-dir", default=os.environ.get("GLUE_DIR", "/work/shared/glue_data"))
+    p.add_argument("--glue-dir", default=os.environ.get("GLUE_DIR", str(ROOT.parent / "shared" / "glue_data")))
     p.add_argument("--model", default="bert_base_random", help="a config in conf/model/")
     p.add_argument("--peft", default="lora", help="a config in conf/peft/ (LoRA-style: Linear hooks apply)")
     p.add_argument("--fisher-samples", type=int, default=128)
