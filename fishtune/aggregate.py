@@ -95,9 +95,26 @@ def _budget_rank(run: dict) -> Any:
     return mask.get("budget_rank") or run.get("rank")
 
 
+def nominal_layers(run: dict) -> int | None:
+    """The layers a run asked for, which is what a paper row names: peft.layers, else its method's
+    schedule (budget_layers for an original run, fish_layers for a masked one) before
+    fishtune.methods fits a schedule deeper than the model to its depth (IA3's 3/5/8/10 and 12 on
+    the 6-layer MiniLM become 2/3/4/5 and 6). Runs without a config: the layers they used."""
+    c = run.get("config") or {}
+    peft = c.get("peft") or {}
+    try:
+        if peft.get("layers") is not None:
+            return int(peft["layers"])
+        mode = (c.get("mask") or {}).get("mode", run.get("mask"))
+        budget = int(c.get("budget", run.get("budget")))
+        return int(peft["budget_layers"][budget - 1] if mode == "none" else peft["fish_layers"])
+    except (KeyError, TypeError, ValueError, IndexError):
+        return run.get("layers")
+
+
 def matches(run: dict, row: Row) -> bool:
     """Whether `run` (already of the row's model, method, mask, budget and a task) belongs to `row`."""
-    if run.get("layers") != row.layers:
+    if nominal_layers(run) != row.layers:
         return False
     if row.rank is not None and run.get("rank") != row.rank:
         return False
@@ -115,10 +132,8 @@ def _failure_as_run(record: dict) -> dict | None:
     c = record.get("config") or {}
     try:
         peft, mode, budget = c["peft"], c["mask"]["mode"], int(c["budget"])
-        # As fishtune.methods.run_layers (not imported: the aggregator needs no torch).
-        layers = peft.get("layers") or (peft["budget_layers"][budget - 1] if mode == "none" else peft["fish_layers"])
         return dict(model=c["model"]["name"], method=peft["name"], mask=mode, budget=budget, task=c["task"]["name"],
-                    layers=int(layers), rank=peft.get("rank"), seed=c.get("seed"), config=c,
+                    layers=nominal_layers(record), rank=peft.get("rank"), seed=c.get("seed"), config=c,
                     error=str(record.get("error", "")).splitlines()[0][:160] if record.get("error") else "",
                     _path=record.get("_path"))
     except (KeyError, TypeError, ValueError, IndexError):

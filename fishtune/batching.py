@@ -21,26 +21,27 @@ from typing import Mapping
 
 import torch
 
-# What one more forward/backward costs on CPU, in tokens' worth of work, for bert-base on one thread.
-# Measured on 2 threads (64 in all): best for SST-2 training batches (a step 2x faster than unsplit)
-# and as good as 64-256 for RTE Fisher chunks (~1.4x faster); far less makes the groups so small
-# that the matrix products slow down.
-COST_TOKENS_BERT_BASE_PER_THREAD = 32
+# What one more forward/backward costs on CPU, in tokens' worth of work, for bert-base: measured on
+# 2 threads, best for SST-2 training batches (a step 2x faster than unsplit) and as good as 128-512
+# for RTE Fisher chunks (~1.4x faster); far less makes the groups so small that matrix products slow.
+COST_TOKENS_BERT_BASE = 64
 
 
 def group_cost_tokens(model) -> float:
-    """One more forward/backward of `model` on this CPU, in tokens' worth of work.
+    """One more forward/backward of `model` on CPU, in tokens' worth of work.
 
     A pass has a fixed cost (Python, op dispatch, small matrix products running below speed) while
-    a token costs more the wider the model and less the more threads share it. Scaled from the
-    bert-base measurement by threads x 768 / hidden_size: MiniLM (384 wide) gets 128 on 2 threads,
-    where 64 and 256 were measured within 10 % of each other (SST-2 steps 2x faster than unsplit);
-    a tiny test model (32 wide) is practically never split. No `hidden_size` in the config: never.
+    a token costs more the wider the model: scaled from bert-base by 768 / hidden_size (MiniLM, 384
+    wide: 128, where 64 and 256 were measured within 10 % of each other; a tiny test model, 32
+    wide, is practically never split). Deliberately not scaled by the thread count, although the
+    best value grows with it: the groups decide which dropout masks a training step draws, so they
+    must follow from the config and the data alone, for the same results on every CPU.
+    No `hidden_size` in the config: never split.
     """
     hidden = getattr(getattr(model, "config", None), "hidden_size", None)
     if not hidden:
         return math.inf
-    return COST_TOKENS_BERT_BASE_PER_THREAD * torch.get_num_threads() * 768 / hidden
+    return COST_TOKENS_BERT_BASE * 768 / hidden
 
 
 def _right_padded(mask: torch.Tensor, lengths: torch.Tensor) -> bool:

@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 from scipy.stats import ttest_rel
 
+from .masks import load_mask_file
 from .results import load_results
 
 MODES = ("none", "fish", "rand", "rev", "adaptive")
@@ -117,7 +118,7 @@ def placement(results: list[dict]) -> pd.DataFrame:
         path = Path(r["_path"]).with_suffix(".mask.pt")
         if not path.exists():
             continue
-        for name, m in torch.load(path).items():
+        for name, m in load_mask_file(path)[0].items():
             layer, kind = describe_parameter(name)
             rows.append({"model": r["model"], "method": r["method"], "mask": r["mask"], "budget": r["budget"],
                          "task": r["task"], "seed": r["seed"], "layer": layer, "module": kind,
@@ -139,7 +140,7 @@ def overlap(results: list[dict], mode: str = "fish") -> pd.DataFrame:
     key = lambda r: (r["model"], r["method"], r["layers"], r["rank"], r["budget"])  # noqa: E731
     for k, group in itertools.groupby(sorted(runs, key=lambda r: (key(r), r["task"], r["seed"])), key=key):
         group = list(group)
-        masks = [torch.load(Path(r["_path"]).with_suffix(".mask.pt")) for r in group]
+        masks = [load_mask_file(Path(r["_path"]).with_suffix(".mask.pt"))[0] for r in group]
         for (ra, ma), (rb, mb) in itertools.combinations(zip(group, masks), 2):
             rows.append({"model": k[0], "method": k[1], "layers": k[2], "rank": k[3], "budget": k[4],
                          "task_a": ra["task"], "seed_a": ra["seed"], "task_b": rb["task"], "seed_b": rb["seed"],

@@ -48,3 +48,16 @@ def build_mask(scores: Mapping[str, torch.Tensor], k: int, mode: str, seed: int 
         out[name] = keep[start:start + n].reshape(shape)
         start += n
     return out
+
+
+def save_mask_file(path, masks: Mapping[str, torch.Tensor], fisher_seconds: float = 0.0) -> None:
+    """A run's mask beside its result file, with what the Fisher cost (a resumed run reports it)."""
+    torch.save({"masks": dict(masks), "fisher_seconds": float(fisher_seconds)}, path)
+
+
+def load_mask_file(path) -> tuple[dict[str, torch.Tensor], float]:
+    """(masks, fisher_seconds) of a mask file; files from before fisher_seconds was kept give 0."""
+    saved = torch.load(path)
+    if isinstance(saved.get("masks"), dict):
+        return saved["masks"], float(saved.get("fisher_seconds", 0.0))
+    return saved, 0.0

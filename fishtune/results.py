@@ -5,8 +5,8 @@ A result file is the unit of resume and aggregation. Its top-level keys (schema 
   trainable, total, ratio_pct, budget_ratio_pct (over the original run's model), history [{epoch, train_loss, dev_loss, metrics, score}],
   best {epoch, score, metrics, dev_loss}, stop_reason, fisher_seconds, train_seconds,
   samples_per_second, device, precision, host, slurm (job ids, or null), resumed_from_epoch
-  (the checkpoint a requeued or restarted run continued from, or null), versions, git_commit,
-  finished_at; adaptive runs add trainable_final, ratio_pct_final, ratio_pct_mean, active_ratio_history.
+  (the checkpoint a requeued or restarted run continued from, or null), versions, git_commit (HEAD
+  when the run started), finished_at; adaptive runs add trainable_final, ratio_pct_final, ratio_pct_mean, active_ratio_history.
 `metrics` hold the task's numbers x100 (matthews | accuracy | f1 | pearson | spearman) and `score`
 is the single number a table shows for the task.
 """

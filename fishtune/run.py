@@ -23,7 +23,7 @@ from . import data as glue
 from . import tracking
 from .adaptive import AdaptiveFreezer, AdaptiveSettings
 from .fisher import empirical_fisher
-from .masks import build_mask, check_mode
+from .masks import build_mask, check_mode, load_mask_file, save_mask_file
 from .methods import check_method, count_on_meta, insert_method, original_layers, run_layers, split_trainable
 from .models import DECODER_FAMILIES, check_model_config, load_model, load_tokenizer, model_config
 from .results import git_commit, now_iso, package_versions, result_path, write_json_atomic, SCHEMA, config_hash
@@ -133,6 +133,7 @@ def execute(p: Plan, progress: bool = True) -> dict:
     """Run the plan and write its result file; returns the result."""
     cfg, task = p.config, p.task
     seed = int(cfg["seed"])
+    commit = git_commit()  # the code this run starts with, not whatever HEAD is when it ends
     device, bf16 = _device_and_precision(cfg["train"])
     p.path.parent.mkdir(parents=True, exist_ok=True)
     set_seed(seed)
@@ -159,7 +160,7 @@ def execute(p: Plan, progress: bool = True) -> dict:
     if select in ("none", "adaptive"):  # everything inserted trains (adaptive then freezes groups)
         masks = {n: torch.ones_like(q, dtype=torch.bool) for n, q in candidates.items()}
     elif mask_file.exists():  # a resumed run keeps the mask it started with
-        masks = torch.load(mask_file)
+        masks, fisher_seconds = load_mask_file(mask_file)
     else:
         scores = {n: torch.zeros_like(q) for n, q in candidates.items()}
         if select in ("fish", "rev"):
@@ -167,7 +168,7 @@ def execute(p: Plan, progress: bool = True) -> dict:
             scores = fisher_scores(model, head, candidates, splits["train"], tokenizer, cfg["fisher"], seed)
             fisher_seconds = time.perf_counter() - t0
         masks = build_mask(scores, p.k - p.head, select, seed)
-        torch.save(masks, mask_file)
+        save_mask_file(mask_file, masks, fisher_seconds)
     partial = apply_masks(model, masks)
     trainable = p.head + sum(int(m.sum()) for m in masks.values())
     freezer = None
@@ -199,7 +200,7 @@ def execute(p: Plan, progress: bool = True) -> dict:
         "samples_per_second": outcome.samples_seen / max(outcome.train_seconds, 1e-9),
         "device": device, "precision": "bf16" if bf16 else "fp32", "host": socket.gethostname(),
         "slurm": slurm_ids(), "resumed_from_epoch": resumed_from,
-        "versions": package_versions(), "git_commit": git_commit(), "finished_at": now_iso(),
+        "versions": package_versions(), "git_commit": commit, "finished_at": now_iso(),
     }
     if freezer is not None:  # the active set shrinks: report where it ended and its mean over steps
         active = [h["active_entries"] for h in freezer.history]

@@ -14,17 +14,21 @@ TASKS6 = ["cola", "mrpc", "rte", "sst2", "stsb", "wnli"]
 
 
 def fake_result(runs_dir, *, model="bert_base", method="lora", task="rte", mask="none", budget=1, layers=None,
-                rank=1, budget_rank=None, seed=42, score=50.0, losses=(0.7, 0.6, 0.5), finished="2026-01-01T00:00:00"):
+                rank=1, budget_rank=None, seed=42, score=50.0, losses=(0.7, 0.6, 0.5), finished="2026-01-01T00:00:00",
+                schedule=None):
     """Write one result file with the schema of fishtune/results.py, as fishtune.run would."""
+    explicit = layers  # peft.layers=N, as Table 3's rows set it
     if layers is None:
         layers = budget if mask == "none" else 5
     config = {
         "model": {"name": model, "family": "bert", "source": "hub", "path": None},
-        "peft": {"name": method, "rank": rank, "budget_layers": [1, 2, 3, 4], "fish_layers": 5, "layers": None},
+        "peft": {"name": method, "rank": rank, "budget_layers": [1, 2, 3, 4], "fish_layers": 5, "layers": explicit},
         "mask": {"mode": mask} if mask == "none" else {"mode": mask, "k": None, "budget_rank": budget_rank},
         "task": {"name": task}, "budget": budget, "seed": seed, "logger": {"mode": "none"},
         "paths": {"runs_dir": str(runs_dir)}, "force": False,
     }
+    if schedule is not None:  # (budget_layers, fish_layers) of another method's config
+        config["peft"].update(budget_layers=list(schedule[0]), fish_layers=schedule[1])
     history = [{"epoch": e + 1, "train_loss": l + 0.1, "dev_loss": l, "metrics": {"accuracy": score}, "score": score}
                for e, l in enumerate(losses)]
     result = {
@@ -75,6 +79,20 @@ def test_no_sst2_column_where_the_paper_has_none_and_explicit_layers_and_ranks(t
     assert t4["MRPC"].notna().sum() == 1
     missing = " ".join(built3.missing + built4.missing)
     assert "peft.layers=12" in missing and "peft.rank=32 mask.budget_rank=1" in missing
+
+
+def test_schedules_fitted_to_a_shallow_model_still_fill_the_paper_rows(tmp_path):
+    # IA3's schedule (3, 5, 8, 10; FISH 12) ran on the 6-layer MiniLM as 2, 3, 4, 5 and 6 layers.
+    runs, ia3 = tmp_path / "runs", ([3, 5, 8, 10], 12)
+    fake_result(runs, method="ia3", model="minilm", budget=1, layers=None, schedule=ia3, score=61.0)
+    fake_result(runs, method="ia3", model="minilm", budget=4, schedule=ia3, score=64.0)
+    fake_result(runs, method="ia3", model="minilm", mask="fish", budget=1, schedule=ia3, score=70.0)
+    for r in _load(runs):
+        assert r["layers"] in (1, 4, 5)  # fake_result's stand-ins for the fitted 2, 5 and 6
+    built = build_table(1, RunIndex(_load(runs)), model_map={"bert_base": "minilm"})
+    t1 = built.frame.set_index(["budget", "label"])
+    assert t1.loc[(1, "Original-(IA)3"), "RTE"] == 61.0 and t1.loc[(4, "Original-(IA)3"), "RTE"] == 64.0
+    assert t1.loc[(1, "(IA)3-FISH"), "RTE"] == 70.0
 
 
 def test_a_run_shared_by_two_tables_shows_in_both(tmp_path):

@@ -7,6 +7,7 @@ import torch
 
 from conftest import ROOT, run_config
 from fishtune import run as run_module
+from fishtune.masks import load_mask_file
 from fishtune.run import ConfigError, check_group_overrides, plan, run
 
 QUICK = ["train.max_epochs=2", "fisher.samples=16", "data.train_samples=24", "data.dev_samples=12"]
@@ -32,8 +33,9 @@ def test_run_writes_result_file_then_skips(tmp_path, capsys):
     original = run(run_config(tmp_path, "task=mrpc", "mask=none", "budget=2", *QUICK), progress=False)
     assert original["trainable"] == result["trainable"] and original["layers"] == 2
     assert original["budget_ratio_pct"] == result["budget_ratio_pct"] == original["ratio_pct"] > result["ratio_pct"]
-    mask = torch.load(path.with_suffix(".mask.pt"))
+    mask, fisher_seconds = load_mask_file(path.with_suffix(".mask.pt"))
     assert sum(int(m.sum()) for m in mask.values()) == result["trainable"] - 66
+    assert fisher_seconds == result["fisher_seconds"]  # kept, so a resumed run reports what its mask cost
     assert not path.with_suffix(".ckpt.pt").exists()
 
     capsys.readouterr()
@@ -46,7 +48,7 @@ def test_same_config_and_seed_reproduce_mask_and_metrics(tmp_path):
     for sub in ("a", "b"):
         cfg = run_config(tmp_path / sub, "task=cola", "mask=fish", *QUICK)
         results.append(run(cfg, progress=False))
-        results[-1]["mask"] = torch.load(plan(cfg).path.with_suffix(".mask.pt"))
+        results[-1]["mask"] = load_mask_file(plan(cfg).path.with_suffix(".mask.pt"))[0]
     a, b = results
     assert a["history"] == b["history"] and a["config_hash"] == b["config_hash"]
     assert all(torch.equal(a["mask"][n], b["mask"][n]) for n in a["mask"])

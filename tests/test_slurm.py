@@ -428,7 +428,7 @@ def test_fishtune_sweep_runs_as_slurm_jobs(fishtune_sweeps):
     for task in ("rte", "mrpc"):  # the mask keeps exactly the original (mask=none) run's trainable count
         assert results[(task, "fish")]["trainable"] == results[(task, "none")]["trainable"]
         assert results[(task, "fish")]["layers"] > results[(task, "none")]["layers"]
-        assert results[(task, "fish")]["fisher_seconds"] > 0 or (task, "fish") == SIGNALLED
+        assert results[(task, "fish")]["fisher_seconds"] > 0  # a resumed run reports its saved mask's cost
     # conf/hydra/launcher/slurm.yaml reached sbatch
     script = next((_sweep_dir(s.main) / ".submitit").glob("*/*_submission.sh")).read_text()
     for line in (f"--job-name={FISHTUNE_JOB_NAME}", "--array=0-3%", "--cpus-per-task=1", "--time=60",
