@@ -273,28 +273,27 @@ def train_section(args, model, tok, masks, device, bf16) -> dict:
                     "trainer": trainer(encoded, args.train_steps, seen["trainer"])},
     }
     steps, cpu = {}, {}
-    for session, loops in sessions.items():
-        log(f"train: SST-2, batch {args.batch_size}, {args.train_steps} steps each (first {args.warmup} left out), "
-            f"in turns: {', '.join(loops)}")
+
+    def in_turns(session: str, loops: dict, what: str) -> None:
+        log(f"train: {what}, in turns: {', '.join(loops)}")
         turns = Turns(device)
         turns.run(loops)
         steps.update({f"{session}_{k}": v for k, v in turns.steps.items()})
         cpu.update({f"{session}_{k}": v for k, v in turns.cpu.items()})
+
+    for session, loops in sessions.items():
+        in_turns(session, loops, f"SST-2, batch {args.batch_size}, {args.train_steps} steps each "
+                                 f"(first {args.warmup} left out)")
     if seen["none"] != seen["trainer"]:
         raise RuntimeError(f"Trainer saw other batches than fishtune: {seen['none'][:3]} vs {seen['trainer'][:3]}")
 
     # Padding, three loops: "ours" goes on training the no-mask model; the others train copies of it.
-    loops = {
+    in_turns("padding", {
         "fixed": plain("fixed", fixed_loader(encoded), args.fixed_steps),
         "dynamic": plain("dynamic", dynamic_loader(encoded), args.fixed_steps),
         "ours": ours("none", dynamic_loader(encoded), limit=args.fixed_steps),
-    }
-    log(f"train: padding to max length {task.max_length} vs to the batch's longest vs fishtune.train, "
-        f"{args.fixed_steps} steps each")
-    turns = Turns(device)
-    turns.run(loops)
-    steps.update({f"padding_{k}": v for k, v in turns.steps.items()})
-    cpu.update({f"padding_{k}": v for k, v in turns.cpu.items()})
+    }, f"padding to max length {task.max_length} vs to the batch's longest vs fishtune.train, "
+       f"{args.fixed_steps} steps each")
     w = args.warmup
 
     def throughput(name):
