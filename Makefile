@@ -72,6 +72,12 @@ BERT ?= minilm
 MODERNBERT ?= tiny_modernbert
 LLAMA ?= tiny_llama
 endif
+# Local workers split the cores between them instead of each taking them all (torch reads
+# OMP_NUM_THREADS when it starts; workers inherit it): nproc / FISHTUNE_JOBS threads each.
+ifneq ($(filter joblib parallel,$(LAUNCHER)),)
+export FISHTUNE_JOBS ?= 2
+export OMP_NUM_THREADS ?= $(shell n=$$(( $$(nproc) / $(FISHTUNE_JOBS) )); echo $$(( n > 0 ? n : 1 )))
+endif
 SWEEP = $(BIN)/python -m fishtune.run -m profile=$(PROFILE) paths.runs_dir=$(RUNS_DIR) \
 	$(if $(filter-out basic,$(LAUNCHER)),hydra/launcher=$(if $(filter joblib,$(LAUNCHER)),parallel,$(LAUNCHER))) \
 	$(if $(TASKS),task=$(TASKS)) $(if $(METHODS),peft=$(METHODS))
