@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from conftest import loader, tiny_peft_model
@@ -42,6 +43,23 @@ def test_same_logits_per_sample():
             out = m(**{k: v for k, v in g.items() if k != "labels"}).logits
             for r, logit in zip(unpadded_rows(g), out):
                 torch.testing.assert_close(logit, by_row[r], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("model,template", [("tiny_modernbert", False), ("tiny_llama", True)])
+def test_same_logits_per_sample_for_other_families(model, template):
+    # ModernBERT unpads internally; LLaMA's head reads the last real token: grouping changes neither.
+    m, tok, spec = tiny_peft_model(model=model)
+    batch = next(iter(loader(tok, spec, batch_size=16, template=template)))
+    m.eval()
+    with torch.no_grad():
+        whole = m(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        by_row = dict(zip(unpadded_rows(batch), whole))
+        groups = length_groups(batch, "cpu", cost_tokens=8)
+        assert len(groups) > 1 or tok.padding_side == "left"
+        for g in groups:
+            out = m(**{k: v for k, v in g.items() if k != "labels"}).logits
+            for r, logit in zip(unpadded_rows(g), out):
+                torch.testing.assert_close(logit, by_row[r], rtol=1e-4, atol=1e-5)
 
 
 def test_training_gradient_of_groups_equals_the_whole_batch(monkeypatch):
