@@ -7,6 +7,8 @@
   mask_placement.csv/.png  chosen entries per layer and module type (per model, method, mask)
   mask_overlap.csv/.png    Jaccard overlap of fish masks across tasks and seeds (same model, method,
                            layers, budget)
+  mask_bootstrap.csv       each masked run against its original (same task and seed): paired
+                           bootstrap over the dev examples, difference, 95 % interval, p-value
 """
 from __future__ import annotations
 
@@ -22,7 +24,9 @@ import torch
 from scipy.stats import ttest_rel
 
 from .masks import load_mask_file
+from .metrics import paired_bootstrap
 from .results import load_results
+from .tasks import get_task
 
 MODES = ("none", "fish", "rand", "rev", "adaptive")
 LABELS = {"none": "original", "fish": "fish", "rand": "rand", "rev": "rev", "adaptive": "adaptive"}
@@ -77,6 +81,30 @@ def mask_table(results: list[dict]) -> pd.DataFrame:
                 row["diff_vs_original"], row["p_value"], row["pairs"] = paired_test(scores, by_mode["none"])
             out.append(row)
     return pd.DataFrame(out)
+
+
+def bootstrap_table(results: list[dict], n_resamples: int = 1000) -> pd.DataFrame:
+    """Each masked run against the original run of the same model, method, rank, budget, task and
+    seed, by a paired bootstrap over their shared dev examples (fishtune.metrics.paired_bootstrap).
+    Runs written before result files kept per-example predictions are left out."""
+    keyed: dict[tuple, dict[str, dict]] = {}
+    for r in results:
+        if r.get("dev_predictions") is not None:
+            key = (r["model"], r["method"], r["rank"], r["budget"], r["task"], r["seed"])
+            keyed.setdefault(key, {})[r["mask"]] = r
+    rows = []
+    for (model, method, rank, budget, task, seed), by_mode in sorted(keyed.items(), key=lambda kv: str(kv[0])):
+        original = by_mode.get("none")
+        for mode in [m for m in MODES if m != "none" and m in by_mode]:
+            run = by_mode[mode]
+            if original is None or run["dev_labels"] != original["dev_labels"]:
+                continue  # no original on the same dev examples: nothing to pair with
+            stats = paired_bootstrap(get_task(task), run["dev_predictions"], original["dev_predictions"],
+                                     run["dev_labels"], n_resamples=n_resamples, seed=int(seed))
+            rows.append({"model": model, "method": method, "rank": rank, "budget": budget, "row": LABELS[mode],
+                         "task": task, "seed": seed, "examples": len(run["dev_labels"]), **stats})
+    return pd.DataFrame(rows, columns=["model", "method", "rank", "budget", "row", "task", "seed", "examples",
+                                       "diff", "ci_low", "ci_high", "p_value", "resamples"])
 
 
 def mask_table_latex(table: pd.DataFrame) -> str:
@@ -185,6 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs-dir", default="runs")
     ap.add_argument("--out", default="results")
+    ap.add_argument("--resamples", type=int, default=1000, help="paired bootstrap resamples (0: skip)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -202,6 +231,17 @@ def main(argv: list[str] | None = None) -> None:
     written += _plots(place, lap, out)
     show = [c for c in ["budget", "row", "seeds", *TASK_ORDER, "avg", "diff_vs_original", "p_value"] if c in table]
     print(table[show].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    if args.resamples > 0:
+        boot = bootstrap_table(results, args.resamples)
+        boot.to_csv(out / "mask_bootstrap.csv", index=False, float_format="%.4f")
+        written.append(out / "mask_bootstrap.csv")
+        if len(boot):
+            significant = boot[boot["p_value"] < 0.05]
+            summary = boot.groupby(["budget", "row"]).agg(pairs=("diff", "size"), mean_diff=("diff", "mean")).join(
+                significant.assign(better=significant["diff"] > 0).groupby(["budget", "row"]).agg(
+                    better_p05=("better", "sum"), worse_p05=("better", lambda b: int((~b).sum()))))
+            print("paired bootstrap per (task, seed) against the original run:")
+            print(summary.fillna(0).to_string(float_format=lambda v: f"{v:.2f}"))
     print("wrote " + ", ".join(str(p) for p in written))
 
 

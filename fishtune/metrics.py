@@ -36,3 +36,30 @@ def glue_metrics(task: TaskSpec, preds: np.ndarray, labels: np.ndarray) -> dict[
     else:
         raise ValueError(f"unknown metric {task.metric!r} for task {task.name!r}")
     return out
+
+
+def paired_bootstrap(task: TaskSpec, preds_a, preds_b, labels, n_resamples: int = 1000,
+                     seed: int = 0) -> dict[str, float]:
+    """Is run A better than run B on the same dev examples? A paired bootstrap over the examples.
+
+    Each resample draws the dev examples with replacement and scores both runs on the same draw with
+    `glue_metrics`, so the comparison keeps the pairing (the same hard examples count for both).
+    Returns `diff` (score A - score B on the whole set), the 2.5 and 97.5 percentiles of the
+    resampled differences (`ci_low`, `ci_high`) and a two-sided `p_value`: twice the smaller share of
+    resamples on either side of zero (ties count half to each), at most 1.
+    """
+    preds_a, preds_b, labels = np.asarray(preds_a), np.asarray(preds_b), np.asarray(labels)
+    if not (len(preds_a) == len(preds_b) == len(labels)):
+        raise ValueError(f"paired bootstrap needs one prediction per example: {len(preds_a)}, {len(preds_b)} "
+                         f"predictions for {len(labels)} labels")
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(n_resamples)
+    for i in range(n_resamples):
+        idx = rng.integers(0, len(labels), len(labels))
+        diffs[i] = (glue_metrics(task, preds_a[idx], labels[idx])["score"]
+                    - glue_metrics(task, preds_b[idx], labels[idx])["score"])
+    below, ties = float(np.mean(diffs < 0)), float(np.mean(diffs == 0))
+    p = 2 * min(below + ties / 2, 1 - below - ties / 2)
+    return {"diff": glue_metrics(task, preds_a, labels)["score"] - glue_metrics(task, preds_b, labels)["score"],
+            "ci_low": float(np.percentile(diffs, 2.5)), "ci_high": float(np.percentile(diffs, 97.5)),
+            "p_value": min(1.0, p), "resamples": n_resamples}

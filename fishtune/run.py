@@ -145,6 +145,8 @@ def execute(p: Plan, progress: bool = True) -> dict:
     for split in ("train", "dev"):
         examples = glue.subsample(glue.load_split(task, split, glue_dir), cfg["data"][f"{split}_samples"], seed)
         splits[split] = glue.encode(examples, tokenizer, task, use_template=template)
+    for i, example in enumerate(splits["dev"]):  # per-example dev predictions come back in this order
+        example["idx"] = i
     batch_size = int(cfg["train"]["batch_size"])
     train_loader = glue.make_loader(splits["train"], tokenizer, batch_size, shuffle=True, seed=seed)
     dev_loader = glue.make_loader(splits["dev"], tokenizer, int(cfg["train"]["eval_batch_size"]), sort_by_length=True)
@@ -196,6 +198,8 @@ def execute(p: Plan, progress: bool = True) -> dict:
         "budget_ratio_pct": 100 * trainable / p.budget_total, "lr": lr,
         "train_examples": len(splits["train"]), "dev_examples": len(splits["dev"]),
         "history": outcome.history, "best": outcome.best, "stop_reason": outcome.stop_reason,
+        # Per dev example, in the order of the seeded dev subsample: paired tests between runs.
+        "dev_labels": [e["labels"] for e in splits["dev"]], "dev_predictions": outcome.best_predictions,
         "fisher_seconds": fisher_seconds, "train_seconds": outcome.train_seconds,
         "samples_per_second": outcome.samples_seen / max(outcome.train_seconds, 1e-9),
         "device": device, "precision": "bf16" if bf16 else "fp32", "host": socket.gethostname(),

@@ -43,6 +43,7 @@ class TrainResult:
     stop_reason: str = ""
     train_seconds: float = 0.0
     samples_seen: int = 0
+    best_predictions: list | None = None  # dev predictions of the best epoch, by example `idx`
 
 
 def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -104,13 +105,18 @@ def _autocast(settings: TrainSettings):
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, task: TaskSpec, settings: TrainSettings) -> dict:
-    """Dev loss (mean over examples) and the task's metrics x100 (`score` is the table number)."""
+    """Dev loss (mean over examples) and the task's metrics x100 (`score` is the table number).
+
+    When the examples carry an `idx` (0..n-1), `predictions` lists the predicted class (or score)
+    per example in `idx` order, for paired comparisons of runs on the same dev set."""
     model.eval()
-    preds, labels, loss_sum = [], [], 0.0
+    preds, labels, order, loss_sum = [], [], [], 0.0
     # Groups of similar length (CPU): the same predictions, in another order within a batch, with
     # their labels taken along, so every metric is unchanged.
     cost = group_cost_tokens(model)
     for batch in (g for b in loader for g in length_groups(b, settings.device, cost)):
+        if "idx" in batch:
+            order.append(batch.pop("idx").numpy())
         y = batch["labels"].to(settings.device)
         with _autocast(settings):
             logits = model(**{k: v.to(settings.device) for k, v in batch.items() if k != "labels"}).logits
@@ -120,7 +126,12 @@ def evaluate(model: nn.Module, loader, task: TaskSpec, settings: TrainSettings) 
         labels.append(y.cpu().numpy())
     preds, labels = np.concatenate(preds), np.concatenate(labels)
     metrics = glue_metrics(task, preds, labels)
-    return {"dev_loss": loss_sum / len(labels), "metrics": metrics, "score": metrics["score"]}
+    out = {"dev_loss": loss_sum / len(labels), "metrics": metrics, "score": metrics["score"]}
+    if order:
+        by_idx = np.empty_like(preds)
+        by_idx[np.concatenate(order)] = preds
+        out["predictions"] = (by_idx.round(6) if task.is_regression else by_idx).tolist()
+    return out
 
 
 def _forward_backward(model: nn.Module, batch: Mapping[str, torch.Tensor], task: TaskSpec,
@@ -210,12 +221,14 @@ def train(model: nn.Module, train_loader, dev_loader, task: TaskSpec, settings: 
         result.samples_seen += n_seen
 
         dev = evaluate(model, dev_loader, task, settings)
+        predictions = dev.pop("predictions", None)  # kept for the best epoch only, not in the history
         record = {"epoch": epoch, "train_loss": loss_sum / max(n_seen, 1), **dev}
         if freezer is not None:
             record["active_ratio"] = freezer.active_ratio
         result.history.append(record)
         if dev["score"] > result.best["score"]:
             result.best = {"epoch": epoch, "score": dev["score"], "metrics": dev["metrics"], "dev_loss": dev["dev_loss"]}
+            result.best_predictions = predictions
             bad_epochs = 0
         else:
             bad_epochs += 1

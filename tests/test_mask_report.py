@@ -4,7 +4,7 @@ import pytest
 import torch
 from scipy.stats import ttest_rel
 
-from fishtune.mask_report import describe_parameter, jaccard, main, mask_table, overlap, placement
+from fishtune.mask_report import bootstrap_table, describe_parameter, jaccard, main, mask_table, overlap, placement
 from fishtune.results import load_results, write_json_atomic
 
 SCORES = {  # (mask, task, seed) -> best dev score
@@ -64,7 +64,27 @@ def test_cli_writes_every_file(tmp_path):
     write_runs(tmp_path / "runs")
     main(["--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
     for name in ("masks.csv", "masks.tex", "mask_placement.csv", "mask_overlap.csv", "mask_placement.png",
-                 "mask_overlap.png"):
+                 "mask_overlap.png", "mask_bootstrap.csv"):
         assert (tmp_path / "out" / name).stat().st_size > 0
     tex = (tmp_path / "out" / "masks.tex").read_text()
     assert "\\toprule" in tex and "\\bottomrule" in tex and "$\\pm$" in tex
+
+
+def test_bootstrap_pairs_each_masked_run_with_its_original(tmp_path):
+    labels = [0, 1] * 20
+    runs = {"none": labels[:30] + [1 - y for y in labels[30:]],   # 30 of 40 right
+            "fish": labels,                                       # all right
+            "rand": [1 - y for y in labels]}                      # all wrong
+    for mask, preds in runs.items():
+        write_json_atomic(tmp_path / f"{mask}.json", {
+            "schema": 1, "model": "minilm", "method": "lora", "rank": 1, "mask": mask, "budget": 1, "task": "sst2",
+            "seed": 1, "layers": 5, "ratio_pct": 0.01, "best": {"score": 0.0},
+            "dev_labels": labels, "dev_predictions": preds})
+    write_json_atomic(tmp_path / "old.json", {  # from before predictions were kept: left out
+        "schema": 1, "model": "minilm", "method": "lora", "rank": 1, "mask": "rev", "budget": 1, "task": "sst2",
+        "seed": 1, "layers": 5, "ratio_pct": 0.01, "best": {"score": 0.0}})
+    boot = bootstrap_table(load_results(tmp_path), n_resamples=200).set_index("row")
+    assert sorted(boot.index) == ["fish", "rand"]
+    assert boot.loc["fish", "diff"] == pytest.approx(25.0) and boot.loc["fish", "p_value"] < 0.05
+    assert boot.loc["rand", "diff"] == pytest.approx(-75.0) and boot.loc["rand", "ci_high"] < 0
+    assert (boot["examples"] == 40).all()

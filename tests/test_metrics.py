@@ -47,3 +47,40 @@ def test_stsb_pearson_spearman_mean():
     out = glue_metrics(get_task("stsb"), np.exp(labels), labels)
     assert out["spearman"] == pytest.approx(100) and out["pearson"] < 100
     assert glue_metrics(get_task("stsb"), np.ones(5), np.arange(5.0))["score"] == 0.0
+
+
+def test_paired_bootstrap_identical_runs_and_a_clear_winner():
+    from fishtune.metrics import paired_bootstrap
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 200)
+    noisy = np.where(rng.random(200) < 0.5, labels, 1 - labels)  # ~50 % right
+    same = paired_bootstrap(get_task("sst2"), noisy, noisy, labels, n_resamples=200)
+    assert same["diff"] == same["ci_low"] == same["ci_high"] == 0 and same["p_value"] == 1.0
+    better = paired_bootstrap(get_task("sst2"), labels, noisy, labels, n_resamples=200, seed=3)
+    assert better["diff"] == pytest.approx(100 * (1 - accuracy_score(labels, noisy)))
+    assert 0 < better["ci_low"] <= better["diff"] <= better["ci_high"] and better["p_value"] < 0.05
+    worse = paired_bootstrap(get_task("sst2"), noisy, labels, labels, n_resamples=200, seed=3)
+    assert worse["diff"] == -better["diff"] and worse["ci_high"] == -better["ci_low"]  # the same draws
+    assert worse["p_value"] == better["p_value"]
+    with pytest.raises(ValueError, match="one prediction per example"):
+        paired_bootstrap(get_task("sst2"), labels[:10], labels, labels)
+
+
+def test_paired_bootstrap_resamples_examples_with_the_task_metric():
+    # A slow reference: the same draws, each scored with scipy directly (STS-B: mean of Pearson, Spearman).
+    from fishtune.metrics import paired_bootstrap
+
+    rng = np.random.default_rng(1)
+    labels = rng.uniform(0, 5, 60)
+    a, b = labels + rng.normal(0, 1, 60), labels + rng.normal(0, 2, 60)
+    got = paired_bootstrap(get_task("stsb"), a, b, labels, n_resamples=50, seed=7)
+    draws = np.random.default_rng(7)
+    score = lambda p, y: 50 * (pearsonr(p, y)[0] + spearmanr(p, y)[0])  # noqa: E731
+    diffs = []
+    for _ in range(50):
+        i = draws.integers(0, 60, 60)
+        diffs.append(score(a[i], labels[i]) - score(b[i], labels[i]))
+    assert got["ci_low"] == pytest.approx(np.percentile(diffs, 2.5))
+    assert got["ci_high"] == pytest.approx(np.percentile(diffs, 97.5))
+    assert got["diff"] == pytest.approx(score(a, labels) - score(b, labels))

@@ -6,9 +6,12 @@ import pytest
 import torch
 
 from conftest import ROOT, run_config
+from fishtune import data
 from fishtune import run as run_module
 from fishtune.masks import load_mask_file
+from fishtune.metrics import glue_metrics
 from fishtune.run import ConfigError, check_group_overrides, plan, run
+from fishtune.tasks import get_task
 
 QUICK = ["train.max_epochs=2", "fisher.samples=16", "data.train_samples=24", "data.dev_samples=12"]
 
@@ -28,6 +31,12 @@ def test_run_writes_result_file_then_skips(tmp_path, capsys):
     assert {"f1", "accuracy"} <= set(result["best"]["metrics"]) and result["best"]["epoch"] in (1, 2)
     assert result["ratio_pct"] == pytest.approx(100 * result["trainable"] / result["total"])
     assert result["fisher_seconds"] > 0
+    # per-example dev predictions of the best epoch, in the dev subsample's order, reproduce its score
+    spec = get_task("mrpc")
+    dev = data.subsample(data.load_split(spec, "dev", cfg["data"]["glue_dir"]), 12, cfg["seed"])
+    assert result["dev_labels"] == [ex["label"] for ex in dev] and len(result["dev_predictions"]) == 12
+    assert glue_metrics(spec, result["dev_predictions"], result["dev_labels"])["score"] == \
+        pytest.approx(result["best"]["score"])
     # The budget is the original run's count: LoRA r1 on 2 tiny layers (Q,K,V: 3 x 2 x (32+32)) + head 66.
     assert result["trainable"] == 2 * 3 * 64 + 66
     original = run(run_config(tmp_path, "task=mrpc", "mask=none", "budget=2", *QUICK), progress=False)

@@ -89,3 +89,21 @@ def test_resume_from_checkpoint_equals_uninterrupted(tmp_path):
     assert [h["score"] for h in resumed.history] == [h["score"] for h in full.history]
     assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in full.history]
     assert all(torch.equal(expected[n], p) for n, p in m.named_parameters())
+
+
+def test_evaluate_returns_predictions_in_example_order(monkeypatch):
+    # Sorted by length for evaluation, then split into length groups: `idx` puts them back.
+    from fishtune import data
+    from fishtune.train import evaluate
+    from conftest import GLUE_FIXTURES
+
+    monkeypatch.setattr("fishtune.train.group_cost_tokens", lambda model: 8)
+    m, tok, spec = tiny_peft_model(task="rte")
+    encoded = data.encode(data.load_split(spec, "dev", GLUE_FIXTURES), tok, spec)
+    for i, e in enumerate(encoded):
+        e["idx"] = i
+    out = evaluate(m, data.make_loader(encoded, tok, 8, sort_by_length=True), spec, TrainSettings(device="cpu"))
+    with torch.no_grad():
+        one_by_one = [int(m(**{k: torch.tensor([v]) for k, v in e.items() if k not in ("labels", "idx")}).logits.argmax())
+                      for e in encoded]
+    assert out["predictions"] == one_by_one
