@@ -11,21 +11,17 @@
 from __future__ import annotations
 
 import tempfile
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable
 
 import torch
 from torch.utils.data import DataLoader
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
-from fishtune.batching import group_cost_tokens, length_groups
+from fishtune.batching import group_cost_tokens, length_groups, model_inputs
 from fishtune.models import classification_loss
 from fishtune.train import MaskedAdam
 
 from timing import TickLoader
-
-
-def _inputs(batch: Mapping[str, torch.Tensor], device) -> tuple[dict, torch.Tensor]:
-    return {k: v.to(device) for k, v in batch.items() if k != "labels"}, batch["labels"].to(device)
 
 
 def padded_loop_fisher(model: torch.nn.Module, samples: list[dict], tick: Callable[[], None],
@@ -39,7 +35,7 @@ def padded_loop_fisher(model: torch.nn.Module, samples: list[dict], tick: Callab
     for i, sample in enumerate(samples):
         if i % chunk == 0:
             tick()
-        inputs, labels = _inputs(sample, device)
+        inputs, labels = model_inputs(sample, device)
         loss = classification_loss(model(**inputs).logits, labels, regression, reduction="sum")
         for (name, _), g in zip(params.items(), torch.autograd.grad(loss, list(params.values()))):
             fisher[name] += g.float() ** 2
@@ -57,7 +53,7 @@ def plain_backward(model: torch.nn.Module, batches: Iterable, tick: Callable[[],
     cost = group_cost_tokens(model)
     for batch in TickLoader(batches, tick):
         for group in length_groups(batch, device, cost):
-            inputs, labels = _inputs(group, device)
+            inputs, labels = model_inputs(group, device)
             loss = classification_loss(model(**inputs).logits, labels, regression, reduction="sum")
             torch.autograd.grad(loss, params)
 
@@ -71,7 +67,7 @@ def plain_train(model: torch.nn.Module, batches: Iterable, lr: float, tick: Call
     opt = MaskedAdam(model, {}, lr)
     model.train()
     for batch in TickLoader(batches, tick, limit):
-        inputs, labels = _inputs(batch, device)
+        inputs, labels = model_inputs(batch, device)
         loss = classification_loss(model(**inputs).logits, labels, regression)
         loss.backward()
         opt.step()

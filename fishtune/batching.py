@@ -44,6 +44,13 @@ def group_cost_tokens(model) -> float:
     return COST_TOKENS_BERT_BASE * 768 / hidden
 
 
+def model_inputs(batch: Mapping[str, torch.Tensor], device: torch.device | str) -> tuple[dict, torch.Tensor]:
+    """(the model's keyword inputs, the labels) of a collated batch, on `device`. An `idx` (an
+    example's position, which evaluation carries to restore the order) is no model input."""
+    inputs = {k: v.to(device) for k, v in batch.items() if k not in ("labels", "idx")}
+    return inputs, batch["labels"].to(device)
+
+
 def _right_padded(mask: torch.Tensor, lengths: torch.Tensor) -> bool:
     """Every row is ones then zeros (also true for a batch without padding)."""
     return torch.equal(mask.bool(), torch.arange(mask.shape[1], device=mask.device) < lengths[:, None])

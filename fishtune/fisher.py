@@ -20,7 +20,7 @@ from typing import Iterable, Iterator, Mapping
 import torch
 from torch import nn
 
-from .batching import group_cost_tokens, length_groups
+from .batching import group_cost_tokens, length_groups, model_inputs
 from .models import classification_loss
 
 
@@ -49,11 +49,6 @@ def _take_samples(batches: Iterable[Mapping[str, torch.Tensor]], num_samples: in
                 batch = {k: v[:n] for k, v in batch.items()}
         seen += n
         yield dict(batch)
-
-
-def _model_inputs(batch: Mapping[str, torch.Tensor], device: torch.device) -> tuple[dict, torch.Tensor]:
-    inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
-    return inputs, batch["labels"].to(device)
 
 
 @torch.no_grad()
@@ -88,7 +83,7 @@ def _fisher_linear_hooks(model, params, owners, batches, regression) -> dict[str
         # per-sample gradients are the same, the padding computed is less (fishtune.batching).
         cost = group_cost_tokens(model)
         for group in (g for batch in batches for g in length_groups(batch, device, cost)):
-            inputs, labels = _model_inputs(group, device)
+            inputs, labels = model_inputs(group, device)
             loss = classification_loss(model(**inputs).logits, labels, regression, reduction="sum")
             # autograd.grad fires the hooks without touching any .grad the caller may hold.
             torch.autograd.grad(loss, list(params.values()), allow_unused=True)
@@ -105,7 +100,7 @@ def _fisher_loop(model, params, batches, regression) -> dict[str, torch.Tensor]:
     fisher = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
     device = next(iter(params.values())).device
     for batch in batches:
-        inputs, labels = _model_inputs(batch, device)
+        inputs, labels = model_inputs(batch, device)
         keep = inputs["attention_mask"].bool()
         for i in range(len(labels)):
             # Trim this sample's padding: the result is the same, the work is smaller.

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .batching import group_cost_tokens, length_groups
+from .batching import group_cost_tokens, length_groups, model_inputs
 from .metrics import glue_metrics
 from .models import classification_loss
 from .tasks import TaskSpec
@@ -116,10 +116,10 @@ def evaluate(model: nn.Module, loader, task: TaskSpec, settings: TrainSettings) 
     cost = group_cost_tokens(model)
     for batch in (g for b in loader for g in length_groups(b, settings.device, cost)):
         if "idx" in batch:
-            order.append(batch.pop("idx").numpy())
-        y = batch["labels"].to(settings.device)
+            order.append(batch["idx"].numpy())
+        inputs, y = model_inputs(batch, settings.device)
         with _autocast(settings):
-            logits = model(**{k: v.to(settings.device) for k, v in batch.items() if k != "labels"}).logits
+            logits = model(**inputs).logits
         loss_sum += classification_loss(logits, y, task.is_regression, reduction="sum").item()
         logits = logits.float()
         preds.append((logits.squeeze(-1) if task.is_regression else logits.argmax(-1)).cpu().numpy())
@@ -146,9 +146,9 @@ def _forward_backward(model: nn.Module, batch: Mapping[str, torch.Tensor], task:
     groups = length_groups(batch, settings.device, group_cost_tokens(model))
     n, total = len(batch["labels"]), 0.0
     for group in groups:
-        y = group["labels"].to(settings.device)
+        inputs, y = model_inputs(group, settings.device)
         with _autocast(settings):
-            logits = model(**{k: v.to(settings.device) for k, v in group.items() if k != "labels"}).logits
+            logits = model(**inputs).logits
         if len(groups) == 1:  # the batch whole, as always on GPU
             loss = classification_loss(logits, y, task.is_regression)
         else:
