@@ -120,7 +120,7 @@ test-slurm: setup
 	exit $$rc
 
 # Benchmarks (docs/BENCH.md): Fisher estimation and masked training vs their references, side by
-# side in one process; writes results/bench.json and results/bench.md. About 6-8 minutes on 2 CPU cores.
+# side in one process; writes results/bench.json and results/bench.md. About 9 minutes on 2 CPU cores.
 .PHONY: bench
 bench: setup
 	$(BIN)/python benchmarks/bench.py
