@@ -234,7 +234,7 @@ def plot(df: pd.DataFrame, baselines: dict[str, float], out: Path) -> list[Path]
     budgets = sorted(set(df["budget"]))
     rows = [r for r, _ in ROWS if r in set(df["row"])]
     colours = dict(zip([r for r, _ in ROWS], ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"]))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(max(3.2 * len(tasks), 8), 3.6), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         for bi, budget in enumerate(budgets):
             for ri, row in enumerate(rows):
