@@ -121,6 +121,8 @@ test-slurm: setup
 
 # Benchmarks (docs/BENCH.md): Fisher estimation and masked training vs their references, side by
 # side in one process; writes results/bench.json and results/bench.md. About 9 minutes on 2 CPU cores.
+# BENCH_ARGS: options of benchmarks/bench.py, e.g. '--precision bf16 --out results/gpu/bench'.
+BENCH_ARGS ?=
 .PHONY: bench
 bench: setup
-	$(BIN)/python benchmarks/bench.py
+	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
