@@ -11,8 +11,8 @@
                  A level that could not finish inside --budget-s (at worst N times the level-1 time)
                  is skipped and says so.
 
-Writes OUT/gpu.json (default results/gpu.json; the runs, logs and bench files under OUT/gpu/) and
-prints the tables for the README. Exit status 0 when every step ran, 1 when one failed or there is
+Writes OUT/gpu.json and OUT/gpu.md (default OUT: results; the runs, logs and bench files go to
+runs/gpu-check/) and prints the tables for the README. Exit status 0 when every step ran, 1 when one failed or there is
 no GPU: without one it prints one line and measures nothing. `--dry-run` runs the same steps on the
 CPU on tiny sizes (tiny_bert, the test fixtures) to check this script itself; its figures mean nothing.
 """
@@ -42,8 +42,10 @@ def log(msg: str) -> None:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--glue-dir", default=os.environ.get("GLUE_DIR", str(ROOT.parent / "shared" / "glue_data")))
-    p.add_argument("--out", default=None, help="gpu.json goes here, details to OUT/gpu/ (default: results; "
-                   "with --dry-run a fresh temporary folder)")
+    p.add_argument("--out", default=None, help="gpu.json and gpu.md go here (default: results; with --dry-run "
+                   "a new temporary folder)")
+    p.add_argument("--work", default=None, help="the runs, logs and bench files (default: runs/gpu-check; "
+                   "with --dry-run OUT/gpu)")
     p.add_argument("--levels", default="1,2,4,8", help="runs at once on the GPU, comma list")
     p.add_argument("--share-samples", type=int, default=16384, help="SST-2 training sentences per sharing run")
     p.add_argument("--paper-task", default="rte")
@@ -298,10 +300,10 @@ def main(argv=None) -> int:
     if args.out is None:
         args.out = tempfile.mkdtemp(prefix="gpu-check-dry-") if args.dry_run else str(ROOT / "results")
     out = Path(args.out)
-    work = out / "gpu"
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
+    work = Path(args.work) if args.work else out / "gpu" if args.dry_run else ROOT / "runs" / "gpu-check"
+    work.mkdir(parents=True, exist_ok=True)
+    for old in [*work.glob("share*"), *(work / d for d in ("paper", "bench"))]:  # an earlier check's, not others
+        shutil.rmtree(old) if old.is_dir() else old.unlink(missing_ok=True)
     machine = machine_info(args.dry_run)
     log(f"{machine.get('gpu') or 'CPU (dry run)'}, torch {machine['torch']}; details in {work}")
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip() or "0"
@@ -319,11 +321,12 @@ def main(argv=None) -> int:
     path = out / "gpu.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     text = tables(result)
-    (work / "gpu.md").write_text(text)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu.md").write_text(text)
     print(text)
     failed = [k for k in ("paper_run", "bench") if k in result and not result[k]["ok"]]
     failed += [f"sharing {r['concurrent']}" for r in result.get("sharing", []) if r.get("ok") is False]
-    log(f"wrote {path} and {work / 'gpu.md'} in {result['total_seconds']:.0f} s"
+    log(f"wrote {path} and {out / 'gpu.md'} in {result['total_seconds']:.0f} s"
         + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 

@@ -34,4 +34,4 @@ def test_dry_run_writes_gpu_json_and_the_tables(tmp_path):
     assert one["concurrent"] == 1 and one["ok"] and one["runs_per_hour"] > 0 and one["vs_one"] == 1
     assert two["concurrent"] == 2 and "skipped" in two
     assert "| 1 | " in out.stdout and "| 2 | skipped" in out.stdout and "Paper-profile run (tiny_bert" in out.stdout
-    assert (tmp_path / "gpu" / "gpu.md").read_text() in out.stdout
+    assert (tmp_path / "gpu.md").read_text() in out.stdout and (tmp_path / "gpu" / "paper.log").exists()
