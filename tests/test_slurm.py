@@ -11,6 +11,8 @@ fishtune itself (`python -m fishtune.run -m hydra/launcher=slurm ...` on tiny_be
 fixtures): a 4-run sweep whose result files carry their job ids, one run signalled mid-training
 and requeued that resumes from its checkpoint and ends equal to an uninterrupted local run, and a
 sweep with a crashing run that `python -m fishtune.sweep_summary` reports while the other finishes.
+Last, GPUs: the node restarted with stand-in GPUs (`scripts/slurm-local start --gpus 2`, then
+`--gpus 1 --shards 4`) and a 3-run fishtune sweep on each, one GPU per run and one shard per run.
 The cluster runs without accounting, so tests/slurm_bin (a test-only `sacct` stand-in that submitit
 polls) goes first on the sweep's PATH: without any sacct a job that dies without a result would
 leave the sweep waiting forever.
