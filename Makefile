@@ -110,20 +110,25 @@ ratios: setup
 # (array sweep, requeue on signal / time limit / preemption, crashed job), and leaves the cluster
 # down, also when a test fails. Also fishtune sweeps as Slurm jobs: job ids in the result files, a
 # USR2-requeued run resumed from its checkpoint with a result equal to an uninterrupted one, and a
-# crashed run reported by fishtune.sweep_summary. About 3-5 minutes. See docs/SLURM.md.
+# crashed run reported by fishtune.sweep_summary; then GPUs: the node restarted with stand-in GPUs,
+# one GPU per run on 2 GPUs and one shard per run on 1 GPU x 4 shards. About 5-8 minutes (2 cores). See
+# docs/SLURM.md.
 .PHONY: test-slurm
 test-slurm: setup
 	@rc=0; FISHTUNE_SLURM_TESTS=1 $(BIN)/python -m pytest -q -m slurm tests/test_slurm.py || rc=$$?; \
 	scripts/slurm-local stop >/dev/null || rc=1; \
 	scripts/slurm-local status >/dev/null; st=$$?; \
 	if [ $$st -ne 3 ]; then echo "test-slurm: Slurm daemons still running after stop"; rc=1; fi; \
+	if ls /dev/fakegpu* >/dev/null 2>&1; then echo "test-slurm: stand-in GPU devices left: $$(ls /dev/fakegpu*)"; rc=1; fi; \
 	exit $$rc
 
 # Benchmarks (docs/BENCH.md): Fisher estimation and masked training vs their references, side by
 # side in one process; writes results/bench.json and results/bench.md. About 9 minutes on 2 CPU cores.
+# BENCH_ARGS: options of benchmarks/bench.py, e.g. '--precision bf16 --out results/gpu/bench'.
+BENCH_ARGS ?=
 .PHONY: bench
 bench: setup
-	$(BIN)/python benchmarks/bench.py
+	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 
 # The study (docs/STUDY.md): original, fish, rand, rev and adaptive LoRA on the embedded MiniLM, 2
 # budget levels x 4 tasks x 5 seeds = 200 runs under profile=study, then results/study/ (tables with

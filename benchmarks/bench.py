@@ -85,6 +85,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1, help="first steps of each training loop left out")
     p.add_argument("--with-unpadded-loop", action="store_true",
                    help="also time empirical_fisher(method='loop') (batch size 1, padding trimmed)")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="training steps' autocast: auto = bf16 on a CUDA GPU that supports it, else fp32")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--out", default=str(ROOT / "results"))
     return p.parse_args(argv)
@@ -415,7 +417,7 @@ def main(argv=None) -> int:
     hf_logging.set_verbosity_error()
     t_start = time.perf_counter()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and device == "cuda" and torch.cuda.is_bf16_supported())
     machine = {"device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
                "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "load_before": load_avg(),
                "versions": package_versions(), "python": platform.python_version()}

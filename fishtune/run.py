@@ -33,13 +33,29 @@ from .train import TrainSettings, apply_masks, train
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 # Config groups whose options all live in conf/ (hydra/* groups also have options from plugins).
 # Recorded in the result file when a run executes as a Slurm job (a requeued job keeps its ids).
-SLURM_KEYS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT", "SLURM_JOB_PARTITION")
+# SLURM_JOB_GPUS: the node's indices of the job's GPUs; SLURM_SHARDS_ON_NODE: its shards of a shared GPU.
+SLURM_KEYS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT", "SLURM_JOB_PARTITION",
+              "SLURM_JOB_GPUS", "SLURM_SHARDS_ON_NODE")
 OWN_GROUPS = ("model", "peft", "mask", "task", "profile", "logger", "experiment")
 
 
 def slurm_ids() -> dict | None:
-    """This process's Slurm job ids ({"job_id": ..., "restart_count": ...}), None outside Slurm."""
-    return {k[6:].lower(): v for k, v in os.environ.items() if k in SLURM_KEYS} or None
+    """This process's Slurm job ids ({"job_id": ..., "restart_count": ...}) and the GPU it was given:
+    cuda_visible_devices as Slurm set it, and gpu_name, torch's name of it when CUDA is present. None
+    outside Slurm."""
+    ids = {k[6:].lower(): v for k, v in os.environ.items() if k in SLURM_KEYS}
+    if not ids:
+        return None
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        ids["cuda_visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
+    import torch
+
+    try:
+        if torch.cuda.is_available():
+            ids["gpu_name"] = torch.cuda.get_device_name()
+    except Exception:  # noqa: BLE001 - e.g. a failed run's broken CUDA context: the ids still count
+        pass
+    return ids
 
 
 class ConfigError(ValueError):

@@ -1,8 +1,8 @@
 """What became of a sweep: `python -m fishtune.sweep_summary RUNS_DIR [--json]`.
 
 Lists, for every run under RUNS_DIR (any launcher, any number of sweeps):
-  finished        its result file: best score, epochs, and where it ran (Slurm job id, host,
-                  requeues, the epoch a requeued run resumed after)
+  finished        its result file: best score, epochs, and where it ran (Slurm job id, host, the
+                  GPU Slurm gave it, requeues, the epoch a requeued run resumed after)
   failed          a `<run>.failed.json` (the run raised; the sweep went on): the error and the record
   without result  Slurm jobs of a hydra-submitit sweep (RUNS_DIR/hydra/*/.submitit/) that have no
                   submitit result: still queued or running, or killed without one (out of memory,
@@ -34,6 +34,19 @@ def _slurm_label(slurm: dict | None) -> str | None:
     if slurm.get("array_job_id") and slurm.get("array_task_id") is not None:
         return f"{slurm['array_job_id']}_{slurm['array_task_id']}"
     return slurm.get("job_id")
+
+
+def _gpu_label(slurm: dict | None) -> str | None:
+    """The GPU a job was given: "GPU 1", "GPU 0 (NVIDIA H100 ...)", "..., 1 shard"; None without one."""
+    if not slurm or not slurm.get("cuda_visible_devices"):
+        return None
+    label = f"GPU {slurm['cuda_visible_devices']}"
+    if slurm.get("gpu_name"):
+        label += f" ({slurm['gpu_name']})"
+    if slurm.get("shards_on_node"):
+        n = slurm["shards_on_node"]
+        label += f", {n} shard{'' if n == '1' else 's'}"
+    return label
 
 
 def _overrides(submitted: Path) -> list[str] | None:
@@ -93,7 +106,7 @@ def summarize(runs_dir: str | Path) -> dict:
             "run_id": r["run_id"], "task": r.get("task"), "mask": r.get("mask"),
             "score": r.get("best", {}).get("score"), "best_epoch": r.get("best", {}).get("epoch"),
             "epochs": len(history), "stop_reason": r.get("stop_reason"), "host": r.get("host"),
-            "slurm": _slurm_label(r.get("slurm")),
+            "slurm": _slurm_label(r.get("slurm")), "gpu": _gpu_label(r.get("slurm")),
             "restarts": int((r.get("slurm") or {}).get("restart_count") or 0),
             "resumed_from_epoch": r.get("resumed_from_epoch"), "path": r["_path"],
         })
@@ -104,7 +117,8 @@ def summarize(runs_dir: str | Path) -> dict:
         if run_id in done:  # a later rerun finished it (run.py also deletes the record then)
             continue
         failed.append({"run_id": run_id, "error": f.get("error"), "host": f.get("host"),
-                       "slurm": _slurm_label(f.get("slurm")), "finished_at": f.get("finished_at"),
+                       "slurm": _slurm_label(f.get("slurm")), "gpu": _gpu_label(f.get("slurm")),
+                       "finished_at": f.get("finished_at"),
                        "path": f["_path"]})
     no_result = _jobs_without_result(runs_dir)
     return {"runs_dir": str(runs_dir), "finished": finished, "failed": failed, "without_result": no_result,
@@ -118,6 +132,8 @@ def format_summary(s: dict) -> str:
         lines.append("finished:")
         for r in s["finished"]:
             where = f"slurm {r['slurm']} on {r['host']}" if r["slurm"] else f"on {r['host']}"
+            if r["gpu"]:
+                where += f", {r['gpu']}"
             if r["restarts"]:
                 where += f", requeued {r['restarts']}x"
             if r["resumed_from_epoch"] is not None:
@@ -129,6 +145,8 @@ def format_summary(s: dict) -> str:
         lines.append("failed:")
         for r in s["failed"]:
             where = f"slurm {r['slurm']} on {r['host']}" if r["slurm"] else f"on {r['host'] or '?'}"
+            if r["gpu"]:
+                where += f", {r['gpu']}"
             lines.append(f"  {r['run_id']}  {where}")
             lines.append(f"    error: {r['error']}")
             lines.append(f"    details: {r['path']}")

@@ -11,6 +11,8 @@ fishtune itself (`python -m fishtune.run -m hydra/launcher=slurm ...` on tiny_be
 fixtures): a 4-run sweep whose result files carry their job ids, one run signalled mid-training
 and requeued that resumes from its checkpoint and ends equal to an uninterrupted local run, and a
 sweep with a crashing run that `python -m fishtune.sweep_summary` reports while the other finishes.
+Last, GPUs: the node restarted with stand-in GPUs (`scripts/slurm-local start --gpus 2`, then
+`--gpus 1 --shards 4`) and a 3-run fishtune sweep on each, one GPU per run and one shard per run.
 The cluster runs without accounting, so tests/slurm_bin (a test-only `sacct` stand-in that submitit
 polls) goes first on the sweep's PATH: without any sacct a job that dies without a result would
 leave the sweep waiting forever.
@@ -31,11 +33,12 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-slurm = pytest.mark.slurm  # needs the cluster: every test that uses the `cluster` fixture
+slurm = pytest.mark.slurm  # needs the cluster: every test that uses the `slurm_session` fixture
 
 REPO = Path(__file__).resolve().parents[1]
 SLURM_LOCAL = REPO / "scripts" / "slurm-local"
@@ -55,15 +58,13 @@ def _asked_for(config: pytest.Config) -> bool:
 
 
 @pytest.fixture(scope="module")
-def cluster(request: pytest.FixtureRequest):
-    """Starts the local cluster (if down) for this module; stops it at the end if it started it."""
+def slurm_session(request: pytest.FixtureRequest):
+    """The local cluster's daemons for this module: stops them at the end if they were down at the
+    start. Each test then asks for the node it needs (`_node`: CPUs only, or with stand-in GPUs);
+    `scripts/slurm-local start` restarts the daemons only when that changes the node."""
     if not _asked_for(request.config):
         pytest.skip("needs a local Slurm cluster: make test-slurm (or FISHTUNE_SLURM_TESTS=1 / -m slurm)")
     was_running = subprocess.run([SLURM_LOCAL, "status"], capture_output=True).returncode == 0
-    start = subprocess.run([SLURM_LOCAL, "start"], capture_output=True, text=True)
-    print(start.stdout + start.stderr)
-    if start.returncode != 0:
-        pytest.fail(f"scripts/slurm-local start failed:\n{start.stdout}{start.stderr}")
     try:
         yield
     finally:
@@ -73,6 +74,21 @@ def cluster(request: pytest.FixtureRequest):
         if not was_running:
             stop = subprocess.run([SLURM_LOCAL, "stop"], capture_output=True, text=True)
             print(stop.stdout + stop.stderr)
+
+
+def _node(*options: str) -> None:
+    """`scripts/slurm-local start OPTIONS`: the node as this machine is (no options), or one that
+    declares stand-in GPUs (--gpus N [--shards S])."""
+    start = subprocess.run([SLURM_LOCAL, "start", *options], capture_output=True, text=True)
+    print(start.stdout + start.stderr)
+    if start.returncode != 0:
+        pytest.fail(f"scripts/slurm-local start {' '.join(options)} failed:\n{start.stdout}{start.stderr}")
+
+
+@pytest.fixture
+def cluster(slurm_session):
+    """The cluster with this machine's node: 2 cores, no GPUs."""
+    _node()
 
 
 def _env(**launcher: object) -> dict[str, str]:
@@ -349,11 +365,12 @@ def _summary(runs_dir: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def fishtune_sweeps(cluster, tmp_path_factory) -> FishtuneSweeps:
+def fishtune_sweeps(slurm_session, tmp_path_factory) -> FishtuneSweeps:
     """Two fishtune sweeps on the cluster at once, and the signalled run's config locally beside them;
     USR2 to the SIGNALLED run's job once its first epoch checkpoint is on disk."""
     from fishtune.results import load_results  # noqa: F401 - fail here, not in a job, if fishtune is broken
 
+    _node()
     base = tmp_path_factory.mktemp("fishtune")
     main, crash, ref = base / "main", base / "crash", base / "ref"
     t0 = time.time()
@@ -491,6 +508,117 @@ def test_sweep_summary_of_the_signalled_sweep(fishtune_sweeps):
     assert re.search(rf"slurm {s.signalled_job} on \S+, requeued 1x, resumed after epoch \d+", out.stdout), out.stdout
 
 
+# ---- GPUs: one per run, and shared through Slurm's shards (stand-in GPUs) ------------------------
+
+# 3 tiny fishtune runs of one epoch each; every job takes many seconds (Python, torch, the model), so
+# jobs that Slurm starts together overlap.
+GPU_ARGS = ("model=tiny_bert", f"data.glue_dir={GLUE}", "task=rte", "mask=none", "seed=1,2,3",
+            "train.max_epochs=1", "train.patience=1")
+GPU_SEEDS = (1, 2, 3)
+
+
+@dataclass
+class GpuSweep:
+    runs_dir: Path
+    rc: int
+    log: str
+    results: dict            # seed -> result file
+    intervals: dict          # seed -> (StartTime, EndTime) of its Slurm job
+    snapshots: list[list[tuple[str, str, str]]]  # squeue of the sweep's jobs, (job, state, reason), over time
+    script: str              # the sbatch script
+
+
+def _job_records(array: str) -> dict[str, dict]:
+    """`scontrol show job` of each task of an array, by job id (finished jobs stay MinJobAge s)."""
+    out = subprocess.run(["scontrol", "show", "job", "-o", array], capture_output=True, text=True).stdout
+    jobs = {}
+    for line in out.splitlines():
+        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+        if "JobId" in fields:
+            jobs[fields["JobId"]] = fields
+    return jobs
+
+
+def _gpu_sweep(runs_dir: Path, **launcher: object) -> GpuSweep:
+    """Runs the 3-run sweep with these launcher settings, watching the queue while it runs."""
+    cmd = [sys.executable, "-m", "fishtune.run", "-m", "hydra/launcher=slurm",
+           f"hydra.launcher.name={FISHTUNE_JOB_NAME}", *GPU_ARGS, f"paths.runs_dir={runs_dir}"]
+    env = _env(TIMEOUT_MIN=30, **launcher)
+    env.pop("OMP_NUM_THREADS", None)
+    proc = _start(cmd, runs_dir, env)
+    snapshots = []
+    deadline = time.time() + FT_TIMEOUT_S
+    while proc.poll() is None and time.time() < deadline:
+        q = subprocess.run(["squeue", "-h", "-r", "-n", FISHTUNE_JOB_NAME, "-o", "%i %t %r"],
+                           capture_output=True, text=True).stdout
+        snapshots.append([tuple(line.split(None, 2)) for line in q.splitlines() if line.strip()])
+        time.sleep(0.5)
+    rc, log = _finish(proc, runs_dir, timeout=max(1.0, deadline - time.time()))
+    from fishtune.results import load_results
+
+    results = {r["seed"]: r for r in load_results(runs_dir)}
+    assert sorted(results) == list(GPU_SEEDS), log
+    [array] = {r["slurm"]["array_job_id"] for r in results.values()}
+    jobs = _job_records(array)
+    parse = datetime.fromisoformat
+    intervals = {seed: (parse(jobs[r["slurm"]["job_id"]]["StartTime"]), parse(jobs[r["slurm"]["job_id"]]["EndTime"]))
+                 for seed, r in results.items()}
+    script = next((_sweep_dir(runs_dir) / ".submitit").glob("*/*_submission.sh")).read_text()
+    return GpuSweep(runs_dir, rc, log, results, intervals, snapshots, script)
+
+
+def _overlap(*spans) -> bool:
+    """All these (start, end) intervals share some time."""
+    return max(a for a, _ in spans) < min(b for _, b in spans)
+
+
+@slurm
+def test_one_gpu_per_run(slurm_session, tmp_path):
+    """A 2-GPU node, FISHTUNE_SLURM_GPUS_PER_TASK=1 and 3 runs: two run at once, each on its own GPU;
+    the third waits for a GPU (pending with reason Resources, though CPUs and memory are free) and
+    runs on the GPU that was given back first. Every result file records its GPU."""
+    _node("--gpus", "2")
+    s = _gpu_sweep(tmp_path / "gpu", GPUS_PER_TASK=1)
+    assert s.rc == 0, s.log
+    assert "--gpus-per-task=1" in s.script and "--gres" not in s.script, s.script
+    gpu = {seed: r["slurm"]["cuda_visible_devices"] for seed, r in s.results.items()}
+    assert set(gpu.values()) == {"0", "1"}, s.results
+    for r in s.results.values():
+        assert r["slurm"]["job_gpus"] == r["slurm"]["cuda_visible_devices"]  # no cgroup renumbering here
+        assert "shards_on_node" not in r["slurm"] and r["device"] == "cpu"  # stand-ins: no CUDA
+    first, second, third = sorted(GPU_SEEDS, key=lambda seed: s.intervals[seed][0])
+    span = s.intervals
+    assert _overlap(span[first], span[second]) and gpu[first] != gpu[second], (span, gpu)
+    # the third started only once one of the others had ended, and on that one's GPU
+    freed = min((first, second), key=lambda seed: span[seed][1])
+    assert span[third][0] >= span[freed][1], span
+    for a in GPU_SEEDS:  # never two runs on one GPU at the same time
+        for b in GPU_SEEDS:
+            if a < b and gpu[a] == gpu[b]:
+                assert not _overlap(span[a], span[b]), (span, gpu)
+    assert any(sorted(st for _, st, _ in snap) == ["PD", "R", "R"] and
+               any(st == "PD" and "Resources" in why for _, st, why in snap) for snap in s.snapshots), s.snapshots
+    out = _summary(s.runs_dir)
+    assert out.returncode == 0 and "3 finished" in out.stdout, out.stdout + out.stderr
+    assert ", GPU 0" in out.stdout and ", GPU 1" in out.stdout, out.stdout
+
+
+@slurm
+def test_runs_share_a_gpu_through_shards(slurm_session, tmp_path):
+    """1 GPU x 4 shards, FISHTUNE_SLURM_GRES=shard:1 and 3 runs: all three run at once, on GPU 0."""
+    _node("--gpus", "1", "--shards", "4")
+    s = _gpu_sweep(tmp_path / "shard", GRES="shard:1")
+    assert s.rc == 0, s.log
+    assert "--gres=shard:1" in s.script and "--gpus-per-task" not in s.script, s.script
+    for r in s.results.values():
+        assert r["slurm"]["cuda_visible_devices"] == "0" and r["slurm"]["job_gpus"] == "0", r["slurm"]
+        assert r["slurm"]["shards_on_node"] == "1", r["slurm"]
+    assert _overlap(*s.intervals.values()), s.intervals
+    assert any(sorted(st for _, st, _ in snap) == ["R", "R", "R"] for snap in s.snapshots), s.snapshots
+    out = _summary(s.runs_dir)
+    assert out.returncode == 0 and out.stdout.count(", GPU 0, 1 shard") == 3, out.stdout + out.stderr
+
+
 # ---- fishtune.sweep_summary without a cluster (runs in `make test`) ------------------------------
 
 def _fake_result(runs_dir: Path, run_id: str, **over) -> None:
@@ -553,3 +681,28 @@ def test_sweep_summary_exit_status(tmp_path, capsys):
     assert sweep_summary.main([str(tmp_path)]) == 0
     assert "1 finished, 0 failed, 0 without a result" in capsys.readouterr().out
     assert sweep_summary.main([str(tmp_path / "nowhere")]) == 2
+
+
+def test_slurm_record_keeps_the_gpu_the_run_saw(monkeypatch, tmp_path, capsys):
+    from fishtune import sweep_summary
+    from fishtune.run import slurm_ids
+
+    for k in [k for k in os.environ if k.startswith("SLURM_")]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    assert slurm_ids() is None  # outside Slurm: no record, whatever GPU is visible
+    monkeypatch.setenv("SLURM_JOB_ID", "12")
+    monkeypatch.setenv("SLURM_JOB_GPUS", "3")
+    monkeypatch.setenv("SLURM_SHARDS_ON_NODE", "1")
+    ids = slurm_ids()
+    assert {k: ids[k] for k in ("job_id", "job_gpus", "shards_on_node", "cuda_visible_devices")} == {
+        "job_id": "12", "job_gpus": "3", "shards_on_node": "1", "cuda_visible_devices": "3"}
+    import torch
+
+    assert ("gpu_name" in ids) == torch.cuda.is_available()
+    _fake_result(tmp_path, "a-none", slurm={**ids, "gpu_name": "NVIDIA H100 80GB HBM3"})
+    _fake_result(tmp_path, "b-none", slurm={"job_id": "13", "cuda_visible_devices": "1"})
+    assert sweep_summary.main([str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "slurm 12 on node7, GPU 3 (NVIDIA H100 80GB HBM3), 1 shard\n" in text, text
+    assert "slurm 13 on node7, GPU 1\n" in text, text
