@@ -5,10 +5,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_VERSION ?= 2.13.0
-export HF_HUB_OFFLINE ?= 1
-export TRANSFORMERS_OFFLINE ?= 1
-export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
+# The hub is the environment's to allow: the paper profile, hub models and data.glue_dir=null need it
+# (HF_HUB_OFFLINE=1 in the shell still forbids it). What never needs it runs offline whatever the shell
+# says: the tests, the demo, the benchmarks and the ratios.
+OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 # GLUE files: $$GLUE_DIR, else ../shared/glue_data when it exists (these machines), else the hub.
 ifneq ($(wildcard ../shared/glue_data),)
 export GLUE_DIR ?= $(abspath ../shared/glue_data)
@@ -34,10 +35,10 @@ $(STAMP): pyproject.toml requirements.lock
 	@touch $(STAMP)
 
 demo: setup
-	$(BIN)/python scripts/demo.py
+	$(OFFLINE) $(BIN)/python scripts/demo.py
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(OFFLINE) $(BIN)/python -m pytest -q
 
 run: setup
 	$(BIN)/python -m fishtune.run $(ARGS)
@@ -66,7 +67,7 @@ BERT ?= bert_base
 MODERNBERT ?= modernbert_base
 LLAMA ?= llama32_1b
 else
-# Hub models cannot be fetched offline: the embedded MiniLM (6 layers, so rows that need more layers
+# Stand-ins that need no hub: the embedded MiniLM (6 layers, so rows that need more layers
 # fail and stay blank) and tiny random models take their place; the aggregator maps them back.
 BERT ?= minilm
 MODERNBERT ?= tiny_modernbert
@@ -103,7 +104,7 @@ help-tables:
 
 # Trainable-parameter ratios of Tables 1 and 2 from architecture configs alone (meta device, offline).
 ratios: setup
-	$(BIN)/python -m fishtune.ratios
+	$(OFFLINE) $(BIN)/python -m fishtune.ratios
 
 # Sweeps on a real Slurm: starts a local single-node cluster (scripts/slurm-local; root, installs
 # slurm-wlm + munge from apt on first use), runs tests/test_slurm.py through hydra-submitit-launcher
@@ -115,7 +116,7 @@ ratios: setup
 # docs/SLURM.md.
 .PHONY: test-slurm
 test-slurm: setup
-	@rc=0; FISHTUNE_SLURM_TESTS=1 $(BIN)/python -m pytest -q -m slurm tests/test_slurm.py || rc=$$?; \
+	@rc=0; FISHTUNE_SLURM_TESTS=1 $(OFFLINE) $(BIN)/python -m pytest -q -m slurm tests/test_slurm.py || rc=$$?; \
 	scripts/slurm-local stop >/dev/null || rc=1; \
 	scripts/slurm-local status >/dev/null; st=$$?; \
 	if [ $$st -ne 3 ]; then echo "test-slurm: Slurm daemons still running after stop"; rc=1; fi; \
@@ -128,7 +129,7 @@ test-slurm: setup
 BENCH_ARGS ?=
 .PHONY: bench
 bench: setup
-	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
+	$(OFFLINE) $(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 
 # The study (docs/STUDY.md): original, fish, rand, rev and adaptive LoRA on the embedded MiniLM, 2
 # budget levels x 4 tasks x 5 seeds = 200 runs under profile=study, then results/study/ (tables with

@@ -16,7 +16,9 @@ the sample standard deviation (ddof=1) and their count; two results with one see
 other data settings in the same runs dir) keep the newest and are reported. Avg is the mean of the
 task columns shown, blank unless every task of the row is there; its std is that of the per-seed
 averages over the seeds that have every task. A missing run leaves its cell blank and is listed, with
-the error of its failure record (`*.failed.json`, written by fishtune.run) when there is one.
+the reason of its failure record (`*.failed.json`, written by fishtune.run) when there is one, e.g.
+"diverged: non-finite loss at epoch 2, step 5". Files that cannot be read (a truncated result) are
+skipped and listed, and so are the files runs set aside as damaged (`*.damaged`).
 
 CSV (results/tableN.csv): one line per paper row: table, model, method, budget, row, layers, rank, label,
 ratio_pct (the budget row's ratio, median over the row's runs: STS-B's one-output head makes its ratio a little lower), then per
@@ -43,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from .paper import TABLES, TASK_TITLES, paper_tasks, paper_wide
-from .results import load_failures, load_results
+from .results import load_failures, load_results, set_aside_files
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 MASK_OF_ROW = {"original": "none", "fish": "fish", "rand": "rand", "rev": "rev"}
@@ -134,10 +136,15 @@ def _failure_as_run(record: dict) -> dict | None:
         peft, mode, budget = c["peft"], c["mask"]["mode"], int(c["budget"])
         return dict(model=c["model"]["name"], method=peft["name"], mask=mode, budget=budget, task=c["task"]["name"],
                     layers=nominal_layers(record), rank=peft.get("rank"), seed=c.get("seed"), config=c,
-                    error=str(record.get("error", "")).splitlines()[0][:160] if record.get("error") else "",
-                    _path=record.get("_path"))
+                    error=_reason(record), _path=record.get("_path"))
     except (KeyError, TypeError, ValueError, IndexError):
         return None
+
+
+def _reason(record: dict) -> str:
+    """The one-line reason of a failure record (records from before `reason` was kept: the error's first line)."""
+    text = str(record.get("reason") or record.get("error") or "")
+    return text.splitlines()[0][:160] if text else ""
 
 
 class RunIndex:
@@ -422,12 +429,18 @@ def aggregate(runs_dir: str | Path = "runs", out: str | Path = "results", tables
     out = Path(out)
     chosen = parse_tables(",".join(tables))
     exists = Path(runs_dir).exists()
-    results = load_results(runs_dir) if exists else []
-    failures = load_failures(runs_dir) if exists else []
+    unreadable: list[str] = []
+    results = load_results(runs_dir, unreadable) if exists else []
+    failures = load_failures(runs_dir, unreadable) if exists else []
+    set_aside = set_aside_files(runs_dir) if exists else []
     index = RunIndex(results, failures)
     say(f"fishtune.aggregate: {len(results)} result files, {len(failures)} failure records under {runs_dir}")
     for s in index.skipped:
         say(f"  skipped {s}")
+    for s in unreadable:
+        say(f"  skipped unreadable {s}")
+    for path in set_aside:
+        say(f"  set aside as damaged by its run (which started over): {path}")
     if model_map:
         say("  stand-in models: " + ", ".join(f"{k} -> {v}" for k, v in model_map.items()))
     done: dict[str, Any] = {}
@@ -461,6 +474,7 @@ def aggregate(runs_dir: str | Path = "runs", out: str | Path = "results", tables
         for m in missing:
             say(f"  {m}")
     done["missing"] = missing
+    done["unreadable"], done["set_aside"] = unreadable, [str(p) for p in set_aside]
     return done
 
 

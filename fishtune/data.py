@@ -1,16 +1,22 @@
-"""GLUE splits from a local folder (GLUE download layout) or the hub, tokenised, in dynamically padded batches."""
+"""GLUE splits from a local folder (GLUE download layout) or the hub, tokenised, in dynamically padded batches.
+
+torch and transformers are imported where batches are made, so that fishtune.run can check the GLUE
+files before the heavy libraries load.
+"""
 from __future__ import annotations
 
 import csv
+import math
 import random
 from pathlib import Path
-from typing import Iterable
-
-import torch
-from torch.utils.data import DataLoader
-from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
+from typing import TYPE_CHECKING, Iterable
 
 from .tasks import TaskSpec
+from .validate import ConfigError
+
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader
+    from transformers import PreTrainedTokenizerBase
 
 HUB_DATASET = "nyu-mll/glue"
 SPLITS = {"train": "train", "dev": "validation"}  # our name -> hub split
@@ -47,24 +53,53 @@ def check_glue_files(task: TaskSpec, glue_dir: str | Path | None) -> None:
 
 
 def _label(task: TaskSpec, raw: str) -> float | int:
+    """The label as the hub's id (or STS-B's score); ValueError saying what is wrong with `raw`."""
     if task.is_regression:
-        return float(raw)
-    if task.name == "rte":
-        return _RTE_LABELS[raw]
-    return int(raw)
+        try:
+            score = float(raw)
+        except ValueError:
+            raise ValueError(f"score {raw!r} is not a number") from None
+        if not math.isfinite(score):
+            raise ValueError(f"score {raw!r} is not a finite number")
+        return score
+    allowed = _RTE_LABELS if task.name == "rte" else {str(i): i for i in range(task.num_labels)}
+    if raw not in allowed:
+        raise ValueError(f"label {raw!r} is not one of {task.name}'s labels ({', '.join(allowed)})")
+    return allowed[raw]
 
 
 def read_glue_tsv(task: TaskSpec, path: str | Path) -> list[dict]:
-    """Read one GLUE TSV as shipped: no quoting (fields may start with a quote), BOM-tolerant."""
+    """Read one GLUE TSV as shipped: no quoting (fields may start with a quote), BOM-tolerant.
+
+    A malformed row (too few columns, a label outside the task's, an STS-B score that is no number)
+    or a file without examples raises ConfigError as `path:line: what is wrong`.
+    """
     has_header, a, b, y = _TSV_LAYOUT[task.name]
+    examples = []
     with open(path, encoding="utf-8-sig", newline="") as f:
-        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-    if has_header:
-        header, rows = rows[0], rows[1:]
-        a, y = header.index(a), header.index(y)
-        b = header.index(b) if b is not None else None
-    return [{"text_a": r[a], "text_b": r[b] if b is not None else None, "label": _label(task, r[y])}
-            for r in rows if r]
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        for row in reader:
+            if not row:
+                continue
+            if has_header and isinstance(a, str):  # the first row names the columns
+                missing = [c for c in (a, b, y) if c is not None and c not in row]
+                if missing:
+                    raise ConfigError(f"{path}:{reader.line_num}: the header lacks column "
+                                      f"{', '.join(map(repr, missing))} (has: {', '.join(row)})")
+                a, y = row.index(a), row.index(y)
+                b = row.index(b) if b is not None else None
+                continue
+            need = max(c for c in (a, b, y) if c is not None) + 1
+            if len(row) < need:
+                raise ConfigError(f"{path}:{reader.line_num}: {len(row)} columns, {task.name} needs at least {need}")
+            try:
+                label = _label(task, row[y])
+            except ValueError as e:
+                raise ConfigError(f"{path}:{reader.line_num}: {e}") from None
+            examples.append({"text_a": row[a], "text_b": row[b] if b is not None else None, "label": label})
+    if not examples:
+        raise ConfigError(f"{path}: no examples (an empty split)")
+    return examples
 
 
 def load_split(task: TaskSpec, split: str, glue_dir: str | Path | None = None) -> list[dict]:
@@ -114,6 +149,10 @@ def make_loader(encoded: list[dict], tokenizer: PreTrainedTokenizerBase, batch_s
                 shuffle: bool = False, seed: int = 0, sort_by_length: bool = False) -> DataLoader:
     """Batches padded to their longest member. `sort_by_length` groups similar lengths (evaluation,
     Fisher) so little padding is computed; order does not change any per-example result."""
+    import torch
+    from torch.utils.data import DataLoader
+    from transformers import DataCollatorWithPadding
+
     if sort_by_length:
         encoded = sorted(encoded, key=lambda e: len(e["input_ids"]))
     # Always an own generator: without one, every pass over a DataLoader draws from torch's global

@@ -16,6 +16,7 @@ import argparse
 import itertools
 import math
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -139,14 +140,25 @@ def describe_parameter(name: str) -> tuple[int | None, str]:
     return int(m.group(1)), ".".join(parts[-2:])
 
 
+def saved_mask(result: dict) -> dict[str, torch.Tensor] | None:
+    """The mask a run saved beside its result, or None: none saved, or a file that cannot be read
+    (truncated; said on stderr and skipped, never fatal)."""
+    path = Path(result["_path"]).with_suffix(".mask.pt")
+    if not path.exists():
+        return None
+    try:
+        return load_mask_file(path)[0]
+    except Exception as e:  # noqa: BLE001 - whatever torch.load makes of a broken file
+        print(f"mask_report: skipped unreadable mask file {path} ({type(e).__name__})", file=sys.stderr)
+        return None
+
+
 def placement(results: list[dict]) -> pd.DataFrame:
     """Chosen entries per layer and module type for every run that saved a mask."""
     rows = []
     for r in results:
-        path = Path(r["_path"]).with_suffix(".mask.pt")
-        if not path.exists():
-            continue
-        for name, m in load_mask_file(path)[0].items():
+        masks = saved_mask(r)
+        for name, m in (masks or {}).items():
             layer, kind = describe_parameter(name)
             rows.append({"model": r["model"], "method": r["method"], "mask": r["mask"], "budget": r["budget"],
                          "task": r["task"], "seed": r["seed"], "layer": layer, "module": kind,
@@ -163,13 +175,11 @@ def jaccard(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 
 def overlap(results: list[dict], mode: str = "fish") -> pd.DataFrame:
     """Pairwise Jaccard overlap of `mode` masks of runs with the same model, method, layers and budget."""
-    runs = [r for r in results if r["mask"] == mode and Path(r["_path"]).with_suffix(".mask.pt").exists()]
+    runs = [(r, m) for r in results if r["mask"] == mode and (m := saved_mask(r)) is not None]
     rows = []
-    key = lambda r: (r["model"], r["method"], r["layers"], r["rank"], r["budget"])  # noqa: E731
-    for k, group in itertools.groupby(sorted(runs, key=lambda r: (key(r), r["task"], r["seed"])), key=key):
-        group = list(group)
-        masks = [load_mask_file(Path(r["_path"]).with_suffix(".mask.pt"))[0] for r in group]
-        for (ra, ma), (rb, mb) in itertools.combinations(zip(group, masks), 2):
+    key = lambda rm: (rm[0]["model"], rm[0]["method"], rm[0]["layers"], rm[0]["rank"], rm[0]["budget"])  # noqa: E731
+    for k, group in itertools.groupby(sorted(runs, key=lambda rm: (key(rm), rm[0]["task"], rm[0]["seed"])), key=key):
+        for (ra, ma), (rb, mb) in itertools.combinations(list(group), 2):
             rows.append({"model": k[0], "method": k[1], "layers": k[2], "rank": k[3], "budget": k[4],
                          "task_a": ra["task"], "seed_a": ra["seed"], "task_b": rb["task"], "seed_b": rb["seed"],
                          "same": "seed" if ra["task"] == rb["task"] else ("task" if ra["seed"] == rb["seed"] else "both"),
@@ -217,7 +227,10 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = load_results(args.runs_dir)
+    unreadable: list[str] = []
+    results = load_results(args.runs_dir, unreadable)
+    for u in unreadable:
+        print(f"mask_report: skipped unreadable {u}", file=sys.stderr)
     if not results:
         print(f"mask_report: no result files under {args.runs_dir}")
         return

@@ -5,16 +5,13 @@ Modes: `none` (train everything), `fish` (the k largest Fisher scores), `rev` (t
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Mapping
 
 import torch
 
-MODES = ("none", "fish", "rand", "rev")
-
-
-def check_mode(mode: str) -> None:
-    if mode not in MODES:
-        raise ValueError(f"unknown mask mode {mode!r}; choose one of: {', '.join(MODES)}")
+from .results import set_aside
+from .validate import MASK_MODES as MODES, check_mode  # the vocabulary, checked without torch
 
 
 def build_mask(scores: Mapping[str, torch.Tensor], k: int, mode: str, seed: int = 42) -> dict[str, torch.Tensor]:
@@ -53,6 +50,22 @@ def build_mask(scores: Mapping[str, torch.Tensor], k: int, mode: str, seed: int 
 def save_mask_file(path, masks: Mapping[str, torch.Tensor], fisher_seconds: float = 0.0) -> None:
     """A run's mask beside its result file, with what the Fisher cost (a resumed run reports it)."""
     torch.save({"masks": dict(masks), "fisher_seconds": float(fisher_seconds)}, path)
+
+
+def read_mask_file(path: Path, like: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], float] | None:
+    """load_mask_file for a run that resumes: None when there is no file, or when it is damaged (unreadable,
+    truncated, or not shaped like the run's candidate tensors `like`); a damaged one is set aside as
+    `<name>.damaged` with a warning, and the run builds its mask again."""
+    if not path.exists():
+        return None
+    try:
+        masks, fisher_seconds = load_mask_file(path)
+        if set(masks) != set(like) or any(tuple(masks[n].shape) != tuple(q.shape) for n, q in like.items()):
+            raise ValueError("its tensors are not the run's candidates")
+    except Exception as e:  # noqa: BLE001 - whatever torch.load makes of a broken file, it cannot be used
+        set_aside(path, f"{type(e).__name__}: {e}".splitlines()[0][:200] + "; the mask is built again")
+        return None
+    return masks, fisher_seconds
 
 
 def load_mask_file(path) -> tuple[dict[str, torch.Tensor], float]:

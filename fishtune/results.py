@@ -9,14 +9,23 @@ A result file is the unit of resume and aggregation. Its top-level keys (schema 
   (the checkpoint a requeued or restarted run continued from, or null), versions, git_commit (HEAD
   when the run started), finished_at; adaptive runs add trainable_final, ratio_pct_final, ratio_pct_mean, active_ratio_history.
 `metrics` hold the task's numbers x100 (matthews | accuracy | f1 | pearson | spearman) and `score`
-is the single number a table shows for the task.
+is the single number a table shows for the task. Every number in a result file is finite (it is written
+with allow_nan=False; fishtune.metrics defines each metric for constant predictions).
+
+A run that fails writes `<run>.failed.json` instead (fishtune.run.record_failure): status, config,
+`reason` (one line, e.g. "diverged: non-finite loss at epoch 3, step 7"), error, traceback, host,
+slurm, finished_at. A file that cannot be read (truncated, not JSON) is never fatal: a run sets its
+own damaged result, mask or checkpoint aside as `<name>.damaged` and runs again; the loaders here skip
+damaged files and say which.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import subprocess
+import sys
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,6 +34,11 @@ from typing import Any, Mapping
 SCHEMA = 1
 # Keys that do not change what a run computes: excluded from its identity.
 _NOT_IDENTITY = ("paths", "force", "logger", "hydra")
+DAMAGED = ".damaged"  # suffix of a file set aside because it could not be read
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite: the run stops at once and is recorded as failed."""
 
 
 def config_hash(config: Mapping[str, Any]) -> str:
@@ -49,13 +63,14 @@ def result_path(runs_dir: str | Path, config: Mapping[str, Any], layers: int) ->
 
 
 def write_json_atomic(path: str | Path, data: Mapping[str, Any]) -> None:
-    """Write to a temporary file beside `path`, then rename: a crash never leaves half a file."""
+    """Write to a temporary file beside `path`, then rename: a crash never leaves half a file.
+    NaN and infinity are refused (ValueError): they are not JSON, and no result may hold them."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, default=str)
+            json.dump(data, f, indent=1, default=str, allow_nan=False)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -64,26 +79,85 @@ def write_json_atomic(path: str | Path, data: Mapping[str, Any]) -> None:
         raise
 
 
-def load_results(runs_dir: str | Path) -> list[dict]:
-    """Every finished result file under `runs_dir` (recursively)."""
+def json_safe(value: Any) -> Any:
+    """`value` with every NaN or infinite float written as a string ("inf"), for records that must keep
+    whatever a failed run was given (a config with train.lr=inf) and still be JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def set_aside(path: str | Path, why: str) -> Path:
+    """Rename a damaged file to `<name>.damaged` (replacing an older one) and warn on stderr, so that
+    the run that owns it starts over and the evidence stays for a look."""
+    path = Path(path)
+    aside = path.with_name(path.name + DAMAGED)
+    os.replace(path, aside)
+    print(f"fishtune: warning: {path} is damaged ({why}); set aside as {aside.name}", file=sys.stderr)
+    return aside
+
+
+def _read_json(path: Path) -> tuple[Any, str | None]:
+    """(data, None), or (None, why) when the file cannot be read as JSON (truncated, not text)."""
+    try:
+        return json.loads(path.read_bytes()), None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        return None, f"{type(e).__name__}: {e}".splitlines()[0]
+
+
+def read_result(path: str | Path) -> dict | None:
+    """The result file at `path`, or None when it is damaged (unreadable, truncated, not a result):
+    then it is set aside with a warning and its run is to be redone."""
+    path = Path(path)
+    data, why = _read_json(path)
+    if why is None and not (isinstance(data, dict) and data.get("schema") == SCHEMA and "best" in data):
+        why = "not a fishtune result"
+    if why is not None:
+        set_aside(path, f"{why}; the run is redone")
+        return None
+    return data
+
+
+def load_results(runs_dir: str | Path, damaged: list[str] | None = None) -> list[dict]:
+    """Every finished result file under `runs_dir` (recursively). A file that cannot be read is
+    skipped; with `damaged`, 'path: why' is appended to it for each."""
     out = []
     for path in sorted(Path(runs_dir).rglob("*.json")):
-        with open(path) as f:
-            data = json.load(f)
+        if path.name.endswith(".failed.json"):  # failure records: load_failures
+            continue
+        data, why = _read_json(path)
+        if why is not None:
+            if damaged is not None:
+                damaged.append(f"{path}: {why}")
+            continue
         if isinstance(data, dict) and data.get("schema") == SCHEMA:
             data["_path"] = str(path)
             out.append(data)
     return out
 
 
-def load_failures(runs_dir: str | Path) -> list[dict]:
-    """The `*.failed.json` records of runs that crashed in a sweep (error and traceback)."""
+def load_failures(runs_dir: str | Path, damaged: list[str] | None = None) -> list[dict]:
+    """The `*.failed.json` records of runs that failed (reason, error and traceback); unreadable ones
+    are skipped and, with `damaged`, listed as for load_results."""
     out = []
     for path in sorted(Path(runs_dir).rglob("*.failed.json")):
-        data = json.loads(path.read_text())
+        data, why = _read_json(path)
+        if why is not None or not isinstance(data, dict):
+            if damaged is not None:
+                damaged.append(f"{path}: {why or 'not a failure record'}")
+            continue
         data["_path"] = str(path)
         out.append(data)
     return out
+
+
+def set_aside_files(runs_dir: str | Path) -> list[Path]:
+    """The files under `runs_dir` that runs set aside as damaged (`*.damaged`)."""
+    return sorted(Path(runs_dir).rglob(f"*{DAMAGED}"))
 
 
 def package_versions() -> dict[str, str]:

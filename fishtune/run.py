@@ -1,7 +1,10 @@
 """One FISH-Tuning run: `python -m fishtune.run task=rte peft=lora mask=fish budget=2`.
 
 config -> task -> data -> model -> PEFT method on layers -> Fisher -> mask -> masked Adam -> result file.
-Everything that can be wrong with a config is checked in `plan()` before any weights are loaded.
+Everything that can be wrong with a config is checked in `plan()` before any weights are loaded: first
+every value without torch (fishtune/validate.py, about a second after the command starts), then what
+needs the model's architecture. torch, transformers, peft and adapters (~7 s to import) are imported
+inside the functions that need them, so that a bad value never waits for them.
 """
 from __future__ import annotations
 
@@ -15,20 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import torch
 from omegaconf import DictConfig, OmegaConf
-from transformers import set_seed
 
 from . import data as glue
 from . import tracking
-from .adaptive import AdaptiveFreezer, AdaptiveSettings
-from .fisher import empirical_fisher
-from .masks import build_mask, check_mode, load_mask_file, save_mask_file
-from .methods import check_method, count_on_meta, insert_method, original_layers, run_layers, split_trainable
-from .models import DECODER_FAMILIES, check_model_config, load_model, load_tokenizer, model_config
-from .results import git_commit, now_iso, package_versions, result_path, write_json_atomic, SCHEMA, config_hash
+from .results import (Diverged, git_commit, json_safe, now_iso, package_versions, read_result, result_path,
+                      set_aside, write_json_atomic, SCHEMA, config_hash)
 from .tasks import TaskSpec, get_task
-from .train import TrainSettings, apply_masks, train
+from .validate import ConfigError, check_config, check_hub
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 # Config groups whose options all live in conf/ (hydra/* groups also have options from plugins).
@@ -58,10 +55,6 @@ def slurm_ids() -> dict | None:
     return ids
 
 
-class ConfigError(ValueError):
-    """A bad config value, reported as one line before any work starts."""
-
-
 @dataclass
 class Plan:
     """What a run will do, derived from its config without loading any weights."""
@@ -79,19 +72,29 @@ class Plan:
 
 
 def plan(config: dict) -> Plan:
-    """Validate a resolved config and derive the run's layers, budget and result path."""
+    """Validate a resolved config and derive the run's layers, budget and result path.
+
+    Raises ConfigError (one line: the key, the bad value, what is allowed) before any weights load."""
+    check_config(config)  # every value, without torch
+    task = get_task(config["task"]["name"])
+    model_cfg, peft_cfg, mask_cfg = config["model"], config["peft"], config["mask"]
+    mode, family = mask_cfg["mode"], model_cfg["family"]
     try:
-        task = get_task(config["task"]["name"])
-        model_cfg, peft_cfg, mask_cfg = config["model"], config["peft"], config["mask"]
-        check_model_config(model_cfg)
-        mode = mask_cfg["mode"]
-        if mode != "adaptive":
-            check_mode(mode)
-        elif mask_cfg.get("start", "all") not in ("all", "fish"):
-            raise ValueError(f"unknown adaptive start {mask_cfg['start']!r}; choose one of: all, fish")
-        family = model_cfg["family"]
-        check_method(peft_cfg["name"], family)
         glue.check_glue_files(task, config["data"]["glue_dir"])
+    except FileNotFoundError as e:
+        raise ConfigError(str(e)) from e
+    check_hub(config)  # a hub model or dataset that cannot be had: before anything downloads or trains
+    # Only a config that passed the checks above waits for torch, transformers, peft and adapters.
+    import torch
+
+    from .methods import count_on_meta, original_layers, run_layers
+    from .models import load_tokenizer, model_config
+
+    try:
+        device = config["train"]["device"]
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"train.device={device!r}: no CUDA GPU is visible on {socket.gethostname()}; "
+                             f"use train.device=auto or cpu")
         budget = int(config["budget"])
         tokenizer = load_tokenizer(model_cfg) if model_cfg["source"] == "tiny" else None
         conf = model_config(model_cfg, task.num_labels, tokenizer)
@@ -100,6 +103,12 @@ def plan(config: dict) -> Plan:
         if not 1 <= layers <= depth:
             raise ValueError(f"cannot insert {peft_cfg['name']} on {layers} layers: {model_cfg['name']} has "
                              f"{depth} (allowed 1..{depth})")
+        # A rank (or bottleneck) wider than the hidden size has no meaning: PiSSA's SVD has `hidden` values.
+        for key in ("rank", "bottleneck"):
+            width = peft_cfg.get(key) if peft_cfg["name"] in ("lora", "dora", "unipelt") else None
+            if width is not None and int(width) > conf.hidden_size:
+                raise ValueError(f"peft.{key}={width}: must be an integer 1..{conf.hidden_size} "
+                                 f"({model_cfg['name']}'s hidden size)")
         counts = count_on_meta(conf, peft_cfg, layers, family)
         k, budget_total = None, counts["total"]
         if mode not in ("none", "adaptive") or mask_cfg.get("start") == "fish":
@@ -113,6 +122,8 @@ def plan(config: dict) -> Plan:
             if not counts["head"] <= k <= counts["trainable"]:
                 raise ValueError(f"budget k={k} is impossible for {peft_cfg['name']} on {layers} layers: it must lie "
                                  f"between the head's {counts['head']} and all {counts['trainable']} inserted entries")
+    except ConfigError:
+        raise
     except (ValueError, FileNotFoundError, KeyError) as e:
         raise ConfigError(str(e).strip("'\"")) from e
     path = result_path(config["paths"]["runs_dir"], config, layers)
@@ -121,6 +132,8 @@ def plan(config: dict) -> Plan:
 
 
 def _device_and_precision(train_cfg: dict) -> tuple[str, bool]:
+    import torch
+
     device = train_cfg["device"]
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -132,6 +145,8 @@ def _device_and_precision(train_cfg: dict) -> tuple[str, bool]:
 def fisher_scores(model, head: dict, candidates: dict, train_set: list[dict], tokenizer, fisher_cfg: dict,
                   seed: int) -> dict[str, torch.Tensor]:
     """Empirical Fisher of the candidates on a seeded choice of `fisher_cfg['samples']` training examples."""
+    from .fisher import empirical_fisher
+
     n = int(fisher_cfg["samples"])
     loader = glue.make_loader(glue.subsample(train_set, n, seed), tokenizer, int(fisher_cfg["chunk_size"]),
                               sort_by_length=True)
@@ -147,6 +162,15 @@ def fisher_scores(model, head: dict, candidates: dict, train_set: list[dict], to
 
 def execute(p: Plan, progress: bool = True) -> dict:
     """Run the plan and write its result file; returns the result."""
+    import torch
+    from transformers import set_seed
+
+    from .adaptive import AdaptiveFreezer, AdaptiveSettings
+    from .masks import build_mask, read_mask_file, save_mask_file
+    from .methods import insert_method, split_trainable
+    from .models import DECODER_FAMILIES, load_model, load_tokenizer
+    from .train import TrainSettings, apply_masks, load_checkpoint, train
+
     cfg, task = p.config, p.task
     seed = int(cfg["seed"])
     commit = git_commit()  # the code this run starts with, not whatever HEAD is when it ends
@@ -177,9 +201,11 @@ def execute(p: Plan, progress: bool = True) -> dict:
     select = "fish" if p.mode == "adaptive" and cfg["mask"].get("start") == "fish" else p.mode
     if select in ("none", "adaptive"):  # everything inserted trains (adaptive then freezes groups)
         masks = {n: torch.ones_like(q, dtype=torch.bool) for n, q in candidates.items()}
-    elif mask_file.exists():  # a resumed run keeps the mask it started with
-        masks, fisher_seconds = load_mask_file(mask_file)
+    elif (saved := read_mask_file(mask_file, candidates)) is not None:  # a resumed run keeps the mask it started with
+        masks, fisher_seconds = saved
     else:
+        if (stale := p.path.with_suffix(".ckpt.pt")).exists():  # trained under a mask that is gone: start over
+            set_aside(stale, "its run's mask file is missing or damaged, so its training cannot continue")
         scores = {n: torch.zeros_like(q) for n, q in candidates.items()}
         if select in ("fish", "rev"):
             t0 = time.perf_counter()
@@ -203,7 +229,8 @@ def execute(p: Plan, progress: bool = True) -> dict:
     tracker = tracking.start(cfg, keys, p.path.stem)
     checkpoint = p.path.with_suffix(".ckpt.pt")
     # A requeued (or rerun) job continues after the last epoch its checkpoint holds.
-    resumed_from = int(torch.load(checkpoint, weights_only=False)["epoch"]) if checkpoint.exists() else None
+    state = load_checkpoint(checkpoint)  # None: none, or a damaged one, set aside (the run starts over)
+    resumed_from = int(state["epoch"]) if state is not None else None
     outcome = train(model, train_loader, dev_loader, task, settings, partial, checkpoint=checkpoint,
                     on_epoch=tracker[0] if tracker else None, freezer=freezer)
 
@@ -242,9 +269,10 @@ def run(config: dict | DictConfig, progress: bool = True) -> dict:
         config = OmegaConf.to_container(config, resolve=True)
     p = plan(config)
     if p.path.exists() and not config.get("force"):
-        print(f"fishtune: skip, result exists: {p.path}")
-        import json
-        return json.loads(p.path.read_text())
+        existing = read_result(p.path)  # None: damaged, set aside with a warning, and the run is redone
+        if existing is not None:
+            print(f"fishtune: skip, result exists: {p.path}")
+            return existing
     return execute(p, progress=progress)
 
 
@@ -268,19 +296,29 @@ def check_group_overrides(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
                 raise ConfigError(f"unknown {o.key_or_group} {v!r}; choose one of: {', '.join(allowed)}")
 
 
+def failure_reason(error: BaseException) -> str:
+    """One line saying why a run failed: bad input and divergence say it themselves, anything else is
+    named by its type."""
+    text = str(error) if isinstance(error, (ConfigError, Diverged)) else f"{type(error).__name__}: {error}"
+    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
+
+
 def record_failure(config: dict, error: BaseException) -> Path:
-    """Write `<run>.failed.json` (the error and its traceback) beside where the result would be."""
+    """Write `<run>.failed.json` (the reason, the error and its traceback) beside where the result would be."""
     try:
         path = plan(config).path.with_suffix(".failed.json")
     except ConfigError:
         path = Path(config["paths"]["runs_dir"]) / f"invalid-{config_hash(config)}.failed.json"
-    write_json_atomic(path, {"status": "failed", "config": config, "error": f"{type(error).__name__}: {error}",
+    write_json_atomic(path, {"status": "failed", "config": json_safe(config), "reason": failure_reason(error),
+                             "error": f"{type(error).__name__}: {error}",
                              "traceback": traceback.format_exception(error), "host": socket.gethostname(),
                              "slurm": slurm_ids(), "finished_at": now_iso()})
     return path
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+# An absolute config path: main() also works when called from Python (`from fishtune.run import main`),
+# where Hydra would otherwise look for conf/ as a package next to fishtune.
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -292,11 +330,15 @@ def _hydra_main(cfg: DictConfig) -> None:
     except Exception as e:  # noqa: BLE001 - a sweep records every failure and goes on with the next run
         if in_sweep:
             path = record_failure(config, e)
-            print(f"fishtune: FAILED ({type(e).__name__}: {e}); details in {path}", file=sys.stderr)
+            print(f"fishtune: FAILED ({failure_reason(e)}); details in {path}", file=sys.stderr)
             return
         if isinstance(e, ConfigError):
             print(f"fishtune: error: {e}", file=sys.stderr)
             sys.exit(2)
+        if isinstance(e, Diverged):  # not a bug: the run is recorded as failed, in one line
+            path = record_failure(config, e)
+            print(f"fishtune: FAILED: {failure_reason(e)}; details in {path}", file=sys.stderr)
+            sys.exit(1)
         raise
     best = result["best"]
     print(f"fishtune: {result['run_id']}: best {result['task']} score {best['score']:.2f} at epoch {best['epoch']} "

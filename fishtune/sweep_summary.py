@@ -3,13 +3,16 @@
 Lists, for every run under RUNS_DIR (any launcher, any number of sweeps):
   finished        its result file: best score, epochs, and where it ran (Slurm job id, host, the
                   GPU Slurm gave it, requeues, the epoch a requeued run resumed after)
-  failed          a `<run>.failed.json` (the run raised; the sweep went on): the error and the record
+  failed          a `<run>.failed.json` (the run raised or diverged; the sweep went on): the reason
+                  and the record
   without result  Slurm jobs of a hydra-submitit sweep (RUNS_DIR/hydra/*/.submitit/) that have no
                   submitit result: still queued or running, or killed without one (out of memory,
                   node failure, scancel), with their overrides and log
+  damaged         result or failure files that cannot be read (skipped), and files runs set aside
+                  as `*.damaged` (a truncated checkpoint, mask or result; the run started over)
 
-Exit status 0 when every run found has finished, 1 when any failed or has no result, 2 when
-RUNS_DIR is missing. `summarize()` returns the same as a dict (what --json prints).
+Exit status 0 when every run found has finished, 1 when any failed, has no result or a file is
+unreadable, 2 when RUNS_DIR is missing. `summarize()` returns the same as a dict (what --json prints).
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .results import load_failures, load_results
+from .results import load_failures, load_results, set_aside_files
 
 _JOB_DIR = re.compile(r"^\d+(_\d+)?$")  # submitit's folder per job: JOBID or ARRAYID_TASK
 
@@ -99,8 +102,8 @@ def _jobs_without_result(runs_dir: Path) -> list[dict]:
 
 def summarize(runs_dir: str | Path) -> dict:
     runs_dir = Path(runs_dir)
-    finished = []
-    for r in load_results(runs_dir):
+    finished, unreadable = [], []
+    for r in load_results(runs_dir, unreadable):
         history = r.get("history") or []
         finished.append({
             "run_id": r["run_id"], "task": r.get("task"), "mask": r.get("mask"),
@@ -112,17 +115,19 @@ def summarize(runs_dir: str | Path) -> dict:
         })
     done = {Path(f["path"]).name.removesuffix(".json") for f in finished}
     failed = []
-    for f in load_failures(runs_dir):
+    for f in load_failures(runs_dir, unreadable):
         run_id = Path(f["_path"]).name.removesuffix(".failed.json")
         if run_id in done:  # a later rerun finished it (run.py also deletes the record then)
             continue
-        failed.append({"run_id": run_id, "error": f.get("error"), "host": f.get("host"),
+        failed.append({"run_id": run_id, "reason": f.get("reason") or str(f.get("error") or "").split("\n")[0],
+                       "error": f.get("error"), "host": f.get("host"),
                        "slurm": _slurm_label(f.get("slurm")), "gpu": _gpu_label(f.get("slurm")),
                        "finished_at": f.get("finished_at"),
                        "path": f["_path"]})
     no_result = _jobs_without_result(runs_dir)
     return {"runs_dir": str(runs_dir), "finished": finished, "failed": failed, "without_result": no_result,
-            "ok": not failed and not no_result}
+            "unreadable": unreadable, "set_aside": [str(p) for p in set_aside_files(runs_dir)],
+            "ok": not failed and not no_result and not unreadable}
 
 
 def format_summary(s: dict) -> str:
@@ -148,7 +153,7 @@ def format_summary(s: dict) -> str:
             if r["gpu"]:
                 where += f", {r['gpu']}"
             lines.append(f"  {r['run_id']}  {where}")
-            lines.append(f"    error: {r['error']}")
+            lines.append(f"    error: {r['reason']}")
             lines.append(f"    details: {r['path']}")
     if s["without_result"]:
         lines.append("without a result (Slurm jobs):")
@@ -157,6 +162,12 @@ def format_summary(s: dict) -> str:
             if j["overrides"] is not None:
                 lines.append(f"    overrides: {' '.join(j['overrides'])}")
             lines.append(f"    log: {j['log']}")
+    if s["unreadable"]:
+        lines.append("unreadable (skipped):")
+        lines += [f"  {u}" for u in s["unreadable"]]
+    if s["set_aside"]:
+        lines.append("set aside as damaged (their runs started over):")
+        lines += [f"  {p}" for p in s["set_aside"]]
     return "\n".join(lines)
 
 

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from .batching import group_cost_tokens, length_groups, model_inputs
 from .metrics import glue_metrics
 from .models import classification_loss
+from .results import Diverged, set_aside
 from .tasks import TaskSpec
 
 
@@ -39,7 +40,7 @@ class TrainSettings:
 @dataclass
 class TrainResult:
     history: list[dict] = field(default_factory=list)
-    best: dict = field(default_factory=dict)
+    best: dict = field(default_factory=dict)  # epoch, score, metrics, dev_loss of the best epoch
     stop_reason: str = ""
     train_seconds: float = 0.0
     samples_seen: int = 0
@@ -169,6 +170,20 @@ def save_checkpoint(path: Path, state: dict) -> None:
     tmp.replace(path)
 
 
+def load_checkpoint(path: Path | None) -> dict | None:
+    """The state save_checkpoint wrote, or None: no file, or a damaged one (truncated by a full disk, cut
+    in a copy), which is set aside as `<name>.damaged` with a warning so that the run starts over."""
+    if path is None or not path.exists():
+        return None
+    try:
+        state = torch.load(path, weights_only=False)
+        int(state["epoch"]), state["trainable"], state["optimizer"], state["result"]
+    except Exception as e:  # noqa: BLE001 - whatever torch.load makes of a broken file, it cannot be resumed
+        set_aside(path, f"{type(e).__name__}: {e}".splitlines()[0][:200] + "; the run starts over")
+        return None
+    return state
+
+
 def train(model: nn.Module, train_loader, dev_loader, task: TaskSpec, settings: TrainSettings,
           masks: Mapping[str, torch.Tensor] | None = None, checkpoint: Path | None = None,
           on_epoch: Callable[[dict], None] | None = None, freezer=None) -> TrainResult:
@@ -181,10 +196,11 @@ def train(model: nn.Module, train_loader, dev_loader, task: TaskSpec, settings: 
     """
     model.to(settings.device)
     opt = MaskedAdam(model, masks or {}, settings.lr, settings.weight_decay)
-    result = TrainResult(best={"score": -math.inf, "epoch": 0})
+    # No sentinel score (-inf would reach a result file if no epoch ended): the first epoch sets it.
+    result = TrainResult(best={"score": None, "epoch": 0})
     bad_epochs, start_epoch = 0, 1
-    if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False)
+    state = load_checkpoint(checkpoint)
+    if state is not None:
         with torch.no_grad():
             params = dict(model.named_parameters())
             for n, v in state["trainable"].items():
@@ -208,25 +224,31 @@ def train(model: nn.Module, train_loader, dev_loader, task: TaskSpec, settings: 
         model.train()
         t0, loss_sum, n_seen = time.perf_counter(), 0.0, 0
         # Per-batch bars only on a terminal (disable=None): in a log file they would be thousands of lines.
-        for batch in tqdm(train_loader, desc=f"epoch {epoch}", leave=False, disable=None if settings.progress else True):
+        for step, batch in enumerate(tqdm(train_loader, desc=f"epoch {epoch}", leave=False,
+                                          disable=None if settings.progress else True), start=1):
             y = batch["labels"]
-            loss = _forward_backward(model, batch, task, settings)
+            loss = _forward_backward(model, batch, task, settings).item()
+            # Before the step: a NaN or infinite loss would carry over into every parameter it reaches.
+            if not math.isfinite(loss):
+                raise Diverged(f"diverged: non-finite loss at epoch {epoch}, step {step}")
             if freezer is not None:
                 freezer.after_backward(opt.optimizer)
             opt.step()
             opt.zero_grad()
-            loss_sum += loss.item() * len(y)
+            loss_sum += loss * len(y)
             n_seen += len(y)
         result.train_seconds += time.perf_counter() - t0
         result.samples_seen += n_seen
 
         dev = evaluate(model, dev_loader, task, settings)
+        if not math.isfinite(dev["dev_loss"]):
+            raise Diverged(f"diverged: non-finite dev loss at epoch {epoch}")
         predictions = dev.pop("predictions", None)  # kept for the best epoch only, not in the history
         record = {"epoch": epoch, "train_loss": loss_sum / max(n_seen, 1), **dev}
         if freezer is not None:
             record["active_ratio"] = freezer.active_ratio
         result.history.append(record)
-        if dev["score"] > result.best["score"]:
+        if result.best["score"] is None or dev["score"] > result.best["score"]:
             result.best = {"epoch": epoch, "score": dev["score"], "metrics": dev["metrics"], "dev_loss": dev["dev_loss"]}
             result.best_predictions = predictions
             bad_epochs = 0

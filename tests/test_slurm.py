@@ -489,13 +489,13 @@ def test_crashed_fishtune_run_is_reported_and_the_other_finishes(fishtune_sweeps
     [done] = load_results(s.crash)
     [failed] = load_failures(s.crash)
     assert done["mask"] == "none" and done["slurm"]["job_id"].isdigit()
-    assert failed["config"]["mask"]["mode"] == "fish" and "batch_size" in failed["error"]
+    assert failed["config"]["mask"]["mode"] == "fish" and "fisher.chunk_size=0" in failed["error"]
     assert failed["slurm"]["array_job_id"] == done["slurm"]["array_job_id"] and failed["host"] == done["host"]
     out = _summary(s.crash)
     assert out.returncode == 1, out.stdout + out.stderr
     assert "1 finished, 1 failed, 0 without a result" in out.stdout, out.stdout
     assert f"slurm {_label(failed['slurm'])} on {failed['host']}" in out.stdout, out.stdout
-    assert "error: ValueError" in out.stdout and "batch_size" in out.stdout, out.stdout
+    assert "error: fisher.chunk_size=0: must be an integer >= 1" in out.stdout, out.stdout
     assert f"slurm {_label(done['slurm'])}" in out.stdout, out.stdout
 
 

@@ -1,0 +1,344 @@
+"""What a run config may hold, checked without torch: every bad value is one line, before anything loads.
+
+`check_config(config)` is the first thing `fishtune.run.plan()` does. It imports nothing heavy, so
+a bad value is reported about a second after the command starts, not after the 7 s that torch,
+transformers, peft and adapters take to import. What needs a model's architecture (layer counts, a
+budget k, a rank above the hidden size) or a GPU is checked in plan() after it. `check_hub(config)`
+finds a hub model or dataset that cannot be had (offline, not cached, gated) before training starts.
+
+The vocabularies (model families and sources, mask modes, which PEFT method each family can take)
+live here, so the checks and the code that uses them (models.py, masks.py, methods.py) read one list.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import socket
+from typing import Any, Mapping
+from urllib.parse import urlparse
+
+from .tasks import get_task
+
+FAMILIES = ("bert", "modernbert", "llama")
+SOURCES = ("embedded", "hub", "tiny")
+MASK_MODES = ("none", "fish", "rand", "rev")     # mask.mode also takes "adaptive" (fishtune/adaptive.py)
+PRECISIONS = ("auto", "fp32", "bf16")
+# Which model families each PEFT method supports (fishtune/methods.py inserts them).
+METHOD_FAMILIES: dict[str, tuple[str, ...]] = {
+    "lora": ("bert", "modernbert", "llama"),
+    "dora": ("bert", "modernbert", "llama"),
+    "adapter": ("bert", "modernbert", "llama"),
+    "prefix": ("bert", "llama"),
+    "ia3": ("bert", "llama"),
+    "unipelt": ("bert", "llama"),
+}
+SUPPORT_MATRIX: dict[str, tuple[str, ...]] = {
+    family: tuple(m for m, families in METHOD_FAMILIES.items() if family in families) for family in FAMILIES}
+# Why a combination is refused: neither library can do it as the paper defines the method.
+UNSUPPORTED_WHY = {
+    ("prefix", "modernbert"): "adapters 1.3.0 reaches ModernBERT only through its plugin interface, which has no "
+                              "prefix tuning, and peft's prefix tuning needs past_key_values, which ModernBERT lacks",
+    ("unipelt", "modernbert"): "UniPELT needs prefix tuning (see prefix), and peft has no UniPELT",
+    ("ia3", "modernbert"): "ModernBERT fuses Q, K and V into one Wqkv projection, so peft's IA3 cannot scale keys and "
+                           "values without also scaling queries, and adapters' IA3 scales the GLU input projection "
+                           "instead of the feed-forward activation",
+}
+FISHER_MODES = ("fish", "rev")   # masks chosen by Fisher score (adaptive too, with mask.start=fish)
+
+
+class ConfigError(ValueError):
+    """Bad input (a config value, a GLUE file, a hub id that cannot be had): one line, exit code 2."""
+
+
+# --- the vocabularies' own checks (also used where the values are consumed) ---------------------
+
+def check_model_config(cfg: Mapping[str, Any]) -> None:
+    """Reject an unknown family or source before anything is loaded."""
+    if cfg.get("family") not in FAMILIES:
+        raise ConfigError(f"unknown model family {cfg.get('family')!r}; choose one of: {', '.join(FAMILIES)}")
+    if cfg.get("source") not in SOURCES:
+        raise ConfigError(f"unknown model source {cfg.get('source')!r}; choose one of: {', '.join(SOURCES)}")
+    if cfg["source"] == "hub" and not cfg.get("path"):
+        raise ConfigError(f"model {cfg.get('name')!r} comes from the hub but has no `path` (hub id or folder)")
+
+
+def check_mode(mode: str) -> None:
+    """Reject a mask mode build_mask does not know."""
+    if mode not in MASK_MODES:
+        raise ConfigError(f"unknown mask mode {mode!r}; choose one of: {', '.join(MASK_MODES)}")
+
+
+def check_method(name: str, family: str) -> None:
+    """Reject an unknown PEFT method, or one the model family cannot take (saying why)."""
+    if name not in METHOD_FAMILIES:
+        raise ConfigError(f"unknown PEFT method {name!r}; choose one of: {', '.join(METHOD_FAMILIES)}")
+    families = METHOD_FAMILIES[name]
+    if family not in families:
+        why = UNSUPPORTED_WHY.get((name, family))
+        raise ConfigError(f"PEFT method {name!r} does not support the {family} model family"
+                          + (f": {why}" if why else "")
+                          + f" ({name} supports {', '.join(families)}; "
+                            f"{family} supports {', '.join(SUPPORT_MATRIX.get(family, ()))})")
+
+
+# --- typed values -------------------------------------------------------------------------------
+
+_MISSING = object()
+
+
+def _get(config: Mapping[str, Any], key: str, default: Any = _MISSING) -> Any:
+    """config["a"]["b"] for key "a.b"; `default` when absent, else an error naming the key."""
+    node: Any = config
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            if default is not _MISSING:
+                return default
+            raise ConfigError(f"{key} is missing from the config")
+        node = node[part]
+    return node
+
+
+def _show(value: Any) -> str:
+    return "null" if value is None else repr(value)
+
+
+def _as_int(value: Any) -> int | None:
+    """An integer as the run will use it (int(), so "42" from an environment variable counts); not a bool
+    or float: a fractional count would be truncated without a word."""
+    if isinstance(value, bool) or isinstance(value, float):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _as_float(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+# Keys the code reads with a default (peft.*, mask.*) may be absent: `optional` skips those. null is a
+# value of its own, allowed where `null` says what it means.
+_ABSENT = object()
+
+
+def _int(config: Mapping[str, Any], key: str, lo: int, hi: int | None = None, null: str = "",
+         why: str = "", optional: bool = False) -> int | None:
+    """config[key] as an integer in lo..hi; `null` (the text saying what null means) allows null."""
+    value = _get(config, key, _ABSENT if optional else _MISSING)
+    if value is _ABSENT or (value is None and null):
+        return None
+    n = _as_int(value)
+    if n is None or n < lo or (hi is not None and n > hi):
+        allowed = f"an integer >= {lo}" if hi is None else f"an integer {lo}..{hi}"
+        raise ConfigError(f"{key}={_show(value)}: must be {allowed}{f', or null ({null})' if null else ''}{why}")
+    return n
+
+
+def _float(config: Mapping[str, Any], key: str, lo: float, *, above: bool, hi: float | None = None,
+           below: bool = False, null: str = "", optional: bool = False) -> float | None:
+    """config[key] as a finite number > lo (above) or >= lo, and < hi (below) or <= hi."""
+    value = _get(config, key, _ABSENT if optional else _MISSING)
+    if value is _ABSENT or (value is None and null):
+        return None
+    x = _as_float(value)
+    if x is None or (x <= lo if above else x < lo) or (hi is not None and (x >= hi if below else x > hi)):
+        allowed = f"a finite number {'>' if above else '>='} {lo:g}"
+        if hi is not None:
+            allowed += f" and {'<' if below else '<='} {hi:g}"
+        raise ConfigError(f"{key}={_show(value)}: must be {allowed}{f', or null ({null})' if null else ''}")
+    return x
+
+
+def _choice(config: Mapping[str, Any], key: str, choices: tuple[str, ...], optional: bool = False) -> str | None:
+    value = _get(config, key, _ABSENT if optional else _MISSING)
+    if value is _ABSENT:
+        return None
+    if value not in choices:
+        raise ConfigError(f"{key}={_show(value)}: choose one of: {', '.join(choices)}")
+    return value
+
+
+def uses_fisher(config: Mapping[str, Any]) -> bool:
+    """Whether the run estimates an empirical Fisher (fish and rev masks, adaptive with start=fish)."""
+    mask = config["mask"]
+    return mask["mode"] in FISHER_MODES or (mask["mode"] == "adaptive" and mask.get("start") == "fish")
+
+
+# --- the whole config ---------------------------------------------------------------------------
+
+def check_config(config: Mapping[str, Any]) -> None:
+    """Check every value of a resolved run config that needs no model; raise ConfigError on the first
+    bad one, naming the key, the value and what is allowed."""
+    try:
+        get_task(_get(config, "task.name"))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    model, peft, mask = _get(config, "model"), _get(config, "peft"), _get(config, "mask")
+    check_model_config(model)
+    mode = _get(config, "mask.mode")
+    if mode == "adaptive":
+        _choice(config, "mask.start", ("all", "fish"), optional=True)
+    else:
+        check_mode(mode)
+    method = _get(config, "peft.name")
+    check_method(method, model["family"])
+
+    # Where the method goes and the budget level that picks the original run's layers.
+    levels = peft.get("budget_layers")
+    if not isinstance(levels, list) or not levels or any(_as_int(x) is None or _as_int(x) < 1 for x in levels):
+        raise ConfigError(f"peft.budget_layers={_show(levels)}: must be a non-empty list of layer counts >= 1")
+    budget = _as_int(_get(config, "budget"))
+    if budget is None or not 1 <= budget <= len(levels):
+        raise ConfigError(f"unknown budget level {_show(config['budget'])}; choose one of: "
+                          f"{', '.join(map(str, range(1, len(levels) + 1)))}")
+    _int(config, "peft.fish_layers", 1)
+    _int(config, "peft.layers", 1, null="the budget level's layers", optional=True)
+    if method in ("lora", "dora", "unipelt"):
+        _int(config, "peft.rank", 1, optional=True)
+        _float(config, "peft.alpha", 0, above=True, null="2 x rank", optional=True)
+    if method in ("lora", "dora"):
+        _float(config, "peft.dropout", 0, above=False, hi=1, below=True, null="none", optional=True)
+        _choice(config, "peft.init", ("pissa", "default"), optional=True)
+    if method in ("prefix", "unipelt"):
+        _int(config, "peft.prefix_length", 1, optional=True)
+    if method == "unipelt":
+        _int(config, "peft.bottleneck", 1, optional=True)
+    if method == "adapter":
+        _float(config, "peft.reduction_factor", 0, above=True, null="16", optional=True)
+    if mode != "none":
+        _int(config, "mask.k", 1, null="the original run's trainable count", optional=True)
+        _int(config, "mask.budget_rank", 1, null="peft.rank", optional=True)
+    if mode == "adaptive":
+        granularity = _get(config, "mask.granularity", "rows:4")
+        if granularity != "tensor" and not re.fullmatch(r"rows:[1-9]\d*", str(granularity)):
+            raise ConfigError(f"mask.granularity={_show(granularity)}: choose tensor or rows:N (N >= 1)")
+        _int(config, "mask.fisher_interval", 1, optional=True)
+        _int(config, "mask.freeze_interval", 1, optional=True)
+        _float(config, "mask.fisher_decay", 0, above=False, hi=1, below=True, optional=True)
+        _float(config, "mask.drift_decay", 0, above=False, hi=1, below=True, optional=True)
+        _float(config, "mask.threshold_std", -math.inf, above=True, optional=True)
+        _float(config, "mask.max_freeze_fraction", 0, above=True, hi=1, optional=True)
+        _float(config, "mask.min_active_ratio", 0, above=False, hi=1, optional=True)
+
+    # numpy's seed takes 0..2**32-1, and transformers.set_seed seeds numpy.
+    _int(config, "seed", 0, 2**32 - 1)
+    glue_dir = _get(config, "data.glue_dir")
+    if glue_dir is not None and not isinstance(glue_dir, str):
+        raise ConfigError(f"data.glue_dir={_show(glue_dir)}: must be a folder path, or null (the hub dataset)")
+    _int(config, "data.train_samples", 1, null="all")
+    _int(config, "data.dev_samples", 1, null="all")
+    _int(config, "train.batch_size", 1)
+    _int(config, "train.eval_batch_size", 1)
+    _float(config, "train.lr", 0, above=True, null="the task table's")
+    _float(config, "train.lr_scale", 0, above=True)
+    _float(config, "train.weight_decay", 0, above=False)
+    _int(config, "train.max_epochs", 1)
+    # 0 would stop after the first epoch whatever it scored: train.max_epochs=1 says that plainly.
+    _int(config, "train.patience", 1, why=" (epochs without a better dev score before stopping)")
+    _choice(config, "train.precision", PRECISIONS)
+    device = _get(config, "train.device")
+    if not (device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", str(device))):
+        raise ConfigError(f"train.device={_show(device)}: choose one of: auto, cpu, cuda, cuda:N")
+    if uses_fisher(config):
+        why = f" (mask={mode} ranks entries by a Fisher estimated on that many training samples)"
+        _int(config, "fisher.samples", 1, why=why)
+        _int(config, "fisher.chunk_size", 1, why=" (samples per backward pass of the Fisher)")
+
+
+# --- the hub ------------------------------------------------------------------------------------
+
+def _offline(*names: str) -> str | None:
+    """The first of these environment variables that is set to a true value (huggingface_hub's reading)."""
+    for name in names:
+        if os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE"):
+            return name
+    return None
+
+
+def _hub_unreachable() -> str | None:
+    """Why the hub cannot be reached (None when it can, or when a proxy decides): one TCP connect, so a
+    machine without internet hears it in seconds instead of after the libraries' retries (~30 s)."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        socket.create_connection((url.hostname, url.port or (80 if url.scheme == "http" else 443)), timeout=5).close()
+    except OSError as e:
+        return f"{url.hostname} cannot be reached from this machine ({e.strerror or e})"
+    return None
+
+
+_LOCAL_FIX = "or set {key} to a local folder"
+
+
+def check_hub_model(repo_id: str, key: str = "model.path") -> None:
+    """A hub model that cannot be had (not cached and offline, unreachable, gated, missing) -> one line
+    naming it, why, and the fix. A model whose config.json is in the local cache passes."""
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+        return
+    local = _LOCAL_FIX.format(key=key)
+    head = f"hub model {repo_id!r} cannot be had"
+    if offline := _offline("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        raise ConfigError(f"{head}: it is not in the local cache and {offline}=1 forbids downloading; "
+                          f"run with {offline}=0 to download it, {local}")
+    if why := _hub_unreachable():
+        raise ConfigError(f"{head}: it is not in the local cache and {why}; download it where the hub is "
+                          f"reachable and copy the cache over, {local}")
+    try:
+        hf_hub_download(repo_id, "config.json")
+    except GatedRepoError:
+        raise ConfigError(f"{head}: it is gated and this machine has no access; accept its licence on "
+                          f"huggingface.co, then `huggingface-cli login` or set HF_TOKEN, {local}") from None
+    except RepositoryNotFoundError:
+        raise ConfigError(f"{head}: no such repository on the hub (or it is private: `huggingface-cli login` "
+                          f"or HF_TOKEN); check {key}, {local}") from None
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"{head}: {reason}; {local}") from None
+
+
+def check_hub_dataset(repo_id: str, name: str) -> None:
+    """The hub dataset (data.glue_dir=null) that cannot be had -> one line naming it, why and the fix."""
+    head = f"hub dataset {repo_id!r} ({name}) cannot be had"
+    local = "or set data.glue_dir (or GLUE_DIR) to a folder in the GLUE download layout"
+    offline = _offline("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    if not offline and (why := _hub_unreachable()):
+        raise ConfigError(f"{head}: {why}; {local}")
+    import datasets  # here: only hub runs need it (about a second to import)
+
+    try:
+        datasets.load_dataset_builder(repo_id, name)
+    except ConnectionError:
+        if offline:
+            raise ConfigError(f"{head}: it is not in the local cache and {offline}=1 forbids downloading; "
+                              f"run with {offline}=0 to download it, {local}") from None
+        raise ConfigError(f"{head}: the hub cannot be reached; {local}") from None
+    except Exception as e:  # noqa: BLE001 - gated, missing, a broken cache: all end in the same one line
+        gated = "gated" in str(e).lower()
+        reason = ("it is gated: `huggingface-cli login` or set HF_TOKEN" if gated
+                  else (str(e).strip().splitlines() or [type(e).__name__])[0])
+        raise ConfigError(f"{head}: {reason}; {local}") from None
+
+
+def check_hub(config: Mapping[str, Any]) -> None:
+    """A hub model or the hub GLUE dataset this run needs and cannot have: one line before training."""
+    model = config["model"]
+    if model["source"] == "hub" and not os.path.isdir(str(model["path"])):
+        check_hub_model(model["path"])
+    if model.get("tokenizer") and not os.path.isdir(str(model["tokenizer"])):
+        check_hub_model(model["tokenizer"], key="model.tokenizer")
+    if config["data"]["glue_dir"] is None:
+        from .data import HUB_DATASET
+
+        check_hub_dataset(HUB_DATASET, config["task"]["name"])
