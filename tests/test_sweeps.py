@@ -85,3 +85,13 @@ def test_command_line_narrows_a_sweep():
     # Extra fixed overrides ride along on every job without multiplying the sweep.
     jobs = job_overrides("table3", ["train.max_epochs=1"])
     assert len(jobs) == 120 and all("train.max_epochs=1" in j for j in jobs)
+
+
+def test_every_run_of_every_table_passes_the_config_check(rte_configs):
+    """The checks refuse no run a paper table needs (fishtune/validate.py reads these very configs)."""
+    from fishtune.validate import check_config
+
+    for configs in rte_configs.values():
+        for c in configs:
+            check_config(c)
+    check_config(compose_run(["+experiment=table1", "profile=quick", "task=rte", "peft=ia3", "mask=fish"]))
