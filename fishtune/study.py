@@ -281,7 +281,10 @@ def report(runs_dir: str | Path, out: str | Path, n_resamples: int = 1000, verbo
     """Write every output of the study (see the module docstring); returns the tables."""
     say = print if verbose else (lambda *a, **k: None)
     out = Path(out)
-    results = [r for r in load_results(runs_dir) if (r.get("best") or {}).get("score") is not None]
+    unreadable: list[str] = []
+    results = [r for r in load_results(runs_dir, unreadable) if (r.get("best") or {}).get("score") is not None]
+    for u in unreadable:  # a cut file is skipped (its run redoes it), never fatal
+        say(f"fishtune.study: skipped unreadable {u}")
     df = frame(results)
     if df.empty:
         say(f"fishtune.study: no study result files under {runs_dir}")
