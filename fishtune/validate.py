@@ -181,7 +181,7 @@ def check_config(config: Mapping[str, Any]) -> None:
         get_task(_get(config, "task.name"))
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    model, peft, mask = _get(config, "model"), _get(config, "peft"), _get(config, "mask")
+    model, peft = _get(config, "model"), _get(config, "peft")
     check_model_config(model)
     mode = _get(config, "mask.mode")
     if mode == "adaptive":
