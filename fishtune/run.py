@@ -22,13 +22,12 @@ from transformers import set_seed
 from . import data as glue
 from . import tracking
 from .adaptive import AdaptiveFreezer, AdaptiveSettings
-from .fisher import empirical_fisher
-from .masks import build_mask, check_mode, load_mask_file, save_mask_file
+from .masks import apply_masks, check_mode, fish_masks, load_mask_file, save_mask_file
 from .methods import check_method, count_on_meta, insert_method, original_layers, run_layers, split_trainable
 from .models import DECODER_FAMILIES, check_model_config, load_model, load_tokenizer, model_config
 from .results import git_commit, now_iso, package_versions, result_path, write_json_atomic, SCHEMA, config_hash
 from .tasks import TaskSpec, get_task
-from .train import TrainSettings, apply_masks, train
+from .train import TrainSettings, train
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 # Config groups whose options all live in conf/ (hydra/* groups also have options from plugins).
@@ -113,20 +112,12 @@ def _device_and_precision(train_cfg: dict) -> tuple[str, bool]:
     return device, bf16
 
 
-def fisher_scores(model, head: dict, candidates: dict, train_set: list[dict], tokenizer, fisher_cfg: dict,
-                  seed: int) -> dict[str, torch.Tensor]:
-    """Empirical Fisher of the candidates on a seeded choice of `fisher_cfg['samples']` training examples."""
+def fisher_batches(train_set: list[dict], tokenizer, fisher_cfg: dict, seed: int):
+    """The Fisher's samples: a seeded choice of `fisher_cfg['samples']` training examples, in
+    chunks sorted by length (less padding)."""
     n = int(fisher_cfg["samples"])
-    loader = glue.make_loader(glue.subsample(train_set, n, seed), tokenizer, int(fisher_cfg["chunk_size"]),
-                              sort_by_length=True)
-    for q in head.values():  # the head is always trained: no need to score it
-        q.requires_grad_(False)
-    try:
-        fisher = empirical_fisher(model, loader, n)
-    finally:
-        for q in head.values():
-            q.requires_grad_(True)
-    return {name: fisher[name] for name in candidates}
+    return glue.make_loader(glue.subsample(train_set, n, seed), tokenizer, int(fisher_cfg["chunk_size"]),
+                            sort_by_length=True)
 
 
 def execute(p: Plan, progress: bool = True) -> dict:
@@ -164,15 +155,14 @@ def execute(p: Plan, progress: bool = True) -> dict:
     elif mask_file.exists():  # a resumed run keeps the mask it started with
         masks, fisher_seconds = load_mask_file(mask_file)
     else:
-        scores = {n: torch.zeros_like(q) for n, q in candidates.items()}
-        if select in ("fish", "rev"):
-            t0 = time.perf_counter()
-            scores = fisher_scores(model, head, candidates, splits["train"], tokenizer, cfg["fisher"], seed)
-            fisher_seconds = time.perf_counter() - t0
-        masks = build_mask(scores, p.k - p.head, select, seed)
+        t0 = time.perf_counter()
+        batches = fisher_batches(splits["train"], tokenizer, cfg["fisher"], seed) if select in ("fish", "rev") else None
+        masks = fish_masks(model, batches, p.k, select, num_samples=int(cfg["fisher"]["samples"]), seed=seed,
+                           head=list(head))
+        masks = {n: masks[n] for n in candidates}  # the mask file keeps the method's entries; the head trains in full
+        fisher_seconds = time.perf_counter() - t0 if batches is not None else 0.0
         save_mask_file(mask_file, masks, fisher_seconds)
-    partial = apply_masks(model, masks)
-    trainable = p.head + sum(int(m.sum()) for m in masks.values())
+    trainable = apply_masks(model, masks)
     freezer = None
     if p.mode == "adaptive":
         freezer = AdaptiveFreezer(model, masks, AdaptiveSettings(**{
@@ -188,7 +178,7 @@ def execute(p: Plan, progress: bool = True) -> dict:
     checkpoint = p.path.with_suffix(".ckpt.pt")
     # A requeued (or rerun) job continues after the last epoch its checkpoint holds.
     resumed_from = int(torch.load(checkpoint, weights_only=False)["epoch"]) if checkpoint.exists() else None
-    outcome = train(model, train_loader, dev_loader, task, settings, partial, checkpoint=checkpoint,
+    outcome = train(model, train_loader, dev_loader, task, settings, masks, checkpoint=checkpoint,
                     on_epoch=tracker[0] if tracker else None, freezer=freezer)
 
     result = {
