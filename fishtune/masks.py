@@ -196,7 +196,7 @@ def original_k(build: Callable[[], nn.Module]) -> int:
         return trainable_entries(build())
 
 
-def save_masks(masks: Mapping[str, torch.Tensor], directory: str | Path, **metadata) -> Path:
+def save_masks(masks: Mapping[str, torch.Tensor], directory: str | Path, **metadata: object) -> Path:
     """Write the masks to `directory`/fish_mask.safetensors, e.g. beside a peft adapter saved
     with save_pretrained, so that a trained FISH adapter is shared with its mask.
 
@@ -215,7 +215,7 @@ def save_masks(masks: Mapping[str, torch.Tensor], directory: str | Path, **metad
 
 
 def load_masks(path: str | Path) -> dict[str, torch.Tensor]:
-    """The masks save_masks wrote: `path` is the directory (or the file itself)."""
+    """The masks save_masks wrote (sorted by name): `path` is the directory, or the file itself."""
     from safetensors.torch import load_file
 
     path = Path(path)
