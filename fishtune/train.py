@@ -48,12 +48,14 @@ class TrainResult:
 
 
 def masked_adam(model: nn.Module, masks: Mapping[str, torch.Tensor], settings: TrainSettings) -> MaskedOptimizer:
-    """Adam over the trainable parameters with decoupled weight decay (AdamW), masked: the entries
-    `masks` leave out (absent = fully trainable) never change (fishtune.optim)."""
+    """Adam over the trainable parameters, with decoupled weight decay (AdamW) if any, masked: the
+    entries `masks` leave out (absent = fully trainable) never change (fishtune.optim)."""
     params = [p for p in model.parameters() if p.requires_grad]
     fused = all(p.is_cuda for p in params)
-    adam = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay, fused=fused or None,
-                             foreach=None if fused else True)
+    # Without decay, plain Adam: the very optimizer (and CUDA kernel) of every earlier fishtune run.
+    adam_class = torch.optim.AdamW if settings.weight_decay else torch.optim.Adam
+    adam = adam_class(params, lr=settings.lr, weight_decay=settings.weight_decay, fused=fused or None,
+                      foreach=None if fused else True)
     return MaskedOptimizer(adam, model, masks)
 
 
