@@ -332,9 +332,8 @@ def optimizer_step_overhead(model, masks, repeats: int = 200) -> dict:
     for p in params:
         p.grad = torch.randn_like(p) * 1e-3
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    settings = TrainSettings(lr=1e-8)
-    opts = {"none": masked_adam(model, {}, settings),
-            "masked": masked_adam(model, {n: m for n, m in masks.items() if n in named}, settings)}
+    settings, trainable_masks = TrainSettings(lr=1e-8), {n: m for n, m in masks.items() if n in named}
+    opts = {"none": masked_adam(model, {}, settings), "masked": masked_adam(model, trainable_masks, settings)}
     times = {k: [] for k in opts}
     saved = [p.detach().clone() for p in params]
     grads = [p.grad.clone() for p in params]
@@ -351,7 +350,7 @@ def optimizer_step_overhead(model, masks, repeats: int = 200) -> dict:
             p.grad = None
     med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     return {"median_ms": {k: round(v, 4) for k, v in med.items()}, "masked_minus_none_ms": round(med["masked"] - med["none"], 4),
-            "params": len(params), "masked_params": len(float_masks)}
+            "params": len(params), "masked_params": len(trainable_masks)}
 
 
 def fmt_check(name: str, value: float) -> str:
