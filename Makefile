@@ -44,7 +44,7 @@ run: setup
 	$(BIN)/python -m fishtune.run $(ARGS)
 
 # The two example scripts (README "FISH masks in your own code") on small sizes: the embedded
-# MiniLM, SST-2 from $$GLUE_DIR, offline; about a minute. Without a size they train on 2,000 examples.
+# MiniLM, SST-2 from $$GLUE_DIR, offline; about 3 minutes of CPU time. Without sizes they train on 2,000 examples.
 EXAMPLE_SIZES ?= --train-samples 256 --dev-samples 256 --epochs 1
 examples: setup
 	$(BIN)/python examples/trainer_fish.py $(EXAMPLE_SIZES)
