@@ -132,3 +132,21 @@ test-slurm: setup
 .PHONY: bench
 bench: setup
 	$(BIN)/python benchmarks/bench.py
+
+# The study (docs/STUDY.md): original, fish, rand, rev and adaptive LoRA on the embedded MiniLM, 2
+# budget levels x 4 tasks x 5 seeds = 200 runs under profile=study, then results/study/ (tables with
+# intervals, paired tests, figure). The result files live in results/study/runs/ and are committed:
+# finished runs are skipped, so `make study` on a fresh clone only rebuilds the tables, and an
+# interrupted study resumes. Local worker processes by default (STUDY_LAUNCHER=basic|parallel|slurm).
+STUDY_RUNS ?= results/study/runs
+STUDY_LAUNCHER ?= parallel
+.PHONY: study study-report
+study: setup
+	@jobs=$${FISHTUNE_JOBS:-2}; threads=$$(( $$(nproc) / jobs )); \
+	FISHTUNE_JOBS=$$jobs OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(( threads > 0 ? threads : 1 ))} \
+	$(BIN)/python -m fishtune.run -m +experiment=study paths.runs_dir=$(STUDY_RUNS) \
+		$(if $(filter-out basic,$(STUDY_LAUNCHER)),hydra/launcher=$(STUDY_LAUNCHER)) $(ARGS); status=$$?; \
+	$(BIN)/python -m fishtune.study --runs-dir $(STUDY_RUNS) --out results/study; exit $$status
+
+study-report: setup
+	$(BIN)/python -m fishtune.study --runs-dir $(STUDY_RUNS) --out results/study

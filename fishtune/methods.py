@@ -17,6 +17,7 @@ Layers are always the bottom L: indices 0..L-1 of the model's block list (models
 """
 from __future__ import annotations
 
+import json
 import logging
 import re
 from dataclasses import dataclass
@@ -249,13 +250,21 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
+# Counts depend on the configs only: a sweep's process (or a study skipping its finished runs)
+# builds each shape once instead of twice per run.
+_COUNTS: dict[tuple, dict[str, int]] = {}
+
+
 def count_on_meta(conf, peft_cfg: Mapping[str, Any], layers: int, family: str) -> dict[str, int]:
     """Trainable, head and total parameter counts of a method on `layers` layers, from the config
     alone (meta device: no weights, no download)."""
-    cfg = dict(peft_cfg, init="default")  # PiSSA's SVD needs real weights; counts do not
-    model = build_on_meta(conf)
-    with torch.device("meta"):  # the inserted parameters too: a 1B model's adapters stay unallocated
-        model = insert_method(model, cfg, layers, family)
-    head, _ = split_trainable(model, family)
-    trainable, total = count_parameters(model)
-    return {"trainable": trainable, "head": sum(p.numel() for p in head.values()), "total": total}
+    key = (conf.to_json_string(), json.dumps(dict(peft_cfg), sort_keys=True, default=str), layers, family)
+    if key not in _COUNTS:
+        cfg = dict(peft_cfg, init="default")  # PiSSA's SVD needs real weights; counts do not
+        model = build_on_meta(conf)
+        with torch.device("meta"):  # the inserted parameters too: a 1B model's adapters stay unallocated
+            model = insert_method(model, cfg, layers, family)
+        head, _ = split_trainable(model, family)
+        trainable, total = count_parameters(model)
+        _COUNTS[key] = {"trainable": trainable, "head": sum(p.numel() for p in head.values()), "total": total}
+    return dict(_COUNTS[key])

@@ -12,6 +12,7 @@ from typing import Any, Mapping
 import torch
 from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, BertConfig,
                           LlamaConfig, ModernBertConfig, PretrainedConfig, PreTrainedTokenizerBase)
+from transformers.utils import logging as hf_logging
 
 # The loss and the heads belong to the library (fishtune.fisher, fishtune.masks); kept importable here.
 from .fisher import classification_loss  # noqa: F401
@@ -75,7 +76,14 @@ def load_model(cfg: Mapping[str, Any], num_labels: int, tokenizer=None) -> torch
     if cfg["source"] == "tiny":
         return AutoModelForSequenceClassification.from_config(conf)
     path = embedded_path() if cfg["source"] == "embedded" else cfg["path"]
-    return AutoModelForSequenceClassification.from_pretrained(path, config=conf, torch_dtype=torch.float32)
+    # The head is new by design: transformers' "Some weights ... newly initialized" warning would
+    # only repeat that once per run, burying a sweep's output.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(path, config=conf, dtype=torch.float32)
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
 
 def build_on_meta(conf: PretrainedConfig) -> torch.nn.Module:

@@ -29,7 +29,8 @@ from omegaconf import OmegaConf
 from .results import config_hash
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-EXPERIMENTS = ("table1", "table2", "table3", "table4", "table5", "figure3")
+EXPERIMENTS = ("table1", "table2", "table3", "table4", "table5", "figure3")   # the paper's tables and figure
+STUDIES = ("study",)   # our own sweeps (docs/STUDY.md)
 
 
 class _Hydra:
@@ -98,9 +99,9 @@ def describe(config: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("experiment", nargs="?", choices=EXPERIMENTS)
+    ap.add_argument("experiment", nargs="?", choices=EXPERIMENTS + STUDIES)
     ap.add_argument("overrides", nargs="*", help="Hydra overrides, as on the fishtune.run command line")
-    ap.add_argument("--all", action="store_true", help="count every experiment and the union of their runs")
+    ap.add_argument("--all", action="store_true", help="count every paper experiment and the union of their runs")
     args = ap.parse_args(argv)
     if args.all:
         union: dict[str, dict] = {}

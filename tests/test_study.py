@@ -1,0 +1,102 @@
+"""The study: its sweep expands to exactly the documented runs, and its report's numbers equal their
+independent references (scipy's t-interval and paired t-test, scikit-learn's majority-class scores)."""
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+from fishtune.study import report, t_interval, trivial_baseline
+from fishtune.sweeps import job_overrides, run_configs
+
+# docs/STUDY.md: 5 seeds x 2 budget levels x 5 rows x 4 tasks.
+AXES = {"seed": ["1", "2", "3", "4", "5"], "budget": ["1", "2"],
+        "mask": ["none", "fish", "rand", "rev", "adaptive_fish"], "task": ["sst2", "stsb", "cola", "wnli"]}
+
+
+def test_study_sweep_is_the_documented_product_seed_major():
+    jobs = job_overrides("study")
+    assert len(jobs) == 200
+    chosen = [{o.split("=")[0]: o.split("=")[1] for o in job if "=" in o and not o.startswith("+")} for job in jobs]
+    assert {tuple(c[k] for k in AXES) for c in chosen} == set(itertools.product(*AXES.values()))
+    assert all(c["profile"] == "study" and c["model"] == "minilm" and c["peft"] == "lora" for c in chosen)
+    # The seed varies slowest: an interrupted study has whole seeds done first.
+    assert [c["seed"] for c in chosen] == sorted(c["seed"] for c in chosen)
+
+
+def test_study_profile_and_adaptive_row_compose_as_documented():
+    configs = run_configs("study", ["seed=1", "budget=1", "task=sst2"])
+    assert len(configs) == 5
+    for c in configs:
+        assert c["data"] == {**c["data"], "train_samples": 1000, "dev_samples": None}
+        assert (c["train"]["batch_size"], c["train"]["max_epochs"], c["train"]["lr_scale"]) == (16, 3, 100.0)
+        assert c["fisher"]["samples"] == 128
+    adaptive = [c for c in configs if c["mask"]["mode"] == "adaptive"]
+    assert len(adaptive) == 1 and adaptive[0]["mask"]["start"] == "fish"   # starts at the budget's k
+
+
+def test_t_interval_equals_scipy():
+    values = [71.2, 74.8, 69.9, 75.3, 72.0]
+    mean, std, n, lo, hi = t_interval(values)
+    ref = stats.t.interval(0.95, len(values) - 1, loc=np.mean(values), scale=stats.sem(values))
+    assert (n, mean, std) == (5, pytest.approx(np.mean(values)), pytest.approx(np.std(values, ddof=1)))
+    assert (lo, hi) == (pytest.approx(ref[0]), pytest.approx(ref[1]))
+    assert math.isnan(t_interval([3.0])[3]) and t_interval([])[2] == 0
+
+
+@pytest.mark.parametrize("task,labels,expected", [
+    ("sst2", [1, 1, 0, 1, 0, 1, 1], lambda y: 100 * accuracy_score(y, [1] * len(y))),
+    ("mrpc", [1, 0, 1, 1, 0], lambda y: 50 * (f1_score(y, [1] * len(y)) + accuracy_score(y, [1] * len(y)))),
+    ("mrpc", [0, 0, 1, 0, 0], lambda y: 50 * (f1_score(y, [0] * len(y)) + accuracy_score(y, [0] * len(y)))),
+    ("cola", [1, 0, 1, 1], lambda y: 100 * matthews_corrcoef(y, [1] * len(y))),
+    ("stsb", [0.5, 4.2, 3.1, 2.0], lambda y: 0.0),
+])
+def test_trivial_baseline_is_the_majority_class_score(task, labels, expected):
+    assert trivial_baseline(task, labels) == pytest.approx(expected(labels))
+
+
+def _result(runs_dir, task, mask, budget, seed, preds, labels, score):
+    result = {"schema": 1, "run_id": f"{task}-{mask}-{budget}-{seed}", "model": "minilm", "method": "lora",
+              "task": task, "mask": mask, "budget": budget, "seed": seed, "layers": 5, "rank": 1,
+              "trainable": 3074, "total": 22_700_000, "ratio_pct": 0.0135, "budget_ratio_pct": 0.0135,
+              "best": {"epoch": 1, "score": score, "metrics": {}}, "dev_labels": labels, "dev_predictions": preds,
+              "finished_at": "2026-12-01T00:00:00"}
+    if mask == "adaptive":
+        result["ratio_pct_mean"] = 0.0135 * 0.95   # a mean count 5 % below k: budget-matched
+    (runs_dir / f"{result['run_id']}.json").write_text(json.dumps(result))
+
+
+def test_report_cells_paired_tests_and_baseline_row(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = [int(v) for v in rng.integers(0, 2, 60)]
+    scores = {}
+    for mask, seed in itertools.product(("none", "fish", "adaptive"), range(1, 6)):
+        flip = rng.random(60) < (0.2 if mask == "fish" else 0.35)   # fish predicts better
+        preds = [1 - y if f else y for y, f in zip(labels, flip)]
+        scores[mask, seed] = 100 * accuracy_score(labels, preds)
+        _result(tmp_path, "sst2", mask, 1, seed, preds, labels, scores[mask, seed])
+    out = report(tmp_path, tmp_path / "out", n_resamples=200, verbose=False)
+    table, paired = out["table"], out["paired"]
+
+    base = table[table["row"] == "baseline"].iloc[0]
+    majority = max(set(labels), key=labels.count)
+    assert base["SST-2"] == pytest.approx(100 * accuracy_score(labels, [majority] * 60))
+
+    fish = table[(table["row"] == "fish") & (table["budget"] == 1)].iloc[0]
+    values = [scores["fish", s] for s in range(1, 6)]
+    lo, hi = stats.t.interval(0.95, 4, loc=np.mean(values), scale=stats.sem(values))
+    assert (fish["SST-2_n"], fish["SST-2"], fish["SST-2_lo"], fish["SST-2_hi"]) == (
+        5, pytest.approx(np.mean(values)), pytest.approx(lo), pytest.approx(hi))
+    assert "not budget-matched" not in table[table["row"] == "adaptive"].iloc[0]["label"]
+
+    row = paired[(paired["comparison"] == "fish - original") & (paired["task"] == "all")].iloc[0]
+    original = [scores["none", s] for s in range(1, 6)]
+    assert row["pairs"] == 5
+    assert row["mean_diff"] == pytest.approx(np.mean(values) - np.mean(original))
+    assert row["p_ttest"] == pytest.approx(stats.ttest_rel(values, original).pvalue)
+    assert row["boot_pairs"] == 5 and row["boot_better"] + row["boot_worse"] <= 5
+    for name in ("table5.csv", "table5.tex", "paired.csv", "summary.md", "figure.png", "figure.pdf"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
