@@ -9,7 +9,7 @@ The package holds three kinds of code, in one flat folder:
   other two kinds (tests/test_api.py checks).
 * the harness that runs the paper's experiments from Hydra configs: tasks, data, models, methods,
   schedules, train, run, results, metrics, tracking, sweeps (`python -m fishtune.run ...`).
-* the reports built from result files: aggregate, mask_report, sweep_summary, paper, ratios.
+* the reports built from result files: aggregate, mask_report, sweep_summary, paper, ratios, study.
 
 The library's names are attributes of the package, imported on first use, so that `import
 fishtune` stays light (no torch until a name is used):
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 LIBRARY = ("fisher", "masks", "optim", "callback", "adaptive", "batching")
 HARNESS = ("tasks", "data", "models", "methods", "schedules", "train", "run", "results", "metrics", "tracking",
            "sweeps")
-REPORTS = ("aggregate", "mask_report", "sweep_summary", "paper", "ratios")
+REPORTS = ("aggregate", "mask_report", "sweep_summary", "paper", "ratios", "study")
 
 # name -> the library module that defines it
 _EXPORTS = {
