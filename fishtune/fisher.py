@@ -113,7 +113,7 @@ def _fisher_loop(model, params, batches, regression) -> dict[str, torch.Tensor]:
         keep = mask.bool() if mask is not None else None
         for i in range(len(labels)):
             # Trim this sample's padding: the result is the same, the work is smaller.
-            one = {k: (v[i:i + 1, keep[i]] if keep is not None and v.dim() == 2 and v.shape == keep.shape else v[i:i + 1])
+            one = {k: (v[i:i + 1, keep[i]] if keep is not None and v.shape == keep.shape else v[i:i + 1])
                    for k, v in inputs.items()}
             loss = classification_loss(model(**one).logits, labels[i:i + 1], regression, reduction="sum")
             grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
