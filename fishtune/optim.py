@@ -5,8 +5,8 @@ given, L2 decay (SGD, Adam) turns the entry itself into a gradient, and momentum
 before the mask keep moving it. So both things happen around every optimizer step: the gradients
 of masked-out entries are zeroed first (so that moments, norms and trust ratios see only the chosen
 entries), and after the step the masked-out entries are written back from a copy taken just before
-it, whatever the optimizer did to them. The copy covers only parameters that are partly chosen (or,
-not frozen by apply_masks, not chosen at all): a PEFT method's few tensors.
+it, whatever the optimizer did to them. The copy covers only the parameters that a mask leaves
+entries out of and the optimizer holds: a PEFT method's few tensors, never the frozen base model.
 
 With torch.optim.Adam(W) and no weight decay the write-back changes nothing: a zero gradient keeps
 Adam's moments at zero and its update at 0 / (sqrt(0) + eps) = 0. fishtune's own loop is that case.
