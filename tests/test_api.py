@@ -1,6 +1,7 @@
-"""The public library API (`import fishtune`) on models built with peft and adapters directly, as a
-user's own script builds them: masks with exactly k trainable entries, and training through
-MaskedOptimizer or transformers.Trainer + FishMaskCallback that changes exactly the chosen entries.
+"""The public library API (`import fishtune`) on models built with peft and adapters directly (or with
+trainable parameters chosen by hand), as a user's own script builds them: masks with exactly k trainable
+entries, and training through MaskedOptimizer or transformers.Trainer + FishMaskCallback that changes
+exactly the chosen entries.
 Every check compares with the tensors as they were before training, not with the library's view."""
 import ast
 import itertools
@@ -60,7 +61,16 @@ def houlsby(seed=0):
     return model
 
 
-MODELS = {"peft_lora": peft_lora, "peft_ia3": peft_ia3, "adapters_houlsby": houlsby}
+def own_choice(seed=0):
+    """No PEFT library: the user trains the biases of the bottom 3 layers and the classifier (BitFit-like)."""
+    model = base(seed)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith("classifier.") or
+                         (name.endswith(".bias") and any(f"layer.{i}." in name for i in range(3))))
+    return model
+
+
+MODELS = {"peft_lora": peft_lora, "peft_ia3": peft_ia3, "adapters_houlsby": houlsby, "own_choice": own_choice}
 
 
 def batches(n=None, batch_size=8):
