@@ -1,6 +1,6 @@
 """fishtune's own loop vs transformers.Trainer + FishMaskCallback on the same FISH mask.
 
-    OMP_NUM_THREADS=1 python scripts/compare_trainer.py            # ~20 min on one CPU thread
+    OMP_NUM_THREADS=1 python scripts/compare_trainer.py     # 47 min on one thread of a busy 2-core machine
 
 Per seed: one harness run (`python -m fishtune.run model=minilm task=sst2 mask=fish budget=1`,
 LoRA r1 on 5 layers, lr 5e-3, batch 32, 3 epochs, 2000 training examples, the full dev set); then
