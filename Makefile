@@ -18,12 +18,13 @@ endif
 # Extra Hydra overrides for `make run`.
 ARGS ?=
 
-.PHONY: setup demo test run clean help
+.PHONY: setup demo test run examples clean help
 
 help:
 	@echo "make demo   - install, then compare original LoRA with fish/rand/rev masks on the embedded model"
 	@echo "make test   - install, then run the test suite"
 	@echo "make run ARGS='task=rte mask=fish' - one run with Hydra overrides"
+	@echo "make examples - FISH masks in your own code: examples/trainer_fish.py and plain_loop.py, small sizes"
 
 # Idempotent: reinstalls only when pyproject.toml or requirements.lock changed.
 setup: $(STAMP)
@@ -42,6 +43,13 @@ test: setup
 
 run: setup
 	$(BIN)/python -m fishtune.run $(ARGS)
+
+# The two example scripts (README "FISH masks in your own code") on small sizes: the embedded
+# MiniLM, SST-2 from $$GLUE_DIR, offline; about 3 minutes of CPU time. Without sizes they train on 2,000 examples.
+EXAMPLE_SIZES ?= --train-samples 256 --dev-samples 256 --epochs 1
+examples: setup
+	$(BIN)/python examples/trainer_fish.py $(EXAMPLE_SIZES)
+	$(BIN)/python examples/plain_loop.py $(EXAMPLE_SIZES)
 
 clean:
 	rm -rf runs outputs multirun .pytest_cache

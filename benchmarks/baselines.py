@@ -19,7 +19,7 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 
 from fishtune.batching import group_cost_tokens, length_groups, model_inputs
 from fishtune.models import classification_loss
-from fishtune.train import MaskedAdam
+from fishtune.train import TrainSettings, masked_adam
 
 from timing import TickLoader
 
@@ -61,10 +61,10 @@ def plain_backward(model: torch.nn.Module, batches: Iterable, tick: Callable[[],
 def plain_train(model: torch.nn.Module, batches: Iterable, lr: float, tick: Callable[[], None],
                 limit: int | None = None) -> None:
     """The textbook step on each whole batch as the loader pads it: forward, mean loss, backward,
-    Adam (fishtune's MaskedAdam without masks, the same maths as fishtune.train). fp32."""
+    Adam (fishtune.train's masked Adam without masks, the same maths as fishtune.train). fp32."""
     params = [p for p in model.parameters() if p.requires_grad]
     device, regression = params[0].device, model.config.num_labels == 1
-    opt = MaskedAdam(model, {}, lr)
+    opt = masked_adam(model, {}, TrainSettings(lr=lr))
     model.train()
     for batch in TickLoader(batches, tick, limit):
         inputs, labels = model_inputs(batch, device)

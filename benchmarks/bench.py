@@ -50,7 +50,8 @@ from fishtune.methods import insert_method, split_trainable
 from fishtune.models import load_model, load_tokenizer
 from fishtune.results import package_versions
 from fishtune.tasks import get_task
-from fishtune.train import TrainSettings, apply_masks, train
+from fishtune.masks import apply_masks
+from fishtune.train import TrainSettings, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines import (RecordingCollator, padded_loop_fisher, plain_backward, plain_train,  # noqa: E402
@@ -237,7 +238,7 @@ def train_section(args, model, tok, masks, device, bf16) -> dict:
     models = {"none": model}
     for name in ("fish", "trainer", "fixed", "dynamic"):
         models[name] = copy.deepcopy(model)
-    partial = apply_masks(models["fish"], masks)
+    apply_masks(models["fish"], masks)
 
     def ours(name, loader, limit=None, masks=None):
         return lambda tick: train(models[name], TickLoader(loader, tick, limit), dev_loader, task, settings, masks)
@@ -256,7 +257,7 @@ def train_section(args, model, tok, masks, device, bf16) -> dict:
     longest = sorted(encoded, key=lambda e: len(e["input_ids"]))[-args.batch_size:]
     probes = {
         "none": ours("none", dynamic_loader(longest)),
-        "fish": ours("fish", dynamic_loader(longest), masks=partial),
+        "fish": ours("fish", dynamic_loader(longest), masks=masks),
         "trainer": trainer(longest, 1),
         "dynamic": plain("dynamic", dynamic_loader(longest)),
         "fixed": plain("fixed", fixed_loader(longest)),
@@ -270,7 +271,7 @@ def train_section(args, model, tok, masks, device, bf16) -> dict:
     seen = {"none": [], "trainer": []}
     sessions = {
         "mask": {"none": ours("none", dynamic_loader(encoded)),
-                 "fish": ours("fish", dynamic_loader(encoded), masks=partial)},
+                 "fish": ours("fish", dynamic_loader(encoded), masks=masks)},
         "trainer": {"none": ours("none", dynamic_loader(encoded, seen["none"])),
                     "trainer": trainer(encoded, args.train_steps, seen["trainer"])},
     }
@@ -326,15 +327,15 @@ def train_section(args, model, tok, masks, device, bf16) -> dict:
 
 
 def optimizer_step_overhead(model, masks, repeats: int = 200) -> dict:
-    """MaskedAdam.step with and without the masks on the same gradients: the mask's own cost (ms)."""
-    from fishtune.train import MaskedAdam
+    """The masked Adam step with and without the masks on the same gradients: the mask's own cost (ms)."""
+    from fishtune.train import masked_adam
 
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:
         p.grad = torch.randn_like(p) * 1e-3
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    float_masks = {n: m.to(named[n].device, named[n].dtype) for n, m in masks.items() if n in named}
-    opts = {"none": MaskedAdam(model, {}, lr=1e-8), "masked": MaskedAdam(model, float_masks, lr=1e-8)}
+    settings, trainable_masks = TrainSettings(lr=1e-8), {n: m for n, m in masks.items() if n in named}
+    opts = {"none": masked_adam(model, {}, settings), "masked": masked_adam(model, trainable_masks, settings)}
     times = {k: [] for k in opts}
     saved = [p.detach().clone() for p in params]
     grads = [p.grad.clone() for p in params]
@@ -351,7 +352,7 @@ def optimizer_step_overhead(model, masks, repeats: int = 200) -> dict:
             p.grad = None
     med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     return {"median_ms": {k: round(v, 4) for k, v in med.items()}, "masked_minus_none_ms": round(med["masked"] - med["none"], 4),
-            "params": len(params), "masked_params": len(float_masks)}
+            "params": len(params), "masked_params": len(trainable_masks)}
 
 
 def fmt_check(name: str, value: float) -> str:
@@ -404,7 +405,7 @@ def markdown(r: dict) -> str:
         f"(fishtune.batching); padding rows: the textbook step on whole batches; padded to max length vs "
         f"fishtune.train: {t['padding_gain_ours']['median']:.3f}.",
         f"- Fish mask: k = {r['mask']['k']} of {r['mask']['candidates']} LoRA entries; {r['mask']['tensors_frozen']} of "
-        f"{r['mask']['tensors']} tensors frozen, {r['mask']['tensors_partial']} partly masked. MaskedAdam.step with "
+        f"{r['mask']['tensors']} tensors frozen, {r['mask']['tensors_partial']} partly masked. The masked Adam step with "
         f"masks minus without: {r['optimizer_step']['masked_minus_none_ms']:.3f} ms.",
         "- Peak MB: working memory on top of the model, each loop alone on its largest input "
         f"({'CUDA max_memory_allocated' if st['device'] == 'cuda' else 'CPU: sampled RSS after malloc_trim'}).",

@@ -46,6 +46,7 @@ import pandas as pd
 
 from .paper import TABLES, TASK_TITLES, paper_tasks, paper_wide
 from .results import load_failures, load_results, set_aside_files
+from .schedules import run_layers
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 MASK_OF_ROW = {"original": "none", "fish": "fish", "rand": "rand", "rev": "rev"}
@@ -99,18 +100,15 @@ def _budget_rank(run: dict) -> Any:
 
 def nominal_layers(run: dict) -> int | None:
     """The layers a run asked for, which is what a paper row names: peft.layers, else its method's
-    schedule (budget_layers for an original run, fish_layers for a masked one) before
-    fishtune.methods fits a schedule deeper than the model to its depth (IA3's 3/5/8/10 and 12 on
-    the 6-layer MiniLM become 2/3/4/5 and 6). Runs without a config: the layers they used."""
+    schedule (budget_layers for an original run, fish_layers for a masked one) before a schedule
+    deeper than the model is fitted to its depth (IA3's 3/5/8/10 and 12 on the 6-layer MiniLM become
+    2/3/4/5 and 6): fishtune.schedules.run_layers without a depth. Runs without a config: the
+    layers they used."""
     c = run.get("config") or {}
-    peft = c.get("peft") or {}
     try:
-        if peft.get("layers") is not None:
-            return int(peft["layers"])
         mode = (c.get("mask") or {}).get("mode", run.get("mask"))
-        budget = int(c.get("budget", run.get("budget")))
-        return int(peft["budget_layers"][budget - 1] if mode == "none" else peft["fish_layers"])
-    except (KeyError, TypeError, ValueError, IndexError):
+        return run_layers(c["peft"], mode, int(c.get("budget", run.get("budget"))))
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError):
         return run.get("layers")
 
 

@@ -21,7 +21,15 @@ import torch
 from torch import nn
 
 from .batching import group_cost_tokens, length_groups, model_inputs
-from .models import classification_loss
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool,
+                        reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy, or mean squared error for a one-output regression head (STS-B)."""
+    logits = logits.float()
+    if regression:
+        return torch.nn.functional.mse_loss(logits.squeeze(-1), labels.float(), reduction=reduction)
+    return torch.nn.functional.cross_entropy(logits, labels.long(), reduction=reduction)
 
 
 def _linear_owners(model: nn.Module, params: Mapping[str, nn.Parameter]) -> dict[nn.Linear, list[str]]:
@@ -101,10 +109,11 @@ def _fisher_loop(model, params, batches, regression) -> dict[str, torch.Tensor]:
     device = next(iter(params.values())).device
     for batch in batches:
         inputs, labels = model_inputs(batch, device)
-        keep = inputs["attention_mask"].bool()
+        mask = inputs.get("attention_mask")
+        keep = mask.bool() if mask is not None else None
         for i in range(len(labels)):
             # Trim this sample's padding: the result is the same, the work is smaller.
-            one = {k: (v[i:i + 1, keep[i]] if v.dim() == 2 and v.shape == keep.shape else v[i:i + 1])
+            one = {k: (v[i:i + 1, keep[i]] if keep is not None and v.shape == keep.shape else v[i:i + 1])
                    for k, v in inputs.items()}
             loss = classification_loss(model(**one).logits, labels[i:i + 1], regression, reduction="sum")
             grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
@@ -126,7 +135,7 @@ def empirical_fisher(model: nn.Module, batches: Iterable[Mapping[str, torch.Tens
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if not params:
         raise ValueError("the model has no trainable parameters to score")
-    regression = model.config.num_labels == 1
+    regression = getattr(getattr(model, "config", None), "num_labels", None) == 1
     owners = _linear_owners(model, params)
     covered = sum(len(a) for a in owners.values()) == len(params)
     if method == "auto":

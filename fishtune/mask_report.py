@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 from scipy.stats import ttest_rel
 
-from .masks import load_mask_file
+from .results import load_mask_file
 from .metrics import paired_bootstrap
 from .results import load_results
 from .tasks import get_task

@@ -1,17 +1,25 @@
-"""Masks over the candidate parameters: which entries a run trains.
+"""Masks over a model's trainable parameters: which entries train.
 
 Modes: `none` (train everything), `fish` (the k largest Fisher scores), `rev` (the k smallest),
 `rand` (k uniformly at random, seeded). Selection is global over all candidate tensors.
+`build_mask` ranks given scores; `fish_masks` computes them on a model and keeps its head trained.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Iterable, Mapping
 
 import torch
+from torch import nn
 
-from .results import set_aside
-from .validate import MASK_MODES as MODES, check_mode  # the vocabulary, checked without torch
+from . import MASK_MODES as MODES  # defined torch-free in the package, where config checks read it
+from .fisher import empirical_fisher
+
+
+def check_mode(mode: str) -> None:
+    """Reject a mask mode build_mask does not know."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mask mode {mode!r}; choose one of: {', '.join(MODES)}")
 
 
 def build_mask(scores: Mapping[str, torch.Tensor], k: int, mode: str, seed: int = 42) -> dict[str, torch.Tensor]:
@@ -47,30 +55,155 @@ def build_mask(scores: Mapping[str, torch.Tensor], k: int, mode: str, seed: int 
     return out
 
 
-def save_mask_file(path, masks: Mapping[str, torch.Tensor], fisher_seconds: float = 0.0) -> None:
-    """A run's mask beside its result file, with what the Fisher cost (a resumed run reports it)."""
-    torch.save({"masks": dict(masks), "fisher_seconds": float(fisher_seconds)}, path)
+# --- masks over a model: the public API (fishtune.fish_masks, apply_masks, ...) -----------------
+
+# The classification head of each known family's *ForSequenceClassification, as it appears in
+# parameter names. RoBERTa, DeBERTa and ELECTRA also call theirs `classifier`; GPT-2, Mistral and Qwen `score`.
+HEAD_MODULE = {"bert": "classifier", "modernbert": "classifier", "llama": "score"}
+# Written beside a peft adapter's files by save_masks.
+MASK_FILE = "fish_mask.safetensors"
 
 
-def read_mask_file(path: Path, like: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], float] | None:
-    """load_mask_file for a run that resumes: None when there is no file, or when it is damaged (unreadable,
-    truncated, or not shaped like the run's candidate tensors `like`); a damaged one is set aside as
-    `<name>.damaged` with a warning, and the run builds its mask again."""
-    if not path.exists():
-        return None
-    try:
-        masks, fisher_seconds = load_mask_file(path)
-        if set(masks) != set(like) or any(tuple(masks[n].shape) != tuple(q.shape) for n, q in like.items()):
-            raise ValueError("its tensors are not the run's candidates")
-    except Exception as e:  # noqa: BLE001 - whatever torch.load makes of a broken file, it cannot be used
-        set_aside(path, f"{type(e).__name__}: {e}".splitlines()[0][:200] + "; the mask is built again")
-        return None
-    return masks, fisher_seconds
+def is_head(name: str) -> bool:
+    """The default head: a parameter inside a module named like a known family's head."""
+    return not set(name.split(".")).isdisjoint(HEAD_MODULE.values())
 
 
-def load_mask_file(path) -> tuple[dict[str, torch.Tensor], float]:
-    """(masks, fisher_seconds) of a mask file; files from before fisher_seconds was kept give 0."""
-    saved = torch.load(path)
-    if isinstance(saved.get("masks"), dict):
-        return saved["masks"], float(saved.get("fisher_seconds", 0.0))
-    return saved, 0.0
+def _check_names(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> dict[str, nn.Parameter]:
+    """The model's parameters by name, after checking that every mask names one of the same shape."""
+    params = dict(model.named_parameters())
+    for name, mask in masks.items():
+        if name not in params:
+            raise KeyError(f"mask {name!r} names no parameter of the model (masks are keyed by "
+                           f"model.named_parameters() of the model they were made on)")
+        if mask.shape != params[name].shape:
+            raise ValueError(f"mask {name!r} has shape {tuple(mask.shape)}, the parameter {tuple(params[name].shape)}")
+    return params
+
+
+def fish_masks(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]] | None, k: int | None,
+               mode: str = "fish", num_samples: int | None = 128, seed: int = 42,
+               head: Iterable[str] | Callable[[str], bool] | None = None) -> dict[str, torch.Tensor]:
+    """FISH-Tuning masks: which entries of the model's trainable parameters train, exactly k in all.
+
+    `model` is any nn.Module whose trainable parameters (requires_grad) are the ones to choose
+    from: a peft PeftModel, an adapters model after train_adapter, or a model whose parameters you
+    froze yourself. It is called as `model(**inputs).logits`; the loss is cross-entropy, or mean
+    squared error for a one-output head (`model.config.num_labels == 1`).
+
+    `batches`: an iterable of batch dicts with `labels` (a DataLoader with your collator); the first
+    `num_samples` samples give the empirical Fisher F_i = sum_n (d loss_n / d theta_i)^2, each
+    sample's gradient squared on its own, dropout off (all samples when None). Shuffle with a seed
+    for a random choice of samples. Only modes fish and rev read them.
+
+    `head` (parameter names, or a predicate on names; default: modules named `classifier` or
+    `score`) is always trained in full and counts inside k: the masks choose k minus the head's
+    size among the other trainable entries, as the original FISH code does.
+
+    `mode`: fish (the largest Fisher scores), rev (the smallest), rand (uniformly at random,
+    seeded by `seed`), none (everything trains; k may be None). Selection is global over all
+    tensors; ties go to the earlier parameter and the lower index, so masks are deterministic.
+
+    Returns one bool mask per trainable parameter (the head's all True), on the CPU, in model
+    order, with exactly k True entries in all. Then `apply_masks`, and train with MaskedOptimizer
+    or FishMaskCallback.
+    """
+    check_mode(mode)
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if not params:
+        raise ValueError("the model has no parameter that requires grad: insert the PEFT method (or choose the "
+                         "trainable parameters) first")
+    if head is None:
+        in_head = is_head
+    elif callable(head):
+        in_head = head
+    else:
+        names = set(head)
+        in_head = names.__contains__
+        if unknown := sorted(names - set(params)):
+            raise KeyError(f"head {unknown[0]!r} is no trainable parameter of the model")
+    heads = {n: p for n, p in params.items() if in_head(n)}
+    candidates = {n: p for n, p in params.items() if n not in heads}
+    head_size, total = sum(p.numel() for p in heads.values()), sum(p.numel() for p in params.values())
+    if mode == "none":
+        if k is not None and k != total:
+            raise ValueError(f"mode none trains all {total} trainable entries, not k={k}")
+        k = total
+    if k is None or not head_size <= k <= total:
+        raise ValueError(f"budget k={k} is impossible: it counts the head's {head_size} entries, so it must lie "
+                         f"between {head_size} and all {total} trainable entries")
+    scores = {n: torch.zeros_like(p) for n, p in candidates.items()}
+    if mode in ("fish", "rev") and candidates:
+        for p in heads.values():  # always trained: no need to score it
+            p.requires_grad_(False)
+        try:
+            fisher = empirical_fisher(model, batches, num_samples)
+        finally:
+            for p in heads.values():
+                p.requires_grad_(True)
+        scores = {n: fisher[n] for n in candidates}
+    chosen = build_mask(scores, k - head_size, "none" if mode == "none" else mode, seed)
+    return {n: chosen[n] if n in chosen else torch.ones(p.shape, dtype=torch.bool) for n, p in params.items()}
+
+
+def trainable_entries(model: nn.Module, masks: Mapping[str, torch.Tensor] | None = None) -> int:
+    """Entries that train: those of parameters with requires_grad, counting only the chosen ones
+    of a masked parameter."""
+    masks = masks or {}
+    return sum(int(masks[n].sum()) if n in masks else p.numel() for n, p in model.named_parameters() if p.requires_grad)
+
+
+def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> int:
+    """Freeze what the masks leave out; returns the trainable entries in all (k with fish_masks).
+
+    A tensor with no chosen entry stops requiring grad, so no gradient is computed for it; a partly
+    chosen one keeps requiring grad, and MaskedOptimizer or FishMaskCallback keep its masked-out
+    entries fixed. Parameters without a mask are left as they are. Call it before the optimizer
+    (or the Trainer) is made, so that the frozen tensors stay out of it.
+    """
+    params = _check_names(model, masks)
+    for name, mask in masks.items():
+        if not mask.any():
+            params[name].requires_grad_(False)
+    return trainable_entries(model, masks)
+
+
+def original_k(build: Callable[[], nn.Module]) -> int:
+    """The budget k of FISH-Tuning's budget matching: the trainable entries (head included) of the
+    "original" configuration, the same PEFT method on fewer layers with all of it trainable.
+
+    `build()` returns that model. It runs under torch.device("meta"), so only shapes are made: no
+    weights are loaded or allocated, a 1B model costs nothing. Make the base model with
+    `from_config` (transformers refuses `from_pretrained` on the meta device), e.g.
+
+        k = original_k(lambda: get_peft_model(AutoModelForSequenceClassification.from_config(config),
+                                              LoraConfig(..., layers_to_transform=[0])))
+    """
+    with torch.device("meta"):
+        return trainable_entries(build())
+
+
+def save_masks(masks: Mapping[str, torch.Tensor], directory: str | Path, **metadata: object) -> Path:
+    """Write the masks to `directory`/fish_mask.safetensors, e.g. beside a peft adapter saved
+    with save_pretrained, so that a trained FISH adapter is shared with its mask.
+
+    One bool tensor per parameter name, as named by the model the masks were made on (a peft model
+    loaded back with PeftModel.from_pretrained has the same names). The file's metadata holds
+    `chosen` (the True entries) and any `metadata` you pass (mode, seed, num_samples, ...) as strings.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(directory) / MASK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"format": "fishtune-masks", "chosen": str(sum(int(m.sum()) for m in masks.values())),
+            **{key: str(value) for key, value in metadata.items()}}
+    save_file({n: m.detach().to("cpu", torch.bool).contiguous() for n, m in masks.items()}, str(path), metadata=meta)
+    return path
+
+
+def load_masks(path: str | Path) -> dict[str, torch.Tensor]:
+    """The masks save_masks wrote (sorted by name): `path` is the directory, or the file itself."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    return load_file(str(path / MASK_FILE if path.is_dir() else path))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -30,6 +29,7 @@ from peft import IA3Config, LoraConfig, TaskType, get_peft_model
 from .models import HEAD_MODULE, LAYER_PREFIX, build_on_meta
 from .validate import METHOD_FAMILIES, SUPPORT_MATRIX, UNSUPPORTED_WHY  # noqa: F401 - re-exported
 from .validate import check_method as check_supported
+from .schedules import layer_schedule, original_layers, run_layers  # noqa: F401 - where run.py and ratios.py find them
 
 # peft's `layers_pattern`: the ModuleList name whose index counts layers.
 _LAYERS_PATTERN = {"bert": "layer", "modernbert": "layers", "llama": "layers"}
@@ -188,40 +188,6 @@ def insert_method(model: torch.nn.Module, peft_cfg: Mapping[str, Any], layers: i
     if not 1 <= layers <= total_layers:
         raise ValueError(f"cannot insert on {layers} layers: the model has {total_layers} (allowed 1..{total_layers})")
     return method.insert(model, peft_cfg, layers, family)
-
-
-def layer_schedule(peft_cfg: Mapping[str, Any], depth: int | None = None) -> tuple[list[int], int]:
-    """(budget_layers, fish_layers) of a method, fitted to a model of `depth` layers.
-
-    The paper's schedules are for 12-layer BERT (IA3: originals on 3, 5, 8, 10, FISH on 12). When a
-    schedule does not fit a shallower model (IA3 on the 6-layer MiniLM of the quick profile), every
-    count is scaled by depth / deepest and rounded up, keeping the order of the budgets. A schedule that
-    fits is used as written (LoRA's 1-4 and 5 on MiniLM, ModernBERT or LLaMA).
-    """
-    levels, fish = [int(x) for x in peft_cfg["budget_layers"]], int(peft_cfg["fish_layers"])
-    deepest = max(levels + [fish])
-    if depth is not None and deepest > depth:
-        levels = [max(1, math.ceil(x * depth / deepest)) for x in levels]
-        fish = depth
-    return levels, fish
-
-
-def original_layers(peft_cfg: Mapping[str, Any], budget: int, depth: int | None = None) -> int:
-    """Layers of the original run at budget level `budget` (1-based into peft.budget_layers)."""
-    levels, _ = layer_schedule(peft_cfg, depth)
-    if not 1 <= budget <= len(levels):
-        raise ValueError(f"unknown budget level {budget}; choose one of: {', '.join(map(str, range(1, len(levels) + 1)))}")
-    return levels[budget - 1]
-
-
-def run_layers(peft_cfg: Mapping[str, Any], mask_mode: str, budget: int, depth: int | None = None) -> int:
-    """Where this run inserts the method: explicit peft.layers, else the original run's layers
-    (mask none) or peft.fish_layers (a masked run), fitted to the model's depth."""
-    if peft_cfg.get("layers") is not None:
-        return int(peft_cfg["layers"])
-    if mask_mode == "none":
-        return original_layers(peft_cfg, budget, depth)
-    return layer_schedule(peft_cfg, depth)[1]
 
 
 def is_head(name: str, family: str) -> bool:

@@ -15,6 +15,9 @@ from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTo
 from transformers.utils import logging as hf_logging
 
 from .validate import FAMILIES, SOURCES, check_model_config  # noqa: F401 - the vocabulary, checked without torch
+# The loss and the heads belong to the library (fishtune.fisher, fishtune.masks); kept importable here.
+from .fisher import classification_loss  # noqa: F401
+from .masks import HEAD_MODULE  # noqa: F401
 
 DECODER_FAMILIES = ("llama",)  # read prompts built from the task templates
 _TINY_CONFIGS = {"bert": BertConfig, "modernbert": ModernBertConfig, "llama": LlamaConfig}
@@ -76,21 +79,10 @@ def build_on_meta(conf: PretrainedConfig) -> torch.nn.Module:
     """The model's shape without weights: for counting parameters from a config alone."""
     with torch.device("meta"):
         return AutoModelForSequenceClassification.from_config(conf)
-# The classification head module of each family's *ForSequenceClassification: always trainable.
-HEAD_MODULE = {"bert": "classifier", "modernbert": "classifier", "llama": "score"}
 
 
 def num_layers(conf: PretrainedConfig) -> int:
     return conf.num_hidden_layers
-
-
-def classification_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool,
-                        reduction: str = "mean") -> torch.Tensor:
-    """Cross-entropy, or mean squared error for a one-output regression head (STS-B)."""
-    logits = logits.float()
-    if regression:
-        return torch.nn.functional.mse_loss(logits.squeeze(-1), labels.float(), reduction=reduction)
-    return torch.nn.functional.cross_entropy(logits, labels.long(), reduction=reduction)
 
 
 def arch_config(cfg: Mapping[str, Any], num_labels: int = 2) -> PretrainedConfig:

@@ -155,6 +155,41 @@ def load_failures(runs_dir: str | Path, damaged: list[str] | None = None) -> lis
     return out
 
 
+# A run's mask file (`<run>.mask.pt`): torch is imported only where a mask is read or written.
+
+def save_mask_file(path, masks: Mapping[str, Any], fisher_seconds: float = 0.0) -> None:
+    """A run's mask beside its result file, with what the Fisher cost (a resumed run reports it)."""
+    import torch
+
+    torch.save({"masks": dict(masks), "fisher_seconds": float(fisher_seconds)}, path)
+
+
+def read_mask_file(path: Path, like: Mapping[str, Any]) -> tuple[dict[str, Any], float] | None:
+    """load_mask_file for a run that resumes: None when there is no file, or when it is damaged (unreadable,
+    truncated, or not shaped like the run's candidate tensors `like`); a damaged one is set aside as
+    `<name>.damaged` with a warning, and the run builds its mask again."""
+    if not path.exists():
+        return None
+    try:
+        masks, fisher_seconds = load_mask_file(path)
+        if set(masks) != set(like) or any(tuple(masks[n].shape) != tuple(q.shape) for n, q in like.items()):
+            raise ValueError("its tensors are not the run's candidates")
+    except Exception as e:  # noqa: BLE001 - whatever torch.load makes of a broken file, it cannot be used
+        set_aside(path, f"{type(e).__name__}: {e}".splitlines()[0][:200] + "; the mask is built again")
+        return None
+    return masks, fisher_seconds
+
+
+def load_mask_file(path) -> tuple[dict[str, Any], float]:
+    """(masks, fisher_seconds) of a mask file; files from before fisher_seconds was kept give 0."""
+    import torch
+
+    saved = torch.load(path)
+    if isinstance(saved.get("masks"), dict):
+        return saved["masks"], float(saved.get("fisher_seconds", 0.0))
+    return saved, 0.0
+
+
 def set_aside_files(runs_dir: str | Path) -> list[Path]:
     """The files under `runs_dir` that runs set aside as damaged (`*.damaged`)."""
     return sorted(Path(runs_dir).rglob(f"*{DAMAGED}"))

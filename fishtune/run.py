@@ -142,22 +142,12 @@ def _device_and_precision(train_cfg: dict) -> tuple[str, bool]:
     return device, bf16
 
 
-def fisher_scores(model, head: dict, candidates: dict, train_set: list[dict], tokenizer, fisher_cfg: dict,
-                  seed: int) -> dict[str, torch.Tensor]:
-    """Empirical Fisher of the candidates on a seeded choice of `fisher_cfg['samples']` training examples."""
-    from .fisher import empirical_fisher
-
+def fisher_batches(train_set: list[dict], tokenizer, fisher_cfg: dict, seed: int):
+    """The Fisher's samples: a seeded choice of `fisher_cfg['samples']` training examples, in
+    chunks sorted by length (less padding)."""
     n = int(fisher_cfg["samples"])
-    loader = glue.make_loader(glue.subsample(train_set, n, seed), tokenizer, int(fisher_cfg["chunk_size"]),
-                              sort_by_length=True)
-    for q in head.values():  # the head is always trained: no need to score it
-        q.requires_grad_(False)
-    try:
-        fisher = empirical_fisher(model, loader, n)
-    finally:
-        for q in head.values():
-            q.requires_grad_(True)
-    return {name: fisher[name] for name in candidates}
+    return glue.make_loader(glue.subsample(train_set, n, seed), tokenizer, int(fisher_cfg["chunk_size"]),
+                            sort_by_length=True)
 
 
 def execute(p: Plan, progress: bool = True) -> dict:
@@ -166,10 +156,11 @@ def execute(p: Plan, progress: bool = True) -> dict:
     from transformers import set_seed
 
     from .adaptive import AdaptiveFreezer, AdaptiveSettings
-    from .masks import build_mask, read_mask_file, save_mask_file
+    from .masks import apply_masks, fish_masks
     from .methods import insert_method, split_trainable
     from .models import DECODER_FAMILIES, load_model, load_tokenizer
-    from .train import TrainSettings, apply_masks, load_checkpoint, train
+    from .results import read_mask_file, save_mask_file
+    from .train import TrainSettings, load_checkpoint, train
 
     cfg, task = p.config, p.task
     seed = int(cfg["seed"])
@@ -206,15 +197,14 @@ def execute(p: Plan, progress: bool = True) -> dict:
     else:
         if (stale := p.path.with_suffix(".ckpt.pt")).exists():  # trained under a mask that is gone: start over
             set_aside(stale, "its run's mask file is missing or damaged, so its training cannot continue")
-        scores = {n: torch.zeros_like(q) for n, q in candidates.items()}
-        if select in ("fish", "rev"):
-            t0 = time.perf_counter()
-            scores = fisher_scores(model, head, candidates, splits["train"], tokenizer, cfg["fisher"], seed)
-            fisher_seconds = time.perf_counter() - t0
-        masks = build_mask(scores, p.k - p.head, select, seed)
+        t0 = time.perf_counter()
+        batches = fisher_batches(splits["train"], tokenizer, cfg["fisher"], seed) if select in ("fish", "rev") else None
+        masks = fish_masks(model, batches, p.k, select, num_samples=int(cfg["fisher"]["samples"]), seed=seed,
+                           head=list(head))
+        masks = {n: masks[n] for n in candidates}  # the mask file keeps the method's entries; the head trains in full
+        fisher_seconds = time.perf_counter() - t0 if batches is not None else 0.0
         save_mask_file(mask_file, masks, fisher_seconds)
-    partial = apply_masks(model, masks)
-    trainable = p.head + sum(int(m.sum()) for m in masks.values())
+    trainable = apply_masks(model, masks)
     freezer = None
     if p.mode == "adaptive":
         freezer = AdaptiveFreezer(model, masks, AdaptiveSettings(**{
@@ -231,7 +221,7 @@ def execute(p: Plan, progress: bool = True) -> dict:
     # A requeued (or rerun) job continues after the last epoch its checkpoint holds.
     state = load_checkpoint(checkpoint)  # None: none, or a damaged one, set aside (the run starts over)
     resumed_from = int(state["epoch"]) if state is not None else None
-    outcome = train(model, train_loader, dev_loader, task, settings, partial, checkpoint=checkpoint,
+    outcome = train(model, train_loader, dev_loader, task, settings, masks, checkpoint=checkpoint,
                     on_epoch=tracker[0] if tracker else None, freezer=freezer)
 
     result = {

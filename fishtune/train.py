@@ -1,9 +1,9 @@
 """Masked Adam training with per-epoch dev evaluation, early stopping and epoch checkpoints.
 
-Masking: the gradient of every masked-out entry is set to exactly zero before each step. Adam's
-moments of such an entry then stay zero and its update is 0 / (sqrt(0) + eps) = 0, so it never
-changes, bit for bit. Weight decay is decoupled (AdamW style) and multiplied by the mask, because a
-plain L2 or AdamW decay would shrink masked-out entries although their gradient is zero.
+Masking is the library's MaskedOptimizer around torch.optim.AdamW (fishtune.optim): the gradient
+of every masked-out entry is set to exactly zero before each step, so Adam's moments of such an
+entry stay zero and its update is 0 / (sqrt(0) + eps) = 0; weight decay is decoupled, and the
+masked-out entries are written back after each step, so decay never touches them either.
 """
 from __future__ import annotations
 
@@ -20,8 +20,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .batching import group_cost_tokens, length_groups, model_inputs
+from .fisher import classification_loss
 from .metrics import glue_metrics
-from .models import classification_loss
+from .optim import MaskedOptimizer
 from .results import Diverged, set_aside
 from .tasks import TaskSpec
 
@@ -47,55 +48,16 @@ class TrainResult:
     best_predictions: list | None = None  # dev predictions of the best epoch, by example `idx`
 
 
-def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Freeze what a mask leaves out. Tensors with no chosen entry stop requiring grad; fully
-    chosen tensors need no mask. Returns float masks for the partly chosen tensors only."""
-    params = dict(model.named_parameters())
-    partial = {}
-    for name, mask in masks.items():
-        chosen = int(mask.sum())
-        if chosen == 0:
-            params[name].requires_grad_(False)
-        elif chosen < mask.numel():
-            partial[name] = mask.to(params[name].device, params[name].dtype)
-    return partial
-
-
-class MaskedAdam:
-    """torch.optim.Adam over the trainable parameters, with masked gradients and masked decoupled
-    weight decay. `masks` maps parameter names to 0/1 float tensors (absent = fully trainable)."""
-
-    def __init__(self, model: nn.Module, masks: Mapping[str, torch.Tensor], lr: float, weight_decay: float = 0.0):
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        self.params = [p for _, p in named]
-        self.masked = [(p, masks[n]) for n, p in named if n in masks]
-        self.lr, self.weight_decay = lr, weight_decay
-        fused = all(p.is_cuda for p in self.params)
-        self.optimizer = torch.optim.Adam(self.params, lr=lr, weight_decay=0.0, fused=fused or None,
-                                          foreach=None if fused else True)
-
-    @torch.no_grad()
-    def step(self) -> None:
-        if self.masked:
-            grads = [p.grad for p, _ in self.masked if p.grad is not None]
-            torch._foreach_mul_(grads, [m for p, m in self.masked if p.grad is not None])
-        if self.weight_decay:
-            masked_ids = {id(p) for p, _ in self.masked}
-            for p, m in self.masked:  # p <- p * (1 - lr * wd * mask): masked-out entries multiply by exactly 1
-                p.mul_(1 - self.lr * self.weight_decay * m)
-            for p in self.params:
-                if id(p) not in masked_ids:
-                    p.mul_(1 - self.lr * self.weight_decay)
-        self.optimizer.step()
-
-    def zero_grad(self) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-
-    def state_dict(self) -> dict:
-        return self.optimizer.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state)
+def masked_adam(model: nn.Module, masks: Mapping[str, torch.Tensor], settings: TrainSettings) -> MaskedOptimizer:
+    """Adam over the trainable parameters, with decoupled weight decay (AdamW) if any, masked: the
+    entries `masks` leave out (absent = fully trainable) never change (fishtune.optim)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    fused = all(p.is_cuda for p in params)
+    # Without decay, plain Adam: the very optimizer (and CUDA kernel) of every earlier fishtune run.
+    adam_class = torch.optim.AdamW if settings.weight_decay else torch.optim.Adam
+    adam = adam_class(params, lr=settings.lr, weight_decay=settings.weight_decay, fused=fused or None,
+                      foreach=None if fused else True)
+    return MaskedOptimizer(adam, model, masks)
 
 
 def _autocast(settings: TrainSettings):
@@ -195,7 +157,7 @@ def train(model: nn.Module, train_loader, dev_loader, task: TaskSpec, settings: 
     gradient before the optimiser step and may freeze parameter groups.
     """
     model.to(settings.device)
-    opt = MaskedAdam(model, masks or {}, settings.lr, settings.weight_decay)
+    opt = masked_adam(model, masks or {}, settings)
     # No sentinel score (-inf would reach a result file if no epoch ended): the first epoch sets it.
     result = TrainResult(best={"score": None, "epoch": 0})
     bad_epochs, start_epoch = 0, 1

@@ -18,11 +18,11 @@ import socket
 from typing import Any, Mapping
 from urllib.parse import urlparse
 
+from . import MASK_MODES  # the library's modes; mask.mode also takes "adaptive" (fishtune/adaptive.py)
 from .tasks import get_task
 
 FAMILIES = ("bert", "modernbert", "llama")
 SOURCES = ("embedded", "hub", "tiny")
-MASK_MODES = ("none", "fish", "rand", "rev")     # mask.mode also takes "adaptive" (fishtune/adaptive.py)
 PRECISIONS = ("auto", "fp32", "bf16")
 # Which model families each PEFT method supports (fishtune/methods.py inserts them).
 METHOD_FAMILIES: dict[str, tuple[str, ...]] = {

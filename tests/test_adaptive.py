@@ -67,8 +67,8 @@ def test_frozen_groups_stay_frozen_bit_identical_with_state_dropped():
 def test_optimizer_state_of_frozen_groups_is_dropped():
     m, tok, spec = tiny_peft_model()
     freezer = eager_freezer(m)
-    from fishtune.train import MaskedAdam
-    opt = MaskedAdam(m, {}, lr=1e-2)
+    from fishtune.train import TrainSettings, masked_adam
+    opt = masked_adam(m, {}, TrainSettings(lr=1e-2))
     dl = loader(tok, spec, batch_size=4)
     from fishtune.models import classification_loss
     for _ in range(3):

@@ -15,7 +15,8 @@ from fishtune.fisher import empirical_fisher
 from fishtune.masks import build_mask
 from fishtune.methods import SUPPORT_MATRIX, count_on_meta, count_parameters, insert_method, split_trainable
 from fishtune.models import HEAD_MODULE, LAYER_PREFIX
-from fishtune.train import MaskedAdam, apply_masks
+from fishtune.masks import apply_masks
+from fishtune.train import TrainSettings, masked_adam
 
 CONF = models.__file__.rsplit("/fishtune/", 1)[0] + "/conf"
 COMBOS = [(family, name) for family, names in SUPPORT_MATRIX.items() for name in names]
@@ -143,7 +144,8 @@ def test_fisher_and_masked_adam_on_every_candidate(family, name):
     masks = build_mask({n: fisher[n] for n in candidates}, k, "fish", seed=0)
     assert sum(int(m.sum()) for m in masks.values()) == k
     before = {n: q.detach().clone() for n, q in model.named_parameters()}
-    opt = MaskedAdam(model, apply_masks(model, masks), lr=1e-2)
+    apply_masks(model, masks)
+    opt = masked_adam(model, masks, TrainSettings(lr=1e-2))
     model.train()
     inputs = {key: v for key, v in data.items() if key != "labels"}
     for _ in range(3):

@@ -7,7 +7,7 @@ import torch
 
 from conftest import ROOT, run_config
 from fishtune import data
-from fishtune.masks import load_mask_file
+from fishtune.results import load_mask_file
 from fishtune.metrics import glue_metrics
 from fishtune.run import ConfigError, check_group_overrides, plan, run
 from fishtune.tasks import get_task

@@ -3,9 +3,9 @@ import torch
 
 from conftest import loader, tiny_peft_model
 from fishtune.fisher import empirical_fisher
-from fishtune.masks import build_mask
+from fishtune.masks import apply_masks, build_mask
 from fishtune.methods import split_trainable
-from fishtune.train import TrainSettings, apply_masks, train
+from fishtune.train import TrainSettings, train
 
 
 def masked_setup(k=40, mode="fish", task="rte", seed=0):
@@ -18,9 +18,9 @@ def masked_setup(k=40, mode="fish", task="rte", seed=0):
 
 def run_training(m, tok, spec, masks, **settings):
     s = TrainSettings(**{"lr": 1e-2, "max_epochs": 3, "patience": 10, "progress": False, **settings})
-    partial = apply_masks(m, masks)
+    apply_masks(m, masks)
     dl = loader(tok, spec, batch_size=8, shuffle=True, seed=0)
-    return train(m, dl, loader(tok, spec, "dev"), spec, s, partial)
+    return train(m, dl, loader(tok, spec, "dev"), spec, s, masks)
 
 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])
@@ -41,10 +41,9 @@ def test_masked_out_entries_bit_identical_and_exactly_k_trained(weight_decay):
 
 def test_trainable_entries_equal_k():
     m, _, _, head, masks = masked_setup(k=57)
-    partial = apply_masks(m, masks)
-    trainable = sum(int(partial[n].sum()) if n in partial else p.numel()
-                    for n, p in m.named_parameters() if p.requires_grad)
+    trainable = apply_masks(m, masks)
     assert trainable == 57 + sum(p.numel() for p in head.values())
+    assert all(m_.any() == p.requires_grad for n, p in m.named_parameters() if (m_ := masks.get(n)) is not None)
 
 
 def test_early_stopping_after_patience_reports_best_epoch():
@@ -72,7 +71,8 @@ def test_stsb_regression_trains():
 def test_resume_from_checkpoint_equals_uninterrupted(tmp_path):
     def fresh():
         m, tok, spec, _, masks = masked_setup(k=30)
-        return m, tok, spec, apply_masks(m, masks)
+        apply_masks(m, masks)
+        return m, tok, spec, masks
 
     settings = TrainSettings(lr=1e-2, max_epochs=4, patience=10, progress=False)
     m, tok, spec, partial = fresh()
@@ -107,3 +107,51 @@ def test_evaluate_returns_predictions_in_example_order(monkeypatch):
         one_by_one = [int(m(**{k: torch.tensor([v]) for k, v in e.items() if k not in ("labels", "idx")}).logits.argmax())
                       for e in encoded]
     assert out["predictions"] == one_by_one
+
+
+class LegacyMaskedAdam:
+    """fishtune.train's optimizer before the library API (commit f691492), verbatim in effect: the
+    reference that keeps the harness's numbers unchanged."""
+
+    def __init__(self, model, masks, lr, weight_decay=0.0):
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.params = [p for _, p in named]
+        self.masked = [(p, masks[n]) for n, p in named if n in masks]
+        self.lr, self.weight_decay = lr, weight_decay
+        self.optimizer = torch.optim.Adam(self.params, lr=lr, weight_decay=0.0, foreach=True)
+
+    @torch.no_grad()
+    def step(self):
+        grads = [p.grad for p, _ in self.masked if p.grad is not None]
+        torch._foreach_mul_(grads, [m for p, m in self.masked if p.grad is not None])
+        if self.weight_decay:
+            masked_ids = {id(p) for p, _ in self.masked}
+            for p, m in self.masked:
+                p.mul_(1 - self.lr * self.weight_decay * m)
+            for p in self.params:
+                if id(p) not in masked_ids:
+                    p.mul_(1 - self.lr * self.weight_decay)
+        self.optimizer.step()
+
+
+@pytest.mark.parametrize("lr,weight_decay", [(1e-2, 0.0), (1e-2, 0.1), (2e-3, 0.01)])
+def test_masked_adam_equals_the_legacy_optimizer_bit_for_bit(lr, weight_decay):
+    from fishtune.train import masked_adam
+
+    models = []
+    for _ in range(2):
+        m, tok, spec, head, masks = masked_setup(k=40)
+        apply_masks(m, masks)
+        models.append(m)
+    partial = {n: mask.float() for n, mask in masks.items() if 0 < int(mask.sum()) < mask.numel()}
+    opts = [LegacyMaskedAdam(models[0], partial, lr, weight_decay),
+            masked_adam(models[1], masks, TrainSettings(lr=lr, weight_decay=weight_decay))]
+    for batch in list(loader(tok, spec, batch_size=8, shuffle=True, seed=0)) * 2:
+        for m, opt in zip(models, opts):
+            torch.manual_seed(0)  # the same dropout masks in both
+            logits = m(**{k: v for k, v in batch.items() if k != "labels"}).logits
+            torch.nn.functional.cross_entropy(logits, batch["labels"]).backward()
+            opt.step()
+            opt.optimizer.zero_grad(set_to_none=True)
+    for (n, a), b in zip(models[0].named_parameters(), models[1].parameters()):
+        assert torch.equal(a, b), n

@@ -1,0 +1,313 @@
+"""The public library API (`import fishtune`) on models built with peft and adapters directly (or with
+trainable parameters chosen by hand), as a user's own script builds them: masks with exactly k trainable
+entries, and training through MaskedOptimizer or transformers.Trainer + FishMaskCallback that changes
+exactly the chosen entries.
+Every check compares with the tensors as they were before training, not with the library's view."""
+import ast
+import itertools
+import subprocess
+import sys
+import warnings
+from functools import lru_cache
+
+import pytest
+import torch
+
+import fishtune
+from conftest import ROOT, loader, model_cfg
+from fishtune.tasks import get_task
+
+SST2 = get_task("sst2")
+
+
+@lru_cache(maxsize=1)
+def tokenizer():
+    from fishtune.models import load_tokenizer
+
+    return load_tokenizer(model_cfg("tiny_bert"))
+
+
+def base(seed=0):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    tok = tokenizer()
+    torch.manual_seed(seed)
+    conf = BertConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, num_labels=2, **model_cfg("tiny_bert")["tiny"])
+    return BertForSequenceClassification(conf)
+
+
+def peft_lora(layers=(0, 1, 2), init="pissa", seed=0):
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(base(seed), LoraConfig(task_type="SEQ_CLS", r=2, lora_alpha=4, target_modules=["query", "value"],
+                                                 layers_to_transform=list(layers), init_lora_weights=init))
+
+
+def peft_ia3(seed=0):
+    from peft import IA3Config, get_peft_model
+
+    return get_peft_model(base(seed), IA3Config(task_type="SEQ_CLS", target_modules=["key", "value", "intermediate.dense"],
+                                                feedforward_modules=["intermediate.dense"]))
+
+
+def houlsby(seed=0):
+    import adapters
+    from adapters import DoubleSeqBnConfig
+
+    model = base(seed)
+    adapters.init(model)
+    model.add_adapter("fish", config=DoubleSeqBnConfig(reduction_factor=4, leave_out=[3, 4, 5]))
+    model.train_adapter("fish")  # the adapter and the classifier train, the rest is frozen
+    return model
+
+
+def own_choice(seed=0):
+    """No PEFT library: the user trains the biases of the bottom 3 layers and the classifier (BitFit-like)."""
+    model = base(seed)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith("classifier.") or
+                         (name.endswith(".bias") and any(f"layer.{i}." in name for i in range(3))))
+    return model
+
+
+MODELS = {"peft_lora": peft_lora, "peft_ia3": peft_ia3, "adapters_houlsby": houlsby, "own_choice": own_choice}
+
+
+def batches(n=None, batch_size=8):
+    return list(loader(tokenizer(), SST2, batch_size=batch_size, n=n, shuffle=True, seed=0))
+
+
+def masked_model(kind):
+    """(model, masks, k): a fish mask keeping the head and a quarter of the method's entries."""
+    model = MODELS[kind]()
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    head = sum(p.numel() for n, p in trainable.items() if "classifier" in n.split("."))
+    k = head + (sum(p.numel() for p in trainable.values()) - head) // 4
+    masks = fishtune.fish_masks(model, batches(), k, num_samples=16)
+    assert fishtune.apply_masks(model, masks) == k
+    return model, masks, k
+
+
+def snapshot(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def assert_exactly_chosen_changed(model, before, masks, k):
+    changed = 0
+    for n, p in model.named_parameters():
+        moved = p.detach() != before[n]
+        if n in masks:
+            assert torch.equal(p.detach()[~masks[n]], before[n][~masks[n]]), f"{n}: a masked-out entry moved"
+            assert moved[masks[n]].all(), f"{n}: {int((~moved[masks[n]]).sum())} chosen entries did not train"
+        else:
+            assert not moved.any(), f"{n}: a parameter outside the method moved"
+        changed += int(moved.sum())
+    assert changed == k
+
+
+# --- masks -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", list(MODELS))
+def test_fish_masks_choose_exactly_k_with_the_head_inside(kind):
+    model = MODELS[kind]()
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    head = {n for n in trainable if "classifier" in n.split(".")}
+    head_size = sum(trainable[n].numel() for n in head)
+    assert head and head_size == 32 * 2 + 2
+    k = head_size + 50
+    masks = fishtune.fish_masks(model, batches(), k, num_samples=16)
+    assert list(masks) == list(trainable)  # one per trainable parameter, in model order
+    assert all(m.dtype == torch.bool and m.shape == trainable[n].shape for n, m in masks.items())
+    assert sum(int(m.sum()) for m in masks.values()) == k
+    assert all(masks[n].all() for n in head)
+    # the 50 chosen are the 50 largest Fisher scores among the method's entries (the head not ranked)
+    for n in head:
+        trainable[n].requires_grad_(False)
+    fisher = fishtune.empirical_fisher(model, batches(), 16)
+    scores = torch.cat([fisher[n].flatten() for n in fisher])
+    chosen = torch.cat([masks[n].flatten() for n in fisher])
+    assert int(chosen.sum()) == 50 and scores[chosen].min() >= scores[~chosen].max()
+
+
+def test_fish_masks_modes_head_options_and_budget_errors():
+    model = peft_lora()
+    total = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    everything = fishtune.fish_masks(model, None, None, mode="none")
+    assert all(m.all() for m in everything.values()) and sum(int(m.sum()) for m in everything.values()) == total
+    rand = [fishtune.fish_masks(model, None, 100, mode="rand", seed=s) for s in (1, 1, 2)]
+    assert all(torch.equal(rand[0][n], rand[1][n]) for n in rand[0])
+    assert any(not torch.equal(rand[0][n], rand[2][n]) for n in rand[0])
+    # the head by names, or by a predicate: here the classifier's bias only
+    bias = [n for n, p in model.named_parameters() if p.requires_grad and n.endswith("classifier.modules_to_save.default.bias")]
+    for head in (bias, lambda n: n in bias):
+        masks = fishtune.fish_masks(model, batches(), 10, num_samples=8, head=head)
+        assert masks[bias[0]].all() and sum(int(m.sum()) for m in masks.values()) == 10
+    with pytest.raises(ValueError, match="between 66 and"):
+        fishtune.fish_masks(model, batches(), 65)
+    with pytest.raises(ValueError, match="impossible"):
+        fishtune.fish_masks(model, batches(), total + 1, mode="rand")
+    with pytest.raises(ValueError, match="unknown mask mode"):
+        fishtune.fish_masks(model, batches(), 100, mode="best")
+
+
+def test_original_k_counts_the_original_configuration_on_the_meta_device():
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    config = base().config
+    k = fishtune.original_k(lambda: get_peft_model(AutoModelForSequenceClassification.from_config(config),
+                                                   LoraConfig(task_type="SEQ_CLS", r=2, lora_alpha=4,
+                                                              target_modules=["query", "value"], layers_to_transform=[0],
+                                                              init_lora_weights="pissa")))
+    real = peft_lora(layers=[0])
+    assert k == fishtune.trainable_entries(real) == sum(p.numel() for p in real.parameters() if p.requires_grad)
+    assert k == 2 * 2 * (32 + 32) + 66  # LoRA r2 on Q and V of one layer, plus the head
+
+
+def test_masks_save_and_load_beside_a_peft_adapter(tmp_path):
+    from peft import PeftModel
+
+    model, masks, k = masked_model("peft_lora")
+    model.save_pretrained(tmp_path)
+    fishtune.save_masks(masks, tmp_path, mode="fish", num_samples=16)
+    assert (tmp_path / "adapter_model.safetensors").exists() and (tmp_path / "fish_mask.safetensors").exists()
+    loaded = fishtune.load_masks(tmp_path)
+    assert loaded.keys() == masks.keys() and all(torch.equal(loaded[n], masks[n]) for n in masks)
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "fish_mask.safetensors"), "pt") as f:
+        assert f.metadata()["chosen"] == str(k) and f.metadata()["mode"] == "fish"
+    # the shared adapter loads onto a fresh base with the same parameter names: the mask applies as it is
+    again = PeftModel.from_pretrained(base(seed=1), tmp_path, is_trainable=True)
+    assert fishtune.apply_masks(again, loaded) == k
+
+
+# --- training --------------------------------------------------------------------------------------
+
+OPTIMIZERS = {
+    "adamw": lambda params: torch.optim.AdamW(params, lr=1e-2, weight_decay=0.01),
+    "sgd_momentum": lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=0.01),
+    "adam": lambda params: torch.optim.Adam(params, lr=1e-2, weight_decay=0.01),  # L2 decay: a gradient on every entry
+}
+
+
+def plain_steps(model, opt, data, steps=6):
+    model.train()
+    for batch in itertools.islice(itertools.cycle(data), steps):
+        logits = model(**{key: v for key, v in batch.items() if key != "labels"}).logits
+        torch.nn.functional.cross_entropy(logits, batch["labels"]).backward()
+        opt.step()
+        opt.zero_grad()
+
+
+@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
+@pytest.mark.parametrize("kind", list(MODELS))
+def test_masked_optimizer_changes_exactly_the_chosen_entries(kind, optimizer):
+    model, masks, k = masked_model(kind)
+    before = snapshot(model)
+    opt = fishtune.MaskedOptimizer(OPTIMIZERS[optimizer](model.parameters()), model, masks)
+    plain_steps(model, opt, batches())
+    assert_exactly_chosen_changed(model, before, masks, k)
+
+
+def test_masked_optimizer_holds_entries_that_old_momentum_would_move():
+    """Momentum gathered before the mask keeps moving an entry whose gradient is zero."""
+    model, masks, k = masked_model("peft_lora")
+    data = batches()
+    sgd = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
+    plain_steps(model, sgd, data, steps=2)  # unmasked: every entry has momentum now
+    before = snapshot(model)
+    plain_steps(model, fishtune.MaskedOptimizer(sgd, model, masks), data, steps=2)
+    assert_exactly_chosen_changed(model, before, masks, k)
+
+
+def test_masked_optimizer_is_an_optimizer_for_schedulers_and_checkpoints():
+    model, masks, _ = masked_model("peft_lora")
+    inner = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    opt = fishtune.MaskedOptimizer(inner, model, masks)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 ** step)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. "lr_scheduler.step() before optimizer.step()"
+        for batch in batches()[:2]:
+            logits = model(**{key: v for key, v in batch.items() if key != "labels"}).logits
+            torch.nn.functional.cross_entropy(logits, batch["labels"]).backward()
+            opt.step()
+            opt.zero_grad()
+            scheduler.step()
+    assert opt.param_groups is inner.param_groups and inner.param_groups[0]["lr"] == pytest.approx(1e-2 * 0.25)
+    assert opt.state is inner.state and len(opt.state) > 0
+    state = opt.state_dict()
+    fresh = fishtune.MaskedOptimizer(torch.optim.AdamW(model.parameters(), lr=1.0), model, masks)
+    fresh.load_state_dict(state)
+    assert fresh.param_groups[0]["lr"] == inner.param_groups[0]["lr"]
+    assert all(torch.equal(fresh.state[p]["exp_avg"], inner.state[p]["exp_avg"]) for p in inner.state)
+
+
+def trainer_for(model, masks, tmp_path, steps=4):
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    from fishtune import data
+
+    tok = tokenizer()
+    train_set = data.encode(data.load_split(SST2, "train", ROOT / "tests" / "fixtures" / "glue"), tok, SST2)
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, gradient_accumulation_steps=2,
+                             max_grad_norm=1.0, weight_decay=0.01, learning_rate=1e-2, max_steps=steps, seed=0,
+                             report_to=[], save_strategy="no", logging_strategy="no", use_cpu=True, disable_tqdm=True)
+    return Trainer(model=model, args=args, train_dataset=train_set, data_collator=DataCollatorWithPadding(tok),
+                   callbacks=[fishtune.FishMaskCallback(masks)])
+
+
+@pytest.mark.parametrize("kind", list(MODELS))
+def test_trainer_with_callback_changes_exactly_the_chosen_entries(kind, tmp_path):
+    model, masks, k = masked_model(kind)
+    before = snapshot(model)
+    trainer = trainer_for(model, masks, tmp_path)
+    trainer.train()
+    # the Trainer's default AdamW, with decay on some groups: decoupled decay shrinks every entry it gets
+    inner = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
+    assert isinstance(inner, torch.optim.AdamW) and {g["weight_decay"] for g in inner.param_groups} == {0.0, 0.01}
+    assert trainer.state.global_step == 4
+    assert_exactly_chosen_changed(model, before, masks, k)
+    # the gradient hooks are gone after training: gradients of masked-out entries are whole again
+    assert all(not p._backward_hooks for p in model.parameters())
+
+
+# --- layout ----------------------------------------------------------------------------------------
+
+def test_import_fishtune_is_light_and_the_aggregator_needs_no_torch():
+    code = ("import sys, fishtune, fishtune.schedules, fishtune.aggregate; "
+            "assert 'torch' not in sys.modules, 'torch imported'; fishtune.MaskedOptimizer; "
+            "assert 'torch' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_library_imports_nothing_from_the_harness_or_the_reports():
+    package = ROOT / "fishtune"
+    modules = {p.stem for p in package.glob("*.py")} - {"__init__"}
+    kinds = fishtune.LIBRARY + fishtune.HARNESS + fishtune.REPORTS
+    assert sorted(kinds) == sorted(modules), "every module is of exactly one kind (fishtune/__init__.py)"
+    for name in fishtune.LIBRARY:
+        for node in ast.walk(ast.parse((package / f"{name}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                # `from . import NAME`: a constant of the package itself (fishtune/__init__.py) is fine
+                imported = [node.module] if node.module else [a.name for a in node.names
+                                                               if not hasattr(fishtune, a.name) or a.name in kinds]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("fishtune"):
+                imported = [node.module.split(".")[1]] if "." in node.module else [a.name for a in node.names]
+            elif isinstance(node, ast.Import):
+                imported = [a.name.split(".")[1] for a in node.names if a.name.startswith("fishtune.")]
+            else:
+                continue
+            outside = [m.split(".")[0] for m in imported if m.split(".")[0] not in fishtune.LIBRARY]
+            assert not outside, f"fishtune/{name}.py imports {outside} (not library code)"
+
+
+def test_public_names_are_documented_and_typed():
+    import inspect
+
+    for name in fishtune.__all__:
+        obj = getattr(fishtune, name)
+        assert obj.__doc__ and len(obj.__doc__) > 40, name
+        if inspect.isfunction(obj):
+            hints = inspect.signature(obj)
+            assert hints.return_annotation is not inspect.Signature.empty, name
+            assert all(p.annotation is not inspect.Parameter.empty for p in hints.parameters.values()), name
