@@ -21,10 +21,11 @@ ARGS ?=
 .PHONY: setup demo test run examples clean help
 
 help:
-	@echo "make demo   - install, then compare original LoRA with fish/rand/rev masks on the embedded model"
+	@echo "make demo   - install, then train original LoRA and fish/rand/rev masks on SST-2 (embedded model)"
 	@echo "make test   - install, then run the test suite"
 	@echo "make run ARGS='task=rte mask=fish' - one run with Hydra overrides"
 	@echo "make examples - FISH masks in your own code: examples/trainer_fish.py and plain_loop.py, small sizes"
+	@echo "make study - the study (docs/STUDY.md): run what is missing of its 200 runs, then results/study/"
 
 # Idempotent: reinstalls only when pyproject.toml or requirements.lock changed.
 setup: $(STAMP)
@@ -144,13 +145,14 @@ bench: setup
 # intervals, paired tests, figure). The result files live in results/study/runs/ and are committed:
 # finished runs are skipped, so `make study` on a fresh clone only rebuilds the tables, and an
 # interrupted study resumes. Local worker processes by default (STUDY_LAUNCHER=basic|parallel|slurm).
+# Offline: the embedded model and a local GLUE folder are all it reads.
 STUDY_RUNS ?= results/study/runs
 STUDY_LAUNCHER ?= parallel
 .PHONY: study study-report
 study: setup
 	@jobs=$${FISHTUNE_JOBS:-2}; threads=$$(( $$(nproc) / jobs )); \
 	FISHTUNE_JOBS=$$jobs OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(( threads > 0 ? threads : 1 ))} \
-	$(BIN)/python -m fishtune.run -m +experiment=study paths.runs_dir=$(STUDY_RUNS) \
+	$(OFFLINE) $(BIN)/python -m fishtune.run -m +experiment=study paths.runs_dir=$(STUDY_RUNS) \
 		$(if $(filter-out basic,$(STUDY_LAUNCHER)),hydra/launcher=$(STUDY_LAUNCHER)) $(ARGS); status=$$?; \
 	$(BIN)/python -m fishtune.study --runs-dir $(STUDY_RUNS) --out results/study; exit $$status
 
