@@ -255,6 +255,11 @@ def plot(df: pd.DataFrame, baselines: dict[str, float], out: Path) -> list[Path]
                 ax.errorbar([x], [m], yerr=err, fmt="o", ms=5, color=colours[row], capsize=3,
                             label=row if (task == tasks[0] and bi == 0) else None)
         ax.axhline(baselines.get(task, math.nan), color="0.4", ls="--", lw=1)
+        # With few seeds a t-interval can span hundreds of points: the axis follows the seeds and the
+        # baseline, and longer bars run off it (the table has their ends).
+        shown = [*df[df["task"] == task]["score"], baselines.get(task, 0.0)]
+        pad = 0.15 * (max(shown) - min(shown)) or 1.0
+        ax.set_ylim(min(shown) - pad, max(shown) + pad)
         centres = [bi * (len(rows) + 1) + (len(rows) - 1) / 2 for bi in range(len(budgets))]
         ax.set_xticks(centres, [f"budget {b}" for b in budgets])
         metric = get_task(task).metric.replace("_", " / ").replace("f1 / acc", "F1+acc / 2")
@@ -264,7 +269,8 @@ def plot(df: pd.DataFrame, baselines: dict[str, float], out: Path) -> list[Path]
                handles=[*axes[0][0].get_legend_handles_labels()[0],
                         plt.Line2D([], [], color="0.4", ls="--", lw=1)],
                labels=[*axes[0][0].get_legend_handles_labels()[1], "trivial baseline"])
-    fig.suptitle("FISH-Tuning study: MiniLM + LoRA r1; mean and 95 % interval over seeds (dots: seeds)", fontsize=10)
+    fig.suptitle("FISH-Tuning study: MiniLM + LoRA r1; mean and 95 % interval over seeds (dots: seeds; "
+                 "the axis shows the seeds' range, longer intervals run off it)", fontsize=10)
     fig.tight_layout(rect=(0, 0.07, 1, 0.95))
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "figure.png", out / "figure.pdf"]
