@@ -160,7 +160,7 @@ def execute(p: Plan, progress: bool = True) -> dict:
     from .methods import insert_method, split_trainable
     from .models import DECODER_FAMILIES, load_model, load_tokenizer
     from .results import read_mask_file, save_mask_file
-    from .train import TrainSettings, load_checkpoint, train
+    from .train import TrainSettings, train
 
     cfg, task = p.config, p.task
     seed = int(cfg["seed"])
@@ -219,8 +219,6 @@ def execute(p: Plan, progress: bool = True) -> dict:
     tracker = tracking.start(cfg, keys, p.path.stem)
     checkpoint = p.path.with_suffix(".ckpt.pt")
     # A requeued (or rerun) job continues after the last epoch its checkpoint holds.
-    state = load_checkpoint(checkpoint)  # None: none, or a damaged one, set aside (the run starts over)
-    resumed_from = int(state["epoch"]) if state is not None else None
     outcome = train(model, train_loader, dev_loader, task, settings, masks, checkpoint=checkpoint,
                     on_epoch=tracker[0] if tracker else None, freezer=freezer)
 
@@ -236,7 +234,7 @@ def execute(p: Plan, progress: bool = True) -> dict:
         "fisher_seconds": fisher_seconds, "train_seconds": outcome.train_seconds,
         "samples_per_second": outcome.samples_seen / max(outcome.train_seconds, 1e-9),
         "device": device, "precision": "bf16" if bf16 else "fp32", "host": socket.gethostname(),
-        "slurm": slurm_ids(), "resumed_from_epoch": resumed_from,
+        "slurm": slurm_ids(), "resumed_from_epoch": outcome.resumed_from_epoch,
         "versions": package_versions(), "git_commit": commit, "finished_at": now_iso(),
     }
     if freezer is not None:  # the active set shrinks: report where it ended and its mean over steps

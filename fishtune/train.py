@@ -46,6 +46,7 @@ class TrainResult:
     train_seconds: float = 0.0
     samples_seen: int = 0
     best_predictions: list | None = None  # dev predictions of the best epoch, by example `idx`
+    resumed_from_epoch: int | None = None  # the checkpoint's epoch this training continued after
 
 
 def masked_adam(model: nn.Module, masks: Mapping[str, torch.Tensor], settings: TrainSettings) -> MaskedOptimizer:
@@ -169,6 +170,7 @@ def train(model: nn.Module, train_loader, dev_loader, task: TaskSpec, settings: 
                 params[n].copy_(v)
         opt.load_state_dict(state["optimizer"])
         result = state["result"]
+        result.resumed_from_epoch = int(state["epoch"])
         bad_epochs, start_epoch = state["bad_epochs"], state["epoch"] + 1
         torch.set_rng_state(state["rng"])
         if train_loader.generator is not None:
