@@ -386,11 +386,7 @@ def plot_figure3(frame: pd.DataFrame, tasks: list[str], out: Path, title_note: s
     ax.set_title(f"Figure 3{title_note}", fontsize=10)
     ax.legend()
     fig.tight_layout()
-    paths = [out / "figure3.png", out / "figure3.pdf"]
-    for p in paths:
-        fig.savefig(p, dpi=150)
-    plt.close(fig)
-    return paths
+    return save_figure(fig, out / "figure3")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -405,6 +401,18 @@ def parse_model_map(text: str | None) -> dict[str, str]:
             raise ValueError(f"--model-map wants PAPER=OURS pairs, got {part!r}")
         out[paper_model.strip()] = ours.strip()
     return out
+
+
+def save_figure(fig, stem: Path) -> list[Path]:
+    """Write `fig` as <stem>.png and <stem>.pdf and close it. The PDF carries no creation date, so a
+    figure rebuilt from the same result files is the same file (git sees no change)."""
+    import matplotlib.pyplot as plt
+
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    for p in paths:
+        fig.savefig(p, dpi=150, **({"metadata": {"CreationDate": None}} if p.suffix == ".pdf" else {}))
+    plt.close(fig)
+    return paths
 
 
 def parse_tables(text: str) -> list[str]:

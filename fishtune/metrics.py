@@ -61,11 +61,14 @@ def paired_bootstrap(task: TaskSpec, preds_a, preds_b, labels, n_resamples: int 
                          f"predictions for {len(labels)} labels")
     rng = np.random.default_rng(seed)
     diffs = np.empty(n_resamples)
-    # Resamples drawn and scored in blocks of rows (resampled_scores): one call per block, not per resample.
+    n = len(labels)
+    # Resamples drawn in blocks of rows and scored from how often each example was drawn (its count):
+    # one call per block, not per resample, and no (resamples, n) copy of the predictions.
     for start in range(0, n_resamples, 250):
-        idx = rng.integers(0, len(labels), (min(250, n_resamples - start), len(labels)))
-        diffs[start:start + len(idx)] = (resampled_scores(task, preds_a[idx], labels[idx])
-                                         - resampled_scores(task, preds_b[idx], labels[idx]))
+        idx = rng.integers(0, n, (min(250, n_resamples - start), n))
+        counts = np.bincount((idx + n * np.arange(len(idx))[:, None]).ravel(), minlength=idx.size).reshape(idx.shape)
+        diffs[start:start + len(idx)] = (resampled_scores(task, preds_a, labels, counts)
+                                         - resampled_scores(task, preds_b, labels, counts))
     below, ties = float(np.mean(diffs < 0)), float(np.mean(diffs == 0))
     p = 2 * min(below + ties / 2, 1 - below - ties / 2)
     return {"diff": glue_metrics(task, preds_a, labels)["score"] - glue_metrics(task, preds_b, labels)["score"],
@@ -73,27 +76,48 @@ def paired_bootstrap(task: TaskSpec, preds_a, preds_b, labels, n_resamples: int 
             "p_value": min(1.0, p), "resamples": n_resamples}
 
 
-def _rowwise_corr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pearson correlation of each row of a with the same row of b; 0 where either row is constant."""
-    a, b = a - a.mean(axis=1, keepdims=True), b - b.mean(axis=1, keepdims=True)
-    den = np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
-    return np.divide((a * b).sum(axis=1), den, out=np.zeros(len(a)), where=den > 0)
+def _weighted_corr(x: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Pearson correlation of x with y (1-D, or one row per resample) over each resample, an example
+    weighted by how often it was drawn (`weights`, (resamples, n), float); 0 where either is constant."""
+    def wmean(v: np.ndarray) -> np.ndarray:  # a matrix product where v is shared by all resamples
+        return (weights @ v if v.ndim == 1 else np.einsum("ij,ij->i", weights, v)) / weights.sum(axis=1)
+
+    mx, my = wmean(x), wmean(y)
+    var_x, var_y = wmean(x * x) - mx * mx, wmean(y * y) - my * my
+    den = np.sqrt(np.clip(var_x, 0, None) * np.clip(var_y, 0, None))
+    return np.divide(wmean(x * y) - mx * my, den, out=np.zeros(len(weights)), where=den > 0)
 
 
-def resampled_scores(task: TaskSpec, preds: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """`glue_metrics(task, preds[i], labels[i])["score"]` for every row i of two (resamples, n) arrays,
-    computed for all rows at once (the bootstrap's inner loop)."""
+def _resampled_ranks(values: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each example's average rank (scipy's rankdata, ties averaged) within each resample, and whether
+    the resample holds a single distinct value. From cumulative counts over the sorted distinct values,
+    so no resample is sorted."""
+    order = np.argsort(values, kind="stable")
+    _, starts, group_sorted = np.unique(values[order], return_index=True, return_inverse=True)
+    group = np.empty_like(group_sorted)
+    group[order] = group_sorted
+    per_value = np.add.reduceat(counts[:, order], starts, axis=1)  # draws of each distinct value
+    below = np.cumsum(per_value, axis=1) - per_value
+    ranks = below + (per_value + 1) / 2
+    return ranks[:, group], (per_value > 0).sum(axis=1) == 1
+
+
+def resampled_scores(task: TaskSpec, preds: np.ndarray, labels: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """`glue_metrics(task, preds[i], labels[i])["score"]` for every bootstrap resample i at once, where
+    `counts[i, j]` is how often resample i drew example j (the bootstrap's inner loop)."""
     if task.metric == "pearson_spearman":
-        from scipy.stats import rankdata
-
-        const = (np.ptp(preds, axis=1) == 0) | (np.ptp(labels, axis=1) == 0)
-        pearson = _rowwise_corr(preds.astype(float), labels.astype(float))
-        spearman = _rowwise_corr(rankdata(preds, axis=1), rankdata(labels, axis=1))
-        return np.where(const, 0.0, 50 * (pearson + spearman))
+        # Centred first: the moments below subtract squares, and ranks average (n + 1) / 2 in any resample.
+        preds, labels = preds - preds.mean(), labels - labels.mean()
+        rank_p, const_p = _resampled_ranks(preds, counts)
+        rank_y, const_y = _resampled_ranks(labels, counts)
+        centre, weights = (counts.shape[1] + 1) / 2, counts.astype(float)
+        pearson = _weighted_corr(preds, labels, weights)
+        spearman = _weighted_corr(rank_p - centre, rank_y - centre, weights)
+        return np.where(const_p | const_y, 0.0, 50 * (pearson + spearman))
     p, y = preds.astype(bool), labels.astype(bool)
-    tp, tn = (p & y).sum(axis=1), (~p & ~y).sum(axis=1)
-    fp, fn = (p & ~y).sum(axis=1), (~p & y).sum(axis=1)
-    accuracy = 100 * (tp + tn) / labels.shape[1]
+    tp, tn = counts @ (p & y), counts @ (~p & ~y)
+    fp, fn = counts @ (p & ~y), counts @ (~p & y)
+    accuracy = 100 * (tp + tn) / counts.sum(axis=1)
     if task.metric == "accuracy":
         return accuracy
     if task.metric == "f1_acc":  # sklearn's F1 of the positive class, 0 when it is never predicted nor true

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .aggregate import save_figure
 from .mask_report import paired_test
 from .metrics import glue_metrics, paired_bootstrap
 from .paper import TASK_TITLES
@@ -273,11 +274,7 @@ def plot(df: pd.DataFrame, baselines: dict[str, float], out: Path) -> list[Path]
                  "the axis shows the seeds' range, longer intervals run off it)", fontsize=10)
     fig.tight_layout(rect=(0, 0.07, 1, 0.95))
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "figure.png", out / "figure.pdf"]
-    for p in paths:
-        fig.savefig(p, dpi=150)
-    plt.close(fig)
-    return paths
+    return save_figure(fig, out / "figure")
 
 
 def baselines_from(results: list[dict]) -> dict[str, float]:

@@ -84,3 +84,24 @@ def test_paired_bootstrap_resamples_examples_with_the_task_metric():
     assert got["ci_low"] == pytest.approx(np.percentile(diffs, 2.5))
     assert got["ci_high"] == pytest.approx(np.percentile(diffs, 97.5))
     assert got["diff"] == pytest.approx(score(a, labels) - score(b, labels))
+
+
+@pytest.mark.parametrize("task_name", ["stsb", "cola", "mrpc", "sst2"])
+def test_resampled_scores_equal_glue_metrics_on_each_draw(task_name):
+    # The counts form against the plain loop: glue_metrics (sklearn / scipy) on every resample, with
+    # tied values (STS-B labels on a 0.2 grid, predictions rounded) and resamples of a single value.
+    from fishtune.metrics import resampled_scores
+
+    task, rng, n = get_task(task_name), np.random.default_rng(4), 40
+    if task_name == "stsb":
+        labels = np.round(rng.uniform(0, 5, n) * 5) / 5
+        preds = np.round(labels + rng.normal(0, 1, n), 1)
+    else:
+        labels = rng.integers(0, 2, n)
+        preds = np.where(rng.random(n) < 0.7, labels, 1 - labels)
+    idx = rng.integers(0, n, (30, n))
+    idx[0] = 3  # one example drawn n times: a constant resample
+    idx[1, : n // 2] = 5  # half the draws on one example
+    counts = np.stack([np.bincount(i, minlength=n) for i in idx])
+    want = [glue_metrics(task, preds[i], labels[i])["score"] for i in idx]
+    np.testing.assert_allclose(resampled_scores(task, preds, labels, counts), want, rtol=1e-10, atol=1e-10)

@@ -100,3 +100,7 @@ def test_report_cells_paired_tests_and_baseline_row(tmp_path):
     assert row["boot_pairs"] == 5 and row["boot_better"] + row["boot_worse"] <= 5
     for name in ("table5.csv", "table5.tex", "paired.csv", "summary.md", "figure.png", "figure.pdf"):
         assert (tmp_path / "out" / name).stat().st_size > 0
+    # Rebuilt from the same result files, every output is the same bytes (git sees no change).
+    before = {name: (tmp_path / "out" / name).read_bytes() for name in ("paired.csv", "summary.md", "figure.pdf")}
+    report(tmp_path, tmp_path / "out", n_resamples=200, verbose=False)
+    assert all((tmp_path / "out" / name).read_bytes() == data for name, data in before.items())
