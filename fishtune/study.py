@@ -9,7 +9,9 @@ Reads the result files of `+experiment=study` (docs/STUDY.md) and writes under `
                       constant prediction for STS-B) computed from the dev labels in the result files
   paired.csv          per budget and comparison (fish - original, rand - original, rev - original,
                       adaptive - original, fish - rand, rand - rev): over (task, seed) pairs and per
-                      task, the mean paired difference, its 95 % t-interval, the paired t-test p-value,
+                      task, the mean paired difference, its 95 % t-interval, the paired t-test p-value
+                      and its Holm adjustment (p_holm; one family for the pooled rows, one for the
+                      per-task rows),
                       the smallest difference the test would detect with 80 % power, and the paired
                       bootstrap over dev examples per pair (counts better / worse at p < 0.05)
   figure.png / .pdf   per task, each row's mean with its interval and the seeds, the baseline drawn in
@@ -180,7 +182,25 @@ def paired_table(df: pd.DataFrame, results: list[dict], n_resamples: int = 1000)
                             "boot_better": sum(r["p_value"] < 0.05 and r["diff"] > 0 for r in pairs),
                             "boot_worse": sum(r["p_value"] < 0.05 and r["diff"] < 0 for r in pairs),
                             "boot_pairs": len(pairs), "budget_matched": not not_matched})
-    return pd.DataFrame(out)
+    table = pd.DataFrame(out)
+    if len(table):  # two families: the pooled comparisons, and the per-task ones
+        pooled = table["task"] == "all"
+        table["p_holm"] = np.nan
+        for family in (pooled, ~pooled):
+            table.loc[family, "p_holm"] = holm(table.loc[family, "p_ttest"].to_numpy(float))
+    return table
+
+
+def holm(p_values: np.ndarray) -> np.ndarray:
+    """Holm's step-down adjustment of a family of p-values (a NaN p-value is left out of the family and
+    stays NaN): the i-th smallest of m is multiplied by m - i + 1, then made non-decreasing, at most 1."""
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(p.shape, np.nan)
+    finite = np.flatnonzero(np.isfinite(p))
+    order = finite[np.argsort(p[finite], kind="stable")]
+    m = len(order)
+    out[order] = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    return out
 
 
 def _fmt_cell(rec: dict, title: str) -> str:
@@ -202,12 +222,13 @@ def to_markdown(table: pd.DataFrame, paired: pd.DataFrame) -> str:
         budget = "" if rec["row"] == "baseline" else str(rec["budget"])
         ratio = "" if rec["row"] == "baseline" else f"{rec['ratio_pct']:.4f}"
         lines.append(f"| {budget} | {rec['label']} | {ratio} | " + " | ".join(_fmt_cell(rec, t) for t in titles) + " |")
-    lines += ["", "| budget | comparison | pairs | mean diff [95 % CI] | p (paired t) | detectable (80 % power) | "
-              "wins a / b | bootstrap better / worse (p < 0.05) |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines += ["", "| budget | comparison | pairs | mean diff [95 % CI] | p (paired t) | p (Holm) | detectable (80 % power) | "
+              "wins a / b | bootstrap better / worse (p < 0.05) |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for rec in paired[paired["task"] == "all"].to_dict("records"):
         note = "" if rec["budget_matched"] else " (not budget-matched)"
         lines.append(f"| {rec['budget']} | {rec['comparison']}{note} | {rec['pairs']} | {rec['mean_diff']:+.2f} "
-                     f"[{rec['ci_lo']:+.2f}, {rec['ci_hi']:+.2f}] | {rec['p_ttest']:.3g} | {rec['detectable_80']:.2f} | "
+                     f"[{rec['ci_lo']:+.2f}, {rec['ci_hi']:+.2f}] | {rec['p_ttest']:.3g} | {rec['p_holm']:.3g} | "
+                     f"{rec['detectable_80']:.2f} | "
                      f"{rec['a_wins']} / {rec['b_wins']} | {rec['boot_better']} / {rec['boot_worse']} of {rec['boot_pairs']} |")
     return "\n".join(lines) + "\n"
 

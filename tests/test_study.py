@@ -104,3 +104,18 @@ def test_report_cells_paired_tests_and_baseline_row(tmp_path):
     before = {name: (tmp_path / "out" / name).read_bytes() for name in ("paired.csv", "summary.md", "figure.pdf")}
     report(tmp_path, tmp_path / "out", n_resamples=200, verbose=False)
     assert all((tmp_path / "out" / name).read_bytes() == data for name, data in before.items())
+
+
+def test_holm_adjustment_equals_the_step_down_definition():
+    from fishtune.study import holm
+
+    p = np.array([0.01, 0.04, 0.03, 0.005, np.nan, 0.5])
+    # Holm (1979) by its definition: the i-th smallest of m finite p-values is significant at level a when
+    # all p_(j) <= a / (m - j + 1) for j <= i; the adjusted p is the smallest such a (capped at 1).
+    finite = sorted((v, i) for i, v in enumerate(p) if not np.isnan(v))
+    m, want = len(finite), np.full(len(p), np.nan)
+    for rank, (_, i) in enumerate(finite):
+        want[i] = min(1.0, max((m - j) * finite[j][0] for j in range(rank + 1)))
+    np.testing.assert_allclose(holm(p), want)
+    np.testing.assert_allclose(holm(p)[[3, 0, 2, 1, 5]], [0.025, 0.04, 0.09, 0.09, 0.5])
+    assert np.isnan(holm(p)[4])
