@@ -403,7 +403,7 @@ def parse_model_map(text: str | None) -> dict[str, str]:
     return out
 
 
-def save_figure(fig, stem: Path) -> list[Path]:
+def save_figure(fig: "matplotlib.figure.Figure", stem: Path) -> list[Path]:
     """Write `fig` as <stem>.png and <stem>.pdf and close it. The PDF carries no creation date, so a
     figure rebuilt from the same result files is the same file (git sees no change)."""
     import matplotlib.pyplot as plt
