@@ -262,9 +262,8 @@ def plot(df: pd.DataFrame, baselines: dict[str, float], out: Path) -> list[Path]
     budgets = sorted(set(df["budget"]))
     rows = [r for r, _ in ROWS if r in set(df["row"])]
     colours = dict(zip([r for r, _ in ROWS], ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"]))
-    unmatched = [b for b, (*_, ok) in adaptive_matched(df).items() if not ok]
-    names = {r: r for r in rows} | ({"adaptive": "adaptive (not budget-matched: budget "
-                                     + ", ".join(map(str, unmatched)) + ")"} if unmatched else {})
+    unmatched = [str(b) for b, (*_, ok) in adaptive_matched(df).items() if not ok]
+    adaptive_label = f"adaptive (not budget-matched: budget {', '.join(unmatched)})" if unmatched else "adaptive"
     fig, axes = plt.subplots(1, len(tasks), figsize=(max(3.2 * len(tasks), 8), 3.6), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         for bi, budget in enumerate(budgets):
@@ -278,7 +277,7 @@ def plot(df: pd.DataFrame, baselines: dict[str, float], out: Path) -> list[Path]
                            color=colours[row], alpha=0.35, linewidths=0)
                 err = [[m - lo], [hi - m]] if n > 1 else None
                 ax.errorbar([x], [m], yerr=err, fmt="o", ms=5, color=colours[row], capsize=3,
-                            label=names[row] if (task == tasks[0] and bi == 0) else None)
+                            label=(adaptive_label if row == "adaptive" else row) if (task == tasks[0] and bi == 0) else None)
         ax.axhline(baselines.get(task, math.nan), color="0.4", ls="--", lw=1)
         # With few seeds a t-interval can span hundreds of points: the axis follows the seeds and the
         # baseline, and longer bars run off it (the table has their ends).
