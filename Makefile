@@ -26,6 +26,7 @@ help:
 	@echo "make run ARGS='task=rte mask=fish' - one run with Hydra overrides"
 	@echo "make examples - FISH masks in your own code: examples/trainer_fish.py and plain_loop.py, small sizes"
 	@echo "make study - the study (docs/STUDY.md): run what is missing of its 200 runs, then results/study/"
+	@echo "make study-why - the study's mechanism, lr and converged arms, then results/study/why/"
 
 # Idempotent: reinstalls only when pyproject.toml or requirements.lock changed.
 setup: $(STAMP)
@@ -149,12 +150,31 @@ bench: setup
 STUDY_RUNS ?= results/study/runs
 STUDY_LAUNCHER ?= parallel
 .PHONY: study study-report
-study: setup
-	@jobs=$${FISHTUNE_JOBS:-2}; threads=$$(( $$(nproc) / jobs )); \
+# A study sweep: FISHTUNE_JOBS workers (default 2), nproc / workers threads each, offline.
+STUDY_SWEEP = jobs=$${FISHTUNE_JOBS:-2}; threads=$$(( $$(nproc) / jobs )); \
 	FISHTUNE_JOBS=$$jobs OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(( threads > 0 ? threads : 1 ))} \
-	$(OFFLINE) $(BIN)/python -m fishtune.run -m +experiment=study paths.runs_dir=$(STUDY_RUNS) \
-		$(if $(filter-out basic,$(STUDY_LAUNCHER)),hydra/launcher=$(STUDY_LAUNCHER)) $(ARGS); status=$$?; \
+	$(OFFLINE) $(BIN)/python -m fishtune.run -m $(if $(filter-out basic,$(STUDY_LAUNCHER)),hydra/launcher=$(STUDY_LAUNCHER))
+study: setup
+	@$(STUDY_SWEEP) +experiment=study paths.runs_dir=$(STUDY_RUNS) $(ARGS); status=$$?; \
 	$(BIN)/python -m fishtune.study --runs-dir $(STUDY_RUNS) --out results/study; exit $$status
 
 study-report: setup
 	$(BIN)/python -m fishtune.study --runs-dir $(STUDY_RUNS) --out results/study
+
+# Why rand beats fish, and whether it lasts (docs/STUDY.md): the mechanism arm (fish_shuffled and
+# fish_spread, 40 runs), the learning-rate arm (fish and rand at two more lrs, 20 runs) and the converged
+# arm (early stopping on far more data, 30 runs), each into results/study/why/runs/ARM/ (committed, so
+# finished runs are skipped), then results/study/why/ (2 x 2 effects, lr and converged tables).
+# STUDY_WHY_ARMS narrows it, e.g. STUDY_WHY_ARMS='mechanism lr'.
+STUDY_WHY_ARMS ?= mechanism lr converged
+STUDY_WHY_RUNS ?= results/study/why/runs
+STUDY_WHY_REPORT = $(BIN)/python -m fishtune.study_why --study-runs $(STUDY_RUNS) --runs-dir $(STUDY_WHY_RUNS) \
+	--out results/study/why
+.PHONY: study-why study-why-report
+study-why: setup
+	@status=0; for arm in $(STUDY_WHY_ARMS); do \
+		$(STUDY_SWEEP) +experiment=study_$$arm paths.runs_dir=$(STUDY_WHY_RUNS)/$$arm $(ARGS) || status=$$?; \
+	done; $(STUDY_WHY_REPORT); exit $$status
+
+study-why-report: setup
+	$(STUDY_WHY_REPORT)

@@ -9,7 +9,8 @@ The package holds three kinds of code, in one flat folder:
   other two kinds (tests/test_api.py checks).
 * the harness that runs the paper's experiments from Hydra configs: tasks, data, models, methods,
   schedules, train, run, results, metrics, tracking, sweeps, validate (`python -m fishtune.run ...`).
-* the reports built from result files: aggregate, mask_report, sweep_summary, paper, ratios, study.
+* the reports built from result files: aggregate, mask_report, sweep_summary, paper, ratios, study,
+  study_why.
 
 The library's names are attributes of the package, imported on first use, so that `import
 fishtune` stays light (no torch until a name is used):
@@ -23,17 +24,20 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 # The modes of build_mask and fish_masks; here, torch-free, so that config checks can read them too.
-MASK_MODES = ("none", "fish", "rand", "rev")
+# fish_shuffled and fish_spread split fish into where the budget goes and which entries get it (docs/STUDY.md).
+MASK_MODES = ("none", "fish", "rand", "rev", "fish_shuffled", "fish_spread")
+# The modes that rank entries by an empirical Fisher (and so need its samples).
+FISHER_MODES = ("fish", "rev", "fish_shuffled", "fish_spread")
 
 LIBRARY = ("fisher", "masks", "optim", "callback", "adaptive", "batching")
 HARNESS = ("tasks", "data", "models", "methods", "schedules", "train", "run", "results", "metrics", "tracking",
            "sweeps", "validate")
-REPORTS = ("aggregate", "mask_report", "sweep_summary", "paper", "ratios", "study")
+REPORTS = ("aggregate", "mask_report", "sweep_summary", "paper", "ratios", "study", "study_why")
 
 # name -> the library module that defines it
 _EXPORTS = {
     "fish_masks": "masks", "apply_masks": "masks", "original_k": "masks", "trainable_entries": "masks",
-    "save_masks": "masks", "load_masks": "masks", "build_mask": "masks",
+    "save_masks": "masks", "load_masks": "masks", "build_mask": "masks", "mask_placement": "masks",
     "empirical_fisher": "fisher", "classification_loss": "fisher",
     "MaskedOptimizer": "optim", "FishMaskCallback": "callback",
 }
@@ -42,7 +46,8 @@ __all__ = list(_EXPORTS)
 if TYPE_CHECKING:
     from .callback import FishMaskCallback
     from .fisher import classification_loss, empirical_fisher
-    from .masks import apply_masks, build_mask, fish_masks, load_masks, original_k, save_masks, trainable_entries
+    from .masks import (apply_masks, build_mask, fish_masks, load_masks, mask_placement, original_k, save_masks,
+                        trainable_entries)
     from .optim import MaskedOptimizer
 
 

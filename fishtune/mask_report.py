@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
-import re
 import sys
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import pandas as pd
 import torch
 from scipy.stats import ttest_rel
 
+from .masks import mask_placement
 from .results import load_mask_file
 from .metrics import paired_bootstrap
 from .results import load_results
@@ -128,18 +128,6 @@ def mask_table_latex(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-_LAYER = re.compile(r"\.(?:layer|layers)\.(\d+)\.")
-
-
-def describe_parameter(name: str) -> tuple[int | None, str]:
-    """(layer index, module type) of a parameter name, e.g. (3, 'query.lora_A'); (None, 'other') outside layers."""
-    m = _LAYER.search(name)
-    if not m:
-        return None, "other"
-    parts = [p for p in name[m.end():].split(".") if p not in ("default", "weight", "bias")]
-    return int(m.group(1)), ".".join(parts[-2:])
-
-
 def saved_mask(result: dict) -> dict[str, torch.Tensor] | None:
     """The mask a run saved beside its result, or None: none saved, or a file that cannot be read
     (truncated; said on stderr and skipped, never fatal)."""
@@ -154,15 +142,14 @@ def saved_mask(result: dict) -> dict[str, torch.Tensor] | None:
 
 
 def placement(results: list[dict]) -> pd.DataFrame:
-    """Chosen entries per layer and module type for every run that saved a mask."""
+    """Chosen entries per layer and module type for every run that recorded its placement (the result
+    file's `placement`) or saved a mask."""
     rows = []
     for r in results:
-        masks = saved_mask(r)
-        for name, m in (masks or {}).items():
-            layer, kind = describe_parameter(name)
+        for t in r.get("placement") or mask_placement(saved_mask(r) or {}):
             rows.append({"model": r["model"], "method": r["method"], "mask": r["mask"], "budget": r["budget"],
-                         "task": r["task"], "seed": r["seed"], "layer": layer, "module": kind,
-                         "chosen": int(m.sum()), "entries": m.numel()})
+                         "task": r["task"], "seed": r["seed"], "layer": t["layer"], "module": t["module"],
+                         "chosen": t["chosen"], "entries": t["entries"]})
     return pd.DataFrame(rows)
 
 

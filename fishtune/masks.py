@@ -1,18 +1,23 @@
 """Masks over a model's trainable parameters: which entries train.
 
 Modes: `none` (train everything), `fish` (the k largest Fisher scores), `rev` (the k smallest),
-`rand` (k uniformly at random, seeded). Selection is global over all candidate tensors.
+`rand` (k uniformly at random, seeded). Selection is global over all candidate tensors. Two more
+take fish apart into where the budget goes (entries per tensor) and which entries get it:
+`fish_shuffled` keeps fish's count per tensor and draws the entries at random within each tensor;
+`fish_spread` gives each tensor its share of k by size (rand's expected allocation, made exact) and
+takes the highest-Fisher entries within each tensor.
 `build_mask` ranks given scores; `fish_masks` computes them on a model and keeps its head trained.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 import torch
 from torch import nn
 
-from . import MASK_MODES as MODES  # defined torch-free in the package, where config checks read it
+from . import FISHER_MODES, MASK_MODES as MODES  # defined torch-free in the package, where config checks read them
 from .fisher import empirical_fisher
 
 
@@ -26,11 +31,12 @@ def build_mask(scores: Mapping[str, torch.Tensor], k: int, mode: str, seed: int 
     """Boolean masks shaped like `scores`, with exactly k True entries in all (mode none: all True).
 
     Ties are broken deterministically by position: tensors in the order of `scores` (the model's
-    parameter order), then row-major index. `rand` ignores the scores' values.
+    parameter order), then row-major index. `rand` ignores the scores' values; `fish_shuffled` reads
+    them only for its counts per tensor.
     """
     check_mode(mode)
     names = list(scores)
-    shapes = [scores[n].shape for n in names]
+    sizes = [scores[n].numel() for n in names]
     flat = torch.cat([scores[n].detach().reshape(-1).to("cpu", torch.float64) for n in names]) if names \
         else torch.zeros(0, dtype=torch.float64)
     total = flat.numel()
@@ -39,20 +45,49 @@ def build_mask(scores: Mapping[str, torch.Tensor], k: int, mode: str, seed: int 
     else:
         if not 0 <= k <= total:
             raise ValueError(f"mask budget k={k} is impossible: there are {total} candidate entries (allowed 0..{total})")
-        if torch.isnan(flat).any():
+        if mode in FISHER_MODES and torch.isnan(flat).any():
             raise ValueError("Fisher scores contain NaN; cannot rank them")
-        if mode == "rand":
-            order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
-        else:  # a stable sort keeps ties in position order
-            order = torch.sort(flat, descending=(mode == "fish"), stable=True).indices
         keep = torch.zeros(total, dtype=torch.bool)
-        keep[order[:k]] = True
+        if mode == "rand":
+            keep[torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:k]] = True
+        elif mode in ("fish", "rev"):
+            keep[_top(flat, k, largest=mode == "fish")] = True
+        else:  # fish_shuffled: fish's count per tensor, random entries; fish_spread: counts by size, top entries
+            if mode == "fish_shuffled":
+                fish = torch.zeros(total, dtype=torch.bool)
+                fish[_top(flat, k, largest=True)] = True
+                counts = [int(part.sum()) for part in fish.split(sizes)]
+            else:
+                counts = size_proportional(sizes, k)
+            generator, start = torch.Generator().manual_seed(seed), 0
+            for n, c in zip(sizes, counts):
+                chosen = torch.randperm(n, generator=generator)[:c] if mode == "fish_shuffled" \
+                    else _top(flat[start:start + n], c, largest=True)
+                keep[start + chosen] = True
+                start += n
     out, start = {}, 0
-    for name, shape in zip(names, shapes):
-        n = shape.numel()
-        out[name] = keep[start:start + n].reshape(shape)
+    for name, n in zip(names, sizes):
+        out[name] = keep[start:start + n].reshape(scores[name].shape)
         start += n
     return out
+
+
+def _top(flat: torch.Tensor, k: int, largest: bool) -> torch.Tensor:
+    """Indices of the k largest (or smallest) values; a stable sort keeps ties in position order."""
+    return torch.sort(flat, descending=largest, stable=True).indices[:k]
+
+
+def size_proportional(sizes: list[int], k: int) -> list[int]:
+    """k split over tensors in proportion to their sizes, exactly k in all: floors first, then one more
+    to the largest remainders (ties to the earlier tensor). Exact integer arithmetic, so deterministic."""
+    total = sum(sizes)
+    if total == 0:
+        return [0] * len(sizes)
+    counts = [k * n // total for n in sizes]
+    remainders = sorted(range(len(sizes)), key=lambda i: (-(k * sizes[i] % total), i))
+    for i in remainders[:k - sum(counts)]:
+        counts[i] += 1
+    return counts
 
 
 # --- masks over a model: the public API (fishtune.fish_masks, apply_masks, ...) -----------------
@@ -67,6 +102,29 @@ MASK_FILE = "fish_mask.safetensors"
 def is_head(name: str) -> bool:
     """The default head: a parameter inside a module named like a known family's head."""
     return not set(name.split(".")).isdisjoint(HEAD_MODULE.values())
+
+
+_LAYER = re.compile(r"\.(?:layer|layers)\.(\d+)\.")
+
+
+def describe_parameter(name: str) -> tuple[int | None, str]:
+    """(layer index, module type) of a parameter name, e.g. (3, 'query.lora_A'); (None, 'other') outside layers."""
+    m = _LAYER.search(name)
+    if not m:
+        return None, "other"
+    parts = [p for p in name[m.end():].split(".") if p not in ("default", "weight", "bias")]
+    return int(m.group(1)), ".".join(parts[-2:])
+
+
+def mask_placement(masks: Mapping[str, torch.Tensor]) -> list[dict]:
+    """Where a mask's entries are, per tensor: name, layer, module (as describe_parameter reads the
+    name), chosen entries and the tensor's size. Small enough for a result file, so that placement
+    claims can be checked without the mask itself."""
+    out = []
+    for name, m in masks.items():
+        layer, module = describe_parameter(name)
+        out.append({"name": name, "layer": layer, "module": module, "chosen": int(m.sum()), "entries": m.numel()})
+    return out
 
 
 def _check_names(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> dict[str, nn.Parameter]:
@@ -94,15 +152,17 @@ def fish_masks(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]] |
     `batches`: an iterable of batch dicts with `labels` (a DataLoader with your collator); the first
     `num_samples` samples give the empirical Fisher F_i = sum_n (d loss_n / d theta_i)^2, each
     sample's gradient squared on its own, dropout off (all samples when None). Shuffle with a seed
-    for a random choice of samples. Only modes fish and rev read them.
+    for a random choice of samples. Modes rand and none do not read them.
 
     `head` (parameter names, or a predicate on names; default: modules named `classifier` or
     `score`) is always trained in full and counts inside k: the masks choose k minus the head's
     size among the other trainable entries, as the original FISH code does.
 
     `mode`: fish (the largest Fisher scores), rev (the smallest), rand (uniformly at random,
-    seeded by `seed`), none (everything trains; k may be None). Selection is global over all
-    tensors; ties go to the earlier parameter and the lower index, so masks are deterministic.
+    seeded by `seed`), none (everything trains; k may be None); fish_shuffled (fish's entries per
+    tensor, drawn at random within each tensor) and fish_spread (each tensor's share of k by size,
+    the highest Fisher scores within it). Selection is global over all tensors; ties go to the
+    earlier parameter and the lower index, so masks are deterministic.
 
     Returns one bool mask per trainable parameter (the head's all True), on the CPU, in model
     order, with exactly k True entries in all. Then `apply_masks`, and train with MaskedOptimizer
@@ -133,7 +193,7 @@ def fish_masks(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]] |
         raise ValueError(f"budget k={k} is impossible: it counts the head's {head_size} entries, so it must lie "
                          f"between {head_size} and all {total} trainable entries")
     scores = {n: torch.zeros_like(p) for n, p in candidates.items()}
-    if mode in ("fish", "rev") and candidates:
+    if mode in FISHER_MODES and candidates:
         for p in heads.values():  # always trained: no need to score it
             p.requires_grad_(False)
         try:

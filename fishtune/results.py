@@ -2,7 +2,9 @@
 
 A result file is the unit of resume and aggregation. Its top-level keys (schema 1):
   run_id, config_hash, config (resolved), model, task, method, layers, rank, mask, budget, seed,
-  trainable, total, ratio_pct, budget_ratio_pct (over the original run's model), history [{epoch, train_loss, dev_loss, metrics, score}],
+  trainable, head_entries, total, ratio_pct, budget_ratio_pct (over the original run's model),
+  placement [{name, layer, module, chosen, entries}] (the mask's entries per tensor of the method),
+  history [{epoch, train_loss, dev_loss, metrics, score}],
   best {epoch, score, metrics, dev_loss}, dev_labels and dev_predictions (per dev example, in the
   seeded subsample's order; predictions of the best epoch), stop_reason, fisher_seconds, train_seconds,
   samples_per_second, device, precision, host, slurm (job ids, or null), resumed_from_epoch

@@ -156,7 +156,8 @@ def execute(p: Plan, progress: bool = True) -> dict:
     from transformers import set_seed
 
     from .adaptive import AdaptiveFreezer, AdaptiveSettings
-    from .masks import apply_masks, fish_masks
+    from . import FISHER_MODES
+    from .masks import apply_masks, fish_masks, mask_placement
     from .methods import insert_method, split_trainable
     from .models import DECODER_FAMILIES, load_model, load_tokenizer
     from .results import read_mask_file, save_mask_file
@@ -198,7 +199,7 @@ def execute(p: Plan, progress: bool = True) -> dict:
         if (stale := p.path.with_suffix(".ckpt.pt")).exists():  # trained under a mask that is gone: start over
             set_aside(stale, "its run's mask file is missing or damaged, so its training cannot continue")
         t0 = time.perf_counter()
-        batches = fisher_batches(splits["train"], tokenizer, cfg["fisher"], seed) if select in ("fish", "rev") else None
+        batches = fisher_batches(splits["train"], tokenizer, cfg["fisher"], seed) if select in FISHER_MODES else None
         masks = fish_masks(model, batches, p.k, select, num_samples=int(cfg["fisher"]["samples"]), seed=seed,
                            head=list(head))
         masks = {n: masks[n] for n in candidates}  # the mask file keeps the method's entries; the head trains in full
@@ -224,7 +225,10 @@ def execute(p: Plan, progress: bool = True) -> dict:
 
     result = {
         "schema": SCHEMA, "run_id": p.path.stem, "config_hash": config_hash(cfg), "config": cfg, **keys,
-        "trainable": trainable, "total": p.total, "ratio_pct": 100 * trainable / p.total,
+        "trainable": trainable, "head_entries": p.head, "total": p.total, "ratio_pct": 100 * trainable / p.total,
+        # Where the mask put its entries (the one it started with), per tensor of the method; the head
+        # trains in full. Placement claims are checked from the result files, without the mask files.
+        "placement": mask_placement(masks),
         # The paper prints one ratio per budget row: the trainable count over the original run's model.
         "budget_ratio_pct": 100 * trainable / p.budget_total, "lr": lr,
         "train_examples": len(splits["train"]), "dev_examples": len(splits["dev"]),

@@ -18,7 +18,7 @@ import socket
 from typing import Any, Mapping
 from urllib.parse import urlparse
 
-from . import MASK_MODES  # the library's modes; mask.mode also takes "adaptive" (fishtune/adaptive.py)
+from . import FISHER_MODES, MASK_MODES  # the library's modes; mask.mode also takes "adaptive" (fishtune/adaptive.py)
 from .tasks import get_task
 
 FAMILIES = ("bert", "modernbert", "llama")
@@ -44,7 +44,6 @@ UNSUPPORTED_WHY = {
                            "values without also scaling queries, and adapters' IA3 scales the GLU input projection "
                            "instead of the feed-forward activation",
 }
-FISHER_MODES = ("fish", "rev")   # masks chosen by Fisher score (adaptive too, with mask.start=fish)
 
 
 class ConfigError(ValueError):
@@ -167,7 +166,7 @@ def _choice(config: Mapping[str, Any], key: str, choices: tuple[str, ...], optio
 
 
 def uses_fisher(config: Mapping[str, Any]) -> bool:
-    """Whether the run estimates an empirical Fisher (fish and rev masks, adaptive with start=fish)."""
+    """Whether the run estimates an empirical Fisher (the FISHER_MODES, adaptive with start=fish)."""
     mask = config["mask"]
     return mask["mode"] in FISHER_MODES or (mask["mode"] == "adaptive" and mask.get("start") == "fish")
 

@@ -129,6 +129,23 @@ def test_fish_masks_choose_exactly_k_with_the_head_inside(kind):
     assert int(chosen.sum()) == 50 and scores[chosen].min() >= scores[~chosen].max()
 
 
+@pytest.mark.parametrize("mode", ["fish_shuffled", "fish_spread"])
+def test_the_mechanism_modes_choose_exactly_k_with_the_head_inside(mode):
+    model = peft_lora()
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    head = [n for n in trainable if "classifier" in n.split(".")]
+    k = sum(trainable[n].numel() for n in head) + 50
+    fish = fishtune.fish_masks(model, batches(), k, num_samples=16)
+    masks = fishtune.fish_masks(model, batches(), k, mode=mode, num_samples=16, seed=1)
+    assert sum(int(m.sum()) for m in masks.values()) == k and all(masks[n].all() for n in head)
+    method = [n for n in trainable if n not in head]
+    if mode == "fish_shuffled":  # fish's count in every tensor of the method
+        assert [int(masks[n].sum()) for n in method] == [int(fish[n].sum()) for n in method]
+    else:  # each tensor of the method its share of the 50 by size
+        sizes = [trainable[n].numel() for n in method]
+        assert all(abs(int(masks[n].sum()) - 50 * z / sum(sizes)) < 1 for n, z in zip(method, sizes))
+
+
 def test_fish_masks_modes_head_options_and_budget_errors():
     model = peft_lora()
     total = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -47,7 +47,7 @@ BAD = [
     (["task=foo"], "unknown task 'foo'; choose one of: cola, mrpc, rte, sst2, stsb, wnli"),
     (["model=gpt9"], "unknown model 'gpt9'; choose one of: "),
     (["peft=bitfit"], "unknown peft 'bitfit'; choose one of: "),
-    (["mask=best"], "unknown mask 'best'; choose one of: adaptive, adaptive_fish, fish, none, rand, rev"),
+    (["mask=best"], "unknown mask 'best'; choose one of: adaptive, adaptive_fish, fish, fish_shuffled, fish_spread, none, rand, rev"),
     (["mask=fish", "budget=9"], "unknown budget level 9; choose one of: 1, 2, 3, 4"),
     (["mask=fish", "mask.k=100000"], "budget k=100000 is impossible for lora on 5 layers"),
     (["data.glue_dir=/nonexistent/glue"], "GLUE directory not found: /nonexistent/glue"),
@@ -83,7 +83,7 @@ BAD = [
     (["peft.layers=7"], "cannot insert lora on 7 layers: tiny_bert has 6 (allowed 1..6)"),
     (["peft.dropout=1.5"], "peft.dropout=1.5: must be a finite number >= 0 and < 1"),
     (["model.family=t5"], "unknown model family 't5'; choose one of: bert, modernbert, llama"),
-    (["mask.mode=top"], "unknown mask mode 'top'; choose one of: none, fish, rand, rev"),
+    (["mask.mode=top"], "unknown mask mode 'top'; choose one of: none, fish, rand, rev, fish_shuffled, fish_spread"),
 ]
 
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 from scipy.stats import ttest_rel
 
-from fishtune.mask_report import bootstrap_table, describe_parameter, jaccard, main, mask_table, overlap, placement
+from fishtune.masks import describe_parameter
+from fishtune.mask_report import bootstrap_table, jaccard, main, mask_table, overlap, placement
 from fishtune.results import load_results, write_json_atomic
 
 SCORES = {  # (mask, task, seed) -> best dev score

@@ -1,7 +1,9 @@
+from fractions import Fraction
+
 import pytest
 import torch
 
-from fishtune.masks import build_mask
+from fishtune.masks import build_mask, mask_placement
 
 
 def scores(seed=0):
@@ -9,8 +11,8 @@ def scores(seed=0):
     return {"a": torch.rand(4, 5, generator=g), "b": torch.rand(7, generator=g), "c": torch.rand(3, 2, generator=g)}
 
 
-@pytest.mark.parametrize("mode", ["fish", "rand", "rev"])
-@pytest.mark.parametrize("k", [0, 1, 13, 33])
+@pytest.mark.parametrize("mode", ["fish", "rand", "rev", "fish_shuffled", "fish_spread"])
+@pytest.mark.parametrize("k", [0, 1, 13, 32, 33])
 def test_exactly_k_entries(mode, k):
     m = build_mask(scores(), k, mode)
     assert sum(int(v.sum()) for v in m.values()) == k
@@ -51,5 +53,71 @@ def test_none_keeps_everything_and_bad_input_is_refused():
     assert all(v.all() for v in build_mask(scores(), 0, "none").values())
     with pytest.raises(ValueError, match=r"k=34 is impossible: there are 33 candidate entries"):
         build_mask(scores(), 34, "fish")
-    with pytest.raises(ValueError, match=r"unknown mask mode 'best'; choose one of: none, fish, rand, rev"):
+    with pytest.raises(ValueError, match=r"unknown mask mode 'best'; choose one of: none, fish, rand, rev, fish_shuffled, fish_spread"):
         build_mask(scores(), 3, "best")
+
+
+def counts(masks):
+    return {n: int(m.sum()) for n, m in masks.items()}
+
+
+def big_scores(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    # tensors of unequal size and scale, so that fish's allocation is far from proportional
+    return {"q": torch.rand(8, 16, generator=g) * 10, "k": torch.rand(8, 16, generator=g), "b": torch.rand(5, generator=g),
+            "v": torch.rand(3, 7, generator=g) * 3}
+
+
+@pytest.mark.parametrize("k", [1, 17, 100, 250])
+def test_fish_shuffled_keeps_fish_counts_per_tensor_with_random_entries(k):
+    s = big_scores()
+    fish, shuffled = build_mask(s, k, "fish"), build_mask(s, k, "fish_shuffled", seed=3)
+    assert counts(shuffled) == counts(fish)
+    assert counts(build_mask(s, k, "fish_shuffled", seed=4)) == counts(fish)
+    assert all(torch.equal(shuffled[n], m) for n, m in build_mask(s, k, "fish_shuffled", seed=3).items())
+    # random within each tensor: not fish's entries, and another seed draws others
+    assert any(not torch.equal(shuffled[n], fish[n]) for n in s if 0 < counts(fish)[n] < s[n].numel())
+    other = build_mask(s, k, "fish_shuffled", seed=4)
+    assert any(not torch.equal(shuffled[n], other[n]) for n in s if 0 < counts(fish)[n] < s[n].numel())
+
+
+def hamilton(sizes, k):
+    """Largest-remainder apportionment with exact fractions: the independent reference."""
+    total = sum(sizes)
+    quotas = [Fraction(k * n, total) for n in sizes]
+    out = [int(q) for q in quotas]  # floor
+    by_remainder = sorted(range(len(sizes)), key=lambda i: (-(quotas[i] - out[i]), i))
+    for i in by_remainder[:k - sum(out)]:
+        out[i] += 1
+    return out
+
+
+@pytest.mark.parametrize("k", [0, 1, 17, 100, 250, 282])
+def test_fish_spread_allocates_by_size_and_takes_the_top_fisher_entries_within(k):
+    s = big_scores()
+    spread = build_mask(s, k, "fish_spread")
+    assert list(counts(spread).values()) == hamilton([v.numel() for v in s.values()], k)
+    assert sum(counts(spread).values()) == k
+    for n, v in s.items():
+        c = counts(spread)[n]
+        if c:  # the chosen are that tensor's c largest scores
+            assert torch.equal(v[spread[n]].sort().values, v.flatten().topk(c).values.sort().values)
+    # rand gets the same allocation on average: its mean count per tensor over seeds is near the quota
+    mean = {n: sum(counts(build_mask(s, 100, "rand", seed=i))[n] for i in range(200)) / 200 for n in s}
+    for n, c in zip(s, hamilton([v.numel() for v in s.values()], 100)):
+        assert abs(mean[n] - c) < 2.0
+
+
+def test_the_four_modes_are_the_2x2_design():
+    s = big_scores()
+    fish, spread = build_mask(s, 60, "fish"), build_mask(s, 60, "fish_spread")
+    # fish piles its budget onto the high-scale tensor; spread does not
+    assert counts(fish)["q"] == 60 and counts(spread)["q"] < 60
+
+
+def test_mask_placement_counts_per_tensor_with_layer_and_module():
+    masks = {"base_model.model.bert.encoder.layer.3.attention.self.query.lora_A.default.weight": torch.tensor([True, False]),
+             "base_model.model.classifier.modules_to_save.default.weight": torch.ones(2, 3, dtype=torch.bool)}
+    assert mask_placement(masks) == [
+        {"name": list(masks)[0], "layer": 3, "module": "query.lora_A", "chosen": 1, "entries": 2},
+        {"name": list(masks)[1], "layer": None, "module": "other", "chosen": 6, "entries": 6}]

@@ -44,11 +44,28 @@ def test_run_writes_result_file_then_skips(tmp_path, capsys):
     mask, fisher_seconds = load_mask_file(path.with_suffix(".mask.pt"))
     assert sum(int(m.sum()) for m in mask.values()) == result["trainable"] - 66
     assert fisher_seconds == result["fisher_seconds"]  # kept, so a resumed run reports what its mask cost
+    # the placement in the result file is the mask file's, tensor by tensor
+    assert [(t["name"], t["chosen"], t["entries"]) for t in result["placement"]] == \
+        [(n, int(m.sum()), m.numel()) for n, m in mask.items()]
+    assert {t["module"] for t in result["placement"]} == {f"{m}.lora_{ab}" for m in ("query", "key", "value") for ab in "AB"}
+    assert sorted({t["layer"] for t in result["placement"]}) == [0, 1, 2, 3, 4] and result["head_entries"] == 66
     assert not path.with_suffix(".ckpt.pt").exists()
 
     capsys.readouterr()
     again = run(cfg, progress=False)
     assert "skip, result exists" in capsys.readouterr().out and again == json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("mode", ["fish_shuffled", "fish_spread"])
+def test_the_mechanism_modes_run_with_the_fish_budget(tmp_path, mode):
+    fish = run(run_config(tmp_path, "task=mrpc", "mask=fish", *QUICK), progress=False)
+    other = run(run_config(tmp_path, "task=mrpc", f"mask={mode}", *QUICK), progress=False)
+    assert other["mask"] == mode and other["trainable"] == fish["trainable"] and other["fisher_seconds"] > 0
+    per_tensor = {m: [t["chosen"] for t in r["placement"]] for m, r in ((mode, other), ("fish", fish))}
+    if mode == "fish_shuffled":
+        assert per_tensor[mode] == per_tensor["fish"]
+    else:
+        assert max(per_tensor[mode]) - min(per_tensor[mode]) <= 1  # the method's tensors are all one size
 
 
 def test_same_config_and_seed_reproduce_mask_and_metrics(tmp_path):
@@ -76,7 +93,7 @@ def test_schedules_deeper_than_the_model_scale_down(tmp_path):
     ("task=qnli", "unknown task 'qnli'; choose one of: cola, mrpc, rte, sst2, stsb, wnli"),
     ("model=gpt9", "unknown model 'gpt9'; choose one of: "),
     ("peft=bitfit", "unknown peft 'bitfit'; choose one of: "),
-    ("mask=best", "unknown mask 'best'; choose one of: adaptive, adaptive_fish, fish, none, rand, rev"),
+    ("mask=best", "unknown mask 'best'; choose one of: adaptive, adaptive_fish, fish, fish_shuffled, fish_spread, none, rand, rev"),
     ("task=rte,qnli", "unknown task 'qnli'"),
 ])
 def test_unknown_group_option_is_one_clear_line(override, message):
