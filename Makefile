@@ -27,6 +27,7 @@ help:
 	@echo "make examples - FISH masks in your own code: examples/trainer_fish.py and plain_loop.py, small sizes"
 	@echo "make study - the study (docs/STUDY.md): run what is missing of its 200 runs, then results/study/"
 	@echo "make study-why - the study's mechanism, lr and converged arms, then results/study/why/"
+	@echo "make bf16-parity - the study's SST-2 and STS-B runs again in bf16, paired with the fp32 ones"
 
 # Idempotent: reinstalls only when pyproject.toml or requirements.lock changed.
 setup: $(STAMP)
@@ -178,3 +179,33 @@ study-why: setup
 
 study-why-report: setup
 	$(STUDY_WHY_REPORT)
+
+# bf16 parity (docs/BENCH.md): the study's original and fish rows at budget 1 on SST-2 and STS-B, seeds
+# 1-5, trained in bf16 into results/bf16-parity/runs/ (committed), each paired with its committed fp32 run.
+PARITY_RUNS ?= results/bf16-parity/runs
+.PHONY: bf16-parity
+bf16-parity: setup
+	@$(STUDY_SWEEP) +experiment=bf16_parity paths.runs_dir=$(PARITY_RUNS) $(ARGS); status=$$?; \
+	$(BIN)/python -m fishtune.parity --a $(PARITY_RUNS) --b $(STUDY_RUNS) --out results/bf16-parity; exit $$status
+
+# The results page (fishtune.report): one self-contained HTML file of a runs folder's results (tables
+# with intervals and paired tests, seeds per cell, per-run curves, mask placement, cost, failed and
+# damaged files), opened from disk with no server. Defaults: the study's runs -> results/study/index.html.
+#   make report RUNS_DIR=runs/quick REPORT=results/quick/index.html
+REPORT ?= results/study/index.html
+REPORT_RUNS = $(if $(filter file,$(origin RUNS_DIR)),$(STUDY_RUNS),$(RUNS_DIR))
+.PHONY: report test-browser
+report: setup
+	$(BIN)/python -m fishtune.report $(REPORT_RUNS) --out $(REPORT)
+
+# The page in headless Chromium (tests/test_report.py, marker browser): Debian's chromium and
+# chromium-driver, installed with apt when missing and this is root; without them the tests skip.
+test-browser: setup
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "test-browser: installing chromium + chromium-driver with apt"; \
+			{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; } >/dev/null \
+				|| echo "test-browser: could not install chromium + chromium-driver with apt (the browser tests skip)"; \
+		else echo "test-browser: no chromium + chromedriver and not root to install them (the browser tests skip)"; fi; \
+	fi
+	$(OFFLINE) $(BIN)/python -m pytest -q -m browser tests/test_report.py

@@ -16,6 +16,10 @@ alternating step by step (benchmarks/timing.py), so load from other processes hi
   padding_gain        training step padded to max length / dynamically padded (SST-2, whole batches)
   length_group_gain   step on a dynamically padded whole batch / fishtune.train's step, which
                       computes the batch as groups of similar length (CPU; fishtune.batching)
+  cpu_bf16_speedup    (CPU) fishtune.train's masked LoRA step in fp32 / the same step under bf16 autocast,
+                      SST-2, on the embedded MiniLM; cpu_bf16_speedup_bert_base_random the same on
+                      bert-base-sized random weights; each side's peak memory beside it (`--only bf16`
+                      runs just these)
 
 Writes results/bench.json and results/bench.md. See docs/BENCH.md.
 """
@@ -51,7 +55,7 @@ from fishtune.models import load_model, load_tokenizer
 from fishtune.results import package_versions
 from fishtune.tasks import get_task
 from fishtune.masks import apply_masks
-from fishtune.train import TrainSettings, train
+from fishtune.train import TrainSettings, choose_precision, cpu_has_native_bf16, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines import (RecordingCollator, padded_loop_fisher, plain_backward, plain_train,  # noqa: E402
@@ -61,8 +65,9 @@ from timing import TickLoader, Turns, no_tick, peak_memory  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {  # figure: (comparison, bound) from the issue
     "fisher_speedup": (">=", 4.0), "fisher_floor_ratio": ("<=", 1.3), "mask_overhead": ("<=", 1.05),
-    "trainer_ratio": (">=", 1.0), "fisher_rel_err": ("<=", 1e-4),
+    "trainer_ratio": (">=", 1.0), "fisher_rel_err": ("<=", 1e-4), "cpu_bf16_speedup": (">=", 1.8),
 }
+
 
 
 def log(msg: str) -> None:
@@ -87,7 +92,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--with-unpadded-loop", action="store_true",
                    help="also time empirical_fisher(method='loop') (batch size 1, padding trimmed)")
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
-                   help="training steps' autocast: auto = bf16 on a CUDA GPU that supports it, else fp32")
+                   help="training steps' autocast: auto = bf16 on a CUDA GPU or a CPU that has it, else fp32")
+    p.add_argument("--only", choices=("bf16",), help="run only these figures (bf16: cpu_bf16_speedup*)")
+    p.add_argument("--bf16-models", default="minilm,bert_base_random",
+                   help="configs in conf/model/ for cpu_bf16_speedup (the first) and cpu_bf16_speedup_NAME")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--out", default=str(ROOT / "results"))
     return p.parse_args(argv)
@@ -326,6 +334,63 @@ def train_section(args, model, tok, masks, device, bf16) -> dict:
     }
 
 
+def bf16_section(args) -> dict:
+    """fishtune.train's masked LoRA steps in fp32 and under bf16 autocast, in turns over the same SST-2
+    batches, on each model of --bf16-models (CPU): LoRA on peft.fish_layers, a rand mask of the budget
+    level 1 count (which entries does not change the cost). Peak memory: each side alone, one step on
+    the largest batch."""
+    task, out = get_task("sst2"), {}
+    peft_cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "peft" / f"{args.peft}.yaml"))
+    for i, name in enumerate(args.bf16_models.split(",")):
+        figure = "cpu_bf16_speedup" + (f"_{name}" if i else "")
+        model_cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "model" / f"{name}.yaml"))
+        family, layers = model_cfg["family"], int(peft_cfg["fish_layers"])
+        tok = load_tokenizer(model_cfg)
+        set_seed(args.seed)
+        model = insert_method(load_model(model_cfg, 2, tok), peft_cfg, layers, family)
+        _, candidates = split_trainable(model, family)
+        k = sum(c.numel() for c in candidates.values()) * int(peft_cfg["budget_layers"][0]) // layers
+        masks = build_mask({n: torch.zeros_like(c) for n, c in candidates.items()}, k, "rand", args.seed)
+        models = {"fp32": model, "bf16": copy.deepcopy(model)}
+        for m in models.values():
+            apply_masks(m, masks)
+        examples = glue.encode(glue.subsample(glue.load_split(task, "train", args.glue_dir),
+                                              args.batch_size * args.train_steps, args.seed), tok, task)
+        dev = glue.encode(glue.subsample(glue.load_split(task, "dev", args.glue_dir), 32, args.seed), tok, task)
+        dev_loader = glue.make_loader(dev, tok, 32, sort_by_length=True)
+        settings = {p: TrainSettings(lr=task.lr, max_epochs=1, patience=1, bf16=p == "bf16", progress=False)
+                    for p in models}
+
+        def loop(p, data):
+            loader = glue.make_loader(data, tok, args.batch_size, shuffle=True, seed=args.seed)
+            return lambda tick: train(models[p], TickLoader(loader, tick), dev_loader, task, settings[p], masks)
+
+        longest = sorted(examples, key=lambda e: len(e["input_ids"]))[-args.batch_size:]
+        peak = {p: mb(peak_memory(lambda: loop(p, longest)(no_tick))[1]) for p in models}
+        log(f"bf16: {name}, fp32 vs bf16 autocast, SST-2 batch {args.batch_size}, {args.train_steps} steps each")
+        turns = Turns("cpu")
+        turns.run({p: loop(p, examples) for p in models})
+        w = args.warmup
+        out[figure] = {"model": name, "k": k, **ratio_stats(turns.steps["fp32"], turns.steps["bf16"], w),
+                       "median_step_seconds": {p: round(statistics.median(v[w:]), 3) for p, v in turns.steps.items()},
+                       "samples_per_second": {p: round(args.batch_size * len(v[w:]) / sum(v[w:]), 2)
+                                              for p, v in turns.steps.items()},
+                       "peak_mb": peak, "native_bf16": cpu_has_native_bf16()}
+    return out
+
+
+def bf16_markdown(bf16: dict) -> list[str]:
+    """The table rows of the bf16 figures."""
+    rows = []
+    for figure, r in bf16.items():
+        target, ok = fmt_check(figure, r["median"]) if figure in TARGETS else ("", "")
+        sps = r["samples_per_second"]
+        rows.append(f"| {figure} | {r['median']:.3f} | {target} | {ok} | {r['model']} bf16 autocast "
+                    f"{sps['bf16']:.1f} samples/s | fp32 {sps['fp32']:.1f} samples/s | {r['peak_mb']['bf16']} | "
+                    f"{r['peak_mb']['fp32']} |")
+    return rows
+
+
 def optimizer_step_overhead(model, masks, repeats: int = 200) -> dict:
     """The masked Adam step with and without the masks on the same gradients: the mask's own cost (ms)."""
     from fishtune.train import masked_adam
@@ -386,6 +451,7 @@ def markdown(r: dict) -> str:
         target, ok = fmt_check(name, fig[name]) if name in TARGETS else ("", "")
         shown = f"{fig[name]:.2e}" if name == "fisher_rel_err" else f"{fig[name]:.3f}"
         lines.append(f"| {name} | {shown} | {target} | {ok} | {ours} | {other} | {m_ours} | {m_other} |")
+    lines += bf16_markdown(r.get("bf16", {}))
     m, st = r["machine"], r["settings"]
     lines += [
         "",
@@ -418,11 +484,23 @@ def main(argv=None) -> int:
     hf_logging.set_verbosity_error()
     t_start = time.perf_counter()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    bf16 = args.precision == "bf16" or (args.precision == "auto" and device == "cuda" and torch.cuda.is_bf16_supported())
+    bf16, _ = choose_precision(args.precision, device)
     machine = {"device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
                "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "load_before": load_avg(),
                "versions": package_versions(), "python": platform.python_version()}
     log(f"{device}, {machine['threads']} threads, load average {machine['load_before']}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.only == "bf16":  # the bf16 figures alone, beside the full benchmark's files
+        bf16_figures = bf16_section(args)
+        lines = ["| figure | value | target | met | ours | compared with | peak MB ours | peak MB other |",
+                 "|---|---:|---|---|---|---|---:|---:|", *bf16_markdown(bf16_figures), "",
+                 f"{machine['device']}, {machine['threads']} threads, load average {machine['load_before']} -> "
+                 f"{load_avg()}; {time.perf_counter() - t_start:.0f} s."]
+        (out / "bench_bf16.json").write_text(json.dumps({"bf16": bf16_figures, "machine": machine}, indent=2) + "\n")
+        (out / "bench_bf16.md").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
+        return 0
 
     model_cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "model" / f"{args.model}.yaml"))
     peft_cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "peft" / f"{args.peft}.yaml"))
@@ -446,24 +524,25 @@ def main(argv=None) -> int:
         f"{mask_info['tensors_frozen']} tensors frozen, Fisher {mask_info['fisher_seconds']:.1f} s")
     trained = train_section(args, model, tok, masks, device, bf16)
     opt_step = optimizer_step_overhead(model, masks)
+    bf16_figures = bf16_section(args) if device == "cpu" else {}
 
     figures = {
         "fisher_speedup": fisher["fisher_speedup"], "fisher_floor_ratio": fisher["fisher_floor_ratio"],
         "fisher_rel_err": fisher["fisher_rel_err"], "mask_overhead": trained["mask_overhead"]["median"],
         "trainer_ratio": trained["trainer_ratio"]["median"], "padding_gain": trained["padding_gain"]["median"],
         "length_group_gain": trained["length_group_gain"]["median"],
+        **{name: r["median"] for name, r in bf16_figures.items()},
     }
     result = {
         "figures": figures,
-        "checks": {k: fmt_check(k, figures[k])[1] == "yes" for k in TARGETS},
+        "checks": {k: fmt_check(k, figures[k])[1] == "yes" for k in TARGETS if k in figures},
         "settings": {"model": args.model, "peft": args.peft, "rank": peft_cfg.get("rank"), "layers": layers,
                      "device": device, "bf16": bf16, "seed": args.seed, "glue_dir": str(args.glue_dir)},
         "machine": machine, "fisher": fisher, "mask": mask_info, "train": trained, "optimizer_step": opt_step,
+        "bf16": bf16_figures,
     }
     machine["load_after"] = load_avg()
     result["total_seconds"] = time.perf_counter() - t_start
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "bench.md").write_text(markdown(result))
     print(markdown(result))

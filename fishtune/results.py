@@ -7,7 +7,11 @@ A result file is the unit of resume and aggregation. Its top-level keys (schema 
   history [{epoch, train_loss, dev_loss, metrics, score}],
   best {epoch, score, metrics, dev_loss}, dev_labels and dev_predictions (per dev example, in the
   seeded subsample's order; predictions of the best epoch), stop_reason, fisher_seconds, train_seconds,
-  samples_per_second, device, precision, host, slurm (job ids, or null), resumed_from_epoch
+  samples_per_second, tokens_per_second (training, padding left out), throughput [{epoch,
+  train_seconds, samples_per_second, tokens_per_second}], threads, peak_memory_mb (GPU:
+  max allocated; CPU: peak RSS), peak_rss_mb, peak_rss_source, cuda_max_allocated_mb and
+  cuda_max_reserved_mb (null on CPU), device, precision (fp32 | bf16), precision_reason, host, slurm
+  (job ids, or null), resumed_from_epoch
   (the checkpoint a requeued or restarted run continued from, or null), versions, git_commit (HEAD
   when the run started), finished_at; adaptive runs add trainable_final, ratio_pct_final, ratio_pct_mean, active_ratio_history.
 `metrics` hold the task's numbers x100 (matthews | accuracy | f1 | pearson | spearman) and `score`

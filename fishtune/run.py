@@ -131,15 +131,48 @@ def plan(config: dict) -> Plan:
                 counts["total"], budget_total, path)
 
 
-def _device_and_precision(train_cfg: dict) -> tuple[str, bool]:
+def _device_and_precision(train_cfg: dict) -> tuple[str, bool, str]:
     import torch
+
+    from .train import choose_precision
 
     device = train_cfg["device"]
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    precision = train_cfg["precision"]
-    bf16 = precision == "bf16" or (precision == "auto" and device == "cuda" and torch.cuda.is_bf16_supported())
-    return device, bf16
+    return (device, *choose_precision(train_cfg["precision"], device))
+
+
+# Peak memory of one run. On Linux the process's peak RSS (VmHWM) is reset when the run starts, so a
+# worker process that runs many runs reports each run's own peak; elsewhere ru_maxrss, the process's.
+def reset_peak_memory(device: str) -> str:
+    """Start a run's peak-memory window; returns how the peak RSS is measured."""
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return "VmHWM since the run started"
+    except OSError:
+        return "ru_maxrss of the process"
+
+
+def peak_memory(device: str, source: str) -> dict:
+    """peak_rss_mb (host), cuda_max_allocated_mb / cuda_max_reserved_mb (None on CPU), and peak_memory_mb:
+    the GPU's allocated peak on CUDA, the host's peak RSS on CPU."""
+    import resource
+
+    import torch
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+    if source.startswith("VmHWM"):
+        status = Path("/proc/self/status").read_text()
+        rss = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
+    cuda = device.startswith("cuda")
+    allocated = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
+    reserved = torch.cuda.max_memory_reserved() / 2**20 if cuda else None
+    return {"peak_memory_mb": allocated if cuda else rss, "peak_rss_mb": rss, "peak_rss_source": source,
+            "cuda_max_allocated_mb": allocated, "cuda_max_reserved_mb": reserved}
 
 
 def fisher_batches(train_set: list[dict], tokenizer, fisher_cfg: dict, seed: int):
@@ -166,7 +199,8 @@ def execute(p: Plan, progress: bool = True) -> dict:
     cfg, task = p.config, p.task
     seed = int(cfg["seed"])
     commit = git_commit()  # the code this run starts with, not whatever HEAD is when it ends
-    device, bf16 = _device_and_precision(cfg["train"])
+    device, bf16, precision_reason = _device_and_precision(cfg["train"])
+    memory_source = reset_peak_memory(device)
     p.path.parent.mkdir(parents=True, exist_ok=True)
     set_seed(seed)
 
@@ -237,7 +271,11 @@ def execute(p: Plan, progress: bool = True) -> dict:
         "dev_labels": [e["labels"] for e in splits["dev"]], "dev_predictions": outcome.best_predictions,
         "fisher_seconds": fisher_seconds, "train_seconds": outcome.train_seconds,
         "samples_per_second": outcome.samples_seen / max(outcome.train_seconds, 1e-9),
-        "device": device, "precision": "bf16" if bf16 else "fp32", "host": socket.gethostname(),
+        "tokens_per_second": outcome.tokens_seen / max(outcome.train_seconds, 1e-9),
+        "throughput": outcome.throughput,
+        "threads": torch.get_num_threads(), **peak_memory(device, memory_source),
+        "device": device, "precision": "bf16" if bf16 else "fp32", "precision_reason": precision_reason,
+        "host": socket.gethostname(),
         "slurm": slurm_ids(), "resumed_from_epoch": outcome.resumed_from_epoch,
         "versions": package_versions(), "git_commit": commit, "finished_at": now_iso(),
     }

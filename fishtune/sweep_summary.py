@@ -2,7 +2,9 @@
 
 Lists, for every run under RUNS_DIR (any launcher, any number of sweeps):
   finished        its result file: best score, epochs, and where it ran (Slurm job id, host, the
-                  GPU Slurm gave it, requeues, the epoch a requeued run resumed after)
+                  GPU Slurm gave it, requeues, the epoch a requeued run resumed after); what it cost
+                  (training seconds, precision, and where the file records them, samples and tokens
+                  per second, peak memory and threads)
   failed          a `<run>.failed.json` (the run raised or diverged; the sweep went on): the reason
                   and the record
   without result  Slurm jobs of a hydra-submitit sweep (RUNS_DIR/hydra/*/.submitit/) that have no
@@ -27,6 +29,8 @@ from pathlib import Path
 
 from .results import load_failures, load_results, set_aside_files
 
+# What a run cost, as its result file records it (older files lack the last four).
+COST_KEYS = ("train_seconds", "precision", "samples_per_second", "tokens_per_second", "peak_memory_mb", "threads")
 _JOB_DIR = re.compile(r"^\d+(_\d+)?$")  # submitit's folder per job: JOBID or ARRAYID_TASK
 
 
@@ -112,6 +116,7 @@ def summarize(runs_dir: str | Path) -> dict:
             "slurm": _slurm_label(r.get("slurm")), "gpu": _gpu_label(r.get("slurm")),
             "restarts": int((r.get("slurm") or {}).get("restart_count") or 0),
             "resumed_from_epoch": r.get("resumed_from_epoch"), "path": r["_path"],
+            **{key: r.get(key) for key in COST_KEYS},
         })
     done = {Path(f["path"]).name.removesuffix(".json") for f in finished}
     failed = []
@@ -146,6 +151,12 @@ def format_summary(s: dict) -> str:
             score = "-" if r["score"] is None else f"{r['score']:.2f}"
             lines.append(f"  {r['run_id']}  score {score} (best epoch {r['best_epoch']} of {r['epochs']}, "
                          f"{r['stop_reason']})  {where}")
+            if r["train_seconds"] is not None:
+                cost = f"    {r['train_seconds']:.0f} s training, {r['precision']}"
+                if r["tokens_per_second"] is not None:
+                    cost += (f", {r['samples_per_second']:.1f} samples/s, {r['tokens_per_second']:.0f} tokens/s, "
+                             f"peak {r['peak_memory_mb']:.0f} MB, {r['threads']} threads")
+                lines.append(cost)
     if s["failed"]:
         lines.append("failed:")
         for r in s["failed"]:

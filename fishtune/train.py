@@ -1,9 +1,11 @@
 """Masked Adam training with per-epoch dev evaluation, early stopping and epoch checkpoints.
 
-Masking is the library's MaskedOptimizer around torch.optim.AdamW (fishtune.optim): the gradient
-of every masked-out entry is set to exactly zero before each step, so Adam's moments of such an
-entry stay zero and its update is 0 / (sqrt(0) + eps) = 0; weight decay is decoupled, and the
-masked-out entries are written back after each step, so decay never touches them either.
+Masking is the library's MaskedOptimizer around torch.optim.Adam (AdamW when there is weight decay;
+fishtune.optim): the gradient of every masked-out entry is set to exactly zero before each step, so
+Adam's moments of such an entry stay zero and its update is 0 / (sqrt(0) + eps) = 0; weight decay is
+decoupled, and the masked-out entries are written back after each step, so decay never touches them
+either. Precision: bf16 autocast for forward passes where choose_precision says so (parameters,
+gradients and the optimiser's state stay fp32).
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ class TrainSettings:
     max_epochs: int = 400
     patience: int = 10            # epochs without a better dev score before stopping
     device: str = "cpu"
-    bf16: bool = False            # autocast to bf16 (CUDA); parameters and optimiser stay fp32
+    bf16: bool = False            # autocast to bf16 (choose_precision); parameters and optimiser stay fp32
     progress: bool = True
 
 
@@ -45,8 +47,33 @@ class TrainResult:
     stop_reason: str = ""
     train_seconds: float = 0.0
     samples_seen: int = 0
+    tokens_seen: int = 0                  # training tokens, padding left out
+    # per epoch: epoch, train_seconds, samples_per_second, tokens_per_second (apart from `history`, which
+    # holds only what the seed determines, so that two runs of one config have equal histories)
+    throughput: list[dict] = field(default_factory=list)
     best_predictions: list | None = None  # dev predictions of the best epoch, by example `idx`
     resumed_from_epoch: int | None = None  # the checkpoint's epoch this training continued after
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), as torch's own checks say; without
+    it torch emulates bf16, which is slower than fp32."""
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check() for check in checks if check is not None)
+
+
+def choose_precision(precision: str, device: str) -> tuple[bool, str]:
+    """(bf16, why) for train.precision on `device`: `auto` autocasts to bf16 on a CUDA GPU that supports
+    it and on a CPU with native bf16, fp32 elsewhere; `bf16` and `fp32` force it."""
+    if precision != "auto":
+        return precision == "bf16", f"train.precision={precision}"
+    if torch.device(device).type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return True, "auto: CUDA GPU with bf16"
+        return False, "auto: CUDA GPU without bf16"
+    if cpu_has_native_bf16():
+        return True, "auto: CPU with native bf16 (AVX512-BF16 or AMX)"
+    return False, "auto: CPU without native bf16 (emulated bf16 is slower than fp32)"
 
 
 def masked_adam(model: nn.Module, masks: Mapping[str, torch.Tensor], settings: TrainSettings) -> MaskedOptimizer:
@@ -186,7 +213,7 @@ def train(model: nn.Module, train_loader, dev_loader, task: TaskSpec, settings: 
     for epoch in tqdm(epochs, desc=f"{task.name} epochs", disable=not settings.progress, initial=start_epoch - 1,
                       total=settings.max_epochs):
         model.train()
-        t0, loss_sum, n_seen = time.perf_counter(), 0.0, 0
+        t0, loss_sum, n_seen, tokens = time.perf_counter(), 0.0, 0, 0
         # Per-batch bars only on a terminal (disable=None): in a log file they would be thousands of lines.
         for step, batch in enumerate(tqdm(train_loader, desc=f"epoch {epoch}", leave=False,
                                           disable=None if settings.progress else True), start=1):
@@ -201,14 +228,19 @@ def train(model: nn.Module, train_loader, dev_loader, task: TaskSpec, settings: 
             opt.zero_grad()
             loss_sum += loss * len(y)
             n_seen += len(y)
-        result.train_seconds += time.perf_counter() - t0
+            tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+        seconds = time.perf_counter() - t0
+        result.train_seconds += seconds
         result.samples_seen += n_seen
+        result.tokens_seen += tokens
 
         dev = evaluate(model, dev_loader, task, settings)
         if not math.isfinite(dev["dev_loss"]):
             raise Diverged(f"diverged: non-finite dev loss at epoch {epoch}")
         predictions = dev.pop("predictions", None)  # kept for the best epoch only, not in the history
         record = {"epoch": epoch, "train_loss": loss_sum / max(n_seen, 1), **dev}
+        result.throughput.append({"epoch": epoch, "train_seconds": seconds, "samples_per_second": n_seen / seconds,
+                                  "tokens_per_second": tokens / seconds})
         if freezer is not None:
             record["active_ratio"] = freezer.active_ratio
         result.history.append(record)

@@ -68,6 +68,29 @@ def test_the_mechanism_modes_run_with_the_fish_budget(tmp_path, mode):
         assert max(per_tensor[mode]) - min(per_tensor[mode]) <= 1  # the method's tensors are all one size
 
 
+def test_result_records_precision_memory_throughput_and_threads(tmp_path):
+    result = run(run_config(tmp_path, "task=sst2", "mask=rand", "train.precision=bf16", *QUICK), progress=False)
+    assert (result["precision"], result["precision_reason"]) == ("bf16", "train.precision=bf16")
+    assert result["peak_memory_mb"] == result["peak_rss_mb"] > 0 and result["cuda_max_allocated_mb"] is None
+    # at least the model's weights were resident
+    assert result["peak_rss_mb"] > result["total"] * 4 / 2**20
+    assert result["threads"] == torch.get_num_threads() >= 1
+    assert result["tokens_per_second"] > result["samples_per_second"] > 0
+    assert [t["epoch"] for t in result["throughput"]] == [h["epoch"] for h in result["history"]]
+    assert all(t["tokens_per_second"] > t["samples_per_second"] > 0 for t in result["throughput"])
+
+
+def test_the_fisher_and_mask_under_bf16_autocast_equal_fp32(tmp_path):
+    masks, results = {}, {}
+    for precision in ("fp32", "bf16", "auto"):
+        cfg = run_config(tmp_path / precision, "task=mrpc", "mask=fish", f"train.precision={precision}", *QUICK)
+        results[precision] = run(cfg, progress=False)
+        masks[precision] = load_mask_file(plan(cfg).path.with_suffix(".mask.pt"))[0]
+    assert results["bf16"]["precision"] == "bf16" and results["fp32"]["precision"] == "fp32"
+    for precision in ("bf16", "auto"):  # the Fisher is estimated in fp32 whatever the training precision
+        assert all(torch.equal(masks[precision][n], masks["fp32"][n]) for n in masks["fp32"])
+
+
 def test_same_config_and_seed_reproduce_mask_and_metrics(tmp_path):
     results = []
     for sub in ("a", "b"):

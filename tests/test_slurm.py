@@ -635,7 +635,9 @@ def test_sweep_summary_lists_finished_failed_and_jobs_without_result(tmp_path, m
 
     _fake_result(tmp_path, "a-none")
     _fake_result(tmp_path, "b-fish", mask="fish", resumed_from_epoch=3,
-                 slurm={"job_id": "12", "array_job_id": "7", "array_task_id": "1", "restart_count": "1"})
+                 slurm={"job_id": "12", "array_job_id": "7", "array_task_id": "1", "restart_count": "1"},
+                 train_seconds=41.6, precision="bf16", samples_per_second=48.1, tokens_per_second=1210.4,
+                 peak_memory_mb=812.3, threads=1)
     (tmp_path / "b-fish.failed.json").write_text(json.dumps({"error": "old"}))  # finished later: not listed
     (tmp_path / "c-fish.failed.json").write_text(json.dumps({
         "status": "failed", "error": "ValueError: batch_size=0", "host": "node8",
@@ -662,7 +664,7 @@ def test_sweep_summary_lists_finished_failed_and_jobs_without_result(tmp_path, m
     assert text.startswith(f"sweep summary of {tmp_path}: 2 finished, 1 failed, 1 without a result\n")
     assert "  a-none  score 61.25 (best epoch 2 of 2, max_epochs)  on node7\n" in text
     assert "  b-fish  score 61.25 (best epoch 2 of 2, max_epochs)  slurm 7_1 on node7, requeued 1x, " \
-           "resumed after epoch 3\n" in text
+           "resumed after epoch 3\n    42 s training, bf16, 48.1 samples/s, 1210 tokens/s, peak 812 MB, 1 threads\n" in text
     assert "  c-fish  slurm 7_2 on node8\n    error: ValueError: batch_size=0\n" in text
     assert "  7_3  ended without a result\n    overrides: task=mrpc mask=fish\n    log: " in text
 

@@ -23,11 +23,12 @@ def run_training(m, tok, spec, masks, **settings):
     return train(m, dl, loader(tok, spec, "dev"), spec, s, masks)
 
 
-@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
-def test_masked_out_entries_bit_identical_and_exactly_k_trained(weight_decay):
+@pytest.mark.parametrize("weight_decay,bf16", [(0.0, False), (0.1, False), (0.0, True), (0.1, True)])
+def test_masked_out_entries_bit_identical_and_exactly_k_trained(weight_decay, bf16):
     m, tok, spec, head, masks = masked_setup(k=40)
     before = {n: p.detach().clone() for n, p in m.named_parameters()}
-    run_training(m, tok, spec, masks, weight_decay=weight_decay)
+    result = run_training(m, tok, spec, masks, weight_decay=weight_decay, bf16=bf16)
+    assert all(p.dtype == torch.float32 for p in m.parameters())  # autocast leaves the weights fp32
     after = dict(m.named_parameters())
     changed = 0
     for n, mask in masks.items():
@@ -37,6 +38,31 @@ def test_masked_out_entries_bit_identical_and_exactly_k_trained(weight_decay):
     assert all(not torch.equal(after[n], before[n]) for n in head)  # the head trains in full
     frozen = [n for n in before if n not in masks and n not in head]
     assert all(torch.equal(after[n], before[n]) for n in frozen)
+    # throughput per epoch: training tokens without padding, counted from the data
+    batches = list(loader(tok, spec, batch_size=8))
+    tokens, samples = sum(int(b["attention_mask"].sum()) for b in batches), sum(len(b["labels"]) for b in batches)
+    assert [t["epoch"] for t in result.throughput] == [1, 2, 3]
+    for t in result.throughput:
+        assert t["tokens_per_second"] / t["samples_per_second"] == pytest.approx(tokens / samples)
+    assert (result.tokens_seen, result.samples_seen) == (3 * tokens, 3 * samples)
+
+
+def test_choose_precision_auto_follows_the_hardware(monkeypatch):
+    import fishtune.train as t
+
+    assert t.choose_precision("fp32", "cpu") == (False, "train.precision=fp32")
+    assert t.choose_precision("bf16", "cpu") == (True, "train.precision=bf16")
+    for native in (True, False):
+        monkeypatch.setattr(t, "cpu_has_native_bf16", lambda: native)
+        bf16, why = t.choose_precision("auto", "cpu")
+        assert bf16 is native and why.startswith("auto: CPU with" if native else "auto: CPU without")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert t.choose_precision("auto", "cuda") == (False, "auto: CUDA GPU without bf16")
+    # the flag torch reads is the CPU's own: on Linux, /proc/cpuinfo says the same
+    flags = open("/proc/cpuinfo").read() if __import__("os").path.exists("/proc/cpuinfo") else None
+    if flags is not None:
+        monkeypatch.undo()
+        assert t.cpu_has_native_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)
 
 
 def test_trainable_entries_equal_k():
