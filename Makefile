@@ -28,6 +28,9 @@ help:
 	@echo "make study - the study (docs/STUDY.md): run what is missing of its 200 runs, then results/study/"
 	@echo "make study-why - the study's mechanism, lr and converged arms, then results/study/why/"
 	@echo "make bf16-parity - the study's SST-2 and STS-B runs again in bf16, paired with the fp32 ones"
+	@echo "make report RUNS_DIR=... REPORT=...html - one self-contained HTML results page of a runs folder"
+	@echo "make bench - benchmarks (docs/BENCH.md); make ratios - Tables 1-2 trainable ratios"
+	@echo "make test-slurm - sweeps on a local Slurm (root); make test-browser - the results page in Chromium"
 
 # Idempotent: reinstalls only when pyproject.toml or requirements.lock changed.
 setup: $(STAMP)
@@ -157,10 +160,12 @@ STUDY_SWEEP = jobs=$${FISHTUNE_JOBS:-2}; threads=$$(( $$(nproc) / jobs )); \
 	$(OFFLINE) $(BIN)/python -m fishtune.run -m $(if $(filter-out basic,$(STUDY_LAUNCHER)),hydra/launcher=$(STUDY_LAUNCHER))
 study: setup
 	@$(STUDY_SWEEP) +experiment=study paths.runs_dir=$(STUDY_RUNS) $(ARGS); status=$$?; \
-	$(BIN)/python -m fishtune.study --runs-dir $(STUDY_RUNS) --out results/study; exit $$status
+	$(BIN)/python -m fishtune.study --runs-dir $(STUDY_RUNS) --out results/study; \
+	$(BIN)/python -m fishtune.report $(STUDY_RUNS) --out results/study/index.html; exit $$status
 
 study-report: setup
 	$(BIN)/python -m fishtune.study --runs-dir $(STUDY_RUNS) --out results/study
+	$(BIN)/python -m fishtune.report $(STUDY_RUNS) --out results/study/index.html
 
 # Why rand beats fish, and whether it lasts (docs/STUDY.md): the mechanism arm (fish_shuffled and
 # fish_spread, 40 runs), the learning-rate arm (fish and rand at two more lrs, 20 runs) and the converged

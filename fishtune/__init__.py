@@ -10,7 +10,7 @@ The package holds three kinds of code, in one flat folder:
 * the harness that runs the paper's experiments from Hydra configs: tasks, data, models, methods,
   schedules, train, run, results, metrics, tracking, sweeps, validate (`python -m fishtune.run ...`).
 * the reports built from result files: aggregate, mask_report, sweep_summary, paper, ratios, study,
-  study_why, parity.
+  study_why, parity, report (the HTML results page).
 
 The library's names are attributes of the package, imported on first use, so that `import
 fishtune` stays light (no torch until a name is used):
@@ -32,7 +32,7 @@ FISHER_MODES = ("fish", "rev", "fish_shuffled", "fish_spread")
 LIBRARY = ("fisher", "masks", "optim", "callback", "adaptive", "batching")
 HARNESS = ("tasks", "data", "models", "methods", "schedules", "train", "run", "results", "metrics", "tracking",
            "sweeps", "validate")
-REPORTS = ("aggregate", "mask_report", "sweep_summary", "paper", "ratios", "study", "study_why", "parity")
+REPORTS = ("aggregate", "mask_report", "sweep_summary", "paper", "ratios", "study", "study_why", "parity", "report")
 
 # name -> the library module that defines it
 _EXPORTS = {

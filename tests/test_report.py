@@ -1,0 +1,253 @@
+"""The results page (fishtune.report): built from a small synthetic runs folder, it embeds the runs'
+data, asks no server for anything, lists failed and damaged files, and (in headless Chromium, marker
+`browser`) renders its tables, figures and a clicked run's curves without a network request."""
+import json
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from fishtune.report import PLOTLY_VERSION, build_page, main, write_report
+from fishtune.results import save_mask_file, write_json_atomic
+
+ROOT = Path(__file__).resolve().parent.parent
+STUDY_RUNS = ROOT / "results" / "study" / "runs"
+LABELS = [1, 0, 1, 1, 0, 1, 0, 1, 1, 1, 0, 1]
+
+
+def result(model="minilm", method="lora", task="sst2", mask="none", budget=1, seed=1, score=70.0, **extra) -> dict:
+    """A result file as fishtune.run writes it, with only the fields the page reads (and the dev
+    predictions and config it must leave out)."""
+    run_id = f"{model}-{task}-{method}-L2-r1-{mask}-b{budget}-s{seed}"
+    history = [{"epoch": e, "train_loss": 0.7 - 0.05 * e, "dev_loss": 0.69 - 0.03 * e,
+                "metrics": {"accuracy": score - 3 + e, "score": score - 3 + e}, "score": score - 3 + e}
+               for e in (1, 2, 3)]
+    predictions = [(label if (i + seed) % 4 else 1 - label) for i, label in enumerate(LABELS)]
+    return {"schema": 1, "run_id": run_id, "config_hash": "abc", "config": {"secret_config_marker": 1},
+            "model": model, "task": task, "method": method, "layers": 2, "rank": 1, "mask": mask, "budget": budget,
+            "seed": seed, "trainable": 300, "total": 10_000, "ratio_pct": 3.0, "budget_ratio_pct": 3.0, "lr": 5e-3,
+            "history": history, "throughput": [{"epoch": e, "samples_per_second": 40.0 + e} for e in (1, 2, 3)],
+            "best": {"epoch": 3, "score": score, "metrics": {"accuracy": score}, "dev_loss": 0.6},
+            "dev_labels": LABELS, "dev_predictions": predictions, "stop_reason": "max_epochs", "fisher_seconds": 1.5,
+            "train_seconds": 20.0 + seed, "samples_per_second": 40.0, "device": "cpu", "precision": "fp32", **extra}
+
+
+def placement(first_layer_share: int) -> list[dict]:
+    return [{"name": "bert.encoder.layer.0.attention.self.query.lora_A.default.weight", "layer": 0,
+             "module": "query.lora_A", "chosen": first_layer_share, "entries": 384},
+            {"name": "bert.encoder.layer.1.attention.self.query.lora_A.default.weight", "layer": 1,
+             "module": "query.lora_A", "chosen": 100 - first_layer_share, "entries": 384},
+            {"name": "classifier.weight", "layer": None, "module": "other", "chosen": 20, "entries": 20}]
+
+
+@pytest.fixture
+def runs_dir(tmp_path) -> Path:
+    """A study-like group (none, fish, rand on SST-2 at budget 1, three seeds; fish and rand with their
+    placement and peak memory), one run of another model and method that saved only a mask file, a
+    failed run and a damaged file."""
+    runs = tmp_path / "runs"
+    for seed in (1, 2, 3):
+        for mask, score in (("none", 70.0), ("fish", 72.0 + seed), ("rand", 71.0)):
+            extra = {"placement": placement(80 if mask == "fish" else 50), "peak_memory_mb": 500.0 + seed,
+                     "tokens_per_second": 900.0} if mask != "none" else {}
+            r = result(mask=mask, seed=seed, score=score + 0.1 * seed, **extra)
+            write_json_atomic(runs / "study" / f"{r['run_id']}.json", r)
+    other = result(model="tiny_bert", method="adapter", task="rte", mask="fish", seed=1, score=55.0)
+    write_json_atomic(runs / "quick" / f"{other['run_id']}.json", other)
+    save_mask_file(runs / "quick" / f"{other['run_id']}.mask.pt",
+                   {"bert.encoder.layer.3.output.adapter.down.weight": torch.tensor([True, False, True])})
+    write_json_atomic(runs / "quick" / "tiny_bert-rte-adapter-L2-fish-b2-s2.failed.json",
+                      {"status": "failed", "reason": "diverged: non-finite loss at epoch 3, step 7",
+                       "error": "Diverged: loss is nan", "traceback": "...", "config": {}})
+    (runs / "quick" / "tiny_bert-rte-adapter-L2-rand-b1-s1.json").write_text('{"schema": 1, "run_id": "cut')
+    return runs
+
+
+def page_data(html: str) -> dict:
+    blob = re.search(r'<script type="application/json" id="report-data">(.*?)</script>', html, re.S).group(1)
+    return json.loads(blob)
+
+
+def test_page_embeds_the_runs_and_lists_failed_and_damaged_files(runs_dir):
+    html = build_page(runs_dir, n_resamples=20)
+    data = page_data(html)
+    assert {r["run_id"] for r in data["runs"]} == {
+        *(f"minilm-sst2-lora-L2-r1-{m}-b1-s{s}" for m in ("none", "fish", "rand") for s in (1, 2, 3)),
+        "tiny_bert-rte-adapter-L2-r1-fish-b1-s1"}
+    # What the page does not show stays out of it.
+    assert "dev_predictions" not in html and "secret_config_marker" not in html
+    # Self-contained: plotly.js inline, and no element loads anything from a URL.
+    assert f"plotly.js (basic - minified) v{PLOTLY_VERSION}" in html
+    assert not re.search(r"<(script|link|img|iframe)\b[^>]*\b(src|href)\s*=", html, re.I)
+    views = {v["id"]: v for v in data["views"]}
+    assert [r["path"] for r in views["failed"]["rows"]] == ["quick/tiny_bert-rte-adapter-L2-fish-b2-s2.failed.json"]
+    assert views["failed"]["rows"][0]["reason"].startswith("diverged")
+    assert [r["path"] for r in views["damaged"]["rows"]] == ["quick/tiny_bert-rte-adapter-L2-rand-b1-s1.json"]
+    # The study-like group gets fishtune.study's tables; the other model only the generic views.
+    assert data["study_groups"] == 1 and views["study-0"]["title"].endswith("minilm / lora / 1")
+    fish = [r for r in views["study-0"]["rows"] if r["row"] == "fish" and r["task"] == "sst2"][0]
+    assert fish["n"] == 3 and fish["mean"] == pytest.approx(74.2) and fish["ci_lo"] < 74.2 < fish["ci_hi"]
+    baseline = [r for r in views["study-0"]["rows"] if r["row"] == "baseline" and r["task"] == "sst2"][0]
+    assert baseline["mean"] == pytest.approx(100 * 8 / 12, abs=1e-4)   # majority class of LABELS
+    assert {r["comparison"] for r in views["paired-1"]["rows"]} == {"fish - original", "rand - original", "fish - rand"}
+    assert {(c["model"], c["mask"], c["n"]) for c in views["cells"]["rows"]} == {
+        ("minilm", "none", 3), ("minilm", "fish", 3), ("minilm", "rand", 3), ("tiny_bert", "fish", 1)}
+    # Placement from the result files' field and from the saved mask of the run that has no field.
+    place = {(r["model"], r["mask"], r["layer"]): r["chosen"] for r in views["placement"]["rows"]}
+    assert place[("minilm", "fish", 0)] == 3 * 80 and place[("minilm", "rand", 1)] == 3 * 50
+    assert place[("tiny_bert", "fish", 3)] == 2
+    assert "peak_memory_mb" in views["cost"]["rows"][0] or any("peak_memory_mb" in r for r in views["cost"]["rows"])
+
+
+def test_a_folder_without_placement_says_so_and_the_cli_writes_the_page(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    for mask in ("none", "fish"):
+        r = result(model="tiny_llama", method="ia3", task="rte", mask=mask)
+        write_json_atomic(runs / f"{r['run_id']}.json", r)
+    out = tmp_path / "page" / "index.html"
+    main([str(runs), "--out", str(out), "--resamples", "10"])
+    assert "wrote" in capsys.readouterr().out
+    views = {v["id"]: v for v in page_data(out.read_text())["views"]}
+    assert views["placement"]["rows"] == [] and "No mask placement" in views["placement"]["empty"]
+    assert views["failed"]["rows"] == [] and views["damaged"]["rows"] == []
+
+
+def test_study_groups_split_by_folder_and_learning_rate_and_leave_mixed_cells_generic():
+    from fishtune.report import study_groups
+
+    runs = Path("/runs")
+
+    def groups(results):
+        for i, r in enumerate(results):
+            r.setdefault("_path", str(runs / f"{i}.json"))
+        found, skipped = study_groups(results, runs)
+        return sorted(found, key=str), skipped
+
+    lr_arm = [result(mask=m, seed=s, lr=lr) for m in ("fish", "rand") for s in (1, 2) for lr in (1e-3, 2e-2)]
+    assert groups(lr_arm) == ([(".", "minilm", "lora", 1, 1e-3), (".", "minilm", "lora", 1, 2e-2)], [])
+    # Table 3's rows: fish on 6 and on 8 layers at one budget are no single study cell.
+    found, skipped = groups([result(mask="none")] + [result(mask="fish", layers=n) for n in (6, 8)])
+    assert found == [] and skipped == ["minilm / lora / 1: a (task, mask, budget) cell mixes layer counts"]
+    # Two arms in two folders are two groups; in one folder, they are not a study.
+    arms = [result(mask=m, _path=str(runs / arm / f"{m}.json")) for arm in ("fp32", "bf16") for m in ("none", "fish")]
+    assert groups(arms) == ([("bf16", "minilm", "lora", 1), ("fp32", "minilm", "lora", 1)], [])
+    found, skipped = groups([result(mask=m) for m in ("none", "fish") for _ in (1, 2)])
+    assert found == [] and "more than one run" in skipped[0]
+
+
+def test_an_empty_folder_still_gets_a_page(tmp_path):
+    (tmp_path / "runs").mkdir()
+    views = {v["id"]: v for v in page_data(build_page(tmp_path / "runs"))["views"]}
+    assert set(views) == {"failed", "damaged"}
+
+
+# ---- in a browser ----------------------------------------------------------------------------------
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-default-apps", "--window-size=1400,2400",
+                  # No name resolves (the driver talks to the browser on 127.0.0.1, not by name).
+                  "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost"]
+OUTSIDE = re.compile(r"^(https?|wss?|ftp):", re.I)
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """Headless Chromium through chromedriver, logging every request, downloads into tmp_path."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="no selenium: pip install -e '.[test]'")
+    from selenium.webdriver.chrome.service import Service
+
+    binary = next((b for b in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if b), None)
+    driver = shutil.which("chromedriver")
+    if not binary or not driver:
+        pytest.skip(f"no chromium: browser {binary or 'missing'}, chromedriver {driver or 'missing'} "
+                    "(make test-browser installs Debian's chromium + chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={tempfile.mkdtemp(dir=tmp_path)}"]:
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
+    # Given paths, selenium never runs its driver manager (which would go looking online).
+    chrome = webdriver.Chrome(service=Service(driver), options=options)
+    chrome.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(tmp_path)})
+    yield chrome
+    chrome.quit()
+
+
+def requested_urls(chrome) -> list[str]:
+    messages = (json.loads(e["message"])["message"] for e in chrome.get_log("performance"))
+    return [m["params"]["request"]["url"] for m in messages if m["method"] == "Network.requestWillBeSent"]
+
+
+def open_page(chrome, path: Path) -> None:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    chrome.get(path.as_uri())
+    state = WebDriverWait(chrome, 60, poll_frequency=0.05).until(
+        lambda c: c.execute_script("return document.documentElement.dataset.figures"))
+    logs = [e["message"] for e in chrome.get_log("browser") if e["level"] == "SEVERE"]
+    assert state == "ready", f"figures: {state}; console: {logs}"
+    assert not logs, logs
+
+
+@pytest.mark.browser
+def test_page_renders_tables_figures_and_a_clicked_runs_curves_offline(runs_dir, tmp_path, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    page = write_report(runs_dir, tmp_path / "index.html", n_resamples=20)
+    open_page(browser, page)
+    css = browser.find_elements
+    assert len(css(By.CSS_SELECTOR, "#runs tbody tr")) == 10
+    assert len(css(By.CSS_SELECTOR, "#study-0 tbody tr")) > 0 and len(css(By.CSS_SELECTOR, "#paired-1 tbody tr")) > 0
+    for figure in ("cells", "placement", "cost"):   # plotly drew each, as SVG with data in it
+        assert css(By.CSS_SELECTOR, f"#{figure}-figure.js-plotly-plot svg.main-svg .trace"), figure
+    assert "quick/tiny_bert-rte-adapter-L2-fish-b2-s2.failed.json" in browser.find_element(By.ID, "failed").text
+    assert "quick/tiny_bert-rte-adapter-L2-rand-b1-s1.json" in browser.find_element(By.ID, "damaged").text
+
+    # Filters: a figure follows its table; the paired table down to its significant lines, the runs to one mode.
+    traces = lambda: len(css(By.CSS_SELECTOR, "#cells-figure .scatterlayer .trace"))  # noqa: E731
+    before = traces()
+    Select(browser.find_element(By.CSS_SELECTOR, "#cells select[data-filter=mask]")).select_by_value("fish")
+    assert len(css(By.CSS_SELECTOR, "#cells tbody tr")) == 2
+    WebDriverWait(browser, 10).until(lambda c: 0 < traces() < before)
+    Select(browser.find_element(By.CSS_SELECTOR, "#runs select[data-filter=mask]")).select_by_value("fish")
+    assert len(css(By.CSS_SELECTOR, "#runs tbody tr")) == 4
+    Select(browser.find_element(By.CSS_SELECTOR, "#paired-1 select[data-filter=significance]")).select_by_value("p_ttest")
+    shown = [float(td.text) for td in css(By.CSS_SELECTOR, "#paired-1 tbody tr td:nth-child(8)")]  # p (paired t)
+    assert shown and all(p < 0.05 for p in shown)
+
+    # A click on a run: its curves (train loss, dev loss, score; accuracy is the score here) and its facts.
+    row = css(By.CSS_SELECTOR, "#runs tbody tr")[0]
+    run_id = row.find_element(By.TAG_NAME, "td").text
+    row.click()
+    WebDriverWait(browser, 30).until(lambda c: c.find_element(By.ID, "run-detail").get_attribute("data-curves") != "pending")
+    detail = browser.find_element(By.ID, "run-detail")
+    assert detail.get_attribute("data-curves") == "ready" and run_id in detail.text
+    assert len(detail.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .scatterlayer .trace")) == 3
+    assert "max_epochs" in detail.text and "peak memory MB" in detail.text
+
+    # CSV export of the shown lines, through a Blob: the file lands in the download folder.
+    browser.find_element(By.CSS_SELECTOR, "#runs button.csv").click()
+    csv = tmp_path / "runs.csv"
+    WebDriverWait(browser, 20).until(lambda c: csv.exists() and csv.read_text().count("\n") == 5)
+    assert csv.read_text().splitlines()[0].startswith("run_id,folder,model,method,task")
+
+    urls = requested_urls(browser) + browser.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name)")
+    assert not [u for u in urls if OUTSIDE.match(u)], urls
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not STUDY_RUNS.is_dir(), reason="no committed study runs")
+def test_study_page_is_small_and_opens(tmp_path, browser):
+    """The page of the committed 200-run study: under 5 MB, and it opens with every figure drawn."""
+    page = write_report(STUDY_RUNS, tmp_path / "index.html", n_resamples=20)
+    assert page.stat().st_size < 5e6
+    open_page(browser, page)
+    assert len(browser.find_elements("css selector", "#runs tbody tr")) == len(list(STUDY_RUNS.glob("*.json")))
+    assert browser.find_elements("css selector", "#cells-figure .trace")
+    assert not [u for u in requested_urls(browser) if OUTSIDE.match(u)]
