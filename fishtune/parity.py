@@ -17,12 +17,13 @@ from typing import Sequence
 import pandas as pd
 
 from .mask_report import paired_test
-from .results import load_results
+from .results import identity, load_results
 from .study import t_interval
 
 
 def _without(config: dict, keys: Sequence[str]) -> str:
-    config = json.loads(json.dumps(config))
+    """The run's identity (fishtune.results.identity) without `keys`, as a comparable string."""
+    config = json.loads(json.dumps(identity(config)))
     for key in keys:
         *parents, last = key.split(".")
         node = config
@@ -81,12 +82,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--margin", type=float, default=1.5, help="points within which the interval must lie")
     ap.add_argument("--out", default="results/bf16-parity")
     args = ap.parse_args(argv)
-    table = parity_table(pairs(load_results(args.a), load_results(args.b), args.differ), args.margin)
+    found = pairs(load_results(args.a), load_results(args.b), args.differ)
+    if found.empty:
+        raise SystemExit(f"fishtune.parity: no run of {args.a} has a twin in {args.b} (same config but "
+                         f"{', '.join(args.differ)})")
+    table = parity_table(found, args.margin)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "parity.csv", index=False, float_format="%.6g")
     (out / "parity.md").write_text(to_markdown(table, args.margin))
-    print(to_markdown(table, args.margin) if len(table) else f"fishtune.parity: no pairs between {args.a} and {args.b}")
+    print(to_markdown(table, args.margin))
 
 
 if __name__ == "__main__":

@@ -47,11 +47,16 @@ class Diverged(RuntimeError):
     """The training loss became NaN or infinite: the run stops at once and is recorded as failed."""
 
 
+def identity(config: Mapping[str, Any]) -> dict:
+    """The part of a run's config that decides what it computes (not where files go or are read from)."""
+    out = {k: v for k, v in config.items() if k not in _NOT_IDENTITY}
+    if isinstance(out.get("data"), Mapping):  # where GLUE is read from does not change the run
+        out["data"] = {k: v for k, v in out["data"].items() if k != "glue_dir"}
+    return out
+
+
 def config_hash(config: Mapping[str, Any]) -> str:
-    identity = {k: v for k, v in config.items() if k not in _NOT_IDENTITY}
-    if isinstance(identity.get("data"), Mapping):  # where GLUE is read from does not change the run
-        identity["data"] = {k: v for k, v in identity["data"].items() if k != "glue_dir"}
-    blob = json.dumps(identity, sort_keys=True, default=str)
+    blob = json.dumps(identity(config), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 

@@ -13,7 +13,8 @@ from fishtune.sweeps import job_overrides
 def _run(seed, precision, score, task="sst2", lr_scale=100.0):
     return {"task": task, "mask": "fish", "budget": 1, "seed": seed, "best": {"score": score}, "precision": precision,
             "samples_per_second": 50.0 if precision == "bf16" else 20.0,
-            "config": {"seed": seed, "task": {"name": task}, "train": {"precision": precision, "lr_scale": lr_scale}}}
+            "config": {"seed": seed, "task": {"name": task}, "train": {"precision": precision, "lr_scale": lr_scale},
+                       "paths": {"runs_dir": f"runs/{precision}"}}}   # where files go is no difference
 
 
 def test_pairs_by_config_and_the_interval_equals_scipy():
