@@ -181,3 +181,28 @@ def test_masked_adam_equals_the_legacy_optimizer_bit_for_bit(lr, weight_decay):
             opt.optimizer.zero_grad(set_to_none=True)
     for (n, a), b in zip(models[0].named_parameters(), models[1].parameters()):
         assert torch.equal(a, b), n
+
+
+def test_frozen_linears_held_in_bf16_train_bit_for_bit_as_plain_autocast(monkeypatch):
+    import contextlib
+
+    import fishtune.train as t
+
+    runs = {}
+    for hold in (True, False):
+        m, tok, spec, head, masks = masked_setup(k=40)
+        frozen = {n: p.detach().clone() for n, p in m.named_parameters() if not p.requires_grad}
+        if not hold:  # autocast casting every frozen weight at every call, as before
+            monkeypatch.setattr(t, "frozen_linears_in_bf16", lambda model, enabled: contextlib.nullcontext())
+        result = run_training(m, tok, spec, masks, bf16=True)
+        monkeypatch.undo()
+        params = dict(m.named_parameters())
+        # afterwards every frozen tensor is its fp32 self again, unchanged
+        assert all(params[n].dtype == torch.float32 and torch.equal(params[n], v) for n, v in frozen.items())
+        runs[hold] = (result.history, {n: p.detach().clone() for n, p in params.items()})
+    assert runs[True][0] == runs[False][0]
+    assert all(torch.equal(runs[True][1][n], runs[False][1][n]) for n in runs[False][1])
+    m = masked_setup(k=40)[0]
+    with t.frozen_linears_in_bf16(m, True):  # not vacuous: the base layers' weights are held as bf16
+        held = [n for n, p in m.named_parameters() if p.dtype == torch.bfloat16]
+    assert held and all("base_layer" in n or not p.requires_grad for n, p in m.named_parameters() if n in held)
