@@ -80,14 +80,25 @@ def test_result_records_precision_memory_throughput_and_threads(tmp_path):
     assert all(t["tokens_per_second"] > t["samples_per_second"] > 0 for t in result["throughput"])
 
 
-def test_the_fisher_and_mask_under_bf16_autocast_equal_fp32(tmp_path):
-    masks, results = {}, {}
+def test_the_fisher_and_mask_under_bf16_autocast_equal_fp32(tmp_path, monkeypatch):
+    import fishtune.masks
+
+    fishers, masks, results = {}, {}, {}
+    estimate = fishtune.masks.empirical_fisher
+
+    def recorded(*args, **kwargs):  # the run's own Fisher, as fish_masks receives it
+        fishers[precision] = estimate(*args, **kwargs)
+        return fishers[precision]
+
+    monkeypatch.setattr(fishtune.masks, "empirical_fisher", recorded)
     for precision in ("fp32", "bf16", "auto"):
         cfg = run_config(tmp_path / precision, "task=mrpc", "mask=fish", f"train.precision={precision}", *QUICK)
         results[precision] = run(cfg, progress=False)
         masks[precision] = load_mask_file(plan(cfg).path.with_suffix(".mask.pt"))[0]
     assert results["bf16"]["precision"] == "bf16" and results["fp32"]["precision"] == "fp32"
     for precision in ("bf16", "auto"):  # the Fisher is estimated in fp32 whatever the training precision
+        assert all(f.dtype == torch.float32 for f in fishers[precision].values())
+        assert all(torch.equal(fishers[precision][n], fishers["fp32"][n]) for n in fishers["fp32"])
         assert all(torch.equal(masks[precision][n], masks["fp32"][n]) for n in masks["fp32"])
 
 
