@@ -15,8 +15,8 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from fishtune.run import run
-from fishtune.study import trivial_baseline
+from fishtune.harness.run import run
+from fishtune.reports.study import trivial_baseline
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKS = ("sst2",)   # the task the embedded model learns at CPU scale (docs/STUDY.md)

@@ -10,13 +10,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from fishtune import methods, models
+from fishtune.harness import methods, models
 from fishtune.fisher import empirical_fisher
 from fishtune.masks import build_mask
-from fishtune.methods import SUPPORT_MATRIX, count_on_meta, count_parameters, insert_method, split_trainable
-from fishtune.models import HEAD_MODULE, LAYER_PREFIX
+from fishtune.harness.methods import SUPPORT_MATRIX, count_on_meta, count_parameters, insert_method, split_trainable
+from fishtune.harness.models import HEAD_MODULE, LAYER_PREFIX
 from fishtune.masks import apply_masks
-from fishtune.train import TrainSettings, masked_adam
+from fishtune.harness.train import TrainSettings, masked_adam
 
 CONF = models.__file__.rsplit("/fishtune/", 1)[0] + "/conf"
 COMBOS = [(family, name) for family, names in SUPPORT_MATRIX.items() for name in names]

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from conftest import ROOT, run_config
-from fishtune import data
-from fishtune.results import load_mask_file
-from fishtune.metrics import glue_metrics
-from fishtune.run import ConfigError, check_group_overrides, plan, run
-from fishtune.tasks import get_task
+from fishtune.harness import data
+from fishtune.harness.results import load_mask_file
+from fishtune.harness.metrics import glue_metrics
+from fishtune.harness.run import ConfigError, check_group_overrides, plan, run
+from fishtune.harness.tasks import get_task
 
 QUICK = ["train.max_epochs=2", "fisher.samples=16", "data.train_samples=24", "data.dev_samples=12"]
 
@@ -140,11 +140,11 @@ def test_cli_error_exits_nonzero_with_one_line():
 
 @pytest.fixture
 def no_model_loading(monkeypatch):
-    import fishtune.models
+    import fishtune.harness.models
 
     def refuse(*a, **k):
         raise AssertionError("a model was loaded before the config was validated")
-    monkeypatch.setattr(fishtune.models, "load_model", refuse)  # run.execute imports it from there
+    monkeypatch.setattr(fishtune.harness.models, "load_model", refuse)  # run.execute imports it from there
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -200,7 +200,7 @@ def test_wandb_offline_logs_keys_tags_group_and_epochs(tmp_path, monkeypatch):
 
 def test_sweep_records_a_crash_and_finishes_the_other_runs(tmp_path):
     from conftest import GLUE_FIXTURES
-    from fishtune.results import load_failures, load_results
+    from fishtune.harness.results import load_failures, load_results
 
     # fisher.chunk_size=0 is bad only for the run that estimates a Fisher (mask=fish), not mask=none.
     out = subprocess.run([sys.executable, "-m", "fishtune.run", "-m", "model=tiny_bert", "task=rte", "mask=fish,none",

@@ -4,15 +4,15 @@ An experiment (conf/experiment/<name>.yaml) lists its sweep under `hydra.sweeper
 sweeper launches the Cartesian product of those params and the command-line overrides (a command-line
 sweep of the same key replaces the experiment's: `task=mrpc,rte` narrows a table to two tasks). This
 module repeats that expansion with Hydra's own parser and product, then composes every job with the
-compose API, so tests and `python -m fishtune.sweeps` see exactly the configs a multirun would run.
+compose API, so tests and `python -m fishtune.harness.sweeps` see exactly the configs a multirun would run.
 
 Tables whose rows are not a product of config values (3 and 4) sweep `+row`, a group of small configs
 (conf/row/) that each set a whole row's values; a row leaves no trace in the composed config, so a
 run shared by two tables composes to the same config and the same result file.
 
-    python -m fishtune.sweeps table5                 # count and list the runs of Table 5
-    python -m fishtune.sweeps table5 task=mrpc,rte   # ... narrowed like `make table5 TASKS=mrpc,rte`
-    python -m fishtune.sweeps --all                  # every experiment, and the union of their runs
+    python -m fishtune.harness.sweeps table5                 # count and list the runs of Table 5
+    python -m fishtune.harness.sweeps table5 task=mrpc,rte   # ... narrowed like `make table5 TASKS=mrpc,rte`
+    python -m fishtune.harness.sweeps --all                  # every experiment, and the union of their runs
 """
 from __future__ import annotations
 
@@ -26,9 +26,9 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
+from . import CONF_DIR
 from .results import config_hash
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 EXPERIMENTS = ("table1", "table2", "table3", "table4", "table5", "figure3")   # the paper's tables and figure
 STUDIES = ("study",)   # our own sweeps (docs/STUDY.md)
 

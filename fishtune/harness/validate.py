@@ -18,13 +18,15 @@ import socket
 from typing import Any, Mapping
 from urllib.parse import urlparse
 
-from . import FISHER_MODES, MASK_MODES  # the library's modes; mask.mode also takes "adaptive" (fishtune/adaptive.py)
+from .. import FISHER_MODES, MASK_MODES  # the library's modes; mask.mode also takes "adaptive" (fishtune/adaptive.py)
+from .checks import (ABSENT, MISSING, ConfigError, as_int, check_choice, check_float, check_int,  # noqa: F401
+                     get, show)
 from .tasks import get_task
 
 FAMILIES = ("bert", "modernbert", "llama")
 SOURCES = ("embedded", "hub", "tiny")
 PRECISIONS = ("auto", "fp32", "bf16")
-# Which model families each PEFT method supports (fishtune/methods.py inserts them).
+# Which model families each PEFT method supports (fishtune/harness/methods.py inserts them).
 METHOD_FAMILIES: dict[str, tuple[str, ...]] = {
     "lora": ("bert", "modernbert", "llama"),
     "dora": ("bert", "modernbert", "llama"),
@@ -44,10 +46,6 @@ UNSUPPORTED_WHY = {
                            "values without also scaling queries, and adapters' IA3 scales the GLU input projection "
                            "instead of the feed-forward activation",
 }
-
-
-class ConfigError(ValueError):
-    """Bad input (a config value, a GLUE file, a hub id that cannot be had): one line, exit code 2."""
 
 
 # --- the vocabularies' own checks (also used where the values are consumed) ---------------------
@@ -81,90 +79,6 @@ def check_method(name: str, family: str) -> None:
                             f"{family} supports {', '.join(SUPPORT_MATRIX.get(family, ()))})")
 
 
-# --- typed values -------------------------------------------------------------------------------
-
-_MISSING = object()
-
-
-def _get(config: Mapping[str, Any], key: str, default: Any = _MISSING) -> Any:
-    """config["a"]["b"] for key "a.b"; `default` when absent, else an error naming the key."""
-    node: Any = config
-    for part in key.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            if default is not _MISSING:
-                return default
-            raise ConfigError(f"{key} is missing from the config")
-        node = node[part]
-    return node
-
-
-def _show(value: Any) -> str:
-    return "null" if value is None else repr(value)
-
-
-def _as_int(value: Any) -> int | None:
-    """An integer as the run will use it (int(), so "42" from an environment variable counts); not a bool
-    or float: a fractional count would be truncated without a word."""
-    if isinstance(value, bool) or isinstance(value, float):
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _as_float(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return None
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
-
-
-# Keys the code reads with a default (peft.*, mask.*) may be absent: `optional` skips those. null is a
-# value of its own, allowed where `null` says what it means.
-_ABSENT = object()
-
-
-def _int(config: Mapping[str, Any], key: str, lo: int, hi: int | None = None, null: str = "",
-         why: str = "", optional: bool = False) -> int | None:
-    """config[key] as an integer in lo..hi; `null` (the text saying what null means) allows null."""
-    value = _get(config, key, _ABSENT if optional else _MISSING)
-    if value is _ABSENT or (value is None and null):
-        return None
-    n = _as_int(value)
-    if n is None or n < lo or (hi is not None and n > hi):
-        allowed = f"an integer >= {lo}" if hi is None else f"an integer {lo}..{hi}"
-        raise ConfigError(f"{key}={_show(value)}: must be {allowed}{f', or null ({null})' if null else ''}{why}")
-    return n
-
-
-def _float(config: Mapping[str, Any], key: str, lo: float, *, above: bool, hi: float | None = None,
-           below: bool = False, null: str = "", optional: bool = False) -> float | None:
-    """config[key] as a finite number > lo (above) or >= lo, and < hi (below) or <= hi."""
-    value = _get(config, key, _ABSENT if optional else _MISSING)
-    if value is _ABSENT or (value is None and null):
-        return None
-    x = _as_float(value)
-    if x is None or (x <= lo if above else x < lo) or (hi is not None and (x >= hi if below else x > hi)):
-        allowed = f"a finite number {'>' if above else '>='} {lo:g}"
-        if hi is not None:
-            allowed += f" and {'<' if below else '<='} {hi:g}"
-        raise ConfigError(f"{key}={_show(value)}: must be {allowed}{f', or null ({null})' if null else ''}")
-    return x
-
-
-def _choice(config: Mapping[str, Any], key: str, choices: tuple[str, ...], optional: bool = False) -> str | None:
-    value = _get(config, key, _ABSENT if optional else _MISSING)
-    if value is _ABSENT:
-        return None
-    if value not in choices:
-        raise ConfigError(f"{key}={_show(value)}: choose one of: {', '.join(choices)}")
-    return value
-
-
 def uses_fisher(config: Mapping[str, Any]) -> bool:
     """Whether the run estimates an empirical Fisher (the FISHER_MODES, adaptive with start=fish)."""
     mask = config["mask"]
@@ -177,79 +91,79 @@ def check_config(config: Mapping[str, Any]) -> None:
     """Check every value of a resolved run config that needs no model; raise ConfigError on the first
     bad one, naming the key, the value and what is allowed."""
     try:
-        get_task(_get(config, "task.name"))
+        get_task(get(config, "task.name"))
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    model, peft = _get(config, "model"), _get(config, "peft")
+    model, peft = get(config, "model"), get(config, "peft")
     check_model_config(model)
-    mode = _get(config, "mask.mode")
+    mode = get(config, "mask.mode")
     if mode == "adaptive":
-        _choice(config, "mask.start", ("all", "fish"), optional=True)
+        check_choice(config, "mask.start", ("all", "fish"), optional=True)
     else:
         check_mode(mode)
-    method = _get(config, "peft.name")
+    method = get(config, "peft.name")
     check_method(method, model["family"])
 
     # Where the method goes and the budget level that picks the original run's layers.
     levels = peft.get("budget_layers")
-    if not isinstance(levels, list) or not levels or any(_as_int(x) is None or _as_int(x) < 1 for x in levels):
-        raise ConfigError(f"peft.budget_layers={_show(levels)}: must be a non-empty list of layer counts >= 1")
-    budget = _as_int(_get(config, "budget"))
+    if not isinstance(levels, list) or not levels or any(as_int(x) is None or as_int(x) < 1 for x in levels):
+        raise ConfigError(f"peft.budget_layers={show(levels)}: must be a non-empty list of layer counts >= 1")
+    budget = as_int(get(config, "budget"))
     if budget is None or not 1 <= budget <= len(levels):
-        raise ConfigError(f"unknown budget level {_show(config['budget'])}; choose one of: "
+        raise ConfigError(f"unknown budget level {show(config['budget'])}; choose one of: "
                           f"{', '.join(map(str, range(1, len(levels) + 1)))}")
-    _int(config, "peft.fish_layers", 1)
-    _int(config, "peft.layers", 1, null="the budget level's layers", optional=True)
+    check_int(config, "peft.fish_layers", 1)
+    check_int(config, "peft.layers", 1, null="the budget level's layers", optional=True)
     if method in ("lora", "dora", "unipelt"):
-        _int(config, "peft.rank", 1, optional=True)
-        _float(config, "peft.alpha", 0, above=True, null="2 x rank", optional=True)
+        check_int(config, "peft.rank", 1, optional=True)
+        check_float(config, "peft.alpha", 0, above=True, null="2 x rank", optional=True)
     if method in ("lora", "dora"):
-        _float(config, "peft.dropout", 0, above=False, hi=1, below=True, null="none", optional=True)
-        _choice(config, "peft.init", ("pissa", "default"), optional=True)
+        check_float(config, "peft.dropout", 0, above=False, hi=1, below=True, null="none", optional=True)
+        check_choice(config, "peft.init", ("pissa", "default"), optional=True)
     if method in ("prefix", "unipelt"):
-        _int(config, "peft.prefix_length", 1, optional=True)
+        check_int(config, "peft.prefix_length", 1, optional=True)
     if method == "unipelt":
-        _int(config, "peft.bottleneck", 1, optional=True)
+        check_int(config, "peft.bottleneck", 1, optional=True)
     if method == "adapter":
-        _float(config, "peft.reduction_factor", 0, above=True, null="16", optional=True)
+        check_float(config, "peft.reduction_factor", 0, above=True, null="16", optional=True)
     if mode != "none":
-        _int(config, "mask.k", 1, null="the original run's trainable count", optional=True)
-        _int(config, "mask.budget_rank", 1, null="peft.rank", optional=True)
+        check_int(config, "mask.k", 1, null="the original run's trainable count", optional=True)
+        check_int(config, "mask.budget_rank", 1, null="peft.rank", optional=True)
     if mode == "adaptive":
-        granularity = _get(config, "mask.granularity", "rows:4")
+        granularity = get(config, "mask.granularity", "rows:4")
         if granularity != "tensor" and not re.fullmatch(r"rows:[1-9]\d*", str(granularity)):
-            raise ConfigError(f"mask.granularity={_show(granularity)}: choose tensor or rows:N (N >= 1)")
-        _int(config, "mask.fisher_interval", 1, optional=True)
-        _int(config, "mask.freeze_interval", 1, optional=True)
-        _float(config, "mask.fisher_decay", 0, above=False, hi=1, below=True, optional=True)
-        _float(config, "mask.drift_decay", 0, above=False, hi=1, below=True, optional=True)
-        _float(config, "mask.threshold_std", -math.inf, above=True, optional=True)
-        _float(config, "mask.max_freeze_fraction", 0, above=True, hi=1, optional=True)
-        _float(config, "mask.min_active_ratio", 0, above=False, hi=1, optional=True)
+            raise ConfigError(f"mask.granularity={show(granularity)}: choose tensor or rows:N (N >= 1)")
+        check_int(config, "mask.fisher_interval", 1, optional=True)
+        check_int(config, "mask.freeze_interval", 1, optional=True)
+        check_float(config, "mask.fisher_decay", 0, above=False, hi=1, below=True, optional=True)
+        check_float(config, "mask.drift_decay", 0, above=False, hi=1, below=True, optional=True)
+        check_float(config, "mask.threshold_std", -math.inf, above=True, optional=True)
+        check_float(config, "mask.max_freeze_fraction", 0, above=True, hi=1, optional=True)
+        check_float(config, "mask.min_active_ratio", 0, above=False, hi=1, optional=True)
 
     # numpy's seed takes 0..2**32-1, and transformers.set_seed seeds numpy.
-    _int(config, "seed", 0, 2**32 - 1)
-    glue_dir = _get(config, "data.glue_dir")
+    check_int(config, "seed", 0, 2**32 - 1)
+    glue_dir = get(config, "data.glue_dir")
     if glue_dir is not None and not isinstance(glue_dir, str):
-        raise ConfigError(f"data.glue_dir={_show(glue_dir)}: must be a folder path, or null (the hub dataset)")
-    _int(config, "data.train_samples", 1, null="all")
-    _int(config, "data.dev_samples", 1, null="all")
-    _int(config, "train.batch_size", 1)
-    _int(config, "train.eval_batch_size", 1)
-    _float(config, "train.lr", 0, above=True, null="the task table's")
-    _float(config, "train.lr_scale", 0, above=True)
-    _float(config, "train.weight_decay", 0, above=False)
-    _int(config, "train.max_epochs", 1)
+        raise ConfigError(f"data.glue_dir={show(glue_dir)}: must be a folder path, or null (the hub dataset)")
+    check_int(config, "data.train_samples", 1, null="all")
+    check_int(config, "data.dev_samples", 1, null="all")
+    check_int(config, "train.batch_size", 1)
+    check_int(config, "train.eval_batch_size", 1)
+    check_float(config, "train.lr", 0, above=True, null="the task table's")
+    check_float(config, "train.lr_scale", 0, above=True)
+    check_float(config, "train.weight_decay", 0, above=False)
+    check_int(config, "train.max_epochs", 1)
     # 0 would stop after the first epoch whatever it scored: train.max_epochs=1 says that plainly.
-    _int(config, "train.patience", 1, why=" (epochs without a better dev score before stopping)")
-    _choice(config, "train.precision", PRECISIONS)
-    device = _get(config, "train.device")
+    check_int(config, "train.patience", 1, why=" (epochs without a better dev score before stopping)")
+    check_choice(config, "train.precision", PRECISIONS)
+    device = get(config, "train.device")
     if not (device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", str(device))):
-        raise ConfigError(f"train.device={_show(device)}: choose one of: auto, cpu, cuda, cuda:N")
+        raise ConfigError(f"train.device={show(device)}: choose one of: auto, cpu, cuda, cuda:N")
     if uses_fisher(config):
         why = f" (mask={mode} ranks entries by a Fisher estimated on that many training samples)"
-        _int(config, "fisher.samples", 1, why=why)
-        _int(config, "fisher.chunk_size", 1, why=" (samples per backward pass of the Fisher)")
+        check_int(config, "fisher.samples", 1, why=why)
+        check_int(config, "fisher.chunk_size", 1, why=" (samples per backward pass of the Fisher)")
 
 
 # --- the hub ------------------------------------------------------------------------------------

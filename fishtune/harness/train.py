@@ -21,10 +21,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .batching import group_cost_tokens, length_groups, model_inputs
-from .fisher import classification_loss
+from ..batching import group_cost_tokens, length_groups, model_inputs
+from ..fisher import classification_loss
 from .metrics import glue_metrics
-from .optim import MaskedOptimizer
+from ..optim import MaskedOptimizer
 from .results import Diverged, set_aside
 from .tasks import TaskSpec
 

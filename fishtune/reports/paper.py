@@ -1,6 +1,6 @@
 """The paper's published numbers (Tables 1-5 of FISH-Tuning, arXiv 2504.04050), as data.
 
-`fishtune/paper_data/tableN.csv` holds one row per printed cell, transcribed from the paper's text
+`fishtune/reports/paper_data/tableN.csv` holds one row per printed cell, transcribed from the paper's text
 (`/work/shared/paper/fish-tuning.txt`, an OCR of the PDF). Columns:
 
   table     1-5
@@ -88,7 +88,7 @@ def avg_mismatches(n: int, tol: float = 0.01) -> pd.DataFrame:
 
 
 if __name__ == "__main__":
-    # `python -m fishtune.paper`: the transcription check, table by table.
+    # `python -m fishtune.reports.paper`: the transcription check, table by table.
     for n in TABLES:
         bad = avg_mismatches(n, tol=0.005)
         print(f"Table {n}: {len(paper_wide(n))} rows; printed Avg more than 0.005 off the mean of the printed "

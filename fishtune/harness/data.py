@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
 from .tasks import TaskSpec
-from .validate import ConfigError
+from .checks import ConfigError
 
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader

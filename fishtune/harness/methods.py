@@ -160,7 +160,7 @@ class Method:
     insert: Callable[[torch.nn.Module, Mapping[str, Any], int, str], torch.nn.Module]
 
 
-# Which families each method supports, and why a combination is refused, are in fishtune/validate.py
+# Which families each method supports, and why a combination is refused, are in fishtune/harness/validate.py
 # (METHOD_FAMILIES, UNSUPPORTED_WHY): config checks read them there without importing torch.
 METHODS: dict[str, Method] = {m.name: m for m in [
     Method("lora", "peft", METHOD_FAMILIES["lora"], _insert_lora),

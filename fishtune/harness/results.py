@@ -16,7 +16,7 @@ A result file is the unit of resume and aggregation. Its top-level keys (schema 
   when the run started), finished_at; adaptive runs add trainable_final, ratio_pct_final, ratio_pct_mean, active_ratio_history.
 `metrics` hold the task's numbers x100 (matthews | accuracy | f1 | pearson | spearman) and `score`
 is the single number a table shows for the task. Every number in a result file is finite (it is written
-with allow_nan=False; fishtune.metrics defines each metric for constant predictions).
+with allow_nan=False; fishtune.harness.metrics defines each metric for constant predictions).
 
 A run that fails writes `<run>.failed.json` instead (fishtune.run.record_failure): status, config,
 `reason` (one line, e.g. "diverged: non-finite loss at epoch 3, step 7"), error, traceback, host,

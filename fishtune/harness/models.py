@@ -16,8 +16,8 @@ from transformers.utils import logging as hf_logging
 
 from .validate import FAMILIES, SOURCES, check_model_config  # noqa: F401 - the vocabulary, checked without torch
 # The loss and the heads belong to the library (fishtune.fisher, fishtune.masks); kept importable here.
-from .fisher import classification_loss  # noqa: F401
-from .masks import HEAD_MODULE  # noqa: F401
+from ..fisher import classification_loss  # noqa: F401
+from ..masks import HEAD_MODULE  # noqa: F401
 
 DECODER_FAMILIES = ("llama",)  # read prompts built from the task templates
 _TINY_CONFIGS = {"bert": BertConfig, "modernbert": ModernBertConfig, "llama": LlamaConfig}
@@ -89,9 +89,10 @@ def arch_config(cfg: Mapping[str, Any], num_labels: int = 2) -> PretrainedConfig
     """The architecture config of a hub model from the config.json kept in conf/model/arch/ (the
     model yaml's `arch` key): no download, no weights. Enough to count parameters on the meta device."""
     import json
-    from pathlib import Path
 
-    arch_dir = Path(__file__).resolve().parent.parent / "conf" / "model" / "arch"
+    from . import CONF_DIR
+
+    arch_dir = CONF_DIR / "model" / "arch"
     if not cfg.get("arch"):
         raise ValueError(f"model {cfg['name']!r} has no `arch` (a config.json under {arch_dir})")
     values = json.loads((arch_dir / cfg["arch"]).read_text())
