@@ -39,7 +39,7 @@ from fishtune.harness.tasks import get_task  # noqa: E402
 
 
 def harness_run(args, seed: int, runs_dir: str) -> tuple[dict, dict]:
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(ROOT / "fishtune" / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[
             "model=minilm", "task=sst2", "peft=lora", "mask=fish", "budget=1", f"seed={seed}",
             f"data.glue_dir={args.glue_dir}", f"data.train_samples={args.train_samples}",

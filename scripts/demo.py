@@ -37,7 +37,7 @@ def main() -> None:
     glue = glue_dir()
     rows = []
     t0 = time.time()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(ROOT / "fishtune" / "conf"), version_base="1.3"):
         for task in TASKS:
             for label, mode in ROWS:
                 cfg = compose("config", overrides=[*DEMO, f"task={task}", f"mask={mode}", f"data.glue_dir={glue}",

@@ -10,7 +10,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from fishtune.harness import methods, models
+from fishtune.harness import CONF_DIR, methods, models
 from fishtune.fisher import empirical_fisher
 from fishtune.masks import build_mask
 from fishtune.harness.methods import SUPPORT_MATRIX, count_on_meta, count_parameters, insert_method, split_trainable
@@ -18,7 +18,7 @@ from fishtune.harness.models import HEAD_MODULE, LAYER_PREFIX
 from fishtune.masks import apply_masks
 from fishtune.harness.train import TrainSettings, masked_adam
 
-CONF = models.__file__.rsplit("/fishtune/", 1)[0] + "/conf"
+CONF = str(CONF_DIR)
 COMBOS = [(family, name) for family, names in SUPPORT_MATRIX.items() for name in names]
 REFUSED = [(family, name) for family in SUPPORT_MATRIX for name in methods.METHODS if name not in SUPPORT_MATRIX[family]]
 

@@ -12,4 +12,4 @@ from pathlib import Path
 
 # The Hydra configs ship inside the package (pyproject's package-data), so that an installed
 # fishtune finds them wherever it runs from.
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"

@@ -375,8 +375,19 @@ def _hydra_main(cfg: DictConfig) -> None:
           f"({result['stop_reason']}), trainable {result['trainable']} = {result['ratio_pct']:.4f}%")
 
 
+def check_experiment_is_a_sweep(argv: list[str]) -> None:
+    """An experiment (fishtune/conf/experiment/) lists its runs under hydra.sweeper.params, which only a
+    multirun reads: without -m Hydra would do one default run and say nothing. Refuse that in one line."""
+    multirun = any(a in ("-m", "--multirun") or a.replace(" ", "") == "hydra.mode=MULTIRUN" for a in argv)
+    names = [a.split("=", 1)[1] for a in argv if a.lstrip("+~").startswith("experiment=")]
+    if names and not multirun:
+        raise ConfigError(f"an experiment is a sweep: run it with -m (python -m fishtune.run -m "
+                          f"+experiment={names[0]})")
+
+
 def main() -> None:
     try:
+        check_experiment_is_a_sweep(sys.argv[1:])
         check_group_overrides(sys.argv[1:])
     except ConfigError as e:
         print(f"fishtune: error: {e}", file=sys.stderr)

@@ -202,7 +202,7 @@ def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
 
 @lru_cache(maxsize=None)
 def _default_layers(method: str) -> tuple[tuple[int, ...], int | None]:
-    """(budget_layers, fish_layers) of conf/peft/<method>.yaml, to write a missing run's overrides."""
+    """(budget_layers, fish_layers) of fishtune/conf/peft/<method>.yaml, to write a missing run's overrides."""
     from omegaconf import OmegaConf
 
     path = CONF_DIR / "peft" / f"{method}.yaml"
