@@ -42,6 +42,10 @@ TASKS: dict[str, TaskSpec] = {t.name: t for t in [
 ]}
 
 
+# The paper's column order (its tables and ours).
+TASK_ORDER = ("cola", "mrpc", "rte", "sst2", "stsb", "wnli")
+
+
 def get_task(name: str) -> TaskSpec:
     """Look a task up by name, with an error that lists the known ones."""
     try:

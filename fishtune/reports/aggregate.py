@@ -44,12 +44,12 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from . import row_mode
 from .paper import TABLES, TASK_TITLES, paper_tasks, paper_wide
 from ..harness import CONF_DIR
 from ..harness.results import load_failures, load_results, set_aside_files
 from ..harness.schedules import run_layers
 
-MASK_OF_ROW = {"original": "none", "fish": "fish", "rand": "rand", "rev": "rev"}
 FIGURES = ("figure3",)
 
 
@@ -69,7 +69,7 @@ class Row:
 
     @property
     def mask(self) -> str:
-        return MASK_OF_ROW[self.row]
+        return row_mode(self.row)
 
 
 def table_rows(n: int) -> list[Row]:

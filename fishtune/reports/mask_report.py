@@ -21,17 +21,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from scipy.stats import ttest_rel
 
 from ..masks import mask_placement
 from ..harness.results import load_mask_file
-from ..harness.metrics import paired_bootstrap
 from ..harness.results import load_results
-from ..harness.tasks import get_task
+from ..harness.tasks import TASK_ORDER, get_task
+from . import ROWS
+from .stats import paired_bootstrap, paired_test
 
-MODES = ("none", "fish", "rand", "rev", "adaptive")
-LABELS = {"none": "original", "fish": "fish", "rand": "rand", "rev": "rev", "adaptive": "adaptive"}
-TASK_ORDER = ("cola", "mrpc", "rte", "sst2", "stsb", "wnli")
 
 
 def _frame(results: list[dict]) -> pd.DataFrame:
@@ -44,21 +41,6 @@ def _frame(results: list[dict]) -> pd.DataFrame:
                                        "ratio_pct"])
 
 
-def paired_test(mode_scores: pd.Series, original_scores: pd.Series) -> tuple[float, float, int]:
-    """(mean difference, two-sided paired t-test p-value, pairs) over the index both series share."""
-    both = pd.concat([mode_scores, original_scores], axis=1, join="inner").dropna()
-    n = len(both)
-    if n == 0:
-        return math.nan, math.nan, 0
-    diffs = both.iloc[:, 0] - both.iloc[:, 1]
-    diff = float(diffs.mean())
-    if n < 2:
-        return diff, math.nan, n
-    if np.isclose(diffs.std(ddof=1), 0):  # identical differences: t is 0 (no change) or infinite
-        return diff, (1.0 if np.isclose(diff, 0) else 0.0), n
-    return diff, float(ttest_rel(both.iloc[:, 0], both.iloc[:, 1]).pvalue), n
-
-
 def mask_table(results: list[dict]) -> pd.DataFrame:
     """One row per (model, method, rank, budget, mode): per-task mean and std over seeds, Avg, and the
     paired comparison with the original row at the same budget."""
@@ -67,9 +49,9 @@ def mask_table(results: list[dict]) -> pd.DataFrame:
     for (model, method, rank, budget), group in df.groupby(["model", "method", "rank", "budget"], dropna=False):
         tasks = [t for t in TASK_ORDER if t in set(group["task"])]
         by_mode = {m: g.set_index(["task", "seed"])["score"] for m, g in group.groupby("mask")}
-        for mode in [m for m in MODES if m in by_mode]:
+        for mode in [m for m in ROWS if m in by_mode]:
             scores = by_mode[mode]
-            row = {"model": model, "method": method, "rank": rank, "budget": budget, "row": LABELS[mode],
+            row = {"model": model, "method": method, "rank": rank, "budget": budget, "row": ROWS[mode],
                    "ratio_pct": float(group[group["mask"] == mode]["ratio_pct"].mean()),
                    "seeds": int(scores.index.get_level_values("seed").nunique())}
             per_task = scores.groupby(level="task")
@@ -86,7 +68,7 @@ def mask_table(results: list[dict]) -> pd.DataFrame:
 
 def bootstrap_table(results: list[dict], n_resamples: int = 1000) -> pd.DataFrame:
     """Each masked run against the original run of the same model, method, rank, budget, task and
-    seed, by a paired bootstrap over their shared dev examples (fishtune.harness.metrics.paired_bootstrap).
+    seed, by a paired bootstrap over their shared dev examples (fishtune.reports.stats.paired_bootstrap).
     Runs written before result files kept per-example predictions are left out."""
     keyed: dict[tuple, dict[str, dict]] = {}
     for r in results:
@@ -96,13 +78,13 @@ def bootstrap_table(results: list[dict], n_resamples: int = 1000) -> pd.DataFram
     rows = []
     for (model, method, rank, budget, task, seed), by_mode in sorted(keyed.items(), key=lambda kv: str(kv[0])):
         original = by_mode.get("none")
-        for mode in [m for m in MODES if m != "none" and m in by_mode]:
+        for mode in [m for m in ROWS if m != "none" and m in by_mode]:
             run = by_mode[mode]
             if original is None or run["dev_labels"] != original["dev_labels"]:
                 continue  # no original on the same dev examples: nothing to pair with
             stats = paired_bootstrap(get_task(task), run["dev_predictions"], original["dev_predictions"],
                                      run["dev_labels"], n_resamples=n_resamples, seed=int(seed))
-            rows.append({"model": model, "method": method, "rank": rank, "budget": budget, "row": LABELS[mode],
+            rows.append({"model": model, "method": method, "rank": rank, "budget": budget, "row": ROWS[mode],
                          "task": task, "seed": seed, "examples": len(run["dev_labels"]), **stats})
     return pd.DataFrame(rows, columns=["model", "method", "rank", "budget", "row", "task", "seed", "examples",
                                        "diff", "ci_low", "ci_high", "p_value", "resamples"])

@@ -31,10 +31,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..harness.tasks import TASK_ORDER
+
 DATA_DIR = Path(__file__).resolve().parent / "paper_data"
 TABLES = (1, 2, 3, 4, 5)
-# Column order of the paper's tables (Tables 3 and 4 have no SST-2 column).
-TASK_ORDER = ("cola", "mrpc", "rte", "sst2", "stsb", "wnli")
 TASK_TITLES = {"cola": "CoLA", "mrpc": "MRPC", "rte": "RTE", "sst2": "SST-2", "stsb": "STS-B",
                "wnli": "WNLI", "avg": "Avg"}
 
@@ -56,7 +56,7 @@ def paper_table(n: int) -> pd.DataFrame:
 
 
 def paper_tasks(n: int) -> list[str]:
-    """The task columns table `n` prints, in the paper's order (no `avg`)."""
+    """The task columns table `n` prints, in the paper's order (no `avg`; Tables 3 and 4 have no SST-2)."""
     present = set(_read(n)["task"])
     return [t for t in TASK_ORDER if t in present]
 

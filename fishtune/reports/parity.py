@@ -16,9 +16,8 @@ from typing import Sequence
 
 import pandas as pd
 
-from .mask_report import paired_test
 from ..harness.results import load_results
-from .study import t_interval
+from .stats import paired_test, t_interval
 
 
 def _without(config: dict, keys: Sequence[str]) -> str:

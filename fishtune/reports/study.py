@@ -33,43 +33,18 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from .aggregate import save_figure
-from .mask_report import paired_test
-from ..harness.metrics import glue_metrics, paired_bootstrap
+from ..harness.metrics import glue_metrics
 from .paper import TASK_TITLES
 from ..harness.results import load_results
-from ..harness.tasks import get_task
+from .stats import detectable_difference, holm, paired_bootstrap, paired_test, t_interval
+from ..harness.tasks import TASK_ORDER, get_task
+from . import ROWS
 
-# Table rows per budget level: (row name, the result's `mask`).
-ROWS = (("original", "none"), ("fish", "fish"), ("rand", "rand"), ("rev", "rev"), ("adaptive", "adaptive"))
 COMPARISONS = (("fish", "original"), ("rand", "original"), ("rev", "original"), ("adaptive", "original"),
                ("fish", "rand"), ("rand", "rev"))
-TASK_ORDER = ("cola", "mrpc", "rte", "sst2", "stsb", "wnli")   # the paper's column order
 MATCH_TOLERANCE = 0.10   # adaptive: mean trainable count within 10 % of k
-LEVEL = 0.95
-
-
-def t_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, float, int, float, float]:
-    """(mean, sample std, n, low, high): the t-interval of the mean; NaN bounds for fewer than two values."""
-    a = np.asarray(values, dtype=float)
-    if a.size == 0:
-        return math.nan, math.nan, 0, math.nan, math.nan
-    mean = float(a.mean())
-    if a.size < 2:
-        return mean, math.nan, 1, math.nan, math.nan
-    std = float(a.std(ddof=1))
-    half = float(stats.t.ppf((1 + level) / 2, a.size - 1)) * std / math.sqrt(a.size)
-    return mean, std, int(a.size), mean - half, mean + half
-
-
-def detectable_difference(std: float, n: int, power: float = 0.8, alpha: float = 0.05) -> float:
-    """The mean paired difference a two-sided paired t-test at `alpha` finds with probability `power`,
-    given the differences' std and n pairs (the usual t approximation)."""
-    if n < 2 or not std > 0:
-        return math.nan
-    return (stats.t.ppf(1 - alpha / 2, n - 1) + stats.t.ppf(power, n - 1)) * std / math.sqrt(n)
 
 
 def trivial_baseline(task_name: str, labels: Sequence[float]) -> float:
@@ -86,14 +61,14 @@ def trivial_baseline(task_name: str, labels: Sequence[float]) -> float:
 
 
 def _row(result: dict) -> str:
-    return {mask: row for row, mask in ROWS}[result["mask"]]
+    return ROWS[result["mask"]]
 
 
 def frame(results: list[dict]) -> pd.DataFrame:
     """One line per run: task, budget, row, seed, score, the budget's k and (adaptive) the mean count."""
     lines = []
     for r in results:
-        if r.get("mask") not in dict((m, n) for n, m in ROWS):
+        if r.get("mask") not in ROWS:
             continue
         k = r["trainable"]   # adaptive starts from the FISH mask of k entries
         mean_count = r["ratio_pct_mean"] * r["total"] / 100 if "ratio_pct_mean" in r else k
@@ -123,7 +98,7 @@ def study_table(df: pd.DataFrame, baselines: dict[str, float]) -> pd.DataFrame:
                                      for s, v in (("", baselines.get(t, math.nan)), ("_n", 0))},
                 "Avg": float(np.mean([baselines.get(t, math.nan) for t in tasks]))}]
     for budget in sorted(set(df["budget"])):
-        for row, _ in ROWS:
+        for row in ROWS.values():
             cell = df[(df["budget"] == budget) & (df["row"] == row)]
             if cell.empty:
                 continue
@@ -147,7 +122,7 @@ def study_table(df: pd.DataFrame, baselines: dict[str, float]) -> pd.DataFrame:
 def paired_table(df: pd.DataFrame, results: list[dict], n_resamples: int = 1000) -> pd.DataFrame:
     """Per budget and comparison, pooled over tasks and per task: paired t-test and per-pair bootstraps."""
     by_key = {(_row(r), int(r["budget"]), r["task"], r["seed"]): r for r in results if "dev_predictions" in r
-              and r.get("mask") in {m for _, m in ROWS}}
+              and r.get("mask") in ROWS}
     matched = adaptive_matched(df)
     out = []
     for budget in sorted(set(df["budget"])):
@@ -189,18 +164,6 @@ def paired_table(df: pd.DataFrame, results: list[dict], n_resamples: int = 1000)
         for family in (pooled, ~pooled):
             table.loc[family, "p_holm"] = holm(table.loc[family, "p_ttest"].to_numpy(float))
     return table
-
-
-def holm(p_values: np.ndarray) -> np.ndarray:
-    """Holm's step-down adjustment of a family of p-values (a NaN p-value is left out of the family and
-    stays NaN): the i-th smallest of m is multiplied by m - i + 1, then made non-decreasing, at most 1."""
-    p = np.asarray(p_values, dtype=float)
-    out = np.full(p.shape, np.nan)
-    finite = np.flatnonzero(np.isfinite(p))
-    order = finite[np.argsort(p[finite], kind="stable")]
-    m = len(order)
-    out[order] = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
-    return out
 
 
 def _fmt_cell(rec: dict, title: str) -> str:
@@ -260,8 +223,8 @@ def plot(df: pd.DataFrame, baselines: dict[str, float], out: Path) -> list[Path]
 
     tasks = [t for t in TASK_ORDER if t in set(df["task"])]
     budgets = sorted(set(df["budget"]))
-    rows = [r for r, _ in ROWS if r in set(df["row"])]
-    colours = dict(zip([r for r, _ in ROWS], ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"]))
+    rows = [r for r in ROWS.values() if r in set(df["row"])]
+    colours = dict(zip(ROWS.values(), ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"]))
     unmatched = [str(b) for b, (*_, ok) in adaptive_matched(df).items() if not ok]
     adaptive_label = f"adaptive (not budget-matched: budget {', '.join(unmatched)})" if unmatched else "adaptive"
     fig, axes = plt.subplots(1, len(tasks), figsize=(max(3.2 * len(tasks), 8), 3.6), squeeze=False)

@@ -33,10 +33,10 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from ..harness.results import load_results
-from .study import holm, t_interval
+from . import row_label
+from .stats import holm, one_sample_test, t_interval
 
 ARMS = ("mechanism", "lr", "converged")
 # The 2 x 2: mode -> (allocation, entries).
@@ -47,7 +47,6 @@ CONTRASTS = {  # per seed, from the four cells' scores
     "entries": lambda s: ((s["fish"] - s["fish_shuffled"]) + (s["fish_spread"] - s["rand"])) / 2,
     "interaction": lambda s: ((s["fish"] - s["fish_spread"]) - (s["fish_shuffled"] - s["rand"])) / 2,
 }
-LABELS = {"none": "original"}
 
 
 def runs_frame(results: list[dict]) -> pd.DataFrame:
@@ -61,19 +60,6 @@ def runs_frame(results: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["task", "budget", "mode", "lr", "seed", "score", "best_epoch", "epochs",
                                        "max_epochs", "stop_reason", "train_seconds", "precision",
                                        "profile_train_samples"])
-
-
-def contrast(values: Sequence[float]) -> dict:
-    """Mean, std, n, 95 % t-interval and the one-sample t-test p (against 0) of per-seed contrasts."""
-    a = np.asarray(values, dtype=float)
-    mean, std, n, lo, hi = t_interval(a)
-    if n < 2:
-        p = math.nan
-    elif np.isclose(std, 0):  # identical contrasts: t is 0 (no effect) or infinite
-        p = 1.0 if np.isclose(mean, 0) else 0.0
-    else:
-        p = float(stats.ttest_1samp(a, 0.0).pvalue)
-    return {"pairs": n, "mean_diff": mean, "std": std, "ci_lo": lo, "ci_hi": hi, "p_ttest": p}
 
 
 def _with_holm(table: pd.DataFrame) -> pd.DataFrame:
@@ -98,7 +84,7 @@ def mechanism_table(df: pd.DataFrame) -> pd.DataFrame:
         wide = g.pivot_table(index="seed", columns="mode", values="score").reindex(columns=list(DESIGN)).dropna()
         cells = _cell_means(g[g["seed"].isin(wide.index)], DESIGN)
         for name, f in CONTRASTS.items():
-            out.append({"task": task, "budget": budget, "effect": name, **contrast(f(wide)), **cells})
+            out.append({"task": task, "budget": budget, "effect": name, **one_sample_test(f(wide)), **cells})
     return _with_holm(pd.DataFrame(out))
 
 
@@ -108,7 +94,7 @@ def lr_table(df: pd.DataFrame) -> pd.DataFrame:
     for (task, budget, lr), g in df[df["mode"].isin(("fish", "rand"))].groupby(["task", "budget", "lr"]):
         wide = g.pivot_table(index="seed", columns="mode", values="score").reindex(columns=["fish", "rand"]).dropna()
         out.append({"task": task, "budget": budget, "lr": lr, "comparison": "fish - rand",
-                    **contrast(wide["fish"] - wide["rand"]), **_cell_means(g, ("fish", "rand"))})
+                    **one_sample_test(wide["fish"] - wide["rand"]), **_cell_means(g, ("fish", "rand"))})
     return _with_holm(pd.DataFrame(out))
 
 
@@ -131,7 +117,7 @@ def converged_table(df: pd.DataFrame) -> pd.DataFrame:
         for a, b in (("fish", "rand"), ("fish", "none")):
             if {a, b} <= set(wide.columns):
                 both = wide[[a, b]].dropna()
-                out.append({"task": task, "comparison": f"{a} - {LABELS.get(b, b)}", **contrast(both[a] - both[b]),
+                out.append({"task": task, "comparison": f"{a} - {row_label(b)}", **one_sample_test(both[a] - both[b]),
                             **cells, **info})
     return _with_holm(pd.DataFrame(out))
 
