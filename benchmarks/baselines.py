@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
 from fishtune.batching import group_cost_tokens, length_groups, model_inputs
-from fishtune.harness.models import classification_loss
+from fishtune.fisher import classification_loss
 from fishtune.harness.train import TrainSettings, masked_adam
 
 from timing import TickLoader

@@ -34,6 +34,12 @@ MASK_MODES = ("none", "fish", "rand", "rev", "fish_shuffled", "fish_spread")
 # The modes that rank entries by an empirical Fisher (and so need its samples).
 FISHER_MODES = ("fish", "rev", "fish_shuffled", "fish_spread")
 
+
+def check_mode(mode: str) -> None:
+    """Reject a mask mode build_mask does not know (ValueError naming the known ones)."""
+    if mode not in MASK_MODES:
+        raise ValueError(f"unknown mask mode {mode!r}; choose one of: {', '.join(MASK_MODES)}")
+
 # The modules at the root: the library, and the entry points (not a kind of their own: each only runs
 # the `main` of harness/NAME.py or reports/NAME.py).
 LIBRARY = ("fisher", "masks", "optim", "callback", "adaptive", "batching")

@@ -70,7 +70,7 @@ def test_optimizer_state_of_frozen_groups_is_dropped():
     from fishtune.harness.train import TrainSettings, masked_adam
     opt = masked_adam(m, {}, TrainSettings(lr=1e-2))
     dl = loader(tok, spec, batch_size=4)
-    from fishtune.harness.models import classification_loss
+    from fishtune.fisher import classification_loss
     for _ in range(3):
         for batch in dl:
             loss = classification_loss(m(**{k: v for k, v in batch.items() if k != "labels"}).logits, batch["labels"],

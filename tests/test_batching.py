@@ -3,7 +3,7 @@ import torch
 
 from conftest import loader, tiny_peft_model
 from fishtune.batching import length_groups
-from fishtune.harness.models import classification_loss
+from fishtune.fisher import classification_loss
 from fishtune.harness.tasks import get_task
 from fishtune.harness.train import TrainSettings, _forward_backward
 

@@ -14,10 +14,6 @@ from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTo
                           LlamaConfig, ModernBertConfig, PretrainedConfig, PreTrainedTokenizerBase)
 from transformers.utils import logging as hf_logging
 
-from .validate import FAMILIES, SOURCES, check_model_config  # noqa: F401 - the vocabulary, checked without torch
-# The loss and the heads belong to the library (fishtune.fisher, fishtune.masks); kept importable here.
-from ..fisher import classification_loss  # noqa: F401
-from ..masks import HEAD_MODULE  # noqa: F401
 
 DECODER_FAMILIES = ("llama",)  # read prompts built from the task templates
 _TINY_CONFIGS = {"bert": BertConfig, "modernbert": ModernBertConfig, "llama": LlamaConfig}
@@ -79,10 +75,6 @@ def build_on_meta(conf: PretrainedConfig) -> torch.nn.Module:
     """The model's shape without weights: for counting parameters from a config alone."""
     with torch.device("meta"):
         return AutoModelForSequenceClassification.from_config(conf)
-
-
-def num_layers(conf: PretrainedConfig) -> int:
-    return conf.num_hidden_layers
 
 
 def arch_config(cfg: Mapping[str, Any], num_labels: int = 2) -> PretrainedConfig:

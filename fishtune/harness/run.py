@@ -87,7 +87,8 @@ def plan(config: dict) -> Plan:
     # Only a config that passed the checks above waits for torch, transformers, peft and adapters.
     import torch
 
-    from .methods import count_on_meta, original_layers, run_layers
+    from .methods import METHODS, count_on_meta
+    from .schedules import original_layers, run_layers
     from .models import load_tokenizer, model_config
 
     try:
@@ -104,8 +105,8 @@ def plan(config: dict) -> Plan:
             raise ValueError(f"cannot insert {peft_cfg['name']} on {layers} layers: {model_cfg['name']} has "
                              f"{depth} (allowed 1..{depth})")
         # A rank (or bottleneck) wider than the hidden size has no meaning: PiSSA's SVD has `hidden` values.
-        for key in ("rank", "bottleneck"):
-            width = peft_cfg.get(key) if peft_cfg["name"] in ("lora", "dora", "unipelt") else None
+        for key in METHODS[peft_cfg["name"]].widths:
+            width = peft_cfg.get(key)
             if width is not None and int(width) > conf.hidden_size:
                 raise ValueError(f"peft.{key}={width}: must be an integer 1..{conf.hidden_size} "
                                  f"({model_cfg['name']}'s hidden size)")

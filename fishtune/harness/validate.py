@@ -6,8 +6,8 @@ transformers, peft and adapters take to import. What needs a model's architectur
 budget k, a rank above the hidden size) or a GPU is checked in plan() after it. `check_hub(config)`
 finds a hub model or dataset that cannot be had (offline, not cached, gated) before training starts.
 
-The vocabularies (model families and sources, mask modes, which PEFT method each family can take)
-live here, so the checks and the code that uses them (models.py, masks.py, methods.py) read one list.
+The model families and sources live here; the mask modes in the package (fishtune.MASK_MODES), which
+PEFT method each family can take and each method's own checks in its MethodSpec (methods.py).
 """
 from __future__ import annotations
 
@@ -18,36 +18,14 @@ import socket
 from typing import Any, Mapping
 from urllib.parse import urlparse
 
-from .. import FISHER_MODES, MASK_MODES  # the library's modes; mask.mode also takes "adaptive" (fishtune/adaptive.py)
-from .checks import (ABSENT, MISSING, ConfigError, as_int, check_choice, check_float, check_int,  # noqa: F401
-                     get, show)
+from .. import FISHER_MODES, check_mode  # the library's modes; mask.mode also takes "adaptive" (fishtune/adaptive.py)
+from .checks import ABSENT, ConfigError, as_int, check_choice, check_float, check_int, get, show
+from .methods import check_method
 from .tasks import get_task
 
 FAMILIES = ("bert", "modernbert", "llama")
 SOURCES = ("embedded", "hub", "tiny")
 PRECISIONS = ("auto", "fp32", "bf16")
-# Which model families each PEFT method supports (fishtune/harness/methods.py inserts them).
-METHOD_FAMILIES: dict[str, tuple[str, ...]] = {
-    "lora": ("bert", "modernbert", "llama"),
-    "dora": ("bert", "modernbert", "llama"),
-    "adapter": ("bert", "modernbert", "llama"),
-    "prefix": ("bert", "llama"),
-    "ia3": ("bert", "llama"),
-    "unipelt": ("bert", "llama"),
-}
-SUPPORT_MATRIX: dict[str, tuple[str, ...]] = {
-    family: tuple(m for m, families in METHOD_FAMILIES.items() if family in families) for family in FAMILIES}
-# Why a combination is refused: neither library can do it as the paper defines the method.
-UNSUPPORTED_WHY = {
-    ("prefix", "modernbert"): "adapters 1.3.0 reaches ModernBERT only through its plugin interface, which has no "
-                              "prefix tuning, and peft's prefix tuning needs past_key_values, which ModernBERT lacks",
-    ("unipelt", "modernbert"): "UniPELT needs prefix tuning (see prefix), and peft has no UniPELT",
-    ("ia3", "modernbert"): "ModernBERT fuses Q, K and V into one Wqkv projection, so peft's IA3 cannot scale keys and "
-                           "values without also scaling queries, and adapters' IA3 scales the GLU input projection "
-                           "instead of the feed-forward activation",
-}
-
-
 # --- the vocabularies' own checks (also used where the values are consumed) ---------------------
 
 def check_model_config(cfg: Mapping[str, Any]) -> None:
@@ -58,25 +36,6 @@ def check_model_config(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(f"unknown model source {cfg.get('source')!r}; choose one of: {', '.join(SOURCES)}")
     if cfg["source"] == "hub" and not cfg.get("path"):
         raise ConfigError(f"model {cfg.get('name')!r} comes from the hub but has no `path` (hub id or folder)")
-
-
-def check_mode(mode: str) -> None:
-    """Reject a mask mode build_mask does not know."""
-    if mode not in MASK_MODES:
-        raise ConfigError(f"unknown mask mode {mode!r}; choose one of: {', '.join(MASK_MODES)}")
-
-
-def check_method(name: str, family: str) -> None:
-    """Reject an unknown PEFT method, or one the model family cannot take (saying why)."""
-    if name not in METHOD_FAMILIES:
-        raise ConfigError(f"unknown PEFT method {name!r}; choose one of: {', '.join(METHOD_FAMILIES)}")
-    families = METHOD_FAMILIES[name]
-    if family not in families:
-        why = UNSUPPORTED_WHY.get((name, family))
-        raise ConfigError(f"PEFT method {name!r} does not support the {family} model family"
-                          + (f": {why}" if why else "")
-                          + f" ({name} supports {', '.join(families)}; "
-                            f"{family} supports {', '.join(SUPPORT_MATRIX.get(family, ()))})")
 
 
 def uses_fisher(config: Mapping[str, Any]) -> bool:
@@ -100,9 +59,11 @@ def check_config(config: Mapping[str, Any]) -> None:
     if mode == "adaptive":
         check_choice(config, "mask.start", ("all", "fish"), optional=True)
     else:
-        check_mode(mode)
-    method = get(config, "peft.name")
-    check_method(method, model["family"])
+        try:
+            check_mode(mode)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    spec = check_method(get(config, "peft.name"), model["family"])
 
     # Where the method goes and the budget level that picks the original run's layers.
     levels = peft.get("budget_layers")
@@ -114,24 +75,14 @@ def check_config(config: Mapping[str, Any]) -> None:
                           f"{', '.join(map(str, range(1, len(levels) + 1)))}")
     check_int(config, "peft.fish_layers", 1)
     check_int(config, "peft.layers", 1, null="the budget level's layers", optional=True)
-    if method in ("lora", "dora", "unipelt"):
-        check_int(config, "peft.rank", 1, optional=True)
-        check_float(config, "peft.alpha", 0, above=True, null="2 x rank", optional=True)
-    if method in ("lora", "dora"):
-        check_float(config, "peft.dropout", 0, above=False, hi=1, below=True, null="none", optional=True)
-        check_choice(config, "peft.init", ("pissa", "default"), optional=True)
-    if method in ("prefix", "unipelt"):
-        check_int(config, "peft.prefix_length", 1, optional=True)
-    if method == "unipelt":
-        check_int(config, "peft.bottleneck", 1, optional=True)
-    if method == "adapter":
-        check_float(config, "peft.reduction_factor", 0, above=True, null="16", optional=True)
+    spec.check(config)  # the method's own values (rank, prefix length, ...: fishtune/harness/methods.py)
     if mode != "none":
         check_int(config, "mask.k", 1, null="the original run's trainable count", optional=True)
         check_int(config, "mask.budget_rank", 1, null="peft.rank", optional=True)
     if mode == "adaptive":
-        granularity = get(config, "mask.granularity", "rows:4")
-        if granularity != "tensor" and not re.fullmatch(r"rows:[1-9]\d*", str(granularity)):
+        # Absent: AdaptiveSettings' own default (fishtune/adaptive.py), which the yaml repeats.
+        granularity = get(config, "mask.granularity", ABSENT)
+        if granularity is not ABSENT and granularity != "tensor" and not re.fullmatch(r"rows:[1-9]\d*", str(granularity)):
             raise ConfigError(f"mask.granularity={show(granularity)}: choose tensor or rows:N (N >= 1)")
         check_int(config, "mask.fisher_interval", 1, optional=True)
         check_int(config, "mask.freeze_interval", 1, optional=True)

@@ -37,7 +37,6 @@ import math
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -46,7 +45,7 @@ import pandas as pd
 
 from . import row_mode
 from .paper import TABLES, TASK_TITLES, paper_tasks, paper_wide
-from ..harness import CONF_DIR
+from ..harness.methods import METHODS
 from ..harness.results import load_failures, load_results, set_aside_files
 from ..harness.schedules import run_layers
 
@@ -200,22 +199,10 @@ def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
     return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else math.nan, int(a.size)
 
 
-@lru_cache(maxsize=None)
-def _default_layers(method: str) -> tuple[tuple[int, ...], int | None]:
-    """(budget_layers, fish_layers) of fishtune/conf/peft/<method>.yaml, to write a missing run's overrides."""
-    from omegaconf import OmegaConf
-
-    path = CONF_DIR / "peft" / f"{method}.yaml"
-    if not path.exists():
-        return (), None
-    cfg = OmegaConf.load(path)
-    return tuple(cfg.get("budget_layers") or ()), cfg.get("fish_layers")
-
-
 def run_overrides(row: Row, model: str, task: str) -> str:
     """The fishtune.run overrides that produce the run of one cell."""
     out = [f"model={model}", f"peft={row.method}", f"mask={row.mask}", f"budget={row.budget}", f"task={task}"]
-    budget_layers, fish_layers = _default_layers(row.method)
+    budget_layers, fish_layers = METHODS[row.method].schedule()  # as shipped: what needs no override
     default = (budget_layers[row.budget - 1] if len(budget_layers) >= row.budget else None) \
         if row.mask == "none" else fish_layers
     if row.layers != default:

@@ -24,8 +24,9 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from ..harness import CONF_DIR
-from ..harness.methods import count_on_meta, original_layers
+from ..harness.methods import METHODS, count_on_meta
 from ..harness.models import arch_config
+from ..harness.schedules import original_layers
 
 PAPER_RATIOS = Path(__file__).resolve().parent / "paper_data" / "ratios.csv"
 COLUMNS = ["model", "method", "layers", "rank", "trainable", "total", "ratio_pct", "paper_ratio_pct", "rel_diff"]
@@ -41,7 +42,7 @@ def compute_ratios(paper: pd.DataFrame | None = None) -> pd.DataFrame:
     paper = pd.read_csv(PAPER_RATIOS) if paper is None else paper
     rows = []
     for r in paper.itertuples(index=False):
-        model_cfg, peft_cfg = _yaml("model", r.model), _yaml("peft", r.method)
+        model_cfg, peft_cfg = _yaml("model", r.model), METHODS[r.method].defaults
         layers = original_layers(peft_cfg, int(r.budget))
         if layers != r.layers:  # the yaml's budget schedule must be the paper's
             raise ValueError(f"{r.method}: budget {r.budget} is {layers} layers in fishtune/conf/peft, {r.layers} in the paper")
