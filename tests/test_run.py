@@ -15,11 +15,22 @@ from fishtune.harness.tasks import get_task
 QUICK = ["train.max_epochs=2", "fisher.samples=16", "data.train_samples=24", "data.dev_samples=12"]
 
 
+RESULT_KEYS = [
+    "schema", "run_id", "config_hash", "config", "model", "task", "method", "layers", "rank", "mask", "budget", "seed",
+    "trainable", "head_entries", "total", "ratio_pct", "placement", "budget_ratio_pct", "lr", "train_examples",
+    "dev_examples", "history", "best", "stop_reason", "dev_labels", "dev_predictions", "fisher_seconds",
+    "train_seconds", "samples_per_second", "tokens_per_second", "throughput", "threads", "peak_memory_mb",
+    "peak_rss_mb", "peak_rss_source", "cuda_max_allocated_mb", "cuda_max_reserved_mb", "device", "precision",
+    "precision_reason", "host", "slurm", "resumed_from_epoch", "versions", "git_commit", "finished_at"]
+
+
 def test_run_writes_result_file_then_skips(tmp_path, capsys):
     cfg = run_config(tmp_path, "task=mrpc", "mask=fish", "budget=2", *QUICK)
     result = run(cfg, progress=False)
     path = plan(cfg).path
     assert path.exists() and json.loads(path.read_text())["run_id"] == result["run_id"]
+    # The file's keys in the order every run since schema 1 writes them; only the schema number moved.
+    assert list(json.loads(path.read_text())) == RESULT_KEYS and result["schema"] == 2
     for key in ("config", "model", "task", "method", "layers", "rank", "mask", "seed", "trainable", "total",
                 "ratio_pct", "history", "best", "stop_reason", "fisher_seconds", "train_seconds",
                 "samples_per_second", "versions", "git_commit"):

@@ -1,28 +1,21 @@
 """Result files: one JSON per run, written atomically, keyed by the config that produced it.
 
-A result file is the unit of resume and aggregation. Its top-level keys (schema 1):
-  run_id, config_hash, config (resolved), model, task, method, layers, rank, mask, budget, seed,
-  trainable, head_entries, total, ratio_pct, budget_ratio_pct (over the original run's model),
-  placement [{name, layer, module, chosen, entries}] (the mask's entries per tensor of the method),
-  history [{epoch, train_loss, dev_loss, metrics, score}],
-  best {epoch, score, metrics, dev_loss}, dev_labels and dev_predictions (per dev example, in the
-  seeded subsample's order; predictions of the best epoch), stop_reason, fisher_seconds, train_seconds,
-  samples_per_second, tokens_per_second (training, padding left out), throughput [{epoch,
-  train_seconds, samples_per_second, tokens_per_second}], threads, peak_memory_mb (GPU:
-  max allocated; CPU: peak RSS), peak_rss_mb, peak_rss_source, cuda_max_allocated_mb and
-  cuda_max_reserved_mb (null on CPU), device, precision (fp32 | bf16), precision_reason, host, slurm
-  (job ids, or null), resumed_from_epoch
-  (the checkpoint a requeued or restarted run continued from, or null), versions, git_commit (HEAD
-  when the run started), finished_at; adaptive runs add trainable_final, ratio_pct_final, ratio_pct_mean, active_ratio_history.
-`metrics` hold the task's numbers x100 (matthews | accuracy | f1 | pearson | spearman) and `score`
-is the single number a table shows for the task. Every number in a result file is finite (it is written
-with allow_nan=False; fishtune.harness.metrics defines each metric for constant predictions).
+A result file is the unit of resume and aggregation. `RunResult` is its type: its fields, in the
+order a file holds them, say what each key means (`RunResult.to_json()` is what a run writes,
+`RunResult.from_json()` what every reader reads through). `metrics` hold the task's numbers x100
+(matthews | accuracy | f1 | pearson | spearman) and `score` is the single number a table shows for
+the task. Every number in a result file is finite (it is written with allow_nan=False;
+fishtune.harness.metrics defines each metric for constant predictions).
 
-A run that fails writes `<run>.failed.json` instead (fishtune.run.record_failure): status, config,
-`reason` (one line, e.g. "diverged: non-finite loss at epoch 3, step 7"), error, traceback, host,
-slurm, finished_at. A file that cannot be read (truncated, not JSON) is never fatal: a run sets its
-own damaged result, mask or checkpoint aside as `<name>.damaged` and runs again; the loaders here skip
-damaged files and say which.
+Schemas: 2 since the harness and the reports moved into their folders (the file's content is the same,
+its `schema` says which code wrote it); 1 before. Both load: what files of schema 1 written before a
+key existed lack, `from_json` fills in (the only place that knows about older files).
+
+A run that fails writes `<run>.failed.json` instead (fishtune.harness.run.record_failure): status,
+config, `reason` (one line, e.g. "diverged: non-finite loss at epoch 3, step 7"), error, traceback,
+host, slurm, finished_at. A file that cannot be read (truncated, not JSON) is never fatal: a run sets
+its own damaged result, mask or checkpoint aside as `<name>.damaged` and runs again; the loaders here
+skip damaged files and say which.
 """
 from __future__ import annotations
 
@@ -33,11 +26,13 @@ import os
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
-SCHEMA = 1
+SCHEMA = 2                # what new result files are written with
+SCHEMAS = (1, 2)          # what loads (RunResult.from_json)
 # Keys that do not change what a run computes: excluded from its identity.
 _NOT_IDENTITY = ("paths", "force", "logger", "hydra")
 DAMAGED = ".damaged"  # suffix of a file set aside because it could not be read
@@ -45,6 +40,95 @@ DAMAGED = ".damaged"  # suffix of a file set aside because it could not be read
 
 class Diverged(RuntimeError):
     """The training loss became NaN or infinite: the run stops at once and is recorded as failed."""
+
+
+# The keys an adaptive run adds; absent (not null) in every other result file.
+_ADAPTIVE_KEYS = ("trainable_final", "ratio_pct_final", "ratio_pct_mean", "active_ratio_history")
+
+
+@dataclass(kw_only=True)
+class RunResult:
+    """One finished run, as its result file holds it (fields in file order; null where not measured)."""
+    schema: int = SCHEMA
+    run_id: str
+    config_hash: str
+    config: dict                       # the resolved config
+    # what a table and a sweep slice by
+    model: str
+    task: str
+    method: str
+    layers: int                        # layers the method is inserted on
+    rank: int | None
+    mask: str
+    budget: int
+    seed: int
+    trainable: int                     # trainable entries, head included
+    head_entries: int | None = None
+    total: int                         # all parameters of the model with the method inserted
+    ratio_pct: float
+    # the mask's entries per tensor of the method: [{name, layer, module, chosen, entries}]
+    placement: list[dict] | None = None
+    budget_ratio_pct: float            # trainable over the original run's model (the paper's ratio)
+    lr: float
+    train_examples: int
+    dev_examples: int
+    history: list[dict]                # per epoch: epoch, train_loss, dev_loss, metrics, score (+ active_ratio)
+    best: dict                         # epoch, score, metrics, dev_loss of the best epoch
+    stop_reason: str                   # early_stopping | max_epochs
+    # per dev example, in the seeded subsample's order; predictions of the best epoch
+    dev_labels: list | None = None
+    dev_predictions: list | None = None
+    fisher_seconds: float
+    train_seconds: float
+    samples_per_second: float
+    tokens_per_second: float | None = None   # training tokens, padding left out
+    throughput: list[dict] | None = None     # per epoch: epoch, train_seconds, samples_per_second, tokens_per_second
+    threads: int | None = None
+    peak_memory_mb: float | None = None      # GPU: max allocated; CPU: peak RSS
+    peak_rss_mb: float | None = None
+    peak_rss_source: str | None = None
+    cuda_max_allocated_mb: float | None = None
+    cuda_max_reserved_mb: float | None = None
+    device: str
+    precision: str | None = None             # fp32 | bf16
+    precision_reason: str | None = None
+    host: str
+    slurm: dict | None = None                # job ids and GPU, outside Slurm null
+    resumed_from_epoch: int | None = None    # the checkpoint a requeued or restarted run continued from
+    versions: dict
+    git_commit: str | None = None            # HEAD when the run started
+    finished_at: str
+    # adaptive runs only (_ADAPTIVE_KEYS)
+    trainable_final: int | None = None
+    ratio_pct_final: float | None = None
+    ratio_pct_mean: float | None = None
+    active_ratio_history: list[float] | None = None
+    # keys of no field (a migration's note): kept, and written back after the others
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The result file's content: every field in order, the adaptive ones only when set, then `extra`."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        for key in _ADAPTIVE_KEYS:
+            if out[key] is None:
+                del out[key]
+        return {**out, **self.extra}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RunResult:
+        """A result file's content as a RunResult, for every schema in SCHEMAS. ValueError when it is
+        no fishtune result. What older files lack is filled in here, and only here."""
+        if not isinstance(data, Mapping) or data.get("schema") not in SCHEMAS:
+            raise ValueError("not a fishtune result")
+        data = dict(data)
+        for key in ("model", "method", "mask"):  # the earliest files stored the config node
+            if isinstance(data.get(key), Mapping):
+                data[key] = data[key].get("name", data[key].get("mode"))
+        # Files from before budget_ratio_pct had one ratio, over the run's own model.
+        data.setdefault("budget_ratio_pct", data.get("ratio_pct"))
+        known = {f.name for f in fields(cls)} - {"extra"}
+        values = {k: data.get(k) for k in known}
+        return cls(**values, extra={k: v for k, v in data.items() if k not in known and not k.startswith("_")})
 
 
 def config_hash(config: Mapping[str, Any]) -> str:
@@ -116,21 +200,27 @@ def _read_json(path: Path) -> tuple[Any, str | None]:
 
 
 def read_result(path: str | Path) -> dict | None:
-    """The result file at `path`, or None when it is damaged (unreadable, truncated, not a result):
-    then it is set aside with a warning and its run is to be redone."""
+    """The result file at `path` (through RunResult, as the current schema's dict), or None when it is
+    damaged (unreadable, truncated, not a result): then it is set aside with a warning and its run is
+    to be redone."""
     path = Path(path)
     data, why = _read_json(path)
-    if why is None and not (isinstance(data, dict) and data.get("schema") == SCHEMA and "best" in data):
-        why = "not a fishtune result"
-    if why is not None:
-        set_aside(path, f"{why}; the run is redone")
-        return None
-    return data
+    if why is None:
+        try:
+            if isinstance(data, dict) and "best" in data:
+                return RunResult.from_json(data).to_json()
+            why = "not a fishtune result"
+        except ValueError as e:
+            why = str(e)
+    set_aside(path, f"{why}; the run is redone")
+    return None
 
 
 def load_results(runs_dir: str | Path, damaged: list[str] | None = None) -> list[dict]:
-    """Every finished result file under `runs_dir` (recursively). A file that cannot be read is
-    skipped; with `damaged`, 'path: why' is appended to it for each."""
+    """Every finished result file under `runs_dir` (recursively), each read through
+    RunResult.from_json (so in the current schema's shape, whatever schema wrote it) as a dict with
+    `_path`, the file it came from. A file that cannot be read is skipped; with `damaged`, 'path: why'
+    is appended to it for each."""
     out = []
     for path in sorted(Path(runs_dir).rglob("*.json")):
         if path.name.endswith(".failed.json"):  # failure records: load_failures
@@ -140,9 +230,12 @@ def load_results(runs_dir: str | Path, damaged: list[str] | None = None) -> list
             if damaged is not None:
                 damaged.append(f"{path}: {why}")
             continue
-        if isinstance(data, dict) and data.get("schema") == SCHEMA:
-            data["_path"] = str(path)
-            out.append(data)
+        try:
+            result = RunResult.from_json(data).to_json()
+        except ValueError:
+            continue  # a JSON file of some other kind (a failure record elsewhere, a config dump)
+        result["_path"] = str(path)
+        out.append(result)
     return out
 
 

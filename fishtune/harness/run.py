@@ -23,8 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 from . import CONF_DIR
 from . import data as glue
 from . import tracking
-from .results import (Diverged, git_commit, json_safe, now_iso, package_versions, read_result, result_path,
-                      set_aside, write_json_atomic, SCHEMA, config_hash)
+from .results import (Diverged, RunResult, config_hash, git_commit, json_safe, now_iso, package_versions, read_result,
+                      result_path, set_aside, write_json_atomic)
 from .tasks import TaskSpec, get_task
 from .validate import ConfigError, check_config, check_hub
 
@@ -184,114 +184,164 @@ def fisher_batches(train_set: list[dict], tokenizer, fisher_cfg: dict, seed: int
                             sort_by_length=True)
 
 
+@dataclass
+class Data:
+    """The run's encoded splits and their loaders (step 1 of execute)."""
+    tokenizer: Any
+    train: list[dict]
+    dev: list[dict]
+    train_loader: Any
+    dev_loader: Any
+
+
+def load_data(p: Plan) -> Data:
+    """The seeded train and dev subsamples, tokenised, in their loaders; dev examples carry `idx`, so
+    per-example predictions come back in the subsample's order."""
+    from .models import DECODER_FAMILIES, load_tokenizer
+
+    cfg, seed = p.config, int(p.config["seed"])
+    tokenizer = load_tokenizer(cfg["model"])
+    template = cfg["model"]["family"] in DECODER_FAMILIES
+    splits = {}
+    for split in ("train", "dev"):
+        examples = glue.subsample(glue.load_split(p.task, split, cfg["data"]["glue_dir"]), cfg["data"][f"{split}_samples"], seed)
+        splits[split] = glue.encode(examples, tokenizer, p.task, use_template=template)
+    for i, example in enumerate(splits["dev"]):
+        example["idx"] = i
+    train_loader = glue.make_loader(splits["train"], tokenizer, int(cfg["train"]["batch_size"]), shuffle=True, seed=seed)
+    dev_loader = glue.make_loader(splits["dev"], tokenizer, int(cfg["train"]["eval_batch_size"]), sort_by_length=True)
+    return Data(tokenizer, splits["train"], splits["dev"], train_loader, dev_loader)
+
+
+def build_model(p: Plan, tokenizer, device: str):
+    """(model, head, candidates): the model with the method inserted on the plan's layers, on `device`,
+    and its trainable parameters split into the head and the method's."""
+    from transformers import set_seed
+
+    from .methods import insert_method, split_trainable
+    from .models import load_model
+
+    set_seed(int(p.config["seed"]))  # the head's initialisation and the insertion must not depend on data loading
+    model = insert_method(load_model(p.config["model"], p.task.num_labels, tokenizer), p.config["peft"], p.layers,
+                          p.family)
+    model.to(device)
+    head, candidates = split_trainable(model, p.family)
+    return model, head, candidates
+
+
+def choose_mask(p: Plan, model, head: dict, candidates: dict, data: Data) -> tuple[dict, float]:
+    """(masks over the method's tensors, seconds the Fisher took). A resumed run keeps the mask file it
+    started with; a new mask is saved beside the result file before training."""
+    import torch
+
+    from .. import FISHER_MODES
+    from ..masks import fish_masks
+    from .results import read_mask_file, save_mask_file
+
+    cfg, seed = p.config, int(p.config["seed"])
+    mask_file = p.path.with_suffix(".mask.pt")
+    select = "fish" if p.mode == "adaptive" and cfg["mask"].get("start") == "fish" else p.mode
+    if select in ("none", "adaptive"):  # everything inserted trains (adaptive then freezes groups)
+        return {n: torch.ones_like(q, dtype=torch.bool) for n, q in candidates.items()}, 0.0
+    if (saved := read_mask_file(mask_file, candidates)) is not None:
+        return saved
+    if (stale := p.path.with_suffix(".ckpt.pt")).exists():  # trained under a mask that is gone: start over
+        set_aside(stale, "its run's mask file is missing or damaged, so its training cannot continue")
+    t0 = time.perf_counter()
+    batches = fisher_batches(data.train, data.tokenizer, cfg["fisher"], seed) if select in FISHER_MODES else None
+    masks = fish_masks(model, batches, p.k, select, num_samples=int(cfg["fisher"]["samples"]), seed=seed,
+                       head=list(head))
+    masks = {n: masks[n] for n in candidates}  # the mask file keeps the method's entries; the head trains in full
+    fisher_seconds = time.perf_counter() - t0 if batches is not None else 0.0
+    save_mask_file(mask_file, masks, fisher_seconds)
+    return masks, fisher_seconds
+
+
+def result_keys(p: Plan) -> dict[str, Any]:
+    """The values a table, a sweep and wandb slice runs by."""
+    cfg = p.config
+    return {"model": cfg["model"]["name"], "task": p.task.name, "method": cfg["peft"]["name"], "layers": p.layers,
+            "rank": cfg["peft"].get("rank"), "mask": p.mode, "budget": int(cfg["budget"]), "seed": int(cfg["seed"])}
+
+
 def execute(p: Plan, progress: bool = True) -> dict:
-    """Run the plan and write its result file; returns the result."""
+    """Run the plan and write its result file; returns the result (RunResult.to_json()).
+
+    The steps: data, model, mask, train, write."""
     import torch
     from transformers import set_seed
 
     from ..adaptive import AdaptiveFreezer, AdaptiveSettings
-    from .. import FISHER_MODES
-    from ..masks import apply_masks, fish_masks, mask_placement
-    from .methods import insert_method, split_trainable
-    from .models import DECODER_FAMILIES, load_model, load_tokenizer
-    from .results import read_mask_file, save_mask_file
+    from ..masks import apply_masks, mask_placement
     from .train import TrainSettings, train
 
-    cfg, task = p.config, p.task
-    seed = int(cfg["seed"])
+    cfg = p.config
     commit = git_commit()  # the code this run starts with, not whatever HEAD is when it ends
     device, bf16, precision_reason = _device_and_precision(cfg["train"])
     memory_source = reset_peak_memory(device)
     p.path.parent.mkdir(parents=True, exist_ok=True)
-    set_seed(seed)
+    set_seed(int(cfg["seed"]))
 
-    tokenizer = load_tokenizer(cfg["model"])
-    template = cfg["model"]["family"] in DECODER_FAMILIES
-    glue_dir = cfg["data"]["glue_dir"]
-    splits = {}
-    for split in ("train", "dev"):
-        examples = glue.subsample(glue.load_split(task, split, glue_dir), cfg["data"][f"{split}_samples"], seed)
-        splits[split] = glue.encode(examples, tokenizer, task, use_template=template)
-    for i, example in enumerate(splits["dev"]):  # per-example dev predictions come back in this order
-        example["idx"] = i
-    batch_size = int(cfg["train"]["batch_size"])
-    train_loader = glue.make_loader(splits["train"], tokenizer, batch_size, shuffle=True, seed=seed)
-    dev_loader = glue.make_loader(splits["dev"], tokenizer, int(cfg["train"]["eval_batch_size"]), sort_by_length=True)
-
-    set_seed(seed)  # the head's initialisation and the method's insertion must not depend on data loading
-    model = insert_method(load_model(cfg["model"], task.num_labels, tokenizer), cfg["peft"], p.layers, p.family)
-    model.to(device)
-    head, candidates = split_trainable(model, p.family)
-
-    fisher_seconds = 0.0
-    mask_file = p.path.with_suffix(".mask.pt")
-    select = "fish" if p.mode == "adaptive" and cfg["mask"].get("start") == "fish" else p.mode
-    if select in ("none", "adaptive"):  # everything inserted trains (adaptive then freezes groups)
-        masks = {n: torch.ones_like(q, dtype=torch.bool) for n, q in candidates.items()}
-    elif (saved := read_mask_file(mask_file, candidates)) is not None:  # a resumed run keeps the mask it started with
-        masks, fisher_seconds = saved
-    else:
-        if (stale := p.path.with_suffix(".ckpt.pt")).exists():  # trained under a mask that is gone: start over
-            set_aside(stale, "its run's mask file is missing or damaged, so its training cannot continue")
-        t0 = time.perf_counter()
-        batches = fisher_batches(splits["train"], tokenizer, cfg["fisher"], seed) if select in FISHER_MODES else None
-        masks = fish_masks(model, batches, p.k, select, num_samples=int(cfg["fisher"]["samples"]), seed=seed,
-                           head=list(head))
-        masks = {n: masks[n] for n in candidates}  # the mask file keeps the method's entries; the head trains in full
-        fisher_seconds = time.perf_counter() - t0 if batches is not None else 0.0
-        save_mask_file(mask_file, masks, fisher_seconds)
+    data = load_data(p)
+    model, head, candidates = build_model(p, data.tokenizer, device)
+    masks, fisher_seconds = choose_mask(p, model, head, candidates, data)
     trainable = apply_masks(model, masks)
     freezer = None
     if p.mode == "adaptive":
         freezer = AdaptiveFreezer(model, masks, AdaptiveSettings(**{
             k: cfg["mask"][k] for k in AdaptiveSettings.__dataclass_fields__ if k in cfg["mask"]}))
 
-    lr = float(cfg["train"]["lr"] or task.lr) * float(cfg["train"]["lr_scale"])
+    lr = float(cfg["train"]["lr"] or p.task.lr) * float(cfg["train"]["lr_scale"])
     settings = TrainSettings(lr=lr, weight_decay=float(cfg["train"]["weight_decay"]),
                              max_epochs=int(cfg["train"]["max_epochs"]), patience=int(cfg["train"]["patience"]),
                              device=device, bf16=bf16, progress=progress)
-    keys = {"model": cfg["model"]["name"], "task": task.name, "method": cfg["peft"]["name"], "layers": p.layers,
-            "rank": cfg["peft"].get("rank"), "mask": p.mode, "budget": int(cfg["budget"]), "seed": seed}
+    keys = result_keys(p)
     tracker = tracking.start(cfg, keys, p.path.stem)
     checkpoint = p.path.with_suffix(".ckpt.pt")
     # A requeued (or rerun) job continues after the last epoch its checkpoint holds.
-    outcome = train(model, train_loader, dev_loader, task, settings, masks, checkpoint=checkpoint,
+    outcome = train(model, data.train_loader, data.dev_loader, p.task, settings, masks, checkpoint=checkpoint,
                     on_epoch=tracker[0] if tracker else None, freezer=freezer)
 
-    result = {
-        "schema": SCHEMA, "run_id": p.path.stem, "config_hash": config_hash(cfg), "config": cfg, **keys,
-        "trainable": trainable, "head_entries": p.head, "total": p.total, "ratio_pct": 100 * trainable / p.total,
+    result = RunResult(
+        run_id=p.path.stem, config_hash=config_hash(cfg), config=cfg, **keys,
+        trainable=trainable, head_entries=p.head, total=p.total, ratio_pct=100 * trainable / p.total,
         # Where the mask put its entries (the one it started with), per tensor of the method; the head
         # trains in full. Placement claims are checked from the result files, without the mask files.
-        "placement": mask_placement(masks),
+        placement=mask_placement(masks),
         # The paper prints one ratio per budget row: the trainable count over the original run's model.
-        "budget_ratio_pct": 100 * trainable / p.budget_total, "lr": lr,
-        "train_examples": len(splits["train"]), "dev_examples": len(splits["dev"]),
-        "history": outcome.history, "best": outcome.best, "stop_reason": outcome.stop_reason,
+        budget_ratio_pct=100 * trainable / p.budget_total, lr=lr,
+        train_examples=len(data.train), dev_examples=len(data.dev),
+        history=outcome.history, best=outcome.best, stop_reason=outcome.stop_reason,
         # Per dev example, in the order of the seeded dev subsample: paired tests between runs.
-        "dev_labels": [e["labels"] for e in splits["dev"]], "dev_predictions": outcome.best_predictions,
-        "fisher_seconds": fisher_seconds, "train_seconds": outcome.train_seconds,
-        "samples_per_second": outcome.samples_seen / max(outcome.train_seconds, 1e-9),
-        "tokens_per_second": outcome.tokens_seen / max(outcome.train_seconds, 1e-9),
-        "throughput": outcome.throughput,
-        "threads": torch.get_num_threads(), **peak_memory(device, memory_source),
-        "device": device, "precision": "bf16" if bf16 else "fp32", "precision_reason": precision_reason,
-        "host": socket.gethostname(),
-        "slurm": slurm_ids(), "resumed_from_epoch": outcome.resumed_from_epoch,
-        "versions": package_versions(), "git_commit": commit, "finished_at": now_iso(),
-    }
+        dev_labels=[e["labels"] for e in data.dev], dev_predictions=outcome.best_predictions,
+        fisher_seconds=fisher_seconds, train_seconds=outcome.train_seconds,
+        samples_per_second=outcome.samples_seen / max(outcome.train_seconds, 1e-9),
+        tokens_per_second=outcome.tokens_seen / max(outcome.train_seconds, 1e-9),
+        throughput=outcome.throughput,
+        threads=torch.get_num_threads(), **peak_memory(device, memory_source),
+        device=device, precision="bf16" if bf16 else "fp32", precision_reason=precision_reason,
+        host=socket.gethostname(),
+        slurm=slurm_ids(), resumed_from_epoch=outcome.resumed_from_epoch,
+        versions=package_versions(), git_commit=commit, finished_at=now_iso(),
+    )
     if freezer is not None:  # the active set shrinks: report where it ended and its mean over steps
         active = [h["active_entries"] for h in freezer.history]
-        result.update(trainable_final=p.head + freezer.active_entries(),
-                      ratio_pct_final=100 * (p.head + freezer.active_entries()) / p.total,
-                      ratio_pct_mean=100 * (p.head + sum(active) / max(len(active), 1)) / p.total,
-                      active_ratio_history=[h["active_ratio"] for h in outcome.history])
-    write_json_atomic(p.path, result)
-    checkpoint.unlink(missing_ok=True)
+        result.trainable_final = p.head + freezer.active_entries()
+        result.ratio_pct_final = 100 * (p.head + freezer.active_entries()) / p.total
+        result.ratio_pct_mean = 100 * (p.head + sum(active) / max(len(active), 1)) / p.total
+        result.active_ratio_history = [h["active_ratio"] for h in outcome.history]
+    return write_result(p, result, tracker)
+
+
+def write_result(p: Plan, result: RunResult, tracker=None) -> dict:
+    """Write the result file (atomically), drop the run's checkpoint and any earlier failure record."""
+    out = result.to_json()
+    write_json_atomic(p.path, out)
+    p.path.with_suffix(".ckpt.pt").unlink(missing_ok=True)
     p.path.with_suffix(".failed.json").unlink(missing_ok=True)  # an earlier failure of this run is history
     if tracker:
-        tracker[1](result)
-    return result
+        tracker[1](out)
+    return out
 
 
 def run(config: dict | DictConfig, progress: bool = True) -> dict:

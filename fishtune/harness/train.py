@@ -174,6 +174,40 @@ def load_checkpoint(path: Path | None) -> dict | None:
     return state
 
 
+def training_state(model: nn.Module, opt: MaskedOptimizer, result: TrainResult, epoch: int, bad_epochs: int,
+                   train_loader, freezer=None) -> dict:
+    """What a checkpoint holds after `epoch`: the trainable parameters, the optimiser, the result so far,
+    the early-stopping count and every RNG the next epoch draws from (torch's, the loader's, CUDA's), and
+    the adaptive freezer's state."""
+    return {
+        "trainable": _trainable_state(model), "optimizer": opt.state_dict(), "result": result,
+        "epoch": epoch, "bad_epochs": bad_epochs, "rng": torch.get_rng_state(),
+        "loader_rng": train_loader.generator.get_state() if train_loader.generator is not None else None,
+        "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+        "freezer": freezer.state_dict() if freezer is not None else None,
+    }
+
+
+def resume(state: dict, model: nn.Module, opt: MaskedOptimizer, train_loader, freezer=None) -> tuple[TrainResult, int, int]:
+    """Restore a checkpoint's training_state into the model, the optimiser, the RNGs and the freezer;
+    returns (the result so far, the early-stopping count, the first epoch still to train)."""
+    with torch.no_grad():
+        params = dict(model.named_parameters())
+        for n, v in state["trainable"].items():
+            params[n].copy_(v)
+    opt.load_state_dict(state["optimizer"])
+    result = state["result"]
+    result.resumed_from_epoch = int(state["epoch"])
+    torch.set_rng_state(state["rng"])
+    if train_loader.generator is not None:
+        train_loader.generator.set_state(state["loader_rng"])
+    if state.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda_rng"])
+    if freezer is not None:
+        freezer.load_state_dict(state["freezer"])
+    return result, state["bad_epochs"], state["epoch"] + 1
+
+
 def train(model: nn.Module, train_loader, dev_loader, task: TaskSpec, settings: TrainSettings,
           masks: Mapping[str, torch.Tensor] | None = None, checkpoint: Path | None = None,
           on_epoch: Callable[[dict], None] | None = None, freezer=None) -> TrainResult:
@@ -191,21 +225,7 @@ def train(model: nn.Module, train_loader, dev_loader, task: TaskSpec, settings: 
     bad_epochs, start_epoch = 0, 1
     state = load_checkpoint(checkpoint)
     if state is not None:
-        with torch.no_grad():
-            params = dict(model.named_parameters())
-            for n, v in state["trainable"].items():
-                params[n].copy_(v)
-        opt.load_state_dict(state["optimizer"])
-        result = state["result"]
-        result.resumed_from_epoch = int(state["epoch"])
-        bad_epochs, start_epoch = state["bad_epochs"], state["epoch"] + 1
-        torch.set_rng_state(state["rng"])
-        if train_loader.generator is not None:
-            train_loader.generator.set_state(state["loader_rng"])
-        if state.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state(state["cuda_rng"])
-        if freezer is not None:
-            freezer.load_state_dict(state["freezer"])
+        result, bad_epochs, start_epoch = resume(state, model, opt, train_loader, freezer)
 
     # A checkpoint written by the stopping epoch means there is nothing left to train.
     epochs = range(start_epoch, settings.max_epochs + 1) if result.stop_reason != "early_stopping" else range(0)
@@ -256,13 +276,7 @@ def train(model: nn.Module, train_loader, dev_loader, task: TaskSpec, settings: 
         if stop:
             result.stop_reason = "early_stopping"
         if checkpoint is not None:
-            save_checkpoint(checkpoint, {
-                "trainable": _trainable_state(model), "optimizer": opt.state_dict(), "result": result,
-                "epoch": epoch, "bad_epochs": bad_epochs, "rng": torch.get_rng_state(),
-                "loader_rng": train_loader.generator.get_state() if train_loader.generator is not None else None,
-                "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
-                "freezer": freezer.state_dict() if freezer is not None else None,
-            })
+            save_checkpoint(checkpoint, training_state(model, opt, result, epoch, bad_epochs, train_loader, freezer))
         if stop:
             break
     return result

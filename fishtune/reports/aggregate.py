@@ -84,14 +84,6 @@ def table_rows(n: int) -> list[Row]:
 # ---------------------------------------------------------------------------------------------------
 # Matching result files to rows
 
-def _get(run: dict, key: str) -> Any:
-    """A top-level result value; `model`/`method`/`mask` may also be stored as their config dict."""
-    value = run.get(key)
-    if isinstance(value, dict):
-        value = value.get("name", value.get("mode"))
-    return value
-
-
 def _budget_rank(run: dict) -> Any:
     mask = (run.get("config") or {}).get("mask") or {}
     return mask.get("budget_rank") or run.get("rank")
@@ -165,7 +157,7 @@ class RunIndex:
 
     @staticmethod
     def _key(run: dict) -> tuple:
-        return _get(run, "model"), _get(run, "method"), _get(run, "mask"), run.get("budget"), run.get("task")
+        return run.get("model"), run.get("method"), run.get("mask"), run.get("budget"), run.get("task")
 
     def errors(self, row: Row, model: str, task: str) -> list[str]:
         """The recorded errors of failed runs of one cell."""
@@ -245,7 +237,7 @@ def build_table(n: int, index: RunIndex, model_map: dict[str, str] | None = None
             for r in runs:
                 per_seed[r.get("seed")][task] = float(r["best"]["score"])
                 # the budget row's ratio (over the original run's model): one number for both rows of a pair
-                ratio = r.get("budget_ratio_pct", r.get("ratio_pct"))
+                ratio = r.get("budget_ratio_pct")
                 if ratio is not None:
                     ratios.append(float(ratio))
             mean, std, count = mean_std([float(r["best"]["score"]) for r in runs])

@@ -35,7 +35,7 @@ def _frame(results: list[dict]) -> pd.DataFrame:
     rows = [{"model": r["model"], "method": r["method"], "rank": r["rank"], "mask": r["mask"], "budget": r["budget"],
              "task": r["task"], "seed": r["seed"], "score": r["best"]["score"],
              # adaptive: the mean over training; masked rows: the budget row's ratio
-             "ratio_pct": r.get("ratio_pct_mean", r.get("budget_ratio_pct", r["ratio_pct"]))}
+             "ratio_pct": r.get("ratio_pct_mean", r["budget_ratio_pct"])}
             for r in results]
     return pd.DataFrame(rows, columns=["model", "method", "rank", "mask", "budget", "task", "seed", "score",
                                        "ratio_pct"])

@@ -73,7 +73,7 @@ def frame(results: list[dict]) -> pd.DataFrame:
         k = r["trainable"]   # adaptive starts from the FISH mask of k entries
         mean_count = r["ratio_pct_mean"] * r["total"] / 100 if "ratio_pct_mean" in r else k
         lines.append({"task": r["task"], "budget": int(r["budget"]), "row": _row(r), "seed": r["seed"],
-                      "score": float(r["best"]["score"]), "ratio_pct": r.get("budget_ratio_pct", r["ratio_pct"]),
+                      "score": float(r["best"]["score"]), "ratio_pct": r["budget_ratio_pct"],
                       "k": k, "mean_trainable": mean_count, "path": r.get("_path")})
     return pd.DataFrame(lines, columns=["task", "budget", "row", "seed", "score", "ratio_pct", "k",
                                         "mean_trainable", "path"])

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from ..harness.results import load_failures, load_results, set_aside_files
 
-# What a run cost, as its result file records it (older files lack the last four).
+# What a run cost, as its result file records it (null where a schema-1 file predates the key).
 COST_KEYS = ("train_seconds", "precision", "samples_per_second", "tokens_per_second", "peak_memory_mb", "threads")
 _JOB_DIR = re.compile(r"^\d+(_\d+)?$")  # submitit's folder per job: JOBID or ARRAYID_TASK
 
