@@ -28,6 +28,10 @@ help:
 	@echo "make study - the study (docs/STUDY.md): run what is missing of its 200 runs, then results/study/"
 	@echo "make study-why - the study's mechanism, lr and converged arms, then results/study/why/"
 	@echo "make bf16-parity - the study's SST-2 and STS-B runs again in bf16, paired with the fp32 ones"
+	@echo "make ratios - the trainable-parameter ratios of Tables 1 and 2 from architecture configs -> results/ratios.csv"
+	@echo "make bench  - Fisher estimation and masked training against their references -> results/bench.json, .md"
+	@echo "make test-slurm - the Slurm tests on a local single-node cluster (root; docs/SLURM.md)"
+	@echo "make help-tables - the paper's tables: make table1 .. table5, figure3, tables"
 
 # Idempotent: reinstalls only when pyproject.toml or requirements.lock changed.
 setup: $(STAMP)

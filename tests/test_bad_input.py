@@ -85,6 +85,7 @@ BAD = [
     (["model.family=t5"], "unknown model family 't5'; choose one of: bert, modernbert, llama"),
     (["mask.mode=top"], "unknown mask mode 'top'; choose one of: none, fish, rand, rev, fish_shuffled, fish_spread"),
     # an experiment is a sweep: without -m Hydra would do one default run and say nothing
+    (["+row=nope"], "unknown row 'nope'; choose one of: fish, fish_layers10, "),
     (["+experiment=table1"], "an experiment is a sweep: run it with -m (python -m fishtune.run -m +experiment=table1)"),
 ]
 

@@ -194,7 +194,7 @@ def test_lora_ranks_and_layers_on_bert_base_meta():
 
 
 def test_bert_base_per_layer_counts_match_the_paper_arithmetic():
-    """REFERENCE section 2: the per-layer sizes the paper's Table 1 ratios imply on bert-base."""
+    """The per-layer sizes the paper's Table 1 ratios imply on bert-base (docs/METHODS.md has the arithmetic)."""
     conf = models.arch_config(OmegaConf.load(f"{CONF}/model/bert_base.yaml"))
     per_layer = {}
     for name in methods.METHODS:

@@ -28,12 +28,13 @@ from .results import (Diverged, RunResult, config_hash, git_commit, json_safe, n
 from .tasks import TaskSpec, get_task
 from .validate import ConfigError, check_config, check_hub
 
-# Config groups whose options all live in conf/ (hydra/* groups also have options from plugins).
 # Recorded in the result file when a run executes as a Slurm job (a requeued job keeps its ids).
 # SLURM_JOB_GPUS: the node's indices of the job's GPUs; SLURM_SHARDS_ON_NODE: its shards of a shared GPU.
 SLURM_KEYS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT", "SLURM_JOB_PARTITION",
               "SLURM_JOB_GPUS", "SLURM_SHARDS_ON_NODE")
-OWN_GROUPS = ("model", "peft", "mask", "task", "profile", "logger", "experiment")
+# Config groups whose options all live in fishtune/conf/: its folders, but hydra/ (hydra/* groups also
+# have options from plugins).
+OWN_GROUPS = tuple(sorted(d.name for d in CONF_DIR.iterdir() if d.is_dir() and d.name != "hydra"))
 
 
 def slurm_ids() -> dict | None:

@@ -1,7 +1,7 @@
 """The paper's published numbers (Tables 1-5 of FISH-Tuning, arXiv 2504.04050), as data.
 
 `fishtune/reports/paper_data/tableN.csv` holds one row per printed cell, transcribed from the paper's text
-(`/work/shared/paper/fish-tuning.txt`, an OCR of the PDF). Columns:
+(an OCR of the PDF, which is not part of this repository). Columns:
 
   table     1-5
   model     our model config name: bert_base | modernbert_base | llama32_1b
