@@ -394,3 +394,19 @@ def test_public_names_are_documented_and_typed():
             hints = inspect.signature(obj)
             assert hints.return_annotation is not inspect.Signature.empty, name
             assert all(p.annotation is not inspect.Parameter.empty for p in hints.parameters.values()), name
+
+
+def test_no_absolute_machine_path_in_the_repository():
+    """Code, configs and docs name paths relative to the repository (or $GLUE_DIR), never one machine's.
+    The committed result files keep the configs their runs had, paths included: records, not code."""
+    import re
+
+    pattern = re.compile("/" + "(?:work|root|home)" + "/")
+    skip = {".git", ".venv", "__pycache__", "runs", "fixtures"}
+    found = []
+    for path in ROOT.rglob("*"):
+        if path.is_file() and not skip & set(path.relative_to(ROOT).parts) and path.suffix in (
+                ".py", ".md", ".yaml", ".toml", ".txt", ".cfg", "") and path.stat().st_size < 2_000_000:
+            text = path.read_text(errors="ignore")
+            found += [f"{path.relative_to(ROOT)}:{text[:m.start()].count(chr(10)) + 1}" for m in pattern.finditer(text)]
+    assert not found, found
