@@ -17,7 +17,6 @@ run shared by two tables composes to the same config and the same result file.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from hydra import compose, initialize_config_dir

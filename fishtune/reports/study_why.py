@@ -31,7 +31,6 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import pandas as pd
 
 from ..harness.results import load_results
