@@ -29,8 +29,11 @@ help:
 	@echo "make study-why - the study's mechanism, lr and converged arms, then results/study/why/"
 	@echo "make bf16-parity - the study's SST-2 and STS-B runs again in bf16, paired with the fp32 ones"
 	@echo "make report RUNS_DIR=... REPORT=...html - one self-contained HTML results page of a runs folder"
-	@echo "make bench - benchmarks (docs/BENCH.md); make ratios - Tables 1-2 trainable ratios"
-	@echo "make test-slurm - sweeps on a local Slurm (root); make test-browser - the results page in Chromium"
+	@echo "make ratios - the trainable-parameter ratios of Tables 1 and 2 from architecture configs -> results/ratios.csv"
+	@echo "make bench  - Fisher estimation and masked training against their references -> results/bench.json, .md"
+	@echo "make test-slurm - the Slurm tests on a local single-node cluster (root; docs/SLURM.md)"
+	@echo "make test-browser - the results page in headless Chromium"
+	@echo "make help-tables - the paper's tables: make table1 .. table5, figure3, tables"
 
 # Idempotent: reinstalls only when pyproject.toml or requirements.lock changed.
 setup: $(STAMP)
@@ -64,7 +67,7 @@ clean:
 # make table5 PROFILE=quick TASKS=mrpc,rte ARGS='data.glue_dir=/path/to/glue_data'
 #   PROFILE=quick|paper    quick: CPU-sized runs on offline stand-in models; paper: Table 6 settings
 #   LAUNCHER=basic|joblib|slurm   basic: one run after another in this process; joblib (alias parallel):
-#                          FISHTUNE_JOBS local worker processes; slurm: one array (conf/hydra/launcher/)
+#                          FISHTUNE_JOBS local worker processes; slurm: one array (fishtune/conf/hydra/launcher/)
 #   TASKS=, METHODS=       comma lists that narrow a sweep (METHODS: Table 1's PEFT methods)
 #   ARGS=                  more Hydra overrides for every run; AGG_ARGS= options of the aggregator (--paper)
 # Each tableN target runs the table's sweep (runs already done are skipped), then writes the table,

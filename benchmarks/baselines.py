@@ -6,7 +6,7 @@
 * plain_train: the textbook training step on whole batches (forward, mean loss, backward, Adam), for
   the padding comparison: fixed-length against dynamic padding.
 * run_hf_trainer: transformers.Trainer on the same model, data order, collator, batch size, optimiser
-  maths and precision as fishtune.train.train.
+  maths and precision as fishtune.harness.train.train.
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from torch.utils.data import DataLoader
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
 from fishtune.batching import group_cost_tokens, length_groups, model_inputs
-from fishtune.models import classification_loss
-from fishtune.train import TrainSettings, masked_adam
+from fishtune.fisher import classification_loss
+from fishtune.harness.train import TrainSettings, masked_adam
 
 from timing import TickLoader
 
@@ -61,7 +61,7 @@ def plain_backward(model: torch.nn.Module, batches: Iterable, tick: Callable[[],
 def plain_train(model: torch.nn.Module, batches: Iterable, lr: float, tick: Callable[[], None],
                 limit: int | None = None) -> None:
     """The textbook step on each whole batch as the loader pads it: forward, mean loss, backward,
-    Adam (fishtune.train's masked Adam without masks, the same maths as fishtune.train). fp32."""
+    Adam (fishtune.harness.train's masked Adam without masks, the same maths as fishtune.harness.train). fp32."""
     params = [p for p in model.parameters() if p.requires_grad]
     device, regression = params[0].device, model.config.num_labels == 1
     opt = masked_adam(model, {}, TrainSettings(lr=lr))
@@ -88,7 +88,7 @@ class _Ticks(TrainerCallback):
 
 
 def shuffled_order(n: int, batch_size: int, seed: int) -> list[int]:
-    """The sample order of fishtune.data.make_loader(shuffle=True, seed=seed): a DataLoader over the
+    """The sample order of fishtune.harness.data.make_loader(shuffle=True, seed=seed): a DataLoader over the
     same number of items draws from its seeded generator exactly as that loader does (its iterator
     takes a base seed from the generator before the sampler's permutation)."""
     loader = DataLoader(range(n), batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
@@ -121,7 +121,7 @@ class RecordingCollator:
 
 def run_hf_trainer(model, encoded: list[dict], collator, batch_size: int, lr: float, seed: int, device: str,
                    bf16: bool, steps: int, tick: Callable[[], None]) -> None:
-    """transformers.Trainer for `steps` steps. Its settings match fishtune.train.train: Adam(W) with no
+    """transformers.Trainer for `steps` steps. Its settings match fishtune.harness.train.train: Adam(W) with no
     weight decay, constant learning rate, no gradient clipping, same batch order; no eval, no saving,
     no logging, no length grouping."""
     with tempfile.TemporaryDirectory() as out:

@@ -14,9 +14,9 @@ alternating step by step (benchmarks/timing.py), so load from other processes hi
   trainer_ratio       our training throughput / transformers.Trainer's (same model, data order,
                       collator, batch size, optimiser maths, precision)
   padding_gain        training step padded to max length / dynamically padded (SST-2, whole batches)
-  length_group_gain   step on a dynamically padded whole batch / fishtune.train's step, which
+  length_group_gain   step on a dynamically padded whole batch / fishtune.harness.train's step, which
                       computes the batch as groups of similar length (CPU; fishtune.batching)
-  cpu_bf16_speedup    (CPU) fishtune.train's masked LoRA step in fp32 / the same step under bf16 autocast,
+  cpu_bf16_speedup    (CPU) fishtune.harness.train's masked LoRA step in fp32 / the same step under bf16 autocast,
                       SST-2, on the embedded MiniLM; cpu_bf16_speedup_bert_base_random the same on
                       bert-base-sized random weights; each side's peak memory beside it (`--only bf16`
                       runs just these)
@@ -46,16 +46,16 @@ from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding, set_seed
 from transformers.utils import logging as hf_logging
 
-from fishtune import data as glue
+from fishtune.harness import data as glue
 from fishtune.batching import group_cost_tokens, length_groups
 from fishtune.fisher import empirical_fisher
 from fishtune.masks import build_mask
-from fishtune.methods import insert_method, split_trainable
-from fishtune.models import load_model, load_tokenizer
-from fishtune.results import package_versions
-from fishtune.tasks import get_task
+from fishtune.harness.methods import insert_method, split_trainable
+from fishtune.harness.models import load_model, load_tokenizer
+from fishtune.harness.results import package_versions
+from fishtune.harness.tasks import get_task
 from fishtune.masks import apply_masks
-from fishtune.train import TrainSettings, choose_precision, cpu_has_native_bf16, train
+from fishtune.harness.train import TrainSettings, choose_precision, cpu_has_native_bf16, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines import (RecordingCollator, padded_loop_fisher, plain_backward, plain_train,  # noqa: E402
@@ -81,8 +81,8 @@ def load_avg() -> float:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--glue-dir", default=os.environ.get("GLUE_DIR", str(ROOT.parent / "shared" / "glue_data")))
-    p.add_argument("--model", default="bert_base_random", help="a config in conf/model/")
-    p.add_argument("--peft", default="lora", help="a config in conf/peft/ (LoRA-style: Linear hooks apply)")
+    p.add_argument("--model", default="bert_base_random", help="a config in fishtune/conf/model/")
+    p.add_argument("--peft", default="lora", help="a config in fishtune/conf/peft/ (LoRA-style: Linear hooks apply)")
     p.add_argument("--fisher-samples", type=int, default=128)
     p.add_argument("--chunk-size", type=int, default=32, help="samples per Fisher batch (conf fisher.chunk_size)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -95,7 +95,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="training steps' autocast: auto = bf16 on a CUDA GPU or a CPU that has it, else fp32")
     p.add_argument("--only", choices=("bf16",), help="run only these figures (bf16: cpu_bf16_speedup*)")
     p.add_argument("--bf16-models", default="minilm,bert_base_random",
-                   help="configs in conf/model/ for cpu_bf16_speedup (the first) and cpu_bf16_speedup_NAME")
+                   help="configs in fishtune/conf/model/ for cpu_bf16_speedup (the first) and cpu_bf16_speedup_NAME")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--out", default=str(ROOT / "results"))
     return p.parse_args(argv)
@@ -219,9 +219,9 @@ def fish_mask(args, model, tok, peft_cfg, family) -> tuple[dict, dict]:
 def train_section(args, model, tok, masks, device, bf16) -> dict:
     """Training steps over the same SST-2 batches (same samples, same order).
 
-    In turns: fishtune.train without and with the fish mask; fishtune.train and transformers.Trainer;
+    In turns: fishtune.harness.train without and with the fish mask; fishtune.harness.train and transformers.Trainer;
     the textbook step on whole batches padded to max length ("fixed") and to their longest sample
-    ("dynamic") and fishtune.train ("ours": dynamic padding, then length groups inside each batch on
+    ("dynamic") and fishtune.harness.train ("ours": dynamic padding, then length groups inside each batch on
     CPU). Peak memory: each alone, one step on the largest batch."""
     task = get_task("sst2")
     examples = glue.subsample(glue.load_split(task, "train", args.glue_dir), args.batch_size * args.train_steps,
@@ -303,7 +303,7 @@ def train_section(args, model, tok, masks, device, bf16) -> dict:
         "fixed": plain("fixed", fixed_loader(encoded), args.fixed_steps),
         "dynamic": plain("dynamic", dynamic_loader(encoded), args.fixed_steps),
         "ours": ours("none", dynamic_loader(encoded), limit=args.fixed_steps),
-    }, f"padding to max length {task.max_length} vs to the batch's longest vs fishtune.train, "
+    }, f"padding to max length {task.max_length} vs to the batch's longest vs fishtune.harness.train, "
        f"{args.fixed_steps} steps each")
     w = args.warmup
 
@@ -335,15 +335,15 @@ def train_section(args, model, tok, masks, device, bf16) -> dict:
 
 
 def bf16_section(args) -> dict:
-    """fishtune.train's masked LoRA steps in fp32 and under bf16 autocast, in turns over the same SST-2
+    """fishtune.harness.train's masked LoRA steps in fp32 and under bf16 autocast, in turns over the same SST-2
     batches, on each model of --bf16-models (CPU): LoRA on peft.fish_layers, a rand mask of the budget
     level 1 count (which entries does not change the cost). Peak memory: each side alone, one step on
     the largest batch."""
     task, out = get_task("sst2"), {}
-    peft_cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "peft" / f"{args.peft}.yaml"))
+    peft_cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "fishtune" / "conf" / "peft" / f"{args.peft}.yaml"))
     for i, name in enumerate(args.bf16_models.split(",")):
         figure = "cpu_bf16_speedup" + (f"_{name}" if i else "")
-        model_cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "model" / f"{name}.yaml"))
+        model_cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "fishtune" / "conf" / "model" / f"{name}.yaml"))
         family, layers = model_cfg["family"], int(peft_cfg["fish_layers"])
         tok = load_tokenizer(model_cfg)
         set_seed(args.seed)
@@ -395,7 +395,7 @@ def bf16_markdown(bf16: dict) -> list[str]:
 
 def optimizer_step_overhead(model, masks, repeats: int = 200) -> dict:
     """The masked Adam step with and without the masks on the same gradients: the mask's own cost (ms)."""
-    from fishtune.train import masked_adam
+    from fishtune.harness.train import masked_adam
 
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:
@@ -440,11 +440,11 @@ def markdown(r: dict) -> str:
         ("fisher_rel_err", "empirical_fisher", "padded bs-1 loop", "", ""),
         ("mask_overhead", f"fish mask {ms['mask_fish']:.2f} s/step", f"no mask {ms['mask_none']:.2f} s/step",
          tp["fish"], tp["none"]),
-        ("trainer_ratio", f"fishtune.train {sps['trainer_none']:.2f} samples/s",
+        ("trainer_ratio", f"fishtune.harness.train {sps['trainer_none']:.2f} samples/s",
          f"HF Trainer {sps['trainer_trainer']:.2f} samples/s", tp["none"], tp["trainer"]),
         ("padding_gain", f"dynamic padding {ms['padding_dynamic']:.2f} s/step",
          f"padded to {t['peak_mb_batch']['fixed'][1]} {ms['padding_fixed']:.2f} s/step", tp["dynamic"], tp["fixed"]),
-        ("length_group_gain", f"fishtune.train {ms['padding_ours']:.2f} s/step",
+        ("length_group_gain", f"fishtune.harness.train {ms['padding_ours']:.2f} s/step",
          f"dynamic padding {ms['padding_dynamic']:.2f} s/step", tp["none"], tp["dynamic"]),
     ]
     lines = ["| figure | value | target | met | ours | compared with | peak MB ours | peak MB other |",
@@ -469,9 +469,9 @@ def markdown(r: dict) -> str:
         f"{t['mask_overhead']['steps']} paired steps (same batch, run back to back; padding rows: "
         f"{t['padding_gain']['steps']}). Ratio of sums: mask {t['mask_overhead']['of_sums']:.3f}, trainer "
         f"{t['trainer_ratio']['of_sums']:.3f}, padding {t['padding_gain']['of_sums']:.3f}, length groups "
-        f"{t['length_group_gain']['of_sums']:.3f}. fishtune.train runs each batch as length groups on CPU "
+        f"{t['length_group_gain']['of_sums']:.3f}. fishtune.harness.train runs each batch as length groups on CPU "
         f"(fishtune.batching); padding rows: the textbook step on whole batches; padded to max length vs "
-        f"fishtune.train: {t['padding_gain_ours']['median']:.3f}.",
+        f"fishtune.harness.train: {t['padding_gain_ours']['median']:.3f}.",
         f"- Fish mask: k = {r['mask']['k']} of {r['mask']['candidates']} LoRA entries; {r['mask']['tensors_frozen']} of "
         f"{r['mask']['tensors']} tensors frozen, {r['mask']['tensors_partial']} partly masked. The masked Adam step with "
         f"masks minus without: {r['optimizer_step']['masked_minus_none_ms']:.3f} ms.",
@@ -504,8 +504,8 @@ def main(argv=None) -> int:
         print("\n".join(lines))
         return 0
 
-    model_cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "model" / f"{args.model}.yaml"))
-    peft_cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "peft" / f"{args.peft}.yaml"))
+    model_cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "fishtune" / "conf" / "model" / f"{args.model}.yaml"))
+    peft_cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "fishtune" / "conf" / "peft" / f"{args.peft}.yaml"))
     family, layers = model_cfg["family"], int(peft_cfg["fish_layers"])
     tok = load_tokenizer(model_cfg)
     t0 = time.perf_counter()

@@ -259,7 +259,7 @@ def tables(result: dict) -> str:
             lines += [f"| bench ({b['model']}, {'bf16' if b['bf16'] else 'fp32'}) | value |", "|---|---:|"]
             lines += [f"| {k} | {v:.3g} |" for k, v in f.items()]
             lines += [f"| Fisher, {b['fisher_samples']} RTE samples (s) | {b['fisher_seconds']['ours']:.2f} |",
-                      f"| training samples/s (fishtune.train, SST-2, batch {b['batch_size']}) | {sps['trainer_none']:.0f} |",
+                      f"| training samples/s (fishtune.harness.train, SST-2, batch {b['batch_size']}) | {sps['trainer_none']:.0f} |",
                       f"| training samples/s (HF Trainer) | {sps['trainer_trainer']:.0f} |", ""]
         else:
             lines += [f"bench: FAILED ({b['error']})", ""]

@@ -1,16 +1,22 @@
 """fishtune: FISH-Tuning (Fisher-information masks inside PEFT methods) and the harness that rebuilds its tables.
 
-The package holds three kinds of code, in one flat folder:
+Three kinds of code, one place each:
 
-* the library, what your own training code imports (`import fishtune`): the empirical Fisher
-  (fisher), masks over any model's trainable parameters (masks), a masked wrapper for any torch
-  optimizer (optim), a transformers.Trainer callback (callback), FisherAdapTune-style adaptive
-  freezing (adaptive) and length groups that cut padding (batching). It imports nothing from the
-  other two kinds (tests/test_api.py checks).
-* the harness that runs the paper's experiments from Hydra configs: tasks, data, models, methods,
-  schedules, train, run, results, metrics, tracking, sweeps, validate (`python -m fishtune.run ...`).
-* the reports built from result files: aggregate, mask_report, sweep_summary, paper, ratios, study,
-  study_why, parity, report (the HTML results page).
+* the library, at the package root, what your own training code imports (`import fishtune`): the
+  empirical Fisher (fisher), masks over any model's trainable parameters (masks), a masked wrapper for
+  any torch optimizer (optim), a transformers.Trainer callback (callback), FisherAdapTune-style adaptive
+  freezing (adaptive) and length groups that cut padding (batching). It imports nothing from the other
+  two kinds (tests/test_api.py checks).
+* fishtune/harness/: runs the paper's experiments from Hydra configs (fishtune/conf/, shipped with the
+  package). It imports the library, never the reports.
+* fishtune/reports/: tables, figures and summaries built from result files. They import the library
+  and the harness's tables and result files, never its training loop (harness.train, harness.run).
+
+The entry points are thin modules at the root, a few lines each, so that the commands stay short
+(ENTRY_POINTS): `python -m fishtune.run` (one run or a sweep), `fishtune.study`, `fishtune.study_why`,
+`fishtune.parity`, `fishtune.aggregate`, `fishtune.sweep_summary`, `fishtune.mask_report`,
+`fishtune.ratios` and `fishtune.report` (the HTML results page), each the `main` of the module of the
+same name in harness/ or reports/.
 
 The library's names are attributes of the package, imported on first use, so that `import
 fishtune` stays light (no torch until a name is used):
@@ -29,10 +35,16 @@ MASK_MODES = ("none", "fish", "rand", "rev", "fish_shuffled", "fish_spread")
 # The modes that rank entries by an empirical Fisher (and so need its samples).
 FISHER_MODES = ("fish", "rev", "fish_shuffled", "fish_spread")
 
+
+def check_mode(mode: str) -> None:
+    """Reject a mask mode build_mask does not know (ValueError naming the known ones)."""
+    if mode not in MASK_MODES:
+        raise ValueError(f"unknown mask mode {mode!r}; choose one of: {', '.join(MASK_MODES)}")
+
+# The modules at the root: the library, and the entry points (not a kind of their own: each only runs
+# the `main` of harness/NAME.py or reports/NAME.py).
 LIBRARY = ("fisher", "masks", "optim", "callback", "adaptive", "batching")
-HARNESS = ("tasks", "data", "models", "methods", "schedules", "train", "run", "results", "metrics", "tracking",
-           "sweeps", "validate")
-REPORTS = ("aggregate", "mask_report", "sweep_summary", "paper", "ratios", "study", "study_why", "parity", "report")
+ENTRY_POINTS = ("run", "study", "study_why", "parity", "aggregate", "sweep_summary", "mask_report", "ratios", "report")
 
 # name -> the library module that defines it
 _EXPORTS = {

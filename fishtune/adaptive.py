@@ -1,7 +1,7 @@
 """`mask=adaptive`: progressive freezing of parameter groups by the drift of their Fisher geometry.
 
-Our reimplementation of FisherAdapTune (Rostami et al., 2026) from its description (REFERENCE
-section 5); no code of theirs is used. During training:
+Our reimplementation of FisherAdapTune (Rostami et al., 2026) from the paper's description of the
+method; no code of theirs is used. During training:
 
 1. every candidate tensor is split into groups (`granularity`: `tensor`, or `rows:N` = N row blocks);
 2. a running Fisher diagonal is kept from the training gradients (EMA of squared gradients);

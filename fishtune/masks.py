@@ -17,14 +17,9 @@ from typing import Callable, Iterable, Mapping
 import torch
 from torch import nn
 
-from . import FISHER_MODES, MASK_MODES as MODES  # defined torch-free in the package, where config checks read them
+# Defined torch-free in the package, where config checks read them too.
+from . import FISHER_MODES, check_mode
 from .fisher import empirical_fisher
-
-
-def check_mode(mode: str) -> None:
-    """Reject a mask mode build_mask does not know."""
-    if mode not in MODES:
-        raise ValueError(f"unknown mask mode {mode!r}; choose one of: {', '.join(MODES)}")
 
 
 def build_mask(scores: Mapping[str, torch.Tensor], k: int, mode: str, seed: int = 42) -> dict[str, torch.Tensor]:
@@ -99,9 +94,11 @@ HEAD_MODULE = {"bert": "classifier", "modernbert": "classifier", "llama": "score
 MASK_FILE = "fish_mask.safetensors"
 
 
-def is_head(name: str) -> bool:
-    """The default head: a parameter inside a module named like a known family's head."""
-    return not set(name.split(".")).isdisjoint(HEAD_MODULE.values())
+def is_head(name: str, family: str | None = None) -> bool:
+    """Whether a parameter lies in the classification head: a module named like `family`'s head, or,
+    without a family, like any known family's (the default of fish_masks)."""
+    heads = HEAD_MODULE.values() if family is None else (HEAD_MODULE[family],)
+    return not set(name.split(".")).isdisjoint(heads)
 
 
 _LAYER = re.compile(r"\.(?:layer|layers)\.(\d+)\.")

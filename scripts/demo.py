@@ -15,8 +15,8 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from fishtune.run import run
-from fishtune.study import trivial_baseline
+from fishtune.harness.run import run
+from fishtune.reports.study import trivial_baseline
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKS = ("sst2",)   # the task the embedded model learns at CPU scale (docs/STUDY.md)
@@ -38,7 +38,7 @@ def main() -> None:
     glue = glue_dir()
     rows = []
     t0 = time.time()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(ROOT / "fishtune" / "conf"), version_base="1.3"):
         for task in TASKS:
             for label, mode in ROWS:
                 cfg = compose("config", overrides=[*DEMO, f"task={task}", f"mask={mode}", f"data.glue_dir={glue}",

@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from fishtune.results import config_hash, result_path, write_json_atomic
+from fishtune.harness.results import config_hash, result_path, write_json_atomic
 
 for runs_dir in sys.argv[1:]:
     moved = 0

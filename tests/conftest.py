@@ -18,7 +18,7 @@ torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parent.parent
 GLUE_FIXTURES = ROOT / "tests" / "fixtures" / "glue"
-CONF = ROOT / "conf"
+CONF = ROOT / "fishtune" / "conf"
 
 
 def model_cfg(name: str) -> dict:
@@ -32,9 +32,9 @@ def peft_cfg(name: str = "lora", **over) -> dict:
 def tiny_peft_model(model: str = "tiny_bert", task: str = "rte", method: str = "lora", layers: int = 3,
                     seed: int = 0, **peft_over):
     """(model, tokenizer, task spec) with the method inserted on the bottom `layers` layers."""
-    from fishtune.methods import insert_method
-    from fishtune.models import load_model, load_tokenizer
-    from fishtune.tasks import get_task
+    from fishtune.harness.methods import insert_method
+    from fishtune.harness.models import load_model, load_tokenizer
+    from fishtune.harness.tasks import get_task
 
     cfg, spec = model_cfg(model), get_task(task)
     tok = load_tokenizer(cfg)
@@ -44,7 +44,7 @@ def tiny_peft_model(model: str = "tiny_bert", task: str = "rte", method: str = "
 
 
 def loader(tok, spec, split="train", batch_size=8, n=None, template=False, **kw):
-    from fishtune import data
+    from fishtune.harness import data
 
     ex = data.subsample(data.load_split(spec, split, GLUE_FIXTURES), n, 0)
     return data.make_loader(data.encode(ex, tok, spec, use_template=template), tok, batch_size, **kw)

@@ -5,9 +5,9 @@ from scipy.spatial.distance import jensenshannon
 
 from conftest import loader, run_config, tiny_peft_model
 from fishtune.adaptive import AdaptiveFreezer, AdaptiveSettings, js_distance
-from fishtune.methods import split_trainable
-from fishtune.run import run
-from fishtune.train import TrainSettings, train
+from fishtune.harness.methods import split_trainable
+from fishtune.harness.run import run
+from fishtune.harness.train import TrainSettings, train
 
 
 @pytest.mark.parametrize("p,q", [
@@ -67,10 +67,10 @@ def test_frozen_groups_stay_frozen_bit_identical_with_state_dropped():
 def test_optimizer_state_of_frozen_groups_is_dropped():
     m, tok, spec = tiny_peft_model()
     freezer = eager_freezer(m)
-    from fishtune.train import TrainSettings, masked_adam
+    from fishtune.harness.train import TrainSettings, masked_adam
     opt = masked_adam(m, {}, TrainSettings(lr=1e-2))
     dl = loader(tok, spec, batch_size=4)
-    from fishtune.models import classification_loss
+    from fishtune.fisher import classification_loss
     for _ in range(3):
         for batch in dl:
             loss = classification_loss(m(**{k: v for k, v in batch.items() if k != "labels"}).logits, batch["labels"],

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fishtune.aggregate import aggregate, build_table, mean_std, parse_model_map, RunIndex, table_rows
-from fishtune.paper import paper_wide
-from fishtune.results import SCHEMA, config_hash, result_path, write_json_atomic
+from fishtune.reports.aggregate import aggregate, build_table, mean_std, parse_model_map, RunIndex, table_rows
+from fishtune.reports.paper import paper_wide
+from fishtune.harness.results import SCHEMA, config_hash, result_path, write_json_atomic
 
 TASKS6 = ["cola", "mrpc", "rte", "sst2", "stsb", "wnli"]
 
@@ -16,7 +16,7 @@ TASKS6 = ["cola", "mrpc", "rte", "sst2", "stsb", "wnli"]
 def fake_result(runs_dir, *, model="bert_base", method="lora", task="rte", mask="none", budget=1, layers=None,
                 rank=1, budget_rank=None, seed=42, score=50.0, losses=(0.7, 0.6, 0.5), finished="2026-01-01T00:00:00",
                 schedule=None):
-    """Write one result file with the schema of fishtune/results.py, as fishtune.run would."""
+    """Write one result file with the schema of fishtune/harness/results.py, as fishtune.run would."""
     explicit = layers  # peft.layers=N, as Table 3's rows set it
     if layers is None:
         layers = budget if mask == "none" else 5
@@ -184,5 +184,5 @@ def test_empty_runs_dir_does_not_crash(tmp_path):
 
 
 def _load(runs):
-    from fishtune.results import load_results
+    from fishtune.harness.results import load_results
     return load_results(runs)

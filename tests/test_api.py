@@ -15,14 +15,14 @@ import torch
 
 import fishtune
 from conftest import ROOT, loader, model_cfg
-from fishtune.tasks import get_task
+from fishtune.harness.tasks import get_task
 
 SST2 = get_task("sst2")
 
 
 @lru_cache(maxsize=1)
 def tokenizer():
-    from fishtune.models import load_tokenizer
+    from fishtune.harness.models import load_tokenizer
 
     return load_tokenizer(model_cfg("tiny_bert"))
 
@@ -262,7 +262,7 @@ def test_masked_optimizer_is_an_optimizer_for_schedulers_and_checkpoints():
 def trainer_for(model, masks, tmp_path, steps=4):
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
-    from fishtune import data
+    from fishtune.harness import data
 
     tok = tokenizer()
     train_set = data.encode(data.load_split(SST2, "train", ROOT / "tests" / "fixtures" / "glue"), tok, SST2)
@@ -291,31 +291,97 @@ def test_trainer_with_callback_changes_exactly_the_chosen_entries(kind, tmp_path
 # --- layout ----------------------------------------------------------------------------------------
 
 def test_import_fishtune_is_light_and_the_aggregator_needs_no_torch():
-    code = ("import sys, fishtune, fishtune.schedules, fishtune.aggregate; "
+    code = ("import sys, fishtune, fishtune.harness.schedules, fishtune.harness.validate, fishtune.reports.aggregate; "
             "assert 'torch' not in sys.modules, 'torch imported'; fishtune.MaskedOptimizer; "
             "assert 'torch' in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
-def test_library_imports_nothing_from_the_harness_or_the_reports():
+def _module_name(path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _is_type_checking(node) -> bool:
+    return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the fishtune modules it imports (anywhere in it, inside functions too; not under
+    `if TYPE_CHECKING:`), from the source alone. `from . import NAME` names the submodule NAME when
+    there is one, else the package itself."""
     package = ROOT / "fishtune"
-    modules = {p.stem for p in package.glob("*.py")} - {"__init__"}
-    kinds = fishtune.LIBRARY + fishtune.HARNESS + fishtune.REPORTS
-    assert sorted(kinds) == sorted(modules), "every module is of exactly one kind (fishtune/__init__.py)"
-    for name in fishtune.LIBRARY:
-        for node in ast.walk(ast.parse((package / f"{name}.py").read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                # `from . import NAME`: a constant of the package itself (fishtune/__init__.py) is fine
-                imported = [node.module] if node.module else [a.name for a in node.names
-                                                               if not hasattr(fishtune, a.name) or a.name in kinds]
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("fishtune"):
-                imported = [node.module.split(".")[1]] if "." in node.module else [a.name for a in node.names]
-            elif isinstance(node, ast.Import):
-                imported = [a.name.split(".")[1] for a in node.names if a.name.startswith("fishtune.")]
-            else:
+    modules = {_module_name(p): p for p in package.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        is_package = path.name == "__init__.py"
+        edges: set[str] = set()
+        skip: set[int] = set()
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if _is_type_checking(node):
+                skip |= {id(n) for n in ast.walk(node)}
+        for node in ast.walk(tree):
+            if id(node) in skip:
                 continue
-            outside = [m.split(".")[0] for m in imported if m.split(".")[0] not in fishtune.LIBRARY]
-            assert not outside, f"fishtune/{name}.py imports {outside} (not library code)"
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = name.split(".") if is_package else name.split(".")[:-1]
+                    base = base[:len(base) - node.level + 1]
+                    target = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    target = node.module or ""
+                if not target.startswith("fishtune"):
+                    continue
+                subs = [f"{target}.{a.name}" for a in node.names if f"{target}.{a.name}" in modules]
+                edges |= set(subs) if subs and len(subs) == len(node.names) else {target, *subs}
+            elif isinstance(node, ast.Import):
+                edges |= {a.name for a in node.names if a.name.startswith("fishtune")}
+        graph[name] = {e for e in edges if e in modules and e != name}
+    return graph
+
+
+def test_layout_library_at_the_root_harness_and_reports_below():
+    package = ROOT / "fishtune"
+    assert (package / "harness").is_dir() and (package / "reports").is_dir()
+    root = {p.stem for p in package.glob("*.py")} - {"__init__"}
+    assert sorted(root) == sorted(fishtune.LIBRARY + fishtune.ENTRY_POINTS), \
+        "a module at the root is library code or an entry point (fishtune/__init__.py)"
+    for name in fishtune.ENTRY_POINTS:  # thin: it runs the main of its namesake below
+        text = (package / f"{name}.py").read_text()
+        assert len(text.splitlines()) <= 8 and f".{name} import main" in text, name
+        kind = "harness" if (package / "harness" / f"{name}.py").exists() else "reports"
+        assert (package / kind / f"{name}.py").exists(), name
+    graph = import_graph()
+    for module, imported in graph.items():
+        if module.count(".") == 1 and module.split(".")[1] in fishtune.LIBRARY:
+            outside = sorted(m for m in imported if m.startswith(("fishtune.harness", "fishtune.reports")))
+            assert not outside, f"library module {module} imports {outside}"
+        if module.startswith("fishtune.harness"):
+            assert not [m for m in imported if m.startswith("fishtune.reports")], f"{module} imports a report"
+        if module.startswith("fishtune.reports"):
+            loop = sorted(imported & {"fishtune.harness.train", "fishtune.harness.run"})
+            assert not loop, f"report {module} imports the training loop {loop}"
+
+
+def test_no_import_circle_in_the_package():
+    graph = import_graph()
+    assert "fishtune.harness.run" in graph["fishtune.run"]  # the graph sees relative imports
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(module, path):
+        state[module] = 1
+        for nxt in sorted(graph[module]):
+            if state.get(nxt) == 1:
+                cycle = path[path.index(nxt):] + [nxt]
+                raise AssertionError("import circle: " + " -> ".join(cycle))
+            if nxt not in state:
+                visit(nxt, path + [nxt])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
 
 
 def test_public_names_are_documented_and_typed():
@@ -328,3 +394,19 @@ def test_public_names_are_documented_and_typed():
             hints = inspect.signature(obj)
             assert hints.return_annotation is not inspect.Signature.empty, name
             assert all(p.annotation is not inspect.Parameter.empty for p in hints.parameters.values()), name
+
+
+def test_no_absolute_machine_path_in_the_repository():
+    """Code, configs and docs name paths relative to the repository (or $GLUE_DIR), never one machine's.
+    The committed result files keep the configs their runs had, paths included: records, not code."""
+    import re
+
+    pattern = re.compile("/" + "(?:work|root|home)" + "/")
+    skip = {".git", ".venv", "__pycache__", "runs", "fixtures"}
+    found = []
+    for path in ROOT.rglob("*"):
+        if path.is_file() and not skip & set(path.relative_to(ROOT).parts) and path.suffix in (
+                ".py", ".md", ".yaml", ".toml", ".txt", ".cfg", "") and path.stat().st_size < 2_000_000:
+            text = path.read_text(errors="ignore")
+            found += [f"{path.relative_to(ROOT)}:{text[:m.start()].count(chr(10)) + 1}" for m in pattern.finditer(text)]
+    assert not found, found

@@ -14,19 +14,19 @@ import pytest
 import torch
 
 from conftest import GLUE_FIXTURES, ROOT
-from fishtune import run as run_module
-from fishtune.validate import ConfigError, check_config
+from fishtune.harness import run as run_module
+from fishtune.harness.validate import ConfigError, check_config
 
 
 @pytest.fixture
 def cli(tmp_path, monkeypatch, capsys):
     """cli(*overrides) -> (exit code, stderr lines) of `python -m fishtune.run` on tiny_bert and the fixtures."""
-    import fishtune.models
+    import fishtune.harness.models
     from hydra.core.global_hydra import GlobalHydra
 
     def refuse(*a, **k):
         raise AssertionError("a model was loaded although the input was bad")
-    monkeypatch.setattr(fishtune.models, "load_model", refuse)
+    monkeypatch.setattr(fishtune.harness.models, "load_model", refuse)
 
     def call(*overrides: str, glue=GLUE_FIXTURES) -> tuple[int, list[str]]:
         argv = ["model=tiny_bert", f"data.glue_dir={glue}", f"paths.runs_dir={tmp_path / 'runs'}", *overrides]
@@ -84,6 +84,9 @@ BAD = [
     (["peft.dropout=1.5"], "peft.dropout=1.5: must be a finite number >= 0 and < 1"),
     (["model.family=t5"], "unknown model family 't5'; choose one of: bert, modernbert, llama"),
     (["mask.mode=top"], "unknown mask mode 'top'; choose one of: none, fish, rand, rev, fish_shuffled, fish_spread"),
+    # an experiment is a sweep: without -m Hydra would do one default run and say nothing
+    (["+row=nope"], "unknown row 'nope'; choose one of: fish, fish_layers10, "),
+    (["+experiment=table1"], "an experiment is a sweep: run it with -m (python -m fishtune.run -m +experiment=table1)"),
 ]
 
 
@@ -116,7 +119,7 @@ GOOD_TSV = "index\tsentence1\tsentence2\tlabel\n0\tA man runs.\tSomeone moves.\t
     ("sst2", "text\tlabel\nfine\t1\n", "SST-2/train.tsv:1: the header lacks column 'sentence' (has: text, label)"),
 ])
 def test_malformed_glue_file_is_path_line_and_exit_2(cli, tmp_path, task, train, message):
-    from fishtune.tasks import get_task
+    from fishtune.harness.tasks import get_task
 
     folder = tmp_path / "glue" / get_task(task).glue_name
     folder.mkdir(parents=True)
@@ -138,7 +141,7 @@ def test_every_option_in_conf_passes(tmp_path):
 
 
 def test_check_config_needs_no_torch():
-    code = ("import sys; from fishtune.validate import check_config; "
+    code = ("import sys; from fishtune.harness.validate import check_config; "
             "print(sorted(m for m in ('torch', 'transformers', 'peft', 'adapters', 'datasets') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
@@ -147,7 +150,7 @@ def test_check_config_needs_no_torch():
 # Real processes: the command as typed, and proof that nothing heavy was imported, let alone a model loaded.
 _MAIN = ("import atexit, sys; atexit.register(lambda: print('heavy imported:', "
          "[m for m in ('torch', 'transformers', 'peft', 'adapters') if m in sys.modules])); "
-         "sys.argv[0] = 'fishtune.run'; from fishtune.run import main; main()")
+         "sys.argv[0] = 'fishtune.run'; from fishtune.harness.run import main; main()")
 
 
 def _cli_process(tmp_path, *overrides, **env):
@@ -188,7 +191,7 @@ def test_gated_hub_model_names_the_fix(monkeypatch):
     import huggingface_hub
     from huggingface_hub.errors import GatedRepoError
 
-    from fishtune import validate
+    from fishtune.harness import validate
 
     def gated(repo_id, filename, **kw):
         raise GatedRepoError("401 Client Error: access to model meta-llama/Llama-3.2-1B is restricted")
@@ -204,7 +207,7 @@ def test_gated_hub_model_names_the_fix(monkeypatch):
 
 
 def test_unreachable_hub_is_said_at_once(monkeypatch):
-    from fishtune import validate
+    from fishtune.harness import validate
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "0")

@@ -3,9 +3,9 @@ import torch
 
 from conftest import loader, tiny_peft_model
 from fishtune.batching import length_groups
-from fishtune.models import classification_loss
-from fishtune.tasks import get_task
-from fishtune.train import TrainSettings, _forward_backward
+from fishtune.fisher import classification_loss
+from fishtune.harness.tasks import get_task
+from fishtune.harness.train import TrainSettings, _forward_backward
 
 
 def padded_batch(batch_size=16):
@@ -63,7 +63,7 @@ def test_same_logits_per_sample_for_other_families(model, template):
 
 
 def test_training_gradient_of_groups_equals_the_whole_batch(monkeypatch):
-    monkeypatch.setattr("fishtune.train.group_cost_tokens", lambda model: 8)  # split this tiny model too
+    monkeypatch.setattr("fishtune.harness.train.group_cost_tokens", lambda model: 8)  # split this tiny model too
     m, spec, batch = padded_batch()
     m.eval()  # dropout off, so both ways compute the same function
     params = [p for p in m.parameters() if p.requires_grad]

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from conftest import GLUE_FIXTURES, loader, model_cfg
-from fishtune import data
-from fishtune.models import load_tokenizer
-from fishtune.tasks import TASKS, get_task
+from fishtune.harness import data
+from fishtune.harness.models import load_tokenizer
+from fishtune.harness.tasks import TASKS, get_task
 
 
 @pytest.mark.parametrize("name", list(TASKS))

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from conftest import GLUE_FIXTURES, ROOT, run_config
-from fishtune.aggregate import aggregate
-from fishtune.metrics import glue_metrics
-from fishtune.results import load_failures, load_results, write_json_atomic
-from fishtune.sweep_summary import format_summary, summarize
-from fishtune.tasks import TASKS
+from fishtune.reports.aggregate import aggregate
+from fishtune.harness.metrics import glue_metrics
+from fishtune.harness.results import load_failures, load_results, write_json_atomic
+from fishtune.reports.sweep_summary import format_summary, summarize
+from fishtune.harness.tasks import TASKS
 
 QUICK = ["model=tiny_bert", "peft=lora", "budget=1", "train.max_epochs=1", "train.batch_size=8", "fisher.samples=8",
          "data.train_samples=24", "data.dev_samples=12"]
@@ -71,7 +71,7 @@ def test_diverged_run_in_a_sweep_of_three(tmp_path, capsys):
 def test_single_diverged_run_exits_nonzero_with_one_line(tmp_path, monkeypatch, capsys):
     from hydra.core.global_hydra import GlobalHydra
 
-    from fishtune.run import main
+    from fishtune.harness.run import main
 
     runs = tmp_path / "runs"
     monkeypatch.setattr(sys, "argv", ["fishtune.run", f"data.glue_dir={GLUE_FIXTURES}", f"paths.runs_dir={runs}",
@@ -114,7 +114,7 @@ def _truncate(path):
 
 
 def test_damaged_result_mask_and_checkpoint_never_crash_a_sweep(tmp_path, capsys):
-    from fishtune.run import plan, run
+    from fishtune.harness.run import plan, run
 
     runs = tmp_path / "runs"
     tasks = ("rte", "mrpc", "sst2")

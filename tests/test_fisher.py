@@ -3,7 +3,7 @@ import torch
 
 from conftest import loader, tiny_peft_model
 from fishtune.fisher import empirical_fisher
-from fishtune.models import classification_loss
+from fishtune.fisher import classification_loss
 
 
 def reference_fisher(model, dl, n):

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 from conftest import GLUE_FIXTURES, ROOT
-from fishtune.results import load_results
+from fishtune.harness.results import load_results
 
 TINY = ["model=tiny_bert", "task=rte", f"data.glue_dir={GLUE_FIXTURES}", "train.max_epochs=1", "fisher.samples=8",
         "data.train_samples=16", "data.dev_samples=8"]

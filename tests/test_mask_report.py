@@ -5,8 +5,8 @@ import torch
 from scipy.stats import ttest_rel
 
 from fishtune.masks import describe_parameter
-from fishtune.mask_report import bootstrap_table, jaccard, main, mask_table, overlap, placement
-from fishtune.results import load_results, write_json_atomic
+from fishtune.reports.mask_report import bootstrap_table, jaccard, main, mask_table, overlap, placement
+from fishtune.harness.results import load_results, write_json_atomic
 
 SCORES = {  # (mask, task, seed) -> best dev score
     **{("none", t, s): 50 + i + s for i, t in enumerate(("mrpc", "rte")) for s in (1, 2, 3)},

@@ -10,15 +10,16 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from fishtune import methods, models
+from fishtune.harness import CONF_DIR, methods, models
 from fishtune.fisher import empirical_fisher
 from fishtune.masks import build_mask
-from fishtune.methods import SUPPORT_MATRIX, count_on_meta, count_parameters, insert_method, split_trainable
-from fishtune.models import HEAD_MODULE, LAYER_PREFIX
+from fishtune.harness.methods import SUPPORT_MATRIX, count_on_meta, count_parameters, insert_method, split_trainable
+from fishtune.harness.models import LAYER_PREFIX
+from fishtune.masks import HEAD_MODULE, is_head
 from fishtune.masks import apply_masks
-from fishtune.train import TrainSettings, masked_adam
+from fishtune.harness.train import TrainSettings, masked_adam
 
-CONF = models.__file__.rsplit("/fishtune/", 1)[0] + "/conf"
+CONF = str(CONF_DIR)
 COMBOS = [(family, name) for family, names in SUPPORT_MATRIX.items() for name in names]
 REFUSED = [(family, name) for family in SUPPORT_MATRIX for name in methods.METHODS if name not in SUPPORT_MATRIX[family]]
 
@@ -80,7 +81,7 @@ def layers_of(model, family: str) -> set[int]:
     adapters' shared prefix pool (its one flat parameter is named after the first layer only)."""
     pattern = re.compile(rf"(?:^|\.){re.escape(LAYER_PREFIX[family])}\.(\d+)\.")
     found = {int(m.group(1)) for n, p in model.named_parameters()
-             if p.requires_grad and not methods.is_head(n, family) and (m := pattern.search(n))}
+             if p.requires_grad and not is_head(n, family) and (m := pattern.search(n))}
     for n, module in model.named_modules():
         if methods.ADAPTER_NAME in getattr(module, "prefixes", {}):
             found.add(int(pattern.search(n + ".").group(1)))
@@ -193,7 +194,7 @@ def test_lora_ranks_and_layers_on_bert_base_meta():
 
 
 def test_bert_base_per_layer_counts_match_the_paper_arithmetic():
-    """REFERENCE section 2: the per-layer sizes the paper's Table 1 ratios imply on bert-base."""
+    """The per-layer sizes the paper's Table 1 ratios imply on bert-base (docs/METHODS.md has the arithmetic)."""
     conf = models.arch_config(OmegaConf.load(f"{CONF}/model/bert_base.yaml"))
     per_layer = {}
     for name in methods.METHODS:
@@ -202,3 +203,29 @@ def test_bert_base_per_layer_counts_match_the_paper_arithmetic():
         per_layer[name] = two - one
     assert per_layer == {"lora": 4608, "dora": 6912, "adapter": 149_088, "prefix": 46_080, "ia3": 4608,
                          "unipelt": 21_513}
+
+
+def test_one_spec_and_one_yaml_per_method():
+    """Adding a method means one MethodSpec and one yaml: every shipped peft config has a spec, every
+    spec a config of its own name, and every family a spec refuses has its reason."""
+    from pathlib import Path
+
+    yamls = sorted(p.stem for p in (Path(CONF) / "peft").glob("*.yaml"))
+    assert yamls == sorted(methods.METHODS)
+    for name, spec in methods.METHODS.items():
+        assert spec.defaults["name"] == name and spec.library in ("peft", "adapters")
+        assert set(spec.unsupported) <= set(SUPPORT_MATRIX) - set(spec.families), name
+        assert spec.schedule() == ([int(x) for x in spec.defaults["budget_layers"]], int(spec.defaults["fish_layers"]))
+
+
+def test_the_adaptive_yaml_repeats_the_library_defaults():
+    """conf/mask/adaptive.yaml spells out AdaptiveSettings' defaults (they are part of a run's config hash,
+    so they stay in the yaml); the two must agree."""
+    import dataclasses
+
+    from fishtune.adaptive import AdaptiveSettings
+
+    shipped = OmegaConf.to_container(OmegaConf.load(f"{CONF}/mask/adaptive.yaml"))
+    for f in dataclasses.fields(AdaptiveSettings):
+        if f.name in shipped:
+            assert shipped[f.name] == f.default, f.name

@@ -5,8 +5,8 @@ import pytest
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-from fishtune.metrics import glue_metrics
-from fishtune.tasks import get_task
+from fishtune.harness.metrics import glue_metrics
+from fishtune.harness.tasks import get_task
 
 PREDS = np.array([1, 0, 1, 1, 0, 1, 0, 0, 1, 1])
 LABELS = np.array([1, 0, 0, 1, 0, 1, 1, 0, 1, 0])
@@ -50,7 +50,7 @@ def test_stsb_pearson_spearman_mean():
 
 
 def test_paired_bootstrap_identical_runs_and_a_clear_winner():
-    from fishtune.metrics import paired_bootstrap
+    from fishtune.reports.stats import paired_bootstrap
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 200)
@@ -69,7 +69,7 @@ def test_paired_bootstrap_identical_runs_and_a_clear_winner():
 
 def test_paired_bootstrap_resamples_examples_with_the_task_metric():
     # A slow reference: the same draws, each scored with scipy directly (STS-B: mean of Pearson, Spearman).
-    from fishtune.metrics import paired_bootstrap
+    from fishtune.reports.stats import paired_bootstrap
 
     rng = np.random.default_rng(1)
     labels = rng.uniform(0, 5, 60)
@@ -90,7 +90,7 @@ def test_paired_bootstrap_resamples_examples_with_the_task_metric():
 def test_resampled_scores_equal_glue_metrics_on_each_draw(task_name):
     # The counts form against the plain loop: glue_metrics (sklearn / scipy) on every resample, with
     # tied values (STS-B labels on a 0.2 grid, predictions rounded) and resamples of a single value.
-    from fishtune.metrics import resampled_scores
+    from fishtune.reports.stats import resampled_scores
 
     task, rng, n = get_task(task_name), np.random.default_rng(4), 40
     if task_name == "stsb":

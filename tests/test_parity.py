@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from fishtune.parity import pairs, parity_table
-from fishtune.sweeps import job_overrides
+from fishtune.reports.parity import pairs, parity_table
+from fishtune.harness.sweeps import job_overrides
 
 
 def _run(seed, precision, score, task="sst2", lr_scale=100.0):

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fishtune.report import PLOTLY_VERSION, build_page, main, write_report
-from fishtune.results import save_mask_file, write_json_atomic
+from fishtune.reports.report import PLOTLY_VERSION, build_page, main, write_report
+from fishtune.harness.results import save_mask_file, write_json_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDY_RUNS = ROOT / "results" / "study" / "runs"
@@ -116,7 +116,7 @@ def test_a_folder_without_placement_says_so_and_the_cli_writes_the_page(tmp_path
 
 
 def test_study_groups_split_by_folder_and_learning_rate_and_leave_mixed_cells_generic():
-    from fishtune.report import study_groups
+    from fishtune.reports.report import study_groups
 
     runs = Path("/runs")
 

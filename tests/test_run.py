@@ -6,13 +6,22 @@ import pytest
 import torch
 
 from conftest import ROOT, run_config
-from fishtune import data
-from fishtune.results import load_mask_file
-from fishtune.metrics import glue_metrics
-from fishtune.run import ConfigError, check_group_overrides, plan, run
-from fishtune.tasks import get_task
+from fishtune.harness import data
+from fishtune.harness.results import load_mask_file
+from fishtune.harness.metrics import glue_metrics
+from fishtune.harness.run import ConfigError, check_group_overrides, plan, run
+from fishtune.harness.tasks import get_task
 
 QUICK = ["train.max_epochs=2", "fisher.samples=16", "data.train_samples=24", "data.dev_samples=12"]
+
+
+RESULT_KEYS = [
+    "schema", "run_id", "config_hash", "config", "model", "task", "method", "layers", "rank", "mask", "budget", "seed",
+    "trainable", "head_entries", "total", "ratio_pct", "placement", "budget_ratio_pct", "lr", "train_examples",
+    "dev_examples", "history", "best", "stop_reason", "dev_labels", "dev_predictions", "fisher_seconds",
+    "train_seconds", "samples_per_second", "tokens_per_second", "throughput", "threads", "peak_memory_mb",
+    "peak_rss_mb", "peak_rss_source", "cuda_max_allocated_mb", "cuda_max_reserved_mb", "device", "precision",
+    "precision_reason", "host", "slurm", "resumed_from_epoch", "versions", "git_commit", "finished_at"]
 
 
 def test_run_writes_result_file_then_skips(tmp_path, capsys):
@@ -20,6 +29,8 @@ def test_run_writes_result_file_then_skips(tmp_path, capsys):
     result = run(cfg, progress=False)
     path = plan(cfg).path
     assert path.exists() and json.loads(path.read_text())["run_id"] == result["run_id"]
+    # The file's keys in the order every run since schema 1 writes them; only the schema number moved.
+    assert list(json.loads(path.read_text())) == RESULT_KEYS and result["schema"] == 2
     for key in ("config", "model", "task", "method", "layers", "rank", "mask", "seed", "trainable", "total",
                 "ratio_pct", "history", "best", "stop_reason", "fisher_seconds", "train_seconds",
                 "samples_per_second", "versions", "git_commit"):
@@ -151,11 +162,11 @@ def test_cli_error_exits_nonzero_with_one_line():
 
 @pytest.fixture
 def no_model_loading(monkeypatch):
-    import fishtune.models
+    import fishtune.harness.models
 
     def refuse(*a, **k):
         raise AssertionError("a model was loaded before the config was validated")
-    monkeypatch.setattr(fishtune.models, "load_model", refuse)  # run.execute imports it from there
+    monkeypatch.setattr(fishtune.harness.models, "load_model", refuse)  # run.execute imports it from there
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -211,7 +222,7 @@ def test_wandb_offline_logs_keys_tags_group_and_epochs(tmp_path, monkeypatch):
 
 def test_sweep_records_a_crash_and_finishes_the_other_runs(tmp_path):
     from conftest import GLUE_FIXTURES
-    from fishtune.results import load_failures, load_results
+    from fishtune.harness.results import load_failures, load_results
 
     # fisher.chunk_size=0 is bad only for the run that estimates a Fisher (mask=fish), not mask=none.
     out = subprocess.run([sys.executable, "-m", "fishtune.run", "-m", "model=tiny_bert", "task=rte", "mask=fish,none",

@@ -92,7 +92,7 @@ def cluster(slurm_session):
 
 
 def _env(**launcher: object) -> dict[str, str]:
-    """The sweep's environment: the launcher config (conf/hydra/launcher/slurm.yaml) pointed at the
+    """The sweep's environment: the launcher config (fishtune/conf/hydra/launcher/slurm.yaml) pointed at the
     local cluster through its FISHTUNE_SLURM_* variables, and the sacct stand-in on PATH."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FISHTUNE_SLURM_")}
     env["PATH"] = f"{SACCT_BIN}{os.pathsep}{env.get('PATH', '')}"
@@ -203,7 +203,7 @@ def test_sweep_runs_as_slurm_array(cluster, tmp_path):
     assert r1["attempt"] == r2["attempt"] == 1
     # both ran at once (1 CPU, 1 GB each on a 2-core node)
     assert max(r1["start"], r2["start"]) < min(r1["end"], r2["end"])
-    # the FISHTUNE_SLURM_* variables reached sbatch through conf/hydra/launcher/slurm.yaml
+    # the FISHTUNE_SLURM_* variables reached sbatch through fishtune/conf/hydra/launcher/slurm.yaml
     script = (out / "hydra/multirun/.submitit" / r1["SLURM_ARRAY_JOB_ID"]).glob("*_submission.sh")
     text = next(script).read_text()
     for flag in ("--partition=" + PARTITION, "--cpus-per-task=1", "--mem=1GB", "--time=10",
@@ -368,7 +368,7 @@ def _summary(runs_dir: Path) -> subprocess.CompletedProcess:
 def fishtune_sweeps(slurm_session, tmp_path_factory) -> FishtuneSweeps:
     """Two fishtune sweeps on the cluster at once, and the signalled run's config locally beside them;
     USR2 to the SIGNALLED run's job once its first epoch checkpoint is on disk."""
-    from fishtune.results import load_results  # noqa: F401 - fail here, not in a job, if fishtune is broken
+    from fishtune.harness.results import load_results  # noqa: F401 - fail here, not in a job, if fishtune is broken
 
     _node()
     base = tmp_path_factory.mktemp("fishtune")
@@ -421,7 +421,7 @@ def fishtune_sweeps(slurm_session, tmp_path_factory) -> FishtuneSweeps:
 def test_fishtune_sweep_runs_as_slurm_jobs(fishtune_sweeps):
     s = fishtune_sweeps
     assert s.main_rc == 0, s.main_log
-    from fishtune.results import load_results
+    from fishtune.harness.results import load_results
 
     results = {(r["task"], r["mask"]): r for r in load_results(s.main)}
     assert set(results) == {("rte", "none"), ("rte", "fish"), ("mrpc", "none"), ("mrpc", "fish")}, s.main_log
@@ -446,7 +446,7 @@ def test_fishtune_sweep_runs_as_slurm_jobs(fishtune_sweeps):
         assert results[(task, "fish")]["trainable"] == results[(task, "none")]["trainable"]
         assert results[(task, "fish")]["layers"] > results[(task, "none")]["layers"]
         assert results[(task, "fish")]["fisher_seconds"] > 0  # a resumed run reports its saved mask's cost
-    # conf/hydra/launcher/slurm.yaml reached sbatch
+    # fishtune/conf/hydra/launcher/slurm.yaml reached sbatch
     script = next((_sweep_dir(s.main) / ".submitit").glob("*/*_submission.sh")).read_text()
     for line in (f"--job-name={FISHTUNE_JOB_NAME}", "--array=0-3%", "--cpus-per-task=1", "--time=60",
                  "export OMP_NUM_THREADS=$SLURM_CPUS_PER_TASK"):
@@ -462,7 +462,7 @@ def test_signalled_fishtune_run_resumes_from_its_checkpoint(fishtune_sweeps):
     s = fishtune_sweeps
     assert s.main_rc == 0, s.main_log
     assert s.ref_rc == 0, s.ref_log
-    from fishtune.results import load_results
+    from fishtune.harness.results import load_results
 
     [r] = [r for r in load_results(s.main) if (r["task"], r["mask"]) == SIGNALLED]
     [ref] = load_results(s.ref)
@@ -484,7 +484,7 @@ def test_crashed_fishtune_run_is_reported_and_the_other_finishes(fishtune_sweeps
     sweep goes on, its other run finishes, and the sweep summary lists both."""
     s = fishtune_sweeps
     assert s.crash_rc == 0, s.crash_log  # a run that raises is a finished job, not a crashed sweep
-    from fishtune.results import load_failures, load_results
+    from fishtune.harness.results import load_failures, load_results
 
     [done] = load_results(s.crash)
     [failed] = load_failures(s.crash)
@@ -554,7 +554,7 @@ def _gpu_sweep(runs_dir: Path, **launcher: object) -> GpuSweep:
         snapshots.append([tuple(line.split(None, 2)) for line in q.splitlines() if line.strip()])
         time.sleep(0.5)
     rc, log = _finish(proc, runs_dir, timeout=max(1.0, deadline - time.time()))
-    from fishtune.results import load_results
+    from fishtune.harness.results import load_results
 
     results = {r["seed"]: r for r in load_results(runs_dir)}
     assert sorted(results) == list(GPU_SEEDS), log
@@ -631,7 +631,7 @@ def _fake_result(runs_dir: Path, run_id: str, **over) -> None:
 def test_sweep_summary_lists_finished_failed_and_jobs_without_result(tmp_path, monkeypatch, capsys):
     from submitit.helpers import DelayedSubmission
 
-    from fishtune import sweep_summary
+    from fishtune.reports import sweep_summary
 
     _fake_result(tmp_path, "a-none")
     _fake_result(tmp_path, "b-fish", mask="fish", resumed_from_epoch=3,
@@ -677,7 +677,7 @@ def test_sweep_summary_lists_finished_failed_and_jobs_without_result(tmp_path, m
 
 
 def test_sweep_summary_exit_status(tmp_path, capsys):
-    from fishtune import sweep_summary
+    from fishtune.reports import sweep_summary
 
     _fake_result(tmp_path, "a-none")
     assert sweep_summary.main([str(tmp_path)]) == 0
@@ -686,8 +686,8 @@ def test_sweep_summary_exit_status(tmp_path, capsys):
 
 
 def test_slurm_record_keeps_the_gpu_the_run_saw(monkeypatch, tmp_path, capsys):
-    from fishtune import sweep_summary
-    from fishtune.run import slurm_ids
+    from fishtune.reports import sweep_summary
+    from fishtune.harness.run import slurm_ids
 
     for k in [k for k in os.environ if k.startswith("SLURM_")]:
         monkeypatch.delenv(k)

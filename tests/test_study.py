@@ -9,8 +9,9 @@ import pytest
 from scipy import stats
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-from fishtune.study import report, t_interval, trivial_baseline
-from fishtune.sweeps import job_overrides, run_configs
+from fishtune.reports.stats import t_interval
+from fishtune.reports.study import report, trivial_baseline
+from fishtune.harness.sweeps import job_overrides, run_configs
 
 # docs/STUDY.md: 5 seeds x 2 budget levels x 5 rows x 4 tasks.
 AXES = {"seed": ["1", "2", "3", "4", "5"], "budget": ["1", "2"],
@@ -107,7 +108,7 @@ def test_report_cells_paired_tests_and_baseline_row(tmp_path):
 
 
 def test_holm_adjustment_equals_the_step_down_definition():
-    from fishtune.study import holm
+    from fishtune.reports.stats import holm
 
     p = np.array([0.01, 0.04, 0.03, 0.005, np.nan, 0.5])
     # Holm (1979) by its definition: the i-th smallest of m finite p-values is significant at level a when

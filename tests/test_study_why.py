@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from fishtune.study_why import report
-from fishtune.sweeps import job_overrides, run_configs
+from fishtune.reports.study_why import report
+from fishtune.harness.sweeps import job_overrides, run_configs
 
 
 @pytest.mark.parametrize("experiment,runs", [("study_mechanism", 40), ("study_lr", 20), ("study_converged", 30)])

@@ -4,8 +4,8 @@ are composed per job with the compose API (about 0.1 s each), narrowed to one ta
 to stay fast: tasks and budget levels only multiply the rows."""
 import pytest
 
-from fishtune.paper import paper_tasks, paper_wide
-from fishtune.sweeps import EXPERIMENTS, CONF_DIR, compose_run, job_overrides, run_configs, unique_runs
+from fishtune.reports.paper import paper_tasks, paper_wide
+from fishtune.harness.sweeps import EXPERIMENTS, CONF_DIR, compose_run, job_overrides, run_configs, unique_runs
 
 # Table -> runs, as derived in docs/EXPERIMENTS.md.
 COUNTS = {"table1": 288, "table2": 96, "table3": 120, "table4": 140, "table5": 96, "figure3": 12}
@@ -88,8 +88,8 @@ def test_command_line_narrows_a_sweep():
 
 
 def test_every_run_of_every_table_passes_the_config_check(rte_configs):
-    """The checks refuse no run a paper table needs (fishtune/validate.py reads these very configs)."""
-    from fishtune.validate import check_config
+    """The checks refuse no run a paper table needs (fishtune/harness/validate.py reads these very configs)."""
+    from fishtune.harness.validate import check_config
 
     for configs in rte_configs.values():
         for c in configs:

@@ -4,8 +4,8 @@ import torch
 from conftest import loader, tiny_peft_model
 from fishtune.fisher import empirical_fisher
 from fishtune.masks import apply_masks, build_mask
-from fishtune.methods import split_trainable
-from fishtune.train import TrainSettings, train
+from fishtune.harness.methods import split_trainable
+from fishtune.harness.train import TrainSettings, train
 
 
 def masked_setup(k=40, mode="fish", task="rte", seed=0):
@@ -48,7 +48,7 @@ def test_masked_out_entries_bit_identical_and_exactly_k_trained(weight_decay, bf
 
 
 def test_choose_precision_auto_follows_the_hardware(monkeypatch):
-    import fishtune.train as t
+    import fishtune.harness.train as t
 
     assert t.choose_precision("fp32", "cpu") == (False, "train.precision=fp32")
     assert t.choose_precision("bf16", "cpu") == (True, "train.precision=bf16")
@@ -119,11 +119,11 @@ def test_resume_from_checkpoint_equals_uninterrupted(tmp_path):
 
 def test_evaluate_returns_predictions_in_example_order(monkeypatch):
     # Sorted by length for evaluation, then split into length groups: `idx` puts them back.
-    from fishtune import data
-    from fishtune.train import evaluate
+    from fishtune.harness import data
+    from fishtune.harness.train import evaluate
     from conftest import GLUE_FIXTURES
 
-    monkeypatch.setattr("fishtune.train.group_cost_tokens", lambda model: 8)
+    monkeypatch.setattr("fishtune.harness.train.group_cost_tokens", lambda model: 8)
     m, tok, spec = tiny_peft_model(task="rte")
     encoded = data.encode(data.load_split(spec, "dev", GLUE_FIXTURES), tok, spec)
     for i, e in enumerate(encoded):
@@ -136,7 +136,7 @@ def test_evaluate_returns_predictions_in_example_order(monkeypatch):
 
 
 class LegacyMaskedAdam:
-    """fishtune.train's optimizer before the library API (commit f691492), verbatim in effect: the
+    """fishtune.harness.train's optimizer before the library API (commit f691492), verbatim in effect: the
     reference that keeps the harness's numbers unchanged."""
 
     def __init__(self, model, masks, lr, weight_decay=0.0):
@@ -162,7 +162,7 @@ class LegacyMaskedAdam:
 
 @pytest.mark.parametrize("lr,weight_decay", [(1e-2, 0.0), (1e-2, 0.1), (2e-3, 0.01)])
 def test_masked_adam_equals_the_legacy_optimizer_bit_for_bit(lr, weight_decay):
-    from fishtune.train import masked_adam
+    from fishtune.harness.train import masked_adam
 
     models = []
     for _ in range(2):
@@ -186,7 +186,7 @@ def test_masked_adam_equals_the_legacy_optimizer_bit_for_bit(lr, weight_decay):
 def test_frozen_linears_held_in_bf16_train_bit_for_bit_as_plain_autocast(monkeypatch):
     import contextlib
 
-    import fishtune.train as t
+    import fishtune.harness.train as t
 
     runs = {}
     for hold in (True, False):

@@ -1,0 +1,364 @@
+"""PEFT methods: one MethodSpec each, and inserting them on the bottom L transformer layers.
+
+A `MethodSpec` says everything about one method: the library that inserts it, the model families it
+supports (and, for the others, why not), its defaults (its config, fishtune/conf/peft/<name>.yaml), the
+checks of its own config values, the widths that may not exceed the model's hidden size, and how it is
+inserted. Validation (validate.py), the run (run.py), the ratios and the aggregator read it here;
+adding a method means one spec below and one yaml.
+
+`insert_method(model, peft_cfg, layers, family)` returns the model with the method inserted, the base
+frozen and the classification head trainable. Downstream code sees only named parameters:
+`split_trainable(model, family)` separates the head (always trained, inside the budget) from the
+method's parameters, which are the candidates a mask chooses from.
+
+Two libraries do the inserting (docs/METHODS.md says why each method uses which):
+
+* peft: LoRA, DoRA (PiSSA init) and IA3. The model comes back wrapped in a PeftModel; the head is
+  trained through `modules_to_save` (peft keeps a frozen copy of it, `original_module`, which
+  `count_parameters` leaves out).
+* adapters: Houlsby adapters, flat prefix tuning and UniPELT. `adapters.init` adds the adapter hooks
+  to the model in place, so it stays the same *ForSequenceClassification object.
+
+Layers are always the bottom L: indices 0..L-1 of the model's block list (models.LAYER_PREFIX).
+
+This module imports no torch (the specs are read by torch-free config checks): the functions that
+build or count models import torch, peft and adapters where they run.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+from . import CONF_DIR
+from .checks import ConfigError, check_choice, check_float, check_int
+
+if TYPE_CHECKING:
+    import torch
+
+# peft's `layers_pattern`: the ModuleList name whose index counts layers.
+_LAYERS_PATTERN = {"bert": "layer", "modernbert": "layers", "llama": "layers"}
+# LoRA targets (Table 6): W_Q, W_K, W_V on BERT; W_O on ModernBERT (attention and MLP Wo) and LLaMA.
+LORA_TARGETS = {"bert": ("query", "key", "value"), "modernbert": ("Wo",), "llama": ("o_proj",)}
+# IA3 (Liu et al. 2022): l_k and l_v scale the key and value projections' outputs, l_ff scales the
+# feed-forward activation, i.e. the *input* of the FFN's down projection (peft's "feedforward" mode).
+# Written as regexes relative to one layer, because peft's own default "output.dense" also matches
+# BERT's attention.output.dense, and IA3Config has no layers_to_transform.
+IA3_TARGETS = {"bert": (r"attention\.self\.(key|value)", r"output\.dense"),
+               "llama": (r"self_attn\.(k_proj|v_proj)", r"mlp\.down_proj")}
+# The adapters library names every inserted module after the adapter; one adapter per model.
+ADAPTER_NAME = "fishtune"
+
+Insert = Callable[["torch.nn.Module", Mapping[str, Any], int, str], "torch.nn.Module"]
+
+
+@lru_cache(maxsize=None)
+def _defaults(name: str) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(CONF_DIR / "peft" / f"{name}.yaml"), resolve=True)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One PEFT method: where it can go, its defaults and checks, how it is inserted."""
+    name: str
+    library: str                                  # peft | adapters
+    families: tuple[str, ...]                     # the model families it can be inserted in
+    insert: Insert                                # (model, peft config, layers, family) -> model
+    check: Callable[[Mapping[str, Any]], None]    # its own values of a run config (ConfigError)
+    widths: tuple[str, ...] = ()                  # peft.<key>s that may not exceed the hidden size
+    unsupported: Mapping[str, str] = field(default_factory=dict)   # family -> why it is refused
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """The method's config as shipped (fishtune/conf/peft/<name>.yaml), a copy."""
+        return dict(_defaults(self.name))
+
+    def option(self, peft_cfg: Mapping[str, Any], key: str) -> Any:
+        """peft_cfg[key], or the shipped default where it is absent or null."""
+        value = peft_cfg.get(key)
+        return _defaults(self.name).get(key) if value is None else value
+
+    def schedule(self) -> tuple[list[int], int]:
+        """(budget_layers, fish_layers) as shipped: the layers of the original runs per budget level and
+        of the masked runs, before they are fitted to a model's depth (schedules.py)."""
+        d = _defaults(self.name)
+        return [int(x) for x in d["budget_layers"]], int(d["fish_layers"])
+
+
+# --- each method's own config checks --------------------------------------------------------------
+
+def _check_rank_alpha(config: Mapping[str, Any]) -> None:
+    check_int(config, "peft.rank", 1, optional=True)
+    check_float(config, "peft.alpha", 0, above=True, null="2 x rank", optional=True)
+
+
+def _check_lora(config: Mapping[str, Any]) -> None:
+    _check_rank_alpha(config)
+    check_float(config, "peft.dropout", 0, above=False, hi=1, below=True, null="none", optional=True)
+    check_choice(config, "peft.init", ("pissa", "default"), optional=True)
+
+
+def _check_prefix(config: Mapping[str, Any]) -> None:
+    check_int(config, "peft.prefix_length", 1, optional=True)
+
+
+def _check_unipelt(config: Mapping[str, Any]) -> None:
+    _check_rank_alpha(config)
+    _check_prefix(config)
+    check_int(config, "peft.bottleneck", 1, optional=True)
+
+
+def _check_adapter(config: Mapping[str, Any]) -> None:
+    check_float(config, "peft.reduction_factor", 0, above=True,
+                null=f"{_defaults('adapter')['reduction_factor']:g}", optional=True)
+
+
+def _check_nothing(config: Mapping[str, Any]) -> None:
+    """IA3 has no values of its own beyond the layer schedule."""
+
+
+# --- peft methods -------------------------------------------------------------------------------
+
+def _head_module(family: str) -> str:
+    from ..masks import HEAD_MODULE
+
+    return HEAD_MODULE[family]
+
+
+def _insert_lora(model: torch.nn.Module, p: Mapping[str, Any], layers: int, family: str) -> torch.nn.Module:
+    """LoRA, or DoRA when p['name'] == 'dora' (LoRA plus one magnitude per output feature)."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    spec = METHODS[p["name"]]
+    rank = int(spec.option(p, "rank"))
+    if rank < 1:
+        raise ValueError(f"LoRA rank must be at least 1, got {rank}")
+    conf = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=rank,
+        lora_alpha=p.get("alpha") or 2 * rank,
+        lora_dropout=spec.option(p, "dropout") or 0.0,
+        target_modules=list(p.get("targets") or LORA_TARGETS[family]),
+        layers_to_transform=list(range(layers)),
+        layers_pattern=_LAYERS_PATTERN[family],
+        # PiSSA starts B != 0, so lora_A has a non-zero gradient (and Fisher) at initialisation.
+        init_lora_weights="pissa" if spec.option(p, "init") == "pissa" else True,
+        use_dora=p["name"] == "dora",
+        modules_to_save=[_head_module(family)],
+    )
+    return get_peft_model(model, conf)
+
+
+def _insert_ia3(model: torch.nn.Module, p: Mapping[str, Any], layers: int, family: str) -> torch.nn.Module:
+    """IA3 vectors l_k, l_v, l_ff on the bottom `layers` layers, selected by one full-match regex."""
+    from peft import IA3Config, TaskType, get_peft_model
+
+    from .models import LAYER_PREFIX
+
+    attn, ff = IA3_TARGETS[family]
+    layer = rf".*{re.escape(LAYER_PREFIX[family])}\.({'|'.join(map(str, range(layers)))})\."
+    conf = IA3Config(
+        task_type=TaskType.SEQ_CLS,
+        target_modules=rf"{layer}({attn}|{ff})",
+        feedforward_modules=rf"{layer}{ff}",
+        modules_to_save=[_head_module(family)],
+    )
+    return get_peft_model(model, conf)
+
+
+# --- adapters methods ---------------------------------------------------------------------------
+
+def _adapter_config(p: Mapping[str, Any], conf, leave_out: list[int]):
+    """Houlsby: a bottleneck adapter after attention and one after the FFN ("double_seq_bn")."""
+    from adapters import DoubleSeqBnConfig
+
+    return DoubleSeqBnConfig(reduction_factor=float(METHODS["adapter"].option(p, "reduction_factor")),
+                             leave_out=leave_out)
+
+
+def _prefix_config(p: Mapping[str, Any], conf, leave_out: list[int]):
+    """Flat prefix: the trainable parameters are the prefix keys and values themselves (no
+    reparameterisation MLP), so what is counted is what is trained and masked."""
+    from adapters import PrefixTuningConfig
+
+    return PrefixTuningConfig(prefix_length=int(METHODS["prefix"].option(p, "prefix_length")), flat=True,
+                              leave_out=leave_out)
+
+
+def _unipelt_config(p: Mapping[str, Any], conf, leave_out: list[int]):
+    """UniPELT (Mao et al. 2022): gated LoRA + gated flat prefix + gated sequential adapter, sized
+    down to the paper's ~21.5 k parameters per bert-base layer (derivation in docs/METHODS.md)."""
+    from adapters import LoRAConfig, PrefixTuningConfig, SeqBnConfig, UniPELTConfig
+
+    spec = METHODS["unipelt"]
+    rank = int(spec.option(p, "rank"))
+    bottleneck = int(spec.option(p, "bottleneck"))
+    return UniPELTConfig(  # sets use_gating=True on each component
+        prefix_tuning=PrefixTuningConfig(prefix_length=int(spec.option(p, "prefix_length")), flat=True,
+                                         leave_out=leave_out),
+        # adapters sizes a bottleneck as hidden // reduction_factor: ask for the width directly.
+        adapter=SeqBnConfig(reduction_factor=conf.hidden_size / bottleneck, leave_out=leave_out),
+        # init "bert" (A, B ~ N(0, 0.02)) rather than the library's "lora" (B = 0): with B = 0 the
+        # gradient of lora_A and of the LoRA gates is exactly 0 at insertion, so their Fisher would be 0
+        # (PiSSA, the paper's LoRA init, does not exist in adapters and is not function-preserving
+        # under a gate).
+        lora=LoRAConfig(r=rank, alpha=p.get("alpha") or 2 * rank, dropout=0.0, init_weights=spec.option(p, "lora_init"),
+                        attn_matrices=list(spec.option(p, "lora_matrices")), leave_out=leave_out),
+    )
+
+
+_ADAPTERS_CONFIGS = {"adapter": _adapter_config, "prefix": _prefix_config, "unipelt": _unipelt_config}
+
+
+def _insert_adapters(model: torch.nn.Module, p: Mapping[str, Any], layers: int, family: str) -> torch.nn.Module:
+    """An adapters-library method on layers 0..layers-1 (`leave_out` names the others)."""
+    import adapters
+
+    from ..masks import is_head
+
+    leave_out = list(range(layers, model.config.num_hidden_layers))
+    config = _ADAPTERS_CONFIGS[p["name"]](p, model.config, leave_out)
+    if family == "llama" and p["name"] in ("prefix", "unipelt"):
+        # adapters 1.3.0 inverts its all-ones prefix mask on LLaMA, which is right for the additive float
+        # mask of eager attention and wrong for the boolean mask transformers 4.57 builds for sdpa:
+        # there every prefix position would be masked out and the prefix would get no gradient.
+        model.set_attn_implementation("eager")
+    adapters.init(model)  # in place: ModernBERT goes through the library's plugin interface
+    # Activating resets the adapter inside a dummy forward context that warns "none are activated".
+    mixin_log = logging.getLogger("adapters.model_mixin")
+    level = mixin_log.level
+    mixin_log.setLevel(logging.ERROR)
+    try:
+        model.add_adapter(ADAPTER_NAME, config=config, set_active=True)
+    finally:
+        mixin_log.setLevel(level)
+    model.train_adapter(ADAPTER_NAME)  # freezes the base model and activates the adapter
+    # train_adapter freezes whatever the library counts as the model body; make the split exact:
+    # trainable = the adapter's own parameters + the head, nothing else.
+    for name, param in model.named_parameters():
+        param.requires_grad_(is_head(name, family) or f".{ADAPTER_NAME}." in f".{name}.")
+    return model
+
+
+# --- the specs ------------------------------------------------------------------------------------
+
+# Why a combination is refused: neither library can do it as the paper defines the method.
+_NO_PREFIX_ON_MODERNBERT = ("adapters 1.3.0 reaches ModernBERT only through its plugin interface, which has no "
+                            "prefix tuning, and peft's prefix tuning needs past_key_values, which ModernBERT lacks")
+
+METHODS: dict[str, MethodSpec] = {m.name: m for m in [
+    MethodSpec("lora", "peft", ("bert", "modernbert", "llama"), _insert_lora, _check_lora, widths=("rank",)),
+    MethodSpec("dora", "peft", ("bert", "modernbert", "llama"), _insert_lora, _check_lora, widths=("rank",)),
+    MethodSpec("adapter", "adapters", ("bert", "modernbert", "llama"), _insert_adapters, _check_adapter),
+    MethodSpec("prefix", "adapters", ("bert", "llama"), _insert_adapters, _check_prefix,
+               unsupported={"modernbert": _NO_PREFIX_ON_MODERNBERT}),
+    MethodSpec("ia3", "peft", ("bert", "llama"), _insert_ia3, _check_nothing, unsupported={
+        "modernbert": "ModernBERT fuses Q, K and V into one Wqkv projection, so peft's IA3 cannot scale keys and "
+                      "values without also scaling queries, and adapters' IA3 scales the GLU input projection "
+                      "instead of the feed-forward activation"}),
+    MethodSpec("unipelt", "adapters", ("bert", "llama"), _insert_adapters, _check_unipelt, widths=("rank", "bottleneck"),
+               unsupported={"modernbert": "UniPELT needs prefix tuning (see prefix), and peft has no UniPELT"}),
+]}
+# family -> the methods it can take, in the order of the specs (bert, modernbert, llama).
+SUPPORT_MATRIX: dict[str, tuple[str, ...]] = {
+    family: tuple(n for n, s in METHODS.items() if family in s.families)
+    for family in dict.fromkeys(f for s in METHODS.values() for f in s.families)}
+
+
+def check_method(name: str, family: str) -> MethodSpec:
+    """The spec of method `name`, or ConfigError naming the known methods, or saying why `family` cannot
+    take it and what each supports."""
+    if name not in METHODS:
+        raise ConfigError(f"unknown PEFT method {name!r}; choose one of: {', '.join(METHODS)}")
+    spec = METHODS[name]
+    if family not in spec.families:
+        why = spec.unsupported.get(family)
+        raise ConfigError(f"PEFT method {name!r} does not support the {family} model family"
+                          + (f": {why}" if why else "")
+                          + f" ({name} supports {', '.join(spec.families)}; "
+                            f"{family} supports {', '.join(SUPPORT_MATRIX.get(family, ()))})")
+    return spec
+
+
+# --- inserting and counting -----------------------------------------------------------------------
+
+def insert_method(model: torch.nn.Module, peft_cfg: Mapping[str, Any], layers: int, family: str) -> torch.nn.Module:
+    """Insert `peft_cfg['name']` on the bottom `layers` layers; the head stays trainable.
+
+    Everything else is frozen. The result is still called as `model(**batch).logits`.
+    """
+    spec = check_method(peft_cfg["name"], family)
+    total_layers = model.config.num_hidden_layers
+    if not 1 <= layers <= total_layers:
+        raise ValueError(f"cannot insert on {layers} layers: the model has {total_layers} (allowed 1..{total_layers})")
+    return spec.insert(model, peft_cfg, layers, family)
+
+
+def split_trainable(model: torch.nn.Module, family: str) -> tuple[dict[str, torch.nn.Parameter], dict[str, torch.nn.Parameter]]:
+    """(head, candidates): the trainable parameters of the classification head and of the method."""
+    from ..masks import is_head
+
+    head, candidates = {}, {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (head if is_head(name, family) else candidates)[name] = p
+    return head, candidates
+
+
+def inserted_layers(model: torch.nn.Module, family: str) -> list[int]:
+    """Indices of the layers that carry the method: layers named by trainable non-head parameters,
+    plus layers that read a prefix from adapters' shared prefix pool (whose one flat parameter is
+    named after the first layer only)."""
+    from ..masks import is_head
+    from .models import LAYER_PREFIX
+
+    pattern = re.compile(rf"(?:^|\.){re.escape(LAYER_PREFIX[family])}\.(\d+)\.")
+    found = set()
+    for name, p in model.named_parameters():
+        if p.requires_grad and not is_head(name, family) and (m := pattern.search(name)):
+            found.add(int(m.group(1)))
+    for name, module in model.named_modules():
+        if ADAPTER_NAME in getattr(module, "prefixes", {}) and (m := pattern.search(name + ".")):
+            found.add(int(m.group(1)))
+    return sorted(found)
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total). peft keeps a frozen copy of the head (`original_module`) that a deployed
+    model does not carry; it is left out of the total."""
+    trainable = total = 0
+    for name, p in model.named_parameters():
+        if ".original_module." in name:
+            continue
+        total += p.numel()
+        trainable += p.numel() if p.requires_grad else 0
+    return trainable, total
+
+
+# Counts depend on the configs only: a sweep's process (or a study skipping its finished runs)
+# builds each shape once instead of twice per run.
+_COUNTS: dict[tuple, dict[str, int]] = {}
+
+
+def count_on_meta(conf, peft_cfg: Mapping[str, Any], layers: int, family: str) -> dict[str, int]:
+    """Trainable, head and total parameter counts of a method on `layers` layers, from the config
+    alone (meta device: no weights, no download)."""
+    import torch
+
+    from .models import build_on_meta
+
+    key = (conf.to_json_string(), json.dumps(dict(peft_cfg), sort_keys=True, default=str), layers, family)
+    if key not in _COUNTS:
+        cfg = dict(peft_cfg, init="default")  # PiSSA's SVD needs real weights; counts do not
+        model = build_on_meta(conf)
+        with torch.device("meta"):  # the inserted parameters too: a 1B model's adapters stay unallocated
+            model = insert_method(model, cfg, layers, family)
+        head, _ = split_trainable(model, family)
+        trainable, total = count_parameters(model)
+        _COUNTS[key] = {"trainable": trainable, "head": sum(p.numel() for p in head.values()), "total": total}
+    return dict(_COUNTS[key])

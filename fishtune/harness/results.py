@@ -1,0 +1,324 @@
+"""Result files: one JSON per run, written atomically, keyed by the config that produced it.
+
+A result file is the unit of resume and aggregation. `RunResult` is its type: its fields, in the
+order a file holds them, say what each key means (`RunResult.to_json()` is what a run writes,
+`RunResult.from_json()` what every reader reads through). `metrics` hold the task's numbers x100
+(matthews | accuracy | f1 | pearson | spearman) and `score` is the single number a table shows for
+the task. Every number in a result file is finite (it is written with allow_nan=False;
+fishtune.harness.metrics defines each metric for constant predictions).
+
+Schemas: 2 since the harness and the reports moved into their folders (the file's content is the same,
+its `schema` says which code wrote it); 1 before. Both load: what files of schema 1 written before a
+key existed lack, `from_json` fills in (the only place that knows about older files).
+
+A run that fails writes `<run>.failed.json` instead (fishtune.harness.run.record_failure): status,
+config, `reason` (one line, e.g. "diverged: non-finite loss at epoch 3, step 7"), error, traceback,
+host, slurm, finished_at. A file that cannot be read (truncated, not JSON) is never fatal: a run sets
+its own damaged result, mask or checkpoint aside as `<name>.damaged` and runs again; the loaders here
+skip damaged files and say which.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping
+
+SCHEMA = 2                # what new result files are written with
+SCHEMAS = (1, 2)          # what loads (RunResult.from_json)
+# Keys that do not change what a run computes: excluded from its identity.
+_NOT_IDENTITY = ("paths", "force", "logger", "hydra")
+DAMAGED = ".damaged"  # suffix of a file set aside because it could not be read
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite: the run stops at once and is recorded as failed."""
+
+
+# The keys an adaptive run adds; absent (not null) in every other result file.
+_ADAPTIVE_KEYS = ("trainable_final", "ratio_pct_final", "ratio_pct_mean", "active_ratio_history")
+
+
+@dataclass(kw_only=True)
+class RunResult:
+    """One finished run, as its result file holds it (fields in file order; null where not measured)."""
+    schema: int = SCHEMA
+    run_id: str
+    config_hash: str
+    config: dict                       # the resolved config
+    # what a table and a sweep slice by
+    model: str
+    task: str
+    method: str
+    layers: int                        # layers the method is inserted on
+    rank: int | None
+    mask: str
+    budget: int
+    seed: int
+    trainable: int                     # trainable entries, head included
+    head_entries: int | None = None
+    total: int                         # all parameters of the model with the method inserted
+    ratio_pct: float
+    # the mask's entries per tensor of the method: [{name, layer, module, chosen, entries}]
+    placement: list[dict] | None = None
+    budget_ratio_pct: float            # trainable over the original run's model (the paper's ratio)
+    lr: float
+    train_examples: int
+    dev_examples: int
+    history: list[dict]                # per epoch: epoch, train_loss, dev_loss, metrics, score (+ active_ratio)
+    best: dict                         # epoch, score, metrics, dev_loss of the best epoch
+    stop_reason: str                   # early_stopping | max_epochs
+    # per dev example, in the seeded subsample's order; predictions of the best epoch
+    dev_labels: list | None = None
+    dev_predictions: list | None = None
+    fisher_seconds: float
+    train_seconds: float
+    samples_per_second: float
+    tokens_per_second: float | None = None   # training tokens, padding left out
+    throughput: list[dict] | None = None     # per epoch: epoch, train_seconds, samples_per_second, tokens_per_second
+    threads: int | None = None
+    peak_memory_mb: float | None = None      # GPU: max allocated; CPU: peak RSS
+    peak_rss_mb: float | None = None
+    peak_rss_source: str | None = None
+    cuda_max_allocated_mb: float | None = None
+    cuda_max_reserved_mb: float | None = None
+    device: str
+    precision: str | None = None             # fp32 | bf16
+    precision_reason: str | None = None
+    host: str
+    slurm: dict | None = None                # job ids and GPU, outside Slurm null
+    resumed_from_epoch: int | None = None    # the checkpoint a requeued or restarted run continued from
+    versions: dict
+    git_commit: str | None = None            # HEAD when the run started
+    finished_at: str
+    # adaptive runs only (_ADAPTIVE_KEYS)
+    trainable_final: int | None = None
+    ratio_pct_final: float | None = None
+    ratio_pct_mean: float | None = None
+    active_ratio_history: list[float] | None = None
+    # keys of no field (a migration's note): kept, and written back after the others
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The result file's content: every field in order, the adaptive ones only when set, then `extra`."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        for key in _ADAPTIVE_KEYS:
+            if out[key] is None:
+                del out[key]
+        return {**out, **self.extra}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RunResult:
+        """A result file's content as a RunResult, for every schema in SCHEMAS. ValueError when it is
+        no fishtune result. What older files lack is filled in here, and only here."""
+        if not isinstance(data, Mapping) or data.get("schema") not in SCHEMAS:
+            raise ValueError("not a fishtune result")
+        data = dict(data)
+        for key in ("model", "method", "mask"):  # the earliest files stored the config node
+            if isinstance(data.get(key), Mapping):
+                data[key] = data[key].get("name", data[key].get("mode"))
+        # Files from before budget_ratio_pct had one ratio, over the run's own model.
+        data.setdefault("budget_ratio_pct", data.get("ratio_pct"))
+        known = {f.name for f in fields(cls)} - {"extra"}
+        values = {k: data.get(k) for k in known}
+        return cls(**values, extra={k: v for k, v in data.items() if k not in known and not k.startswith("_")})
+
+
+def identity(config: Mapping[str, Any]) -> dict:
+    """The part of a run's config that decides what it computes (not where files go or are read from)."""
+    out = {k: v for k, v in config.items() if k not in _NOT_IDENTITY}
+    if isinstance(out.get("data"), Mapping):  # where GLUE is read from does not change the run
+        out["data"] = {k: v for k, v in out["data"].items() if k != "glue_dir"}
+    return out
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    blob = json.dumps(identity(config), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def run_name(config: Mapping[str, Any], layers: int) -> str:
+    """Readable part of a run's file name; the config hash keeps two configs from sharing one."""
+    mask = config["mask"]["mode"]
+    budget = f"-b{config['budget']}" if mask != "none" else ""
+    rank = config["peft"].get("rank")
+    return (f"{config['model']['name']}-{config['task']['name']}-{config['peft']['name']}"
+            f"-L{layers}{f'-r{rank}' if rank is not None else ''}-{mask}{budget}-s{config['seed']}")
+
+
+def result_path(runs_dir: str | Path, config: Mapping[str, Any], layers: int) -> Path:
+    return Path(runs_dir) / f"{run_name(config, layers)}-{config_hash(config)}.json"
+
+
+def write_json_atomic(path: str | Path, data: Mapping[str, Any]) -> None:
+    """Write to a temporary file beside `path`, then rename: a crash never leaves half a file.
+    NaN and infinity are refused (ValueError): they are not JSON, and no result may hold them."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, default=str, allow_nan=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with every NaN or infinite float written as a string ("inf"), for records that must keep
+    whatever a failed run was given (a config with train.lr=inf) and still be JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def set_aside(path: str | Path, why: str) -> Path:
+    """Rename a damaged file to `<name>.damaged` (replacing an older one) and warn on stderr, so that
+    the run that owns it starts over and the evidence stays for a look."""
+    path = Path(path)
+    aside = path.with_name(path.name + DAMAGED)
+    os.replace(path, aside)
+    print(f"fishtune: warning: {path} is damaged ({why}); set aside as {aside.name}", file=sys.stderr)
+    return aside
+
+
+def _read_json(path: Path) -> tuple[Any, str | None]:
+    """(data, None), or (None, why) when the file cannot be read as JSON (truncated, not text)."""
+    try:
+        return json.loads(path.read_bytes()), None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        return None, f"{type(e).__name__}: {e}".splitlines()[0]
+
+
+def read_result(path: str | Path) -> dict | None:
+    """The result file at `path` (through RunResult, as the current schema's dict), or None when it is
+    damaged (unreadable, truncated, not a result): then it is set aside with a warning and its run is
+    to be redone."""
+    path = Path(path)
+    data, why = _read_json(path)
+    if why is None:
+        try:
+            if isinstance(data, dict) and "best" in data:
+                return RunResult.from_json(data).to_json()
+            why = "not a fishtune result"
+        except ValueError as e:
+            why = str(e)
+    set_aside(path, f"{why}; the run is redone")
+    return None
+
+
+def load_results(runs_dir: str | Path, damaged: list[str] | None = None) -> list[dict]:
+    """Every finished result file under `runs_dir` (recursively), each read through
+    RunResult.from_json (so in the current schema's shape, whatever schema wrote it) as a dict with
+    `_path`, the file it came from. A file that cannot be read is skipped; with `damaged`, 'path: why'
+    is appended to it for each."""
+    out = []
+    for path in sorted(Path(runs_dir).rglob("*.json")):
+        if path.name.endswith(".failed.json"):  # failure records: load_failures
+            continue
+        data, why = _read_json(path)
+        if why is not None:
+            if damaged is not None:
+                damaged.append(f"{path}: {why}")
+            continue
+        try:
+            result = RunResult.from_json(data).to_json()
+        except ValueError:
+            continue  # a JSON file of some other kind (a failure record elsewhere, a config dump)
+        result["_path"] = str(path)
+        out.append(result)
+    return out
+
+
+def load_failures(runs_dir: str | Path, damaged: list[str] | None = None) -> list[dict]:
+    """The `*.failed.json` records of runs that failed (reason, error and traceback); unreadable ones
+    are skipped and, with `damaged`, listed as for load_results."""
+    out = []
+    for path in sorted(Path(runs_dir).rglob("*.failed.json")):
+        data, why = _read_json(path)
+        if why is not None or not isinstance(data, dict):
+            if damaged is not None:
+                damaged.append(f"{path}: {why or 'not a failure record'}")
+            continue
+        data["_path"] = str(path)
+        out.append(data)
+    return out
+
+
+# A run's mask file (`<run>.mask.pt`): torch is imported only where a mask is read or written.
+
+def save_mask_file(path, masks: Mapping[str, Any], fisher_seconds: float = 0.0) -> None:
+    """A run's mask beside its result file, with what the Fisher cost (a resumed run reports it)."""
+    import torch
+
+    torch.save({"masks": dict(masks), "fisher_seconds": float(fisher_seconds)}, path)
+
+
+def read_mask_file(path: Path, like: Mapping[str, Any]) -> tuple[dict[str, Any], float] | None:
+    """load_mask_file for a run that resumes: None when there is no file, or when it is damaged (unreadable,
+    truncated, or not shaped like the run's candidate tensors `like`); a damaged one is set aside as
+    `<name>.damaged` with a warning, and the run builds its mask again."""
+    if not path.exists():
+        return None
+    try:
+        masks, fisher_seconds = load_mask_file(path)
+        if set(masks) != set(like) or any(tuple(masks[n].shape) != tuple(q.shape) for n, q in like.items()):
+            raise ValueError("its tensors are not the run's candidates")
+    except Exception as e:  # noqa: BLE001 - whatever torch.load makes of a broken file, it cannot be used
+        set_aside(path, f"{type(e).__name__}: {e}".splitlines()[0][:200] + "; the mask is built again")
+        return None
+    return masks, fisher_seconds
+
+
+def load_mask_file(path) -> tuple[dict[str, Any], float]:
+    """(masks, fisher_seconds) of a mask file; files from before fisher_seconds was kept give 0."""
+    import torch
+
+    saved = torch.load(path)
+    if isinstance(saved.get("masks"), dict):
+        return saved["masks"], float(saved.get("fisher_seconds", 0.0))
+    return saved, 0.0
+
+
+def set_aside_files(runs_dir: str | Path) -> list[Path]:
+    """The files under `runs_dir` that runs set aside as damaged (`*.damaged`)."""
+    return sorted(Path(runs_dir).rglob(f"*{DAMAGED}"))
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("torch", "transformers", "peft", "adapters", "datasets", "hydra-core", "numpy", "fishtune"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def git_commit() -> str | None:
+    try:
+        here = Path(__file__).resolve().parent
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                              timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

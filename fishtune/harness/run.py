@@ -1,0 +1,451 @@
+"""One FISH-Tuning run: `python -m fishtune.run task=rte peft=lora mask=fish budget=2`.
+
+config -> task -> data -> model -> PEFT method on layers -> Fisher -> mask -> masked Adam -> result file.
+Everything that can be wrong with a config is checked in `plan()` before any weights are loaded: first
+every value without torch (fishtune/harness/validate.py, about a second after the command starts), then what
+needs the model's architecture. torch, transformers, peft and adapters (~7 s to import) are imported
+inside the functions that need them, so that a bad value never waits for them.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from . import CONF_DIR
+from . import data as glue
+from . import tracking
+from .results import (Diverged, RunResult, config_hash, git_commit, json_safe, now_iso, package_versions, read_result,
+                      result_path, set_aside, write_json_atomic)
+from .tasks import TaskSpec, get_task
+from .validate import ConfigError, check_config, check_hub
+
+# Recorded in the result file when a run executes as a Slurm job (a requeued job keeps its ids).
+# SLURM_JOB_GPUS: the node's indices of the job's GPUs; SLURM_SHARDS_ON_NODE: its shards of a shared GPU.
+SLURM_KEYS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT", "SLURM_JOB_PARTITION",
+              "SLURM_JOB_GPUS", "SLURM_SHARDS_ON_NODE")
+# Config groups whose options all live in fishtune/conf/: its folders, but hydra/ (hydra/* groups also
+# have options from plugins).
+OWN_GROUPS = tuple(sorted(d.name for d in CONF_DIR.iterdir() if d.is_dir() and d.name != "hydra"))
+
+
+def slurm_ids() -> dict | None:
+    """This process's Slurm job ids ({"job_id": ..., "restart_count": ...}) and the GPU it was given:
+    cuda_visible_devices as Slurm set it, and gpu_name, torch's name of it when CUDA is present. None
+    outside Slurm."""
+    ids = {k[6:].lower(): v for k, v in os.environ.items() if k in SLURM_KEYS}
+    if not ids:
+        return None
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        ids["cuda_visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
+    import torch
+
+    try:
+        if torch.cuda.is_available():
+            ids["gpu_name"] = torch.cuda.get_device_name()
+    except Exception:  # noqa: BLE001 - e.g. a failed run's broken CUDA context: the ids still count
+        pass
+    return ids
+
+
+@dataclass
+class Plan:
+    """What a run will do, derived from its config without loading any weights."""
+    config: dict
+    task: TaskSpec
+    family: str
+    layers: int
+    mode: str
+    k: int | None          # trainable entries in all (head included); None = everything inserted
+    head: int
+    candidates: int
+    total: int
+    budget_total: int      # all parameters of the original run that sets the budget (the paper's ratio)
+    path: Path
+
+
+def plan(config: dict) -> Plan:
+    """Validate a resolved config and derive the run's layers, budget and result path.
+
+    Raises ConfigError (one line: the key, the bad value, what is allowed) before any weights load."""
+    check_config(config)  # every value, without torch
+    task = get_task(config["task"]["name"])
+    model_cfg, peft_cfg, mask_cfg = config["model"], config["peft"], config["mask"]
+    mode, family = mask_cfg["mode"], model_cfg["family"]
+    try:
+        glue.check_glue_files(task, config["data"]["glue_dir"])
+    except FileNotFoundError as e:
+        raise ConfigError(str(e)) from e
+    check_hub(config)  # a hub model or dataset that cannot be had: before anything downloads or trains
+    # Only a config that passed the checks above waits for torch, transformers, peft and adapters.
+    import torch
+
+    from .methods import METHODS, count_on_meta
+    from .schedules import original_layers, run_layers
+    from .models import load_tokenizer, model_config
+
+    try:
+        device = config["train"]["device"]
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"train.device={device!r}: no CUDA GPU is visible on {socket.gethostname()}; "
+                             f"use train.device=auto or cpu")
+        budget = int(config["budget"])
+        tokenizer = load_tokenizer(model_cfg) if model_cfg["source"] == "tiny" else None
+        conf = model_config(model_cfg, task.num_labels, tokenizer)
+        depth = conf.num_hidden_layers
+        layers = run_layers(peft_cfg, mode, budget, depth)
+        if not 1 <= layers <= depth:
+            raise ValueError(f"cannot insert {peft_cfg['name']} on {layers} layers: {model_cfg['name']} has "
+                             f"{depth} (allowed 1..{depth})")
+        # A rank (or bottleneck) wider than the hidden size has no meaning: PiSSA's SVD has `hidden` values.
+        for key in METHODS[peft_cfg["name"]].widths:
+            width = peft_cfg.get(key)
+            if width is not None and int(width) > conf.hidden_size:
+                raise ValueError(f"peft.{key}={width}: must be an integer 1..{conf.hidden_size} "
+                                 f"({model_cfg['name']}'s hidden size)")
+        counts = count_on_meta(conf, peft_cfg, layers, family)
+        k, budget_total = None, counts["total"]
+        if mode not in ("none", "adaptive") or mask_cfg.get("start") == "fish":
+            k = mask_cfg.get("k")
+            if k is None:  # the trainable count of the original run at this budget level
+                rank = mask_cfg.get("budget_rank") or peft_cfg.get("rank")
+                original = dict(peft_cfg, rank=rank, layers=None)
+                original = count_on_meta(conf, original, original_layers(peft_cfg, budget, depth), family)
+                k, budget_total = original["trainable"], original["total"]
+            k = int(k)
+            if not counts["head"] <= k <= counts["trainable"]:
+                raise ValueError(f"budget k={k} is impossible for {peft_cfg['name']} on {layers} layers: it must lie "
+                                 f"between the head's {counts['head']} and all {counts['trainable']} inserted entries")
+    except ConfigError:
+        raise
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        raise ConfigError(str(e).strip("'\"")) from e
+    path = result_path(config["paths"]["runs_dir"], config, layers)
+    return Plan(config, task, family, layers, mode, k, counts["head"], counts["trainable"] - counts["head"],
+                counts["total"], budget_total, path)
+
+
+def _device_and_precision(train_cfg: dict) -> tuple[str, bool, str]:
+    import torch
+
+    from .train import choose_precision
+
+    device = train_cfg["device"]
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return (device, *choose_precision(train_cfg["precision"], device))
+
+
+# Peak memory of one run. On Linux the process's peak RSS (VmHWM) is reset when the run starts, so a
+# worker process that runs many runs reports each run's own peak; elsewhere ru_maxrss, the process's.
+def reset_peak_memory(device: str) -> str:
+    """Start a run's peak-memory window; returns how the peak RSS is measured."""
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return "VmHWM since the run started"
+    except OSError:
+        return "ru_maxrss of the process"
+
+
+def peak_memory(device: str, source: str) -> dict:
+    """peak_rss_mb (host), cuda_max_allocated_mb / cuda_max_reserved_mb (None on CPU), and peak_memory_mb:
+    the GPU's allocated peak on CUDA, the host's peak RSS on CPU."""
+    import resource
+
+    import torch
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+    if source.startswith("VmHWM"):
+        status = Path("/proc/self/status").read_text()
+        rss = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
+    cuda = device.startswith("cuda")
+    allocated = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
+    reserved = torch.cuda.max_memory_reserved() / 2**20 if cuda else None
+    return {"peak_memory_mb": allocated if cuda else rss, "peak_rss_mb": rss, "peak_rss_source": source,
+            "cuda_max_allocated_mb": allocated, "cuda_max_reserved_mb": reserved}
+
+
+def fisher_batches(train_set: list[dict], tokenizer, fisher_cfg: dict, seed: int):
+    """The Fisher's samples: a seeded choice of `fisher_cfg['samples']` training examples, in
+    chunks sorted by length (less padding)."""
+    n = int(fisher_cfg["samples"])
+    return glue.make_loader(glue.subsample(train_set, n, seed), tokenizer, int(fisher_cfg["chunk_size"]),
+                            sort_by_length=True)
+
+
+@dataclass
+class Data:
+    """The run's encoded splits and their loaders (step 1 of execute)."""
+    tokenizer: Any
+    train: list[dict]
+    dev: list[dict]
+    train_loader: Any
+    dev_loader: Any
+
+
+def load_data(p: Plan) -> Data:
+    """The seeded train and dev subsamples, tokenised, in their loaders; dev examples carry `idx`, so
+    per-example predictions come back in the subsample's order."""
+    from .models import DECODER_FAMILIES, load_tokenizer
+
+    cfg, seed = p.config, int(p.config["seed"])
+    tokenizer = load_tokenizer(cfg["model"])
+    template = cfg["model"]["family"] in DECODER_FAMILIES
+    splits = {}
+    for split in ("train", "dev"):
+        examples = glue.subsample(glue.load_split(p.task, split, cfg["data"]["glue_dir"]), cfg["data"][f"{split}_samples"], seed)
+        splits[split] = glue.encode(examples, tokenizer, p.task, use_template=template)
+    for i, example in enumerate(splits["dev"]):
+        example["idx"] = i
+    train_loader = glue.make_loader(splits["train"], tokenizer, int(cfg["train"]["batch_size"]), shuffle=True, seed=seed)
+    dev_loader = glue.make_loader(splits["dev"], tokenizer, int(cfg["train"]["eval_batch_size"]), sort_by_length=True)
+    return Data(tokenizer, splits["train"], splits["dev"], train_loader, dev_loader)
+
+
+def build_model(p: Plan, tokenizer, device: str):
+    """(model, head, candidates): the model with the method inserted on the plan's layers, on `device`,
+    and its trainable parameters split into the head and the method's."""
+    from transformers import set_seed
+
+    from .methods import insert_method, split_trainable
+    from .models import load_model
+
+    set_seed(int(p.config["seed"]))  # the head's initialisation and the insertion must not depend on data loading
+    model = insert_method(load_model(p.config["model"], p.task.num_labels, tokenizer), p.config["peft"], p.layers,
+                          p.family)
+    model.to(device)
+    head, candidates = split_trainable(model, p.family)
+    return model, head, candidates
+
+
+def choose_mask(p: Plan, model, head: dict, candidates: dict, data: Data) -> tuple[dict, float]:
+    """(masks over the method's tensors, seconds the Fisher took). A resumed run keeps the mask file it
+    started with; a new mask is saved beside the result file before training."""
+    import torch
+
+    from .. import FISHER_MODES
+    from ..masks import fish_masks
+    from .results import read_mask_file, save_mask_file
+
+    cfg, seed = p.config, int(p.config["seed"])
+    mask_file = p.path.with_suffix(".mask.pt")
+    select = "fish" if p.mode == "adaptive" and cfg["mask"].get("start") == "fish" else p.mode
+    if select in ("none", "adaptive"):  # everything inserted trains (adaptive then freezes groups)
+        return {n: torch.ones_like(q, dtype=torch.bool) for n, q in candidates.items()}, 0.0
+    if (saved := read_mask_file(mask_file, candidates)) is not None:
+        return saved
+    if (stale := p.path.with_suffix(".ckpt.pt")).exists():  # trained under a mask that is gone: start over
+        set_aside(stale, "its run's mask file is missing or damaged, so its training cannot continue")
+    t0 = time.perf_counter()
+    batches = fisher_batches(data.train, data.tokenizer, cfg["fisher"], seed) if select in FISHER_MODES else None
+    masks = fish_masks(model, batches, p.k, select, num_samples=int(cfg["fisher"]["samples"]), seed=seed,
+                       head=list(head))
+    masks = {n: masks[n] for n in candidates}  # the mask file keeps the method's entries; the head trains in full
+    fisher_seconds = time.perf_counter() - t0 if batches is not None else 0.0
+    save_mask_file(mask_file, masks, fisher_seconds)
+    return masks, fisher_seconds
+
+
+def result_keys(p: Plan) -> dict[str, Any]:
+    """The values a table, a sweep and wandb slice runs by."""
+    cfg = p.config
+    return {"model": cfg["model"]["name"], "task": p.task.name, "method": cfg["peft"]["name"], "layers": p.layers,
+            "rank": cfg["peft"].get("rank"), "mask": p.mode, "budget": int(cfg["budget"]), "seed": int(cfg["seed"])}
+
+
+def execute(p: Plan, progress: bool = True) -> dict:
+    """Run the plan and write its result file; returns the result (RunResult.to_json()).
+
+    The steps: data, model, mask, train, write."""
+    import torch
+    from transformers import set_seed
+
+    from ..adaptive import AdaptiveFreezer, AdaptiveSettings
+    from ..masks import apply_masks, mask_placement
+    from .train import TrainSettings, train
+
+    cfg = p.config
+    commit = git_commit()  # the code this run starts with, not whatever HEAD is when it ends
+    device, bf16, precision_reason = _device_and_precision(cfg["train"])
+    memory_source = reset_peak_memory(device)
+    p.path.parent.mkdir(parents=True, exist_ok=True)
+    set_seed(int(cfg["seed"]))
+
+    data = load_data(p)
+    model, head, candidates = build_model(p, data.tokenizer, device)
+    masks, fisher_seconds = choose_mask(p, model, head, candidates, data)
+    trainable = apply_masks(model, masks)
+    freezer = None
+    if p.mode == "adaptive":
+        freezer = AdaptiveFreezer(model, masks, AdaptiveSettings(**{
+            k: cfg["mask"][k] for k in AdaptiveSettings.__dataclass_fields__ if k in cfg["mask"]}))
+
+    lr = float(cfg["train"]["lr"] or p.task.lr) * float(cfg["train"]["lr_scale"])
+    settings = TrainSettings(lr=lr, weight_decay=float(cfg["train"]["weight_decay"]),
+                             max_epochs=int(cfg["train"]["max_epochs"]), patience=int(cfg["train"]["patience"]),
+                             device=device, bf16=bf16, progress=progress)
+    keys = result_keys(p)
+    tracker = tracking.start(cfg, keys, p.path.stem)
+    checkpoint = p.path.with_suffix(".ckpt.pt")
+    # A requeued (or rerun) job continues after the last epoch its checkpoint holds.
+    outcome = train(model, data.train_loader, data.dev_loader, p.task, settings, masks, checkpoint=checkpoint,
+                    on_epoch=tracker[0] if tracker else None, freezer=freezer)
+
+    result = RunResult(
+        run_id=p.path.stem, config_hash=config_hash(cfg), config=cfg, **keys,
+        trainable=trainable, head_entries=p.head, total=p.total, ratio_pct=100 * trainable / p.total,
+        # Where the mask put its entries (the one it started with), per tensor of the method; the head
+        # trains in full. Placement claims are checked from the result files, without the mask files.
+        placement=mask_placement(masks),
+        # The paper prints one ratio per budget row: the trainable count over the original run's model.
+        budget_ratio_pct=100 * trainable / p.budget_total, lr=lr,
+        train_examples=len(data.train), dev_examples=len(data.dev),
+        history=outcome.history, best=outcome.best, stop_reason=outcome.stop_reason,
+        # Per dev example, in the order of the seeded dev subsample: paired tests between runs.
+        dev_labels=[e["labels"] for e in data.dev], dev_predictions=outcome.best_predictions,
+        fisher_seconds=fisher_seconds, train_seconds=outcome.train_seconds,
+        samples_per_second=outcome.samples_seen / max(outcome.train_seconds, 1e-9),
+        tokens_per_second=outcome.tokens_seen / max(outcome.train_seconds, 1e-9),
+        throughput=outcome.throughput,
+        threads=torch.get_num_threads(), **peak_memory(device, memory_source),
+        device=device, precision="bf16" if bf16 else "fp32", precision_reason=precision_reason,
+        host=socket.gethostname(),
+        slurm=slurm_ids(), resumed_from_epoch=outcome.resumed_from_epoch,
+        versions=package_versions(), git_commit=commit, finished_at=now_iso(),
+    )
+    if freezer is not None:  # the active set shrinks: report where it ended and its mean over steps
+        active = [h["active_entries"] for h in freezer.history]
+        result.trainable_final = p.head + freezer.active_entries()
+        result.ratio_pct_final = 100 * (p.head + freezer.active_entries()) / p.total
+        result.ratio_pct_mean = 100 * (p.head + sum(active) / max(len(active), 1)) / p.total
+        result.active_ratio_history = [h["active_ratio"] for h in outcome.history]
+    return write_result(p, result, tracker)
+
+
+def write_result(p: Plan, result: RunResult, tracker=None) -> dict:
+    """Write the result file (atomically), drop the run's checkpoint and any earlier failure record."""
+    out = result.to_json()
+    write_json_atomic(p.path, out)
+    p.path.with_suffix(".ckpt.pt").unlink(missing_ok=True)
+    p.path.with_suffix(".failed.json").unlink(missing_ok=True)  # an earlier failure of this run is history
+    if tracker:
+        tracker[1](out)
+    return out
+
+
+def run(config: dict | DictConfig, progress: bool = True) -> dict:
+    """Plan and execute one run, or return the existing result when its file is already there."""
+    if isinstance(config, DictConfig):
+        config = OmegaConf.to_container(config, resolve=True)
+    p = plan(config)
+    if p.path.exists() and not config.get("force"):
+        existing = read_result(p.path)  # None: damaged, set aside with a warning, and the run is redone
+        if existing is not None:
+            print(f"fishtune: skip, result exists: {p.path}")
+            return existing
+    return execute(p, progress=progress)
+
+
+def check_group_overrides(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
+    """Reject an unknown option of a config group (task=foo) with one line naming the allowed ones,
+    before Hydra composes anything."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        overrides = OverridesParser.create().parse_overrides([a for a in argv if not a.startswith("-")])
+    except Exception:
+        return  # Hydra reports malformed overrides itself
+    for o in overrides:
+        group = conf_dir / o.key_or_group
+        if o.key_or_group not in OWN_GROUPS or o.package is not None or o.is_delete():
+            continue
+        allowed = sorted(f.stem for f in group.glob("*.yaml"))
+        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+        for v in values:
+            if v not in allowed:
+                raise ConfigError(f"unknown {o.key_or_group} {v!r}; choose one of: {', '.join(allowed)}")
+
+
+def failure_reason(error: BaseException) -> str:
+    """One line saying why a run failed: bad input and divergence say it themselves, anything else is
+    named by its type."""
+    text = str(error) if isinstance(error, (ConfigError, Diverged)) else f"{type(error).__name__}: {error}"
+    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
+
+
+def record_failure(config: dict, error: BaseException) -> Path:
+    """Write `<run>.failed.json` (the reason, the error and its traceback) beside where the result would be."""
+    try:
+        path = plan(config).path.with_suffix(".failed.json")
+    except ConfigError:
+        path = Path(config["paths"]["runs_dir"]) / f"invalid-{config_hash(config)}.failed.json"
+    write_json_atomic(path, {"status": "failed", "config": json_safe(config), "reason": failure_reason(error),
+                             "error": f"{type(error).__name__}: {error}",
+                             "traceback": traceback.format_exception(error), "host": socket.gethostname(),
+                             "slurm": slurm_ids(), "finished_at": now_iso()})
+    return path
+
+
+# An absolute config path: main() also works when called from Python (`from fishtune.run import main`),
+# where Hydra would otherwise look for conf/ as a package next to fishtune.
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def _hydra_main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    config = OmegaConf.to_container(cfg, resolve=True)
+    in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
+    try:
+        result = run(config)
+    except Exception as e:  # noqa: BLE001 - a sweep records every failure and goes on with the next run
+        if in_sweep:
+            path = record_failure(config, e)
+            print(f"fishtune: FAILED ({failure_reason(e)}); details in {path}", file=sys.stderr)
+            return
+        if isinstance(e, ConfigError):
+            print(f"fishtune: error: {e}", file=sys.stderr)
+            sys.exit(2)
+        if isinstance(e, Diverged):  # not a bug: the run is recorded as failed, in one line
+            path = record_failure(config, e)
+            print(f"fishtune: FAILED: {failure_reason(e)}; details in {path}", file=sys.stderr)
+            sys.exit(1)
+        raise
+    best = result["best"]
+    print(f"fishtune: {result['run_id']}: best {result['task']} score {best['score']:.2f} at epoch {best['epoch']} "
+          f"({result['stop_reason']}), trainable {result['trainable']} = {result['ratio_pct']:.4f}%")
+
+
+def check_experiment_is_a_sweep(argv: list[str]) -> None:
+    """An experiment (fishtune/conf/experiment/) lists its runs under hydra.sweeper.params, which only a
+    multirun reads: without -m Hydra would do one default run and say nothing. Refuse that in one line."""
+    multirun = any(a in ("-m", "--multirun") or a.replace(" ", "") == "hydra.mode=MULTIRUN" for a in argv)
+    names = [a.split("=", 1)[1] for a in argv if a.lstrip("+~").startswith("experiment=")]
+    if names and not multirun:
+        raise ConfigError(f"an experiment is a sweep: run it with -m (python -m fishtune.run -m "
+                          f"+experiment={names[0]})")
+
+
+def main() -> None:
+    try:
+        check_experiment_is_a_sweep(sys.argv[1:])
+        check_group_overrides(sys.argv[1:])
+    except ConfigError as e:
+        print(f"fishtune: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

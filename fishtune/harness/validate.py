@@ -1,0 +1,208 @@
+"""What a run config may hold, checked without torch: every bad value is one line, before anything loads.
+
+`check_config(config)` is the first thing `fishtune.run.plan()` does. It imports nothing heavy, so
+a bad value is reported about a second after the command starts, not after the 7 s that torch,
+transformers, peft and adapters take to import. What needs a model's architecture (layer counts, a
+budget k, a rank above the hidden size) or a GPU is checked in plan() after it. `check_hub(config)`
+finds a hub model or dataset that cannot be had (offline, not cached, gated) before training starts.
+
+The model families and sources live here; the mask modes in the package (fishtune.MASK_MODES), which
+PEFT method each family can take and each method's own checks in its MethodSpec (methods.py).
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import socket
+from typing import Any, Mapping
+from urllib.parse import urlparse
+
+from .. import FISHER_MODES, check_mode  # the library's modes; mask.mode also takes "adaptive" (fishtune/adaptive.py)
+from .checks import ABSENT, ConfigError, as_int, check_choice, check_float, check_int, get, show
+from .methods import check_method
+from .tasks import get_task
+
+FAMILIES = ("bert", "modernbert", "llama")
+SOURCES = ("embedded", "hub", "tiny")
+PRECISIONS = ("auto", "fp32", "bf16")
+# --- the vocabularies' own checks (also used where the values are consumed) ---------------------
+
+def check_model_config(cfg: Mapping[str, Any]) -> None:
+    """Reject an unknown family or source before anything is loaded."""
+    if cfg.get("family") not in FAMILIES:
+        raise ConfigError(f"unknown model family {cfg.get('family')!r}; choose one of: {', '.join(FAMILIES)}")
+    if cfg.get("source") not in SOURCES:
+        raise ConfigError(f"unknown model source {cfg.get('source')!r}; choose one of: {', '.join(SOURCES)}")
+    if cfg["source"] == "hub" and not cfg.get("path"):
+        raise ConfigError(f"model {cfg.get('name')!r} comes from the hub but has no `path` (hub id or folder)")
+
+
+def uses_fisher(config: Mapping[str, Any]) -> bool:
+    """Whether the run estimates an empirical Fisher (the FISHER_MODES, adaptive with start=fish)."""
+    mask = config["mask"]
+    return mask["mode"] in FISHER_MODES or (mask["mode"] == "adaptive" and mask.get("start") == "fish")
+
+
+# --- the whole config ---------------------------------------------------------------------------
+
+def check_config(config: Mapping[str, Any]) -> None:
+    """Check every value of a resolved run config that needs no model; raise ConfigError on the first
+    bad one, naming the key, the value and what is allowed."""
+    try:
+        get_task(get(config, "task.name"))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    model, peft = get(config, "model"), get(config, "peft")
+    check_model_config(model)
+    mode = get(config, "mask.mode")
+    if mode == "adaptive":
+        check_choice(config, "mask.start", ("all", "fish"), optional=True)
+    else:
+        try:
+            check_mode(mode)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    spec = check_method(get(config, "peft.name"), model["family"])
+
+    # Where the method goes and the budget level that picks the original run's layers.
+    levels = peft.get("budget_layers")
+    if not isinstance(levels, list) or not levels or any(as_int(x) is None or as_int(x) < 1 for x in levels):
+        raise ConfigError(f"peft.budget_layers={show(levels)}: must be a non-empty list of layer counts >= 1")
+    budget = as_int(get(config, "budget"))
+    if budget is None or not 1 <= budget <= len(levels):
+        raise ConfigError(f"unknown budget level {show(config['budget'])}; choose one of: "
+                          f"{', '.join(map(str, range(1, len(levels) + 1)))}")
+    check_int(config, "peft.fish_layers", 1)
+    check_int(config, "peft.layers", 1, null="the budget level's layers", optional=True)
+    spec.check(config)  # the method's own values (rank, prefix length, ...: fishtune/harness/methods.py)
+    if mode != "none":
+        check_int(config, "mask.k", 1, null="the original run's trainable count", optional=True)
+        check_int(config, "mask.budget_rank", 1, null="peft.rank", optional=True)
+    if mode == "adaptive":
+        # Absent: AdaptiveSettings' own default (fishtune/adaptive.py), which the yaml repeats.
+        granularity = get(config, "mask.granularity", ABSENT)
+        if granularity is not ABSENT and granularity != "tensor" and not re.fullmatch(r"rows:[1-9]\d*", str(granularity)):
+            raise ConfigError(f"mask.granularity={show(granularity)}: choose tensor or rows:N (N >= 1)")
+        check_int(config, "mask.fisher_interval", 1, optional=True)
+        check_int(config, "mask.freeze_interval", 1, optional=True)
+        check_float(config, "mask.fisher_decay", 0, above=False, hi=1, below=True, optional=True)
+        check_float(config, "mask.drift_decay", 0, above=False, hi=1, below=True, optional=True)
+        check_float(config, "mask.threshold_std", -math.inf, above=True, optional=True)
+        check_float(config, "mask.max_freeze_fraction", 0, above=True, hi=1, optional=True)
+        check_float(config, "mask.min_active_ratio", 0, above=False, hi=1, optional=True)
+
+    # numpy's seed takes 0..2**32-1, and transformers.set_seed seeds numpy.
+    check_int(config, "seed", 0, 2**32 - 1)
+    glue_dir = get(config, "data.glue_dir")
+    if glue_dir is not None and not isinstance(glue_dir, str):
+        raise ConfigError(f"data.glue_dir={show(glue_dir)}: must be a folder path, or null (the hub dataset)")
+    check_int(config, "data.train_samples", 1, null="all")
+    check_int(config, "data.dev_samples", 1, null="all")
+    check_int(config, "train.batch_size", 1)
+    check_int(config, "train.eval_batch_size", 1)
+    check_float(config, "train.lr", 0, above=True, null="the task table's")
+    check_float(config, "train.lr_scale", 0, above=True)
+    check_float(config, "train.weight_decay", 0, above=False)
+    check_int(config, "train.max_epochs", 1)
+    # 0 would stop after the first epoch whatever it scored: train.max_epochs=1 says that plainly.
+    check_int(config, "train.patience", 1, why=" (epochs without a better dev score before stopping)")
+    check_choice(config, "train.precision", PRECISIONS)
+    device = get(config, "train.device")
+    if not (device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", str(device))):
+        raise ConfigError(f"train.device={show(device)}: choose one of: auto, cpu, cuda, cuda:N")
+    if uses_fisher(config):
+        why = f" (mask={mode} ranks entries by a Fisher estimated on that many training samples)"
+        check_int(config, "fisher.samples", 1, why=why)
+        check_int(config, "fisher.chunk_size", 1, why=" (samples per backward pass of the Fisher)")
+
+
+# --- the hub ------------------------------------------------------------------------------------
+
+def _offline(*names: str) -> str | None:
+    """The first of these environment variables that is set to a true value (huggingface_hub's reading)."""
+    for name in names:
+        if os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE"):
+            return name
+    return None
+
+
+def _hub_unreachable() -> str | None:
+    """Why the hub cannot be reached (None when it can, or when a proxy decides): one TCP connect, so a
+    machine without internet hears it in seconds instead of after the libraries' retries (~30 s)."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        socket.create_connection((url.hostname, url.port or (80 if url.scheme == "http" else 443)), timeout=5).close()
+    except OSError as e:
+        return f"{url.hostname} cannot be reached from this machine ({e.strerror or e})"
+    return None
+
+
+_LOCAL_FIX = "or set {key} to a local folder"
+
+
+def check_hub_model(repo_id: str, key: str = "model.path") -> None:
+    """A hub model that cannot be had (not cached and offline, unreachable, gated, missing) -> one line
+    naming it, why, and the fix. A model whose config.json is in the local cache passes."""
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+        return
+    local = _LOCAL_FIX.format(key=key)
+    head = f"hub model {repo_id!r} cannot be had"
+    if offline := _offline("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        raise ConfigError(f"{head}: it is not in the local cache and {offline}=1 forbids downloading; "
+                          f"run with {offline}=0 to download it, {local}")
+    if why := _hub_unreachable():
+        raise ConfigError(f"{head}: it is not in the local cache and {why}; download it where the hub is "
+                          f"reachable and copy the cache over, {local}")
+    try:
+        hf_hub_download(repo_id, "config.json")
+    except GatedRepoError:
+        raise ConfigError(f"{head}: it is gated and this machine has no access; accept its licence on "
+                          f"huggingface.co, then `huggingface-cli login` or set HF_TOKEN, {local}") from None
+    except RepositoryNotFoundError:
+        raise ConfigError(f"{head}: no such repository on the hub (or it is private: `huggingface-cli login` "
+                          f"or HF_TOKEN); check {key}, {local}") from None
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"{head}: {reason}; {local}") from None
+
+
+def check_hub_dataset(repo_id: str, name: str) -> None:
+    """The hub dataset (data.glue_dir=null) that cannot be had -> one line naming it, why and the fix."""
+    head = f"hub dataset {repo_id!r} ({name}) cannot be had"
+    local = "or set data.glue_dir (or GLUE_DIR) to a folder in the GLUE download layout"
+    offline = _offline("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    if not offline and (why := _hub_unreachable()):
+        raise ConfigError(f"{head}: {why}; {local}")
+    import datasets  # here: only hub runs need it (about a second to import)
+
+    try:
+        datasets.load_dataset_builder(repo_id, name)
+    except ConnectionError:
+        if offline:
+            raise ConfigError(f"{head}: it is not in the local cache and {offline}=1 forbids downloading; "
+                              f"run with {offline}=0 to download it, {local}") from None
+        raise ConfigError(f"{head}: the hub cannot be reached; {local}") from None
+    except Exception as e:  # noqa: BLE001 - gated, missing, a broken cache: all end in the same one line
+        gated = "gated" in str(e).lower()
+        reason = ("it is gated: `huggingface-cli login` or set HF_TOKEN" if gated
+                  else (str(e).strip().splitlines() or [type(e).__name__])[0])
+        raise ConfigError(f"{head}: {reason}; {local}") from None
+
+
+def check_hub(config: Mapping[str, Any]) -> None:
+    """A hub model or the hub GLUE dataset this run needs and cannot have: one line before training."""
+    model = config["model"]
+    if model["source"] == "hub" and not os.path.isdir(str(model["path"])):
+        check_hub_model(model["path"])
+    if model.get("tokenizer") and not os.path.isdir(str(model["tokenizer"])):
+        check_hub_model(model["tokenizer"], key="model.tokenizer")
+    if config["data"]["glue_dir"] is None:
+        from .data import HUB_DATASET
+
+        check_hub_dataset(HUB_DATASET, config["task"]["name"])

@@ -1,0 +1,369 @@
+"""One self-contained HTML page of a runs folder's results: tables, figures, curves, placement, cost.
+
+    python -m fishtune.report RUNS_DIR --out results/study/index.html      (make report does this)
+
+Built from the result files alone (any folder: the study's, a quick table's), the page needs no server
+and asks none for anything: its script, styles, data and the plotting library (plotly.js) are inline.
+It shows, each table sortable, filterable and exportable as CSV:
+  study tables   per (model, method, rank) group of study-like runs (two or more of fishtune.study's rows,
+                 no (task, mask, budget) cell mixing learning rates or layer counts): fishtune.study's
+                 table with 95 % intervals and the trivial baseline, and its paired comparisons (p, Holm p)
+  cells          per (model, method, rank, layers, lr, task, budget, mask) the seeds' mean and 95 %
+                 t-interval, with a figure of the seeds as points (the interactive results/study/figure.png)
+  runs           one line per run; a click shows its per-epoch curves, best epoch, stop reason and costs
+  placement      chosen mask entries per layer and module, from the result files' `placement` or the
+                 `<run>.mask.pt` saved beside them
+  cost           score against train_seconds (and peak memory where recorded), per mode
+  problems       failed runs (`*.failed.json`) and damaged or unreadable files
+The statistics are fishtune.study's (t_interval, study_table, paired_table, baselines_from); the paired
+bootstrap runs with fewer resamples than the study's own tables (--resamples, default 200) to keep the
+build quick. The figures are plotly.js's basic bundle (fishtune/reports/vendor/README.md says why not the full
+one), so the study's page is about 1.4 MB.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections import defaultdict
+from importlib.resources import files
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+
+from ..harness.results import load_failures, load_results, set_aside_files
+from . import ROWS
+from .paper import TASK_TITLES
+from .stats import t_interval
+from .study import baselines_from, frame, paired_table, study_table
+
+# What a run's line keeps of its result file (dev_predictions, dev_labels and config stay out).
+RUN_FIELDS = ("run_id", "model", "task", "method", "layers", "rank", "mask", "budget", "seed", "lr",
+              "trainable", "total", "ratio_pct", "budget_ratio_pct", "ratio_pct_mean", "stop_reason",
+              "train_seconds", "fisher_seconds", "samples_per_second", "tokens_per_second", "peak_memory_mb",
+              "cuda_max_allocated_mb", "cuda_max_reserved_mb", "threads", "device", "precision",
+              "precision_reason", "host", "resumed_from_epoch", "finished_at")
+HISTORY_FIELDS = ("epoch", "train_loss", "dev_loss", "score")
+THROUGHPUT_FIELDS = ("samples_per_second", "tokens_per_second")  # per epoch, in the result's `throughput`
+CELL_KEY = ["folder", "model", "method", "rank", "layers", "lr", "task", "budget", "mask"]
+TASK_IDS = {title: task for task, title in TASK_TITLES.items()}
+DEFAULT_RESAMPLES = 200
+PLOTLY_VERSION = "4.1.1"   # of fishtune/reports/vendor/plotly-basic.min.js
+
+
+def compact(value: Any) -> Any:
+    """`value` made small and valid for JSON: floats to 6 significant digits, NaN and infinities to
+    null (pandas' missing values are NaN), numpy scalars to Python ones."""
+    if hasattr(value, "item") and not isinstance(value, (list, dict, str)):
+        value = value.item()  # numpy scalar
+    if isinstance(value, float):
+        return float(f"{value:.6g}") if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: compact(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [compact(v) for v in value]
+    return value
+
+
+def run_placement(result: dict) -> list[list] | None:
+    """[layer, module, chosen, entries] per (layer, module) of a run's mask: from the result's
+    `placement` where recorded, else from the `<run>.mask.pt` saved beside it; None when neither."""
+    tensors = result.get("placement")
+    if not tensors and Path(result["_path"]).with_suffix(".mask.pt").exists():
+        from .mask_report import saved_mask
+        from ..masks import mask_placement
+        tensors = mask_placement(saved_mask(result) or {})
+    if not tensors:
+        return None
+    sums: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
+    for t in tensors:  # a module's weight and bias count together
+        s = sums[(t["layer"], t["module"])]
+        s[0] += int(t["chosen"])
+        s[1] += int(t["entries"])
+    return [[layer, module, c, e] for (layer, module), (c, e) in sums.items()]
+
+
+def run_record(result: dict, runs_dir: Path) -> dict:
+    """What the page keeps of one result file: RUN_FIELDS, the best epoch, the history as columns
+    (with each metric), the placement, and the file's path under the runs folder."""
+    best = result.get("best") or {}
+    history = result.get("history") or []
+    record = {k: result.get(k) for k in RUN_FIELDS}
+    record.update(score=best.get("score"), best_epoch=best.get("epoch"), best_dev_loss=best.get("dev_loss"),
+                  epochs=len(history), path=str(Path(result["_path"]).relative_to(runs_dir)),
+                  folder=_folder(result, runs_dir),
+                  placement=run_placement(result))
+    columns = {f: [h.get(f) for h in history] for f in HISTORY_FIELDS if any(f in h for h in history)}
+    metric_names = sorted({m for h in history for m in (h.get("metrics") or {}) if m != "score"})
+    columns.update({f"metric:{m}": [(h.get("metrics") or {}).get(m) for h in history] for m in metric_names})
+    throughput = result.get("throughput") or []
+    columns.update({f"train_{f}": [t.get(f) for t in throughput] for f in THROUGHPUT_FIELDS
+                    if any(f in t for t in throughput)})
+    record["history"] = columns
+    return compact({k: v for k, v in record.items() if v is not None})  # the page reads a missing field as empty
+
+
+def _view(view_id: str, title: str, df: pd.DataFrame, columns: Sequence[tuple[str, str, str]],
+          filters: Sequence[str] = (), **extra: Any) -> dict:
+    """A table for the page: columns as (key, header, format: text | int | f1 | f2 | f4 | g3), the
+    columns to offer filters on, its rows, and what the page's script adds (figure, click, notes)."""
+    shown = [c for c in columns if c[0] in df.columns]
+    return {"id": view_id, "title": title, "columns": shown, "filters": [f for f in filters if f in df.columns],
+            "rows": compact(df.to_dict("records")), **extra}
+
+
+def _long_study_table(table: pd.DataFrame) -> pd.DataFrame:
+    """fishtune.study's wide table (a column group per task) as one line per (budget, row, task)."""
+    lines = []
+    for rec in table.to_dict("records"):
+        baseline = rec["row"] == "baseline"   # one number per task, no budget, seeds or interval
+        for title, task in TASK_IDS.items():
+            if title in rec:
+                lines.append({"budget": None if baseline else rec["budget"], "row": rec["row"], "label": rec["label"],
+                              "ratio_pct": None if baseline else rec["ratio_pct"], "task": task, "mean": rec[title],
+                              "std": rec.get(f"{title}_std"), "n": None if baseline else rec.get(f"{title}_n"),
+                              "ci_lo": rec.get(f"{title}_lo"), "ci_hi": rec.get(f"{title}_hi")})
+    return pd.DataFrame(lines)
+
+
+def study_groups(results: list[dict], runs_dir: Path) -> tuple[dict[tuple, list[dict]], list[str]]:
+    """(folder, model, method, rank[, lr]) -> its study-like results, and why the other groups are not.
+    Arms of a study live in folders of their own, so the folder under `runs_dir` is part of the key; a
+    group is split by learning rate where a (task, mask, budget) cell mixes rates. A group is study-like
+    with two or more of fishtune.study's rows and one run per (task, mask, budget, seed) on one layer
+    count per cell; the cells view covers every run either way."""
+    rows = set(ROWS)
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in results:
+        if r.get("mask") in rows:
+            groups[(_folder(r, runs_dir), r["model"], r["method"], r.get("rank"))].append(r)
+
+    def mixed(rs: list[dict], field: str) -> bool:
+        seen: dict[tuple, set] = defaultdict(set)
+        for r in rs:
+            seen[(r["task"], r["mask"], r["budget"])].add(r.get(field))
+        return any(len(v) > 1 for v in seen.values())
+
+    out, skipped = {}, []
+    for key, rs in groups.items():
+        parts = {key: rs}
+        if mixed(rs, "lr"):
+            parts = defaultdict(list)
+            for r in rs:
+                parts[(*key, r.get("lr"))].append(r)
+        for k, part in parts.items():
+            name = _group_name(k)
+            cells = [(r["task"], r["mask"], r["budget"], r["seed"]) for r in part]
+            if mixed(part, "layers"):
+                skipped.append(f"{name}: a (task, mask, budget) cell mixes layer counts")
+            elif len(set(cells)) < len(cells):
+                skipped.append(f"{name}: more than one run of a (task, mask, budget, seed)")
+            elif len({r["mask"] for r in part}) >= 2:
+                out[k] = part
+    return out, skipped
+
+
+def _folder(result: dict, runs_dir: Path) -> str:
+    """The result file's folder under the runs folder ('.' for the runs folder itself)."""
+    return str(Path(result["_path"]).parent.relative_to(runs_dir))
+
+
+def _one_folder(runs: list[dict]) -> bool:
+    return len({r["folder"] for r in runs}) == 1
+
+
+def _with_folder(runs: list[dict], key: list[str]) -> list[str]:
+    """`key`, led by the folder where the runs come from more than one (arms of a study)."""
+    return key if _one_folder(runs) else ["folder", *key]
+
+
+def _group_name(key: tuple) -> str:
+    return " / ".join(str(k) for k in key if k != ".")
+
+
+def study_views(results: list[dict], runs_dir: Path, baselines: dict[str, float], n_resamples: int) -> list[dict]:
+    """Per study-like group, fishtune.study's table (long form) and its paired comparisons."""
+    views = []
+    groups, skipped = study_groups(results, runs_dir)
+    for key, rs in groups.items():
+        name = _group_name(key)
+        df = frame(rs)
+        table = _long_study_table(study_table(df, baselines))
+        paired = paired_table(df, rs, n_resamples)
+        lrs = sorted({r.get("lr") for r in rs}, key=str)
+        views.append(_view(f"study-{len(views)}", f"Study table: {name}", table, [
+            ("budget", "budget", "int"), ("row", "row", "text"), ("task", "task", "text"), ("mean", "mean", "f2"),
+            ("std", "std", "f2"), ("n", "n", "int"), ("ci_lo", "95 % low", "f2"), ("ci_hi", "95 % high", "f2"),
+            ("ratio_pct", "ratio %", "f4"), ("label", "note", "text")], ["task", "budget", "row"],
+            note=f"Best dev score (x100) over seeds: mean, sample std, n and the 95 % t-interval of the mean "
+                 f"(fishtune.study.study_table); the baseline rows are the trivial baseline. lr: {lrs}."))
+        views.append(_view(f"paired-{len(views)}", f"Paired comparisons: {name}", paired, [
+            ("budget", "budget", "int"), ("comparison", "comparison", "text"), ("task", "task", "text"),
+            ("pairs", "pairs", "int"), ("mean_diff", "mean diff", "f2"), ("ci_lo", "95 % low", "f2"),
+            ("ci_hi", "95 % high", "f2"), ("p_ttest", "p (paired t)", "g3"), ("p_holm", "p (Holm)", "g3"),
+            ("detectable_80", "detectable (80 %)", "f2"), ("a_wins", "a wins", "int"), ("b_wins", "b wins", "int"),
+            ("boot_better", "boot better", "int"), ("boot_worse", "boot worse", "int"),
+            ("boot_pairs", "boot pairs", "int"), ("budget_matched", "budget-matched", "text")],
+            ["task", "budget", "comparison"], significance=["p_ttest", "p_holm"],
+            note=f"fishtune.study.paired_table over (task, seed) pairs; task 'all' pools the tasks. The bootstrap "
+                 f"columns use {n_resamples} resamples per pair (results/study/paired.csv has the study's own)."))
+    if skipped:
+        views.append(_view("not-study", "Groups without study tables", pd.DataFrame({"why": skipped}),
+                           [("why", "group: why", "text")], empty=""))
+    return views
+
+
+def cells_view(runs: list[dict], baselines: dict[str, float]) -> dict:
+    """Per cell (CELL_KEY), the seeds' mean and 95 % t-interval (fishtune.study.t_interval)."""
+    df = pd.DataFrame([{k: r.get(k) for k in CELL_KEY} | {"score": r["score"], "i": i} for i, r in enumerate(runs)])
+    lines = []
+    for key, g in df.groupby(CELL_KEY, dropna=False, sort=True):
+        mean, std, n, lo, hi = t_interval(g["score"])
+        lines.append(dict(zip(CELL_KEY, key)) | {"n": n, "mean": mean, "std": std, "ci_lo": lo, "ci_hi": hi,
+                                                  "baseline": baselines.get(key[CELL_KEY.index("task")]),
+                                                  "runs": g["i"].tolist()})
+    order = list(ROWS)  # the study's row order, then other modes by name
+    lines.sort(key=lambda c: (c["folder"], str(c["model"]), str(c["method"]), str(c["task"]), c["budget"],
+                              order.index(c["mask"]) if c["mask"] in order else len(order), str(c["mask"]),
+                              str(c["layers"]), str(c["lr"])))
+    cells = pd.DataFrame(lines)
+    keys = _with_folder(runs, CELL_KEY[1:])
+    return _view("cells", "Cells: seeds and 95 % intervals", cells, [
+        *[(k, k, "text") for k in keys], ("n", "seeds", "int"), ("mean", "mean", "f2"), ("std", "std", "f2"),
+        ("ci_lo", "95 % low", "f2"), ("ci_hi", "95 % high", "f2"), ("baseline", "trivial baseline", "f2")],
+        ["folder", "model", "method", "task", "budget", "mask", "lr", "layers"], figure="cells",
+        note="Dots: seeds (click one for its run); bars: the mean and its 95 % t-interval. The axis follows the "
+             "seeds and the baseline (dashed), so long intervals run off it; the table has their ends.")
+
+
+def runs_view(runs: list[dict]) -> dict:
+    """One line per run (the page makes them from its runs, which it holds once); a click opens the
+    run's curves. Columns that no result file has (peak memory in older files) are left out."""
+    present = pd.DataFrame(columns=sorted({k for r in runs for k in r}))
+    return _view("runs", "Runs (click a line for its curves)", present, [
+        ("run_id", "run", "text"), *[(k, k, "text") for k in _with_folder(runs, [])], ("model", "model", "text"),
+        ("method", "method", "text"), ("task", "task", "text"),
+        ("layers", "layers", "int"), ("rank", "rank", "int"), ("mask", "mask", "text"), ("budget", "budget", "int"),
+        ("seed", "seed", "int"), ("lr", "lr", "g3"), ("score", "best score", "f2"), ("best_epoch", "best epoch", "int"),
+        ("epochs", "epochs", "int"), ("stop_reason", "stop", "text"), ("trainable", "trainable", "int"),
+        ("ratio_pct", "ratio %", "f4"), ("train_seconds", "train s", "f1"), ("fisher_seconds", "Fisher s", "f1"),
+        ("samples_per_second", "samples/s", "f1"), ("tokens_per_second", "tokens/s", "f1"),
+        ("peak_memory_mb", "peak MB", "f1"), ("cuda_max_allocated_mb", "CUDA alloc MB", "f1"),
+        ("device", "device", "text"), ("precision", "precision", "text")],
+        ["folder", "model", "method", "task", "budget", "mask", "lr", "precision", "stop_reason"], click="run",
+        rows_from="runs")
+
+
+def placement_view(runs: list[dict]) -> dict:
+    """Chosen entries per (model, method, task, budget, mask, layer, module), summed over seeds."""
+    lines = [{**{k: r[k] for k in ("folder", "model", "method", "task", "budget", "mask")},
+              "layer": "other" if layer is None else layer, "module": module, "chosen": c, "entries": e, "run": i}
+             for i, r in enumerate(runs) for layer, module, c, e in r.get("placement", [])]
+    note = ("Entries a mask lets train, per layer and module, summed over the seeds; share: of the mode's "
+            "chosen entries in that (model, method, task, budget). Bars: share per layer and per module.")
+    if not lines:
+        return _view("placement", "Mask placement", pd.DataFrame(), [], figure=None, empty=(
+            "No mask placement: no result file here has a `placement` field and no `<run>.mask.pt` is saved "
+            "beside one."))
+    df = pd.DataFrame(lines)
+    key = _with_folder(runs, ["model", "method", "task", "budget", "mask"])
+    agg = (df.groupby([*key, "layer", "module"], sort=False)
+           .agg(runs=("run", "nunique"), chosen=("chosen", "sum"), entries=("entries", "sum")).reset_index())
+    agg["density_pct"] = 100 * agg["chosen"] / agg["entries"]
+    agg["share_pct"] = 100 * agg["chosen"] / agg.groupby(key)["chosen"].transform("sum")
+    missing = sum("placement" not in r and r["mask"] != "none" for r in runs)
+    if missing:
+        note += f" {missing} masked runs record no placement and saved no mask: they are not counted."
+    return _view("placement", "Mask placement", agg, [
+        *[(k, k, "text") for k in key], ("layer", "layer", "text"), ("module", "module", "text"),
+        ("runs", "runs", "int"), ("chosen", "chosen", "int"), ("entries", "entries", "int"),
+        ("density_pct", "chosen of entries %", "f2"), ("share_pct", "share %", "f2")],
+        [*key, "layer", "module"], figure="placement", note=note)
+
+
+def cost_view(runs: list[dict]) -> dict:
+    """Per (model, method, task, budget, mask) the mean score and costs; the figure has every run."""
+    key = _with_folder(runs, ["model", "method", "task", "budget", "mask"])
+    df = pd.DataFrame([{k: r.get(k) for k in (*key, "score", "train_seconds", "fisher_seconds", "samples_per_second",
+                                              "peak_memory_mb")} | {"i": i} for i, r in enumerate(runs)])
+    agg = df.groupby(key, dropna=False).agg(runs=("i", list), n=("i", "size"), score=("score", "mean"),
+                                            train_seconds=("train_seconds", "mean"),
+                                            fisher_seconds=("fisher_seconds", "mean"),
+                                            samples_per_second=("samples_per_second", "mean"),
+                                            peak_memory_mb=("peak_memory_mb", "mean")).reset_index()
+    agg = agg.dropna(axis=1, how="all")
+    return _view("cost", "Cost: score against training time and memory", agg, [
+        *[(k, k, "text") for k in key], ("n", "runs", "int"), ("score", "mean score", "f2"),
+        ("train_seconds", "mean train s", "f1"), ("fisher_seconds", "mean Fisher s", "f1"),
+        ("samples_per_second", "mean samples/s", "f1"), ("peak_memory_mb", "mean peak MB", "f1")],
+        key, figure="cost", note="Each dot a run (click for its curves); means per line of the table. "
+                                 "Peak memory is drawn where the result files record it.")
+
+
+def problem_views(runs_dir: Path, damaged: list[str]) -> list[dict]:
+    """The failed runs (their reason and error) and the files that could not be read or were set aside."""
+    failures = pd.DataFrame([{"path": str(Path(f["_path"]).relative_to(runs_dir)), "reason": f.get("reason"),
+                              "error": str(f.get("error") or "")[:300], "host": f.get("host"),
+                              "finished_at": f.get("finished_at")} for f in load_failures(runs_dir, damaged)])
+    bad = [d.split(": ", 1) for d in damaged]
+    bad += [[str(p), "set aside by its run as damaged (the run is redone)"] for p in set_aside_files(runs_dir)]
+    bad_df = pd.DataFrame([{"path": str(Path(p).relative_to(runs_dir)) if Path(p).is_relative_to(runs_dir) else p,
+                            "why": why} for p, why in bad])
+    return [_view("failed", f"Failed runs ({len(failures)})", failures, [
+                ("path", "file", "text"), ("reason", "reason", "text"), ("error", "error", "text"),
+                ("host", "host", "text"), ("finished_at", "finished", "text")], empty="No failed runs."),
+            _view("damaged", f"Damaged or unreadable files ({len(bad_df)})", bad_df, [
+                ("path", "file", "text"), ("why", "why", "text")], empty="No damaged files.")]
+
+
+def build_page(runs_dir: str | Path, n_resamples: int = DEFAULT_RESAMPLES, title: str | None = None) -> str:
+    """The page's HTML for the result files under `runs_dir`."""
+    runs_dir = Path(runs_dir)
+    damaged: list[str] = []
+    results = [r for r in load_results(runs_dir, damaged) if (r.get("best") or {}).get("score") is not None]
+    results.sort(key=lambda r: (r["model"], r["method"], r["task"], str(r["mask"]), r["budget"], r["seed"]))
+    runs = [run_record(r, runs_dir) for r in results]
+    baselines = baselines_from(results)
+    views = study_views(results, runs_dir, baselines, n_resamples) if results else []
+    if runs:
+        views += [cells_view(runs, baselines), runs_view(runs), placement_view(runs), cost_view(runs)]
+    views += problem_views(runs_dir, damaged)
+    data = {"title": title or f"fishtune results: {runs_dir}", "runs_dir": str(runs_dir), "runs": runs,
+            # No build time: the same result files give the same page, byte for byte.
+            "latest": max((r.get("finished_at") or "" for r in results), default=""), "views": views,
+            "baselines": compact(baselines), "study_groups": sum(v["id"].startswith("study") for v in views)}
+    # "</" inside a string would end the script element early; "<\/" is the same JSON string.
+    blob = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
+    package = files("fishtune.reports")
+    plotly = package.joinpath("vendor", "plotly-basic.min.js").read_text(encoding="utf-8")
+    template = package.joinpath("report_template.html").read_text(encoding="utf-8")
+    # The data last: the template and plotly.js hold no placeholder, the data might.
+    return template.replace("__PLOTLY_JS__", plotly).replace("__REPORT_DATA__", blob)
+
+
+def write_report(runs_dir: str | Path, out: str | Path, n_resamples: int = DEFAULT_RESAMPLES,
+                 title: str | None = None) -> Path:
+    """Write the page for `runs_dir` to `out` (its folder is created); returns `out`."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(build_page(runs_dir, n_resamples, title), encoding="utf-8")
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m fishtune.report", description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs_dir", help="a folder of result files (searched recursively)")
+    ap.add_argument("--out", required=True, help="the HTML file to write")
+    ap.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES,
+                    help=f"paired-bootstrap resamples per pair in the study tables (default {DEFAULT_RESAMPLES})")
+    ap.add_argument("--title", help="the page's title (default: the runs folder)")
+    args = ap.parse_args(argv)
+    if not Path(args.runs_dir).is_dir():
+        ap.error(f"{args.runs_dir} is not a folder")
+    out = write_report(args.runs_dir, args.out, args.resamples, args.title)
+    print(f"fishtune.report: wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
+
+
+if __name__ == "__main__":
+    main()

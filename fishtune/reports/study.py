@@ -1,0 +1,315 @@
+"""The study: does a FISH mask beat the original PEFT run at the same budget, with seeds and intervals?
+
+    python -m fishtune.study --runs-dir results/study/runs --out results/study    (make study does this)
+
+Reads the result files of `+experiment=study` (docs/STUDY.md) and writes under `--out`:
+  table5.csv / .tex   Table 5's layout (rows original, fish, rand, rev, adaptive per budget level, one
+                      column per task, Avg): mean, sample std, n and the 95 % t-interval of the mean
+                      over seeds per cell; first the trivial baseline row (majority class, or a
+                      constant prediction for STS-B) computed from the dev labels in the result files
+  paired.csv          per budget and comparison (fish - original, rand - original, rev - original,
+                      adaptive - original, fish - rand, rand - rev): over (task, seed) pairs and per
+                      task, the mean paired difference, its 95 % t-interval, the paired t-test p-value
+                      and its Holm adjustment (p_holm; one family for the pooled rows, one for the
+                      per-task rows),
+                      the smallest difference the test would detect with 80 % power, and the paired
+                      bootstrap over dev examples per pair (counts better / worse at p < 0.05)
+  figure.png / .pdf   per task, each row's mean with its interval and the seeds, the baseline drawn in
+  summary.md          the two tables in Markdown, for the README
+
+`adaptive` (FisherAdapTune starting from the FISH mask, fishtune/conf/mask/adaptive_fish.yaml) only freezes, so
+its trainable count shrinks below the budget's k during training. Its row counts as budget-matched when
+every run's mean trainable count over training (the result's ratio_pct_mean) is within 10 % of k;
+otherwise the row and its comparisons are labelled "not budget-matched" (reported apart, not as a
+same-budget result).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from collections import Counter
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .aggregate import save_figure
+from ..harness.metrics import glue_metrics
+from .paper import TASK_TITLES
+from ..harness.results import load_results
+from .stats import detectable_difference, holm, paired_bootstrap, paired_test, t_interval
+from ..harness.tasks import TASK_ORDER, get_task
+from . import ROWS
+
+COMPARISONS = (("fish", "original"), ("rand", "original"), ("rev", "original"), ("adaptive", "original"),
+               ("fish", "rand"), ("rand", "rev"))
+MATCH_TOLERANCE = 0.10   # adaptive: mean trainable count within 10 % of k
+
+
+def trivial_baseline(task_name: str, labels: Sequence[float]) -> float:
+    """The task's score of the best constant prediction: the majority class, or for STS-B any constant
+    (its correlations are 0 by definition, fishtune.harness.metrics)."""
+    task = get_task(task_name)
+    labels = np.asarray(labels)
+    if task.is_regression:
+        constant = np.full(len(labels), float(labels.mean()))
+    else:
+        counts = Counter(labels.astype(int).tolist())
+        constant = np.full(len(labels), max(counts, key=lambda c: (counts[c], -c)))
+    return glue_metrics(task, constant, labels)["score"]
+
+
+def _row(result: dict) -> str:
+    return ROWS[result["mask"]]
+
+
+def frame(results: list[dict]) -> pd.DataFrame:
+    """One line per run: task, budget, row, seed, score, the budget's k and (adaptive) the mean count."""
+    lines = []
+    for r in results:
+        if r.get("mask") not in ROWS:
+            continue
+        k = r["trainable"]   # adaptive starts from the FISH mask of k entries
+        mean_count = r["ratio_pct_mean"] * r["total"] / 100 if "ratio_pct_mean" in r else k
+        lines.append({"task": r["task"], "budget": int(r["budget"]), "row": _row(r), "seed": r["seed"],
+                      "score": float(r["best"]["score"]), "ratio_pct": r["budget_ratio_pct"],
+                      "k": k, "mean_trainable": mean_count, "path": r.get("_path")})
+    return pd.DataFrame(lines, columns=["task", "budget", "row", "seed", "score", "ratio_pct", "k",
+                                        "mean_trainable", "path"])
+
+
+def adaptive_matched(df: pd.DataFrame) -> dict[int, tuple[float, float, float, bool]]:
+    """budget -> (mean, min, max) over adaptive runs of (mean trainable count over training) / k, and
+    whether every run is within MATCH_TOLERANCE of k (budget-matched)."""
+    out = {}
+    for b, g in df[df["row"] == "adaptive"].groupby("budget"):
+        r = g["mean_trainable"] / g["k"]
+        out[int(b)] = (float(r.mean()), float(r.min()), float(r.max()), bool(((r - 1).abs() <= MATCH_TOLERANCE).all()))
+    return out
+
+
+def study_table(df: pd.DataFrame, baselines: dict[str, float]) -> pd.DataFrame:
+    """Table 5's layout with the baseline row first; per task mean, std, n, low, high; Avg."""
+    tasks = [t for t in TASK_ORDER if t in set(df["task"])]
+    matched = adaptive_matched(df)
+    records = [{"budget": 0, "row": "baseline", "label": "trivial baseline (majority class / constant)",
+                "ratio_pct": 0.0, **{f"{TASK_TITLES[t]}{s}": v for t in tasks
+                                     for s, v in (("", baselines.get(t, math.nan)), ("_n", 0))},
+                "Avg": float(np.mean([baselines.get(t, math.nan) for t in tasks]))}]
+    for budget in sorted(set(df["budget"])):
+        for row in ROWS.values():
+            cell = df[(df["budget"] == budget) & (df["row"] == row)]
+            if cell.empty:
+                continue
+            label = row
+            if row == "adaptive":
+                mean, low, high, ok = matched[budget]
+                label += f" (mean count {mean:.2f} k, runs {low:.2f}-{high:.2f} k{'' if ok else ', not budget-matched'})"
+            rec = {"budget": budget, "row": row, "label": label, "ratio_pct": float(cell["ratio_pct"].median())}
+            for t in tasks:
+                title = TASK_TITLES[t]
+                m, s, n, lo, hi = t_interval(cell[cell["task"] == t]["score"])
+                rec.update({title: m, f"{title}_std": s, f"{title}_n": n, f"{title}_lo": lo, f"{title}_hi": hi})
+            # Avg: over the seeds that have every task, the mean of the task columns, with its interval.
+            wide = cell.pivot_table(index="seed", columns="task", values="score").reindex(columns=tasks).dropna()
+            m, s, n, lo, hi = t_interval(wide.mean(axis=1)) if len(wide) else t_interval([])
+            rec.update({"Avg": m, "Avg_std": s, "Avg_n": n, "Avg_lo": lo, "Avg_hi": hi})
+            records.append(rec)
+    return pd.DataFrame(records)
+
+
+def paired_table(df: pd.DataFrame, results: list[dict], n_resamples: int = 1000) -> pd.DataFrame:
+    """Per budget and comparison, pooled over tasks and per task: paired t-test and per-pair bootstraps."""
+    by_key = {(_row(r), int(r["budget"]), r["task"], r["seed"]): r for r in results if "dev_predictions" in r
+              and r.get("mask") in ROWS}
+    matched = adaptive_matched(df)
+    out = []
+    for budget in sorted(set(df["budget"])):
+        for a, b in COMPARISONS:
+            scores = {row: df[(df["budget"] == budget) & (df["row"] == row)].set_index(["task", "seed"])["score"]
+                      for row in (a, b)}
+            if scores[a].empty or scores[b].empty:
+                continue
+            # Per pair: the bootstrap over the dev examples both runs predicted.
+            boot = {}
+            for task, seed in scores[a].index.intersection(scores[b].index):
+                ra, rb = by_key.get((a, budget, task, seed)), by_key.get((b, budget, task, seed))
+                if ra and rb and ra.get("dev_predictions") and rb.get("dev_predictions"):
+                    res = paired_bootstrap(get_task(task), ra["dev_predictions"], rb["dev_predictions"],
+                                           ra["dev_labels"], n_resamples=n_resamples, seed=int(seed))
+                    boot[(task, seed)] = res
+            not_matched = "adaptive" in (a, b) and not matched.get(budget, (0, 0, 0, False))[3]
+            for task in ["all", *[t for t in TASK_ORDER if t in set(df["task"])]]:
+                sa, sb = scores[a], scores[b]
+                if task != "all":
+                    sa = sa[sa.index.get_level_values("task") == task]
+                    sb = sb[sb.index.get_level_values("task") == task]
+                both = pd.concat([sa, sb], axis=1, join="inner").dropna()
+                diffs = both.iloc[:, 0] - both.iloc[:, 1]
+                mean, std, n, lo, hi = t_interval(diffs)
+                _, p, _ = paired_test(sa, sb)
+                pairs = [boot[i] for i in both.index if i in boot]
+                out.append({"budget": budget, "comparison": f"{a} - {b}", "task": task, "pairs": n,
+                            "mean_diff": mean, "std": std, "ci_lo": lo, "ci_hi": hi, "p_ttest": p,
+                            "detectable_80": detectable_difference(std, n),
+                            "a_wins": int((diffs > 0).sum()), "b_wins": int((diffs < 0).sum()),
+                            "boot_better": sum(r["p_value"] < 0.05 and r["diff"] > 0 for r in pairs),
+                            "boot_worse": sum(r["p_value"] < 0.05 and r["diff"] < 0 for r in pairs),
+                            "boot_pairs": len(pairs), "budget_matched": not not_matched})
+    table = pd.DataFrame(out)
+    if len(table):  # two families: the pooled comparisons, and the per-task ones
+        pooled = table["task"] == "all"
+        table["p_holm"] = np.nan
+        for family in (pooled, ~pooled):
+            table.loc[family, "p_holm"] = holm(table.loc[family, "p_ttest"].to_numpy(float))
+    return table
+
+
+def _fmt_cell(rec: dict, title: str) -> str:
+    m = rec.get(title, math.nan)
+    if m is None or (isinstance(m, float) and math.isnan(m)):
+        return ""
+    if rec["row"] == "baseline":
+        return f"{m:.1f}"
+    lo, hi, n = rec.get(f"{title}_lo"), rec.get(f"{title}_hi"), rec.get(f"{title}_n")
+    ci = f" [{lo:.1f}, {hi:.1f}]" if lo is not None and not math.isnan(lo) else ""
+    return f"{m:.1f} ± {rec[f'{title}_std']:.1f}{ci} (n={int(n)})" if n and n > 1 else f"{m:.1f} (n={int(n)})"
+
+
+def to_markdown(table: pd.DataFrame, paired: pd.DataFrame) -> str:
+    """The study table (mean ± std [95 % CI] (n)) and the pooled paired comparisons, as Markdown."""
+    titles = [c for c in table.columns if c in TASK_TITLES.values() and c != "Avg"] + ["Avg"]
+    lines = ["| budget | row | ratio % | " + " | ".join(titles) + " |", "|---|---|---:|" + "---:|" * len(titles)]
+    for rec in table.to_dict("records"):
+        budget = "" if rec["row"] == "baseline" else str(rec["budget"])
+        ratio = "" if rec["row"] == "baseline" else f"{rec['ratio_pct']:.4f}"
+        lines.append(f"| {budget} | {rec['label']} | {ratio} | " + " | ".join(_fmt_cell(rec, t) for t in titles) + " |")
+    lines += ["", "| budget | comparison | pairs | mean diff [95 % CI] | p (paired t) | p (Holm) | detectable (80 % power) | "
+              "wins a / b | bootstrap better / worse (p < 0.05) |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for rec in paired[paired["task"] == "all"].to_dict("records"):
+        note = "" if rec["budget_matched"] else " (not budget-matched)"
+        lines.append(f"| {rec['budget']} | {rec['comparison']}{note} | {rec['pairs']} | {rec['mean_diff']:+.2f} "
+                     f"[{rec['ci_lo']:+.2f}, {rec['ci_hi']:+.2f}] | {rec['p_ttest']:.3g} | {rec['p_holm']:.3g} | "
+                     f"{rec['detectable_80']:.2f} | "
+                     f"{rec['a_wins']} / {rec['b_wins']} | {rec['boot_better']} / {rec['boot_worse']} of {rec['boot_pairs']} |")
+    return "\n".join(lines) + "\n"
+
+
+def to_latex(table: pd.DataFrame) -> str:
+    """A booktabs tabular of the study table: mean ± std and [CI] per cell."""
+    titles = [c for c in table.columns if c in TASK_TITLES.values() and c != "Avg"] + ["Avg"]
+    lines = [r"\begin{tabular}{l l r " + "r" * len(titles) + "}", r"\toprule",
+             " & ".join(["Budget", "Row", r"Ratio (\%)", *titles]) + r" \\", r"\midrule"]
+    prev = None
+    for rec in table.to_dict("records"):
+        if prev is not None and rec["budget"] != prev:
+            lines.append(r"\midrule")
+        prev = rec["budget"]
+        cells = [_fmt_cell(rec, t).replace("±", r"$\pm$").replace("(n=", "($n$=") for t in titles]
+        budget = "" if rec["row"] == "baseline" else str(rec["budget"])
+        ratio = "" if rec["row"] == "baseline" else f"{rec['ratio_pct']:.4f}"
+        lines.append(" & ".join([budget, rec["label"].replace("%", r"\%"), ratio, *cells]) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", ""]
+    return "\n".join(lines)
+
+
+def plot(df: pd.DataFrame, baselines: dict[str, float], out: Path) -> list[Path]:
+    """Per task one panel: each row's seeds (dots) and mean with its 95 % interval, per budget level;
+    the trivial baseline as a dashed line."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = [t for t in TASK_ORDER if t in set(df["task"])]
+    budgets = sorted(set(df["budget"]))
+    rows = [r for r in ROWS.values() if r in set(df["row"])]
+    colours = dict(zip(ROWS.values(), ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"]))
+    unmatched = [str(b) for b, (*_, ok) in adaptive_matched(df).items() if not ok]
+    adaptive_label = f"adaptive (not budget-matched: budget {', '.join(unmatched)})" if unmatched else "adaptive"
+    fig, axes = plt.subplots(1, len(tasks), figsize=(max(3.2 * len(tasks), 8), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for bi, budget in enumerate(budgets):
+            for ri, row in enumerate(rows):
+                x = bi * (len(rows) + 1) + ri
+                vals = df[(df["task"] == task) & (df["budget"] == budget) & (df["row"] == row)]["score"]
+                if vals.empty:
+                    continue
+                m, _, n, lo, hi = t_interval(vals)
+                ax.scatter(np.full(len(vals), x) + np.linspace(-0.2, 0.2, len(vals)), vals, s=6,
+                           color=colours[row], alpha=0.35, linewidths=0)
+                err = [[m - lo], [hi - m]] if n > 1 else None
+                ax.errorbar([x], [m], yerr=err, fmt="o", ms=5, color=colours[row], capsize=3,
+                            label=(adaptive_label if row == "adaptive" else row) if (task == tasks[0] and bi == 0) else None)
+        ax.axhline(baselines.get(task, math.nan), color="0.4", ls="--", lw=1)
+        # With few seeds a t-interval can span hundreds of points: the axis follows the seeds and the
+        # baseline, and longer bars run off it (the table has their ends).
+        shown = [*df[df["task"] == task]["score"], baselines.get(task, 0.0)]
+        pad = 0.15 * (max(shown) - min(shown)) or 1.0
+        ax.set_ylim(min(shown) - pad, max(shown) + pad)
+        centres = [bi * (len(rows) + 1) + (len(rows) - 1) / 2 for bi in range(len(budgets))]
+        ax.set_xticks(centres, [f"budget {b}" for b in budgets])
+        metric = get_task(task).metric.replace("_", " / ").replace("f1 / acc", "F1+acc / 2")
+        ax.set_title(f"{TASK_TITLES[task]} ({metric})", fontsize=10)
+    axes[0][0].set_ylabel("best dev score (x100)")
+    fig.legend(loc="lower center", ncol=len(rows) + 1, fontsize=8, frameon=False,
+               handles=[*axes[0][0].get_legend_handles_labels()[0],
+                        plt.Line2D([], [], color="0.4", ls="--", lw=1)],
+               labels=[*axes[0][0].get_legend_handles_labels()[1], "trivial baseline"])
+    fig.suptitle("FISH-Tuning study: MiniLM + LoRA r1; mean and 95 % interval over seeds (dots: seeds; "
+                 "the axis shows the seeds' range, longer intervals run off it)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.07, 1, 0.95))
+    out.mkdir(parents=True, exist_ok=True)
+    return save_figure(fig, out / "figure")
+
+
+def baselines_from(results: list[dict]) -> dict[str, float]:
+    """task -> trivial baseline score, from the dev labels of the first result file of each task."""
+    out = {}
+    for r in results:
+        if r["task"] not in out and r.get("dev_labels"):
+            out[r["task"]] = trivial_baseline(r["task"], r["dev_labels"])
+    return out
+
+
+def report(runs_dir: str | Path, out: str | Path, n_resamples: int = 1000, verbose: bool = True) -> dict:
+    """Write every output of the study (see the module docstring); returns the tables."""
+    say = print if verbose else (lambda *a, **k: None)
+    out = Path(out)
+    unreadable: list[str] = []
+    results = [r for r in load_results(runs_dir, unreadable) if (r.get("best") or {}).get("score") is not None]
+    for u in unreadable:  # a cut file is skipped (its run redoes it), never fatal
+        say(f"fishtune.study: skipped unreadable {u}")
+    df = frame(results)
+    if df.empty:
+        say(f"fishtune.study: no study result files under {runs_dir}")
+        return {"table": pd.DataFrame(), "paired": pd.DataFrame()}
+    baselines = baselines_from(results)
+    table = study_table(df, baselines)
+    paired = paired_table(df, results, n_resamples)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "table5.csv", index=False, float_format="%.6g")
+    (out / "table5.tex").write_text(to_latex(table))
+    paired.to_csv(out / "paired.csv", index=False, float_format="%.6g")
+    (out / "summary.md").write_text(to_markdown(table, paired))
+    figures = plot(df, baselines, out)
+    counts = df.groupby(["budget", "row", "task"]).size()
+    say(f"fishtune.study: {len(df)} runs under {runs_dir}; cells {len(counts)}, seeds per cell "
+        f"{counts.min()}..{counts.max()}")
+    say(f"  {out / 'table5.csv'}, .tex, {out / 'paired.csv'}, {out / 'summary.md'}, "
+        + ", ".join(str(p) for p in figures))
+    say(to_markdown(table, paired))
+    return {"table": table, "paired": paired, "frame": df}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m fishtune.study", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs-dir", default="results/study/runs", help="the study's result files")
+    ap.add_argument("--out", default="results/study", help="where the tables and the figure go")
+    ap.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples per pair (default 1000)")
+    args = ap.parse_args(argv)
+    report(args.runs_dir, args.out, args.resamples)
+
+
+if __name__ == "__main__":
+    main()

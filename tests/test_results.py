@@ -1,0 +1,47 @@
+"""RunResult, the one type of a result file: the committed result files (schema 1) load through it,
+new files are schema 2 with the same keys in the same order, and what older files lack is filled in
+by RunResult.from_json alone."""
+import json
+
+import pytest
+
+from conftest import ROOT
+from fishtune.harness.results import SCHEMA, RunResult, load_results, read_result, write_json_atomic
+
+COMMITTED = sorted((ROOT / "results").rglob("runs/**/*.json"))
+STUDY_200 = sorted((ROOT / "results" / "study" / "runs").glob("*.json"))   # schema 1, before placement
+
+
+def test_every_committed_result_file_loads_through_runresult():
+    assert len(COMMITTED) >= 200
+    for path in COMMITTED:
+        data = json.loads(path.read_text())
+        result = RunResult.from_json(data)
+        out = result.to_json()
+        # nothing of the file is lost or reordered (keys it lacks are added as null, after its own)
+        assert {k: out[k] for k in data} == data, path
+        assert [k for k in out if k in data] == list(data), path
+        assert result.best["score"] is not None and result.budget_ratio_pct is not None
+
+
+def test_schema_1_and_2_load_and_others_do_not(tmp_path):
+    [first] = STUDY_200[:1]
+    data = json.loads(first.read_text())
+    assert SCHEMA == 2 and data["schema"] == 1
+    write_json_atomic(tmp_path / "one.json", data)
+    write_json_atomic(tmp_path / "two.json", {**data, "schema": 2})
+    write_json_atomic(tmp_path / "three.json", {**data, "schema": 3})
+    assert sorted(r["schema"] for r in load_results(tmp_path)) == [1, 2]
+    assert read_result(tmp_path / "one.json")["run_id"] == data["run_id"]
+    assert read_result(tmp_path / "three.json") is None and (tmp_path / "three.json.damaged").exists()
+
+
+def test_from_json_fills_in_what_the_earliest_files_lack():
+    data = json.loads(STUDY_200[0].read_text())
+    old = {k: v for k, v in data.items() if k != "budget_ratio_pct"}
+    old.update(model={"name": "minilm", "family": "bert"}, mask={"mode": "fish"})
+    result = RunResult.from_json(old)
+    assert (result.model, result.mask, result.budget_ratio_pct) == ("minilm", "fish", data["ratio_pct"])
+    assert result.placement is None and result.throughput is None and result.extra == {"migrated": data["migrated"]}
+    with pytest.raises(ValueError, match="not a fishtune result"):
+        RunResult.from_json({"status": "failed"})
