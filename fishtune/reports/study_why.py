@@ -177,14 +177,16 @@ def to_markdown(mech: pd.DataFrame, lr: pd.DataFrame, conv: pd.DataFrame, place:
             lines.append(f"| {rec['task']} | {_ci(rec, 'none')} | {_ci(rec, 'fish')} | {_ci(rec, 'rand')} | "
                          f"{rec['stopped_early']} / {rec['runs']} | {rec['best_epoch_mean']:.1f} | {rec['comparison']} | "
                          f"{rec['pairs']} | {_ci(rec)} | {rec['p_ttest']:.3g} | {rec['p_holm']:.3g} |")
-    if len(place):
-        modules = place[place["by"] == "module"].pivot_table(index=["mode", "budget"], columns="value",
-                                                             values="share_mean")
-        runs = place[place["by"] == "module"].groupby(["mode", "budget"])["runs"].max()
-        lines += ["", "### Placement: share of the method's chosen entries per module (mean over runs)", "",
-                  "| mode | budget | runs | " + " | ".join(modules.columns) + " |",
-                  "|---|---:|---:|" + "---:|" * len(modules.columns)]
-        for (mode, budget), rec in modules.iterrows():
+    for by, title in (("module", "module"), ("layer", "adapted layer (0 = the bottom one)")):
+        shares = place[place["by"] == by]
+        if shares.empty:
+            continue
+        table = shares.pivot_table(index=["mode", "budget"], columns="value", values="share_mean")
+        runs = shares.groupby(["mode", "budget"])["runs"].max()
+        lines += ["", f"### Placement: share of the method's chosen entries per {title} (mean over runs)", "",
+                  "| mode | budget | runs | " + " | ".join(table.columns) + " |",
+                  "|---|---:|---:|" + "---:|" * len(table.columns)]
+        for (mode, budget), rec in table.iterrows():
             lines.append(f"| {mode} | {budget} | {runs[(mode, budget)]} | "
                          + " | ".join(f"{100 * v:.1f} %" for v in rec) + " |")
     return "\n".join(lines) + "\n"
