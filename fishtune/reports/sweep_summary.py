@@ -135,15 +135,19 @@ def summarize(runs_dir: str | Path) -> dict:
             "ok": not failed and not no_result and not unreadable}
 
 
+def _where(r: dict) -> str:
+    """Where a run ran: the Slurm job and host, and the GPU Slurm gave it."""
+    where = f"slurm {r['slurm']} on {r['host'] or '?'}" if r["slurm"] else f"on {r['host'] or '?'}"
+    return where + (f", {r['gpu']}" if r["gpu"] else "")
+
+
 def format_summary(s: dict) -> str:
     n_f, n_x, n_n = len(s["finished"]), len(s["failed"]), len(s["without_result"])
     lines = [f"sweep summary of {s['runs_dir']}: {n_f} finished, {n_x} failed, {n_n} without a result"]
     if s["finished"]:
         lines.append("finished:")
         for r in s["finished"]:
-            where = f"slurm {r['slurm']} on {r['host']}" if r["slurm"] else f"on {r['host']}"
-            if r["gpu"]:
-                where += f", {r['gpu']}"
+            where = _where(r)
             if r["restarts"]:
                 where += f", requeued {r['restarts']}x"
             if r["resumed_from_epoch"] is not None:
@@ -160,10 +164,7 @@ def format_summary(s: dict) -> str:
     if s["failed"]:
         lines.append("failed:")
         for r in s["failed"]:
-            where = f"slurm {r['slurm']} on {r['host']}" if r["slurm"] else f"on {r['host'] or '?'}"
-            if r["gpu"]:
-                where += f", {r['gpu']}"
-            lines.append(f"  {r['run_id']}  {where}")
+            lines.append(f"  {r['run_id']}  {_where(r)}")
             lines.append(f"    error: {r['reason']}")
             lines.append(f"    details: {r['path']}")
     if s["without_result"]:
