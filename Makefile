@@ -27,6 +27,7 @@ help:
 	@echo "make examples - FISH masks in your own code: examples/trainer_fish.py and plain_loop.py, small sizes"
 	@echo "make study - the study (docs/STUDY.md): run what is missing of its 200 runs, then results/study/"
 	@echo "make study-why - the study's mechanism, lr and converged arms, then results/study/why/"
+	@echo "make study-report, study-why-report - only rebuild results/study/ (and its index.html) or results/study/why/ from the committed runs"
 	@echo "make bf16-parity - the study's SST-2 and STS-B runs again in bf16, paired with the fp32 ones"
 	@echo "make report RUNS_DIR=... REPORT=...html - one self-contained HTML results page of a runs folder"
 	@echo "make ratios - the trainable-parameter ratios of Tables 1 and 2 from architecture configs -> results/ratios.csv"
