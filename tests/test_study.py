@@ -120,3 +120,17 @@ def test_holm_adjustment_equals_the_step_down_definition():
     np.testing.assert_allclose(holm(p), want)
     np.testing.assert_allclose(holm(p)[[3, 0, 2, 1, 5]], [0.025, 0.04, 0.09, 0.09, 0.5])
     assert np.isnan(holm(p)[4])
+
+
+def test_a_folder_with_two_runs_of_one_cell_is_one_clear_error(tmp_path, capsys):
+    from fishtune.reports.study import main
+
+    labels = [1, 0, 1, 1]
+    for sub in ("a", "b"):  # the same cell and seed in two arms' folders, read together
+        (tmp_path / sub).mkdir()
+        _result(tmp_path / sub, "sst2", "fish", 1, 1, labels, labels, 100.0)
+    with pytest.raises(SystemExit) as e:
+        main(["--runs-dir", str(tmp_path), "--out", str(tmp_path / "out")])
+    message = str(e.value)
+    assert message.startswith("fishtune.study: error: ") and "\n" not in message
+    assert "2 runs of fish on sst2 at budget 1, seed 1" in message and not (tmp_path / "out").exists()

@@ -284,6 +284,12 @@ def report(runs_dir: str | Path, out: str | Path, n_resamples: int = 1000, verbo
     if df.empty:
         say(f"fishtune.study: no study result files under {runs_dir}")
         return {"table": pd.DataFrame(), "paired": pd.DataFrame()}
+    twice = df[df.duplicated(["task", "budget", "row", "seed"], keep=False)]
+    if len(twice):  # e.g. the folder above several arms, or two learning rates of one cell
+        first = twice.iloc[0]
+        raise ValueError(f"{runs_dir} holds {len(twice)} runs of {first['row']} on {first['task']} at budget "
+                         f"{first['budget']}, seed {first['seed']} (and maybe other cells): one run per cell and seed "
+                         f"is a study; point --runs-dir at one study's folder (e.g. {Path(first['path']).parent})")
     baselines = baselines_from(results)
     table = study_table(df, baselines)
     paired = paired_table(df, results, n_resamples)
@@ -308,7 +314,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--out", default="results/study", help="where the tables and the figure go")
     ap.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples per pair (default 1000)")
     args = ap.parse_args(argv)
-    report(args.runs_dir, args.out, args.resamples)
+    try:
+        report(args.runs_dir, args.out, args.resamples)
+    except ValueError as e:
+        raise SystemExit(f"fishtune.study: error: {e}") from None
 
 
 if __name__ == "__main__":
