@@ -287,9 +287,11 @@ def report(runs_dir: str | Path, out: str | Path, n_resamples: int = 1000, verbo
     twice = df[df.duplicated(["task", "budget", "row", "seed"], keep=False)]
     if len(twice):  # e.g. the folder above several arms, or two learning rates of one cell
         first = twice.iloc[0]
-        raise ValueError(f"{runs_dir} holds {len(twice)} runs of {first['row']} on {first['task']} at budget "
-                         f"{first['budget']}, seed {first['seed']} (and maybe other cells): one run per cell and seed "
-                         f"is a study; point --runs-dir at one study's folder (e.g. {Path(first['path']).parent})")
+        same = twice[(twice[["task", "budget", "row", "seed"]] == first[["task", "budget", "row", "seed"]]).all(axis=1)]
+        raise ValueError(f"{runs_dir} holds {len(same)} runs of {first['row']} on {first['task']} at budget "
+                         f"{first['budget']}, seed {first['seed']} ({len(twice)} runs share a cell and seed): one run "
+                         f"per cell and seed is a study; point --runs-dir at one study's folder (e.g. "
+                         f"{Path(first['path']).parent})")
     baselines = baselines_from(results)
     table = study_table(df, baselines)
     paired = paired_table(df, results, n_resamples)
