@@ -7,16 +7,18 @@ import json
 import numpy as np
 import pytest
 from scipy import stats
+from sklearn.dummy import DummyClassifier
 
 from fishtune.reports.study_why import report
 from fishtune.harness.sweeps import job_overrides, run_configs
 
 
-@pytest.mark.parametrize("experiment,runs", [("study_mechanism", 40), ("study_lr", 20), ("study_converged", 30)])
-def test_arm_sweeps_have_the_documented_size_seed_major(experiment, runs):
+@pytest.mark.parametrize("experiment,runs,seeds", [("study_mechanism", 40, "12345"), ("study_lr", 20, "12345"),
+                                                   ("study_converged", 18, "123")])
+def test_arm_sweeps_have_the_documented_size_seed_major(experiment, runs, seeds):
     jobs = job_overrides(experiment)
-    seeds = [next(o.split("=")[1] for o in job if o.startswith("seed=")) for job in jobs]
-    assert len(jobs) == runs and seeds == sorted(seeds) and set(seeds) == set("12345")
+    launched = [next(o.split("=")[1] for o in job if o.startswith("seed=")) for job in jobs]
+    assert len(jobs) == runs and launched == sorted(launched) and set(launched) == set(seeds)
 
 
 def test_mechanism_and_lr_runs_pair_with_the_study_runs():
@@ -37,8 +39,9 @@ def test_mechanism_and_lr_runs_pair_with_the_study_runs():
         (8000, 20, 3)}
 
 
-def _write(runs_dir, task, mode, budget, seed, score, lr=0.005, epochs=3, max_epochs=3, stop="max_epochs"):
-    r = {"schema": 1, "run_id": f"{task}-{mode}-{budget}-{seed}-{lr}", "task": task, "mask": mode, "budget": budget,
+def _write(runs_dir, task, mode, budget, seed, score, lr=0.005, epochs=3, max_epochs=3, stop="max_epochs",
+           dev_labels=None):
+    r = {"dev_labels": dev_labels, "schema": 1, "run_id": f"{task}-{mode}-{budget}-{seed}-{lr}", "task": task, "mask": mode, "budget": budget,
          "seed": seed, "lr": lr, "best": {"epoch": epochs, "score": score}, "history": [{}] * epochs,
          "config": {"train": {"max_epochs": max_epochs}, "data": {"train_samples": 1000}}, "stop_reason": stop,
          "train_seconds": 10.0, "precision": "fp32",
@@ -66,11 +69,12 @@ def test_2x2_effects_lr_and_converged_tables_equal_an_independent_computation(tm
         for mode in ("fish", "rand"):
             scores["lr", lr, seed, mode] = 60 + 10 * (lr == 0.02) * (mode == "rand") + rng.normal(0, 1)
             _write(arms / "lr", "sst2", mode, 2, seed, scores["lr", lr, seed, mode], lr=lr)
+    conv_labels = [1, 0, 1, 1, 0, 1, 0]
     for seed, mode in itertools.product(range(1, 4), ("none", "fish", "rand")):
         scores["conv", seed, mode] = 80 + rng.normal(0, 1)
         early = seed != 3   # 2 of 3 seeds per mode stop by patience
-        _write(arms / "converged", "stsb", mode, 1, seed, scores["conv", seed, mode], epochs=8 if early else 20,
-               max_epochs=20, stop="early_stopping" if early else "max_epochs")
+        _write(arms / "converged", "sst2", mode, 1, seed, scores["conv", seed, mode], epochs=8 if early else 20,
+               max_epochs=20, stop="early_stopping" if early else "max_epochs", dev_labels=conv_labels)
 
     tables = report(study, arms, tmp_path / "out", verbose=False)
     mech = tables["mechanism"].set_index(["task", "budget", "effect"])
@@ -111,6 +115,8 @@ def test_2x2_effects_lr_and_converged_tables_equal_an_independent_computation(tm
     assert (conv.loc["fish - rand", "stopped_early"], conv.loc["fish - rand", "runs"]) == (6, 9)
     d = np.array([scores["conv", s, "fish"] - scores["conv", s, "none"] for s in range(1, 4)])
     assert conv.loc["fish - original", "mean_diff"] == pytest.approx(d.mean())
+    majority = DummyClassifier(strategy="most_frequent").fit([[0]] * 7, conv_labels).score([[0]] * 7, conv_labels)
+    assert conv.loc["fish - rand", "baseline"] == pytest.approx(100 * majority)
 
     place = tables["placement"].set_index(["mode", "budget", "by", "value"])["share_mean"]
     assert place[("fish", 1, "module", "query")] == pytest.approx(0.75)

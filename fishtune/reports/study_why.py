@@ -18,7 +18,8 @@ Three arms, each in its own folder of result files under `--runs-dir`, read with
               from the study's runs. lr.csv: per lr each mode's mean and interval and fish - rand
               paired over seeds (Holm over the lrs); which lr each mode prefers (highest mean).
   converged/  original, fish and rand trained to early stopping (profile converged). converged.csv:
-              per task each mode's mean, interval, best epoch and how many runs stopped by patience;
+              per task the trivial baseline (majority class / constant prediction on the dev set),
+              each mode's mean, interval, best epoch and how many runs stopped by patience;
               fish - rand and fish - original paired over seeds (Holm over the table).
 placement.csv: per mode, the share of the method's chosen entries per module and per layer, from the
 result files that record `placement` (every run since the mechanism arm).
@@ -36,6 +37,7 @@ import pandas as pd
 from ..harness.results import load_results
 from . import row_label
 from .stats import holm, one_sample_test, t_interval
+from .study import baselines_from
 
 ARMS = ("mechanism", "lr", "converged")
 # The 2 x 2: mode -> (allocation, entries).
@@ -102,14 +104,15 @@ def preferred_lr(lr: pd.DataFrame) -> dict[str, float]:
     return {mode: float(lr.loc[lr[mode].idxmax(), "lr"]) for mode in ("fish", "rand") if len(lr)}
 
 
-def converged_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Per task: each mode's mean with interval, best epoch, runs stopped by patience; fish - rand and
-    fish - original paired over seeds."""
+def converged_table(df: pd.DataFrame, baselines: dict[str, float] | None = None) -> pd.DataFrame:
+    """Per task: the trivial baseline, each mode's mean with interval, best epoch, runs stopped by
+    patience; fish - rand and fish - original paired over seeds."""
     out = []
     for task, g in df.groupby("task"):
         cells = _cell_means(g, ("none", "fish", "rand"))
         stopped = g[(g["stop_reason"] == "early_stopping") & (g["epochs"] < g["max_epochs"])]
-        info = {"runs": len(g), "stopped_early": len(stopped), "best_epoch_mean": float(g["best_epoch"].mean()),
+        info = {"baseline": (baselines or {}).get(task, math.nan),
+                "runs": len(g), "stopped_early": len(stopped), "best_epoch_mean": float(g["best_epoch"].mean()),
                 "epochs_mean": float(g["epochs"].mean()), "train_seconds_mean": float(g["train_seconds"].mean()),
                 "precision": ",".join(sorted(set(g["precision"].dropna())))}
         wide = g.pivot_table(index="seed", columns="mode", values="score")
@@ -171,10 +174,11 @@ def to_markdown(mech: pd.DataFrame, lr: pd.DataFrame, conv: pd.DataFrame, place:
         lines += ["", "Preferred lr (highest mean): " + ", ".join(f"{m} {v:g}" for m, v in pref.items())]
     if len(conv):
         lines += ["", "### Converged: early stopping (patience 3, at most 20 epochs), budget 1", "",
-                  "| task | original | fish | rand | stopped early | best epoch (mean) | comparison | n | "
-                  "mean [95 % CI] | p | p (Holm) |", "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
+                  "| task | baseline | original | fish | rand | stopped early | best epoch (mean) | comparison | n | "
+                  "mean [95 % CI] | p | p (Holm) |", "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
         for rec in conv.to_dict("records"):
-            lines.append(f"| {rec['task']} | {_ci(rec, 'none')} | {_ci(rec, 'fish')} | {_ci(rec, 'rand')} | "
+            lines.append(f"| {rec['task']} | {rec['baseline']:.1f} | {_ci(rec, 'none')} | {_ci(rec, 'fish')} | "
+                         f"{_ci(rec, 'rand')} | "
                          f"{rec['stopped_early']} / {rec['runs']} | {rec['best_epoch_mean']:.1f} | {rec['comparison']} | "
                          f"{rec['pairs']} | {_ci(rec)} | {rec['p_ttest']:.3g} | {rec['p_holm']:.3g} |")
     for by, title in (("module", "module"), ("layer", "adapted layer (0 = the bottom one)")):
@@ -209,7 +213,7 @@ def report(study_runs: str | Path, runs_dir: str | Path, out: str | Path, verbos
     lr_cells = set(zip(lr_runs["task"], lr_runs["budget"]))
     lr = pd.concat([lr_runs, base[[c in lr_cells for c in zip(base["task"], base["budget"])]]])
     tables = {"mechanism": mechanism_table(mechanism), "lr": lr_table(lr),
-              "converged": converged_table(runs_frame(arms["converged"])),
+              "converged": converged_table(runs_frame(arms["converged"]), baselines_from(arms["converged"])),
               "placement": placement_table([r for rs in (study, *arms.values()) for r in rs])}
     out.mkdir(parents=True, exist_ok=True)
     for name, table in tables.items():
