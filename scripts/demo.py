@@ -15,6 +15,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from fishtune.harness import CONF_DIR
 from fishtune.harness.run import run
 from fishtune.reports.study import trivial_baseline
 
@@ -38,7 +39,7 @@ def main() -> None:
     glue = glue_dir()
     rows = []
     t0 = time.time()
-    with initialize_config_dir(config_dir=str(ROOT / "fishtune" / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         for task in TASKS:
             for label, mode in ROWS:
                 cfg = compose("config", overrides=[*DEMO, f"task={task}", f"mask={mode}", f"data.glue_dir={glue}",
@@ -46,6 +47,7 @@ def main() -> None:
                 print(f"demo: {task} {label} ...", flush=True)
                 r = run(OmegaConf.to_container(cfg, resolve=True), progress=False)
                 rows.append((task, label, r))
+    runs_dir = Path(cfg.paths.runs_dir).resolve()   # the last override wins: paths.runs_dir=... moves it
     first = rows[0][2]
     print(f"\nFISH-Tuning demo: {first['model']} + LoRA r1, budget = the 1-layer original's trainable count "
           f"({first['train_examples']} training examples, {len(first['history'])} epochs, full dev set of "
@@ -58,7 +60,7 @@ def main() -> None:
             print(f"{task:6} {label:20} {r['trainable']:9d} {r['ratio_pct']:8.4f} {r['best']['score']:9.2f} "
                   f"{r['best']['epoch']:5d}")
     print("\nOne seed: single runs differ by a few points; results/study/ has 5 seeds per cell with intervals.")
-    print(f"Result files: {ROOT / 'runs' / 'demo'}  (rerunning skips finished runs; `make clean` starts over)")
+    print(f"Result files: {runs_dir}  (rerunning skips finished runs; `make clean` starts over)")
 
 
 if __name__ == "__main__":
