@@ -173,8 +173,8 @@ study-report: setup
 
 # Why rand beats fish, and whether it lasts (docs/STUDY.md): the mechanism arm (fish_shuffled and
 # fish_spread, 40 runs), the learning-rate arm (fish and rand at two more lrs, 20 runs) and the converged
-# arm (early stopping on far more data, seeds 1-3: 18 runs), each into results/study/why/runs/ARM/ (committed, so
-# finished runs are skipped), then results/study/why/ (2 x 2 effects, lr and converged tables, and
+# arm (early stopping on far more data, seeds 1-3: 18 runs), each into results/study/why/runs/ARM/
+# (committed, so finished runs are skipped), then results/study/why/ (2 x 2 effects, lr and converged tables, and
 # index.html: every arm's runs with their per-epoch curves).
 # STUDY_WHY_ARMS narrows it, e.g. STUDY_WHY_ARMS='mechanism lr'.
 STUDY_WHY_ARMS ?= mechanism lr converged

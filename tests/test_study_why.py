@@ -41,8 +41,8 @@ def test_mechanism_and_lr_runs_pair_with_the_study_runs():
 
 def _write(runs_dir, task, mode, budget, seed, score, lr=0.005, epochs=3, max_epochs=3, stop="max_epochs",
            dev_labels=None):
-    r = {"dev_labels": dev_labels, "schema": 1, "run_id": f"{task}-{mode}-{budget}-{seed}-{lr}", "task": task, "mask": mode, "budget": budget,
-         "seed": seed, "lr": lr, "best": {"epoch": epochs, "score": score}, "history": [{}] * epochs,
+    r = {"schema": 1, "run_id": f"{task}-{mode}-{budget}-{seed}-{lr}", "task": task, "mask": mode, "budget": budget,
+         "dev_labels": dev_labels, "seed": seed, "lr": lr, "best": {"epoch": epochs, "score": score}, "history": [{}] * epochs,
          "config": {"train": {"max_epochs": max_epochs}, "data": {"train_samples": 1000}}, "stop_reason": stop,
          "train_seconds": 10.0, "precision": "fp32",
          "placement": [{"name": "q", "layer": 0, "module": "query.lora_A", "chosen": 3 if mode == "fish" else 1,
