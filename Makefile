@@ -28,6 +28,8 @@ help:
 	@echo "make study - the study (docs/STUDY.md): run what is missing of its 200 runs, then results/study/"
 	@echo "make study-why - the study's mechanism, lr and converged arms, then results/study/why/"
 	@echo "make study-report, study-why-report - only rebuild results/study/ (and its index.html) or results/study/why/ from the committed runs"
+	@echo "make probe - frozen-feature probe of the embedded model's head choices -> results/probe/"
+	@echo "make study-mean-pilot - the mean-head study's lr pilot on original rows -> results/study/mean/"
 	@echo "make bf16-parity - the study's SST-2 and STS-B runs again in bf16, paired with the fp32 ones"
 	@echo "make report RUNS_DIR=... REPORT=...html - one self-contained HTML results page of a runs folder"
 	@echo "make ratios - the trainable-parameter ratios of Tables 1 and 2 from architecture configs -> results/ratios.csv"
@@ -190,6 +192,16 @@ study-why: setup
 
 study-why-report: setup
 	$(STUDY_WHY_REPORT)
+
+# The embedded model's head (docs/STUDY.md "The stand-in's head"): the frozen-feature probe, and the
+# mean-head study's pilot on original rows (40 runs into results/study/mean/runs/pilot/, committed).
+.PHONY: probe study-mean-pilot
+probe: setup
+	$(OFFLINE) $(BIN)/python scripts/probe_heads.py --out results/probe
+STUDY_MEAN_RUNS ?= results/study/mean/runs
+study-mean-pilot: setup
+	@$(STUDY_SWEEP) +experiment=study_mean_pilot paths.runs_dir=$(STUDY_MEAN_RUNS)/pilot $(ARGS); status=$$?; \
+	$(BIN)/python -m fishtune.reports.pilot --runs-dir $(STUDY_MEAN_RUNS)/pilot --out results/study/mean; exit $$status
 
 # bf16 parity (docs/BENCH.md): the study's original and fish rows at budget 1 on SST-2 and STS-B, seeds
 # 1-5, trained in bf16 into results/bf16-parity/runs/ (committed), each paired with its committed fp32 run.

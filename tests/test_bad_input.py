@@ -47,7 +47,7 @@ BAD = [
     (["task=foo"], "unknown task 'foo'; choose one of: cola, mrpc, rte, sst2, stsb, wnli"),
     (["model=gpt9"], "unknown model 'gpt9'; choose one of: "),
     (["peft=bitfit"], "unknown peft 'bitfit'; choose one of: "),
-    (["mask=best"], "unknown mask 'best'; choose one of: adaptive, adaptive_fish, fish, fish_shuffled, fish_spread, none, rand, rev"),
+    (["mask=best"], "unknown mask 'best'; choose one of: adaptive, adaptive_fish, fish, fish_shuffled, fish_spread, head_only, none, rand, rev"),
     (["mask=fish", "budget=9"], "unknown budget level 9; choose one of: 1, 2, 3, 4"),
     (["mask=fish", "mask.k=100000"], "budget k=100000 is impossible for lora on 5 layers"),
     (["data.glue_dir=/nonexistent/glue"], "GLUE directory not found: /nonexistent/glue"),

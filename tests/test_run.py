@@ -138,7 +138,7 @@ def test_schedules_deeper_than_the_model_scale_down(tmp_path):
     ("task=qnli", "unknown task 'qnli'; choose one of: cola, mrpc, rte, sst2, stsb, wnli"),
     ("model=gpt9", "unknown model 'gpt9'; choose one of: "),
     ("peft=bitfit", "unknown peft 'bitfit'; choose one of: "),
-    ("mask=best", "unknown mask 'best'; choose one of: adaptive, adaptive_fish, fish, fish_shuffled, fish_spread, none, rand, rev"),
+    ("mask=best", "unknown mask 'best'; choose one of: adaptive, adaptive_fish, fish, fish_shuffled, fish_spread, head_only, none, rand, rev"),
     ("task=rte,qnli", "unknown task 'qnli'"),
 ])
 def test_unknown_group_option_is_one_clear_line(override, message):

@@ -3,7 +3,13 @@
 A model config (fishtune/conf/model/*.yaml) has `name`, `family` (bert | modernbert | llama), `source`
 (embedded | hub | tiny), `path` (hub id or local folder), for tiny (randomly initialised) models `tiny`
 (config kwargs; empty = the architecture's defaults, e.g. bert-base for BERT), and optionally
-`tokenizer` (a tokenizer folder).
+`tokenizer` (a tokenizer folder), and `head`: what the classifier reads (validate.HEADS; default `pooler`).
+
+The head: transformers' *ForSequenceClassification feeds BERT's classifier `tanh(pooler(h_CLS))`.
+That suits bert-base, whose pooler was trained (next-sentence prediction), but not all-MiniLM-L6-v2:
+sentence-transformers trained it to be read by a masked mean over its tokens and never trained its
+pooler (bias all 0, weights std 0.009), so the pooler's features are tiny (docs/STUDY.md, the probe).
+`head: mean` (or `cls`) gives the classifier that state instead; the classifier keeps its shape.
 """
 from __future__ import annotations
 
@@ -11,7 +17,9 @@ from typing import Any, Mapping
 
 import torch
 from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, BertConfig,
-                          LlamaConfig, ModernBertConfig, PretrainedConfig, PreTrainedTokenizerBase)
+                          BertForSequenceClassification, LlamaConfig, ModernBertConfig, PretrainedConfig,
+                          PreTrainedTokenizerBase)
+from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import logging as hf_logging
 
 
@@ -19,6 +27,58 @@ DECODER_FAMILIES = ("llama",)  # read prompts built from the task templates
 _TINY_CONFIGS = {"bert": BertConfig, "modernbert": ModernBertConfig, "llama": LlamaConfig}
 # The transformer blocks, as `<prefix>.<index>` in parameter names: where "bottom L layers" are counted.
 LAYER_PREFIX = {"bert": "encoder.layer", "modernbert": "layers", "llama": "layers"}
+
+
+class BertForSequenceClassificationPooled(BertForSequenceClassification):
+    """BERT for sequence classification whose classifier reads the masked mean (`config.fishtune_head ==
+    "mean"`) or the [CLS] state (`"cls"`) of the last hidden states instead of the pooler, which it
+    does not have. The classifier (hidden x labels + labels) and the loss are transformers'."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.bert.pooler = None  # never read: its parameters would only inflate the model's total
+
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                head_mask: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, output_attentions: bool | None = None,
+                output_hidden_states: bool | None = None, return_dict: bool | None = None,
+                **kwargs) -> SequenceClassifierOutput:
+        out = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                        position_ids=position_ids, head_mask=head_mask, inputs_embeds=inputs_embeds,
+                        output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                        return_dict=True, **kwargs)
+        pooled = pool(out.last_hidden_state, attention_mask, self.config.fishtune_head)
+        logits = self.classifier(self.dropout(pooled))
+        loss = None
+        if labels is not None:
+            if self.num_labels == 1:
+                loss = torch.nn.functional.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
+            else:
+                loss = torch.nn.functional.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
+        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states,
+                                        attentions=out.attentions)
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, head: str) -> torch.Tensor:
+    """(batch, hidden) features of (batch, length, hidden) states: `cls` the first position, `mean` the
+    mean over the positions the attention mask keeps (all of them without a mask)."""
+    if head == "cls":
+        return hidden[:, 0]
+    if attention_mask is None:
+        return hidden.mean(dim=1)
+    # A prefix method may have widened the mask by its virtual tokens: the states' own positions are last.
+    keep = attention_mask[:, -hidden.shape[1]:].unsqueeze(-1).to(hidden.dtype)
+    return (hidden * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1)
+
+
+def _pooled(conf: PretrainedConfig) -> bool:
+    return getattr(conf, "fishtune_head", "pooler") != "pooler"
+
+
+def _from_config(conf: PretrainedConfig) -> torch.nn.Module:
+    return BertForSequenceClassificationPooled._from_config(conf) if _pooled(conf) \
+        else AutoModelForSequenceClassification.from_config(conf)
 
 
 def embedded_path() -> str:
@@ -52,6 +112,7 @@ def model_config(cfg: Mapping[str, Any], num_labels: int, tokenizer=None) -> Pre
     conf.problem_type = "regression" if num_labels == 1 else "single_label_classification"
     if cfg["family"] == "modernbert":
         conf.reference_compile = False  # torch.compile of its MLP would bypass per-sample hooks
+    conf.fishtune_head = cfg.get("head") or "pooler"
     return conf
 
 
@@ -59,14 +120,15 @@ def load_model(cfg: Mapping[str, Any], num_labels: int, tokenizer=None) -> torch
     """A sequence classification model in fp32 with a freshly initialised head (seed it first)."""
     conf = model_config(cfg, num_labels, tokenizer)
     if cfg["source"] == "tiny":
-        return AutoModelForSequenceClassification.from_config(conf)
+        return _from_config(conf)
     path = embedded_path() if cfg["source"] == "embedded" else cfg["path"]
     # The head is new by design: transformers' "Some weights ... newly initialized" warning would
     # only repeat that once per run, burying a sweep's output.
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        return AutoModelForSequenceClassification.from_pretrained(path, config=conf, dtype=torch.float32)
+        cls = BertForSequenceClassificationPooled if _pooled(conf) else AutoModelForSequenceClassification
+        return cls.from_pretrained(path, config=conf, dtype=torch.float32)
     finally:
         hf_logging.set_verbosity(verbosity)
 
@@ -74,7 +136,7 @@ def load_model(cfg: Mapping[str, Any], num_labels: int, tokenizer=None) -> torch
 def build_on_meta(conf: PretrainedConfig) -> torch.nn.Module:
     """The model's shape without weights: for counting parameters from a config alone."""
     with torch.device("meta"):
-        return AutoModelForSequenceClassification.from_config(conf)
+        return _from_config(conf)
 
 
 def arch_config(cfg: Mapping[str, Any], num_labels: int = 2) -> PretrainedConfig:

@@ -134,6 +134,9 @@ class RunResult:
 def identity(config: Mapping[str, Any]) -> dict:
     """The part of a run's config that decides what it computes (not where files go or are read from)."""
     out = {k: v for k, v in config.items() if k not in _NOT_IDENTITY}
+    # The pooler head is what every run had before `model.head` existed: naming it keeps their identity.
+    if isinstance(out.get("model"), Mapping) and out["model"].get("head") == "pooler":
+        out["model"] = {k: v for k, v in out["model"].items() if k != "head"}
     if isinstance(out.get("data"), Mapping):  # where GLUE is read from does not change the run
         out["data"] = {k: v for k, v in out["data"].items() if k != "glue_dir"}
     return out

@@ -26,7 +26,7 @@ from . import tracking
 from .results import (Diverged, RunResult, config_hash, git_commit, json_safe, now_iso, package_versions, read_result,
                       result_path, set_aside, write_json_atomic)
 from .tasks import TaskSpec, get_task
-from .validate import ConfigError, check_config, check_hub
+from .validate import HEAD_ONLY, ConfigError, check_config, check_hub
 
 # Recorded in the result file when a run executes as a Slurm job (a requeued job keeps its ids).
 # SLURM_JOB_GPUS: the node's indices of the job's GPUs; SLURM_SHARDS_ON_NODE: its shards of a shared GPU.
@@ -113,7 +113,9 @@ def plan(config: dict) -> Plan:
                                  f"({model_cfg['name']}'s hidden size)")
         counts = count_on_meta(conf, peft_cfg, layers, family)
         k, budget_total = None, counts["total"]
-        if mode not in ("none", "adaptive") or mask_cfg.get("start") == "fish":
+        if mode == HEAD_ONLY:
+            k = counts["head"]
+        elif mode not in ("none", "adaptive") or mask_cfg.get("start") == "fish":
             k = mask_cfg.get("k")
             if k is None:  # the trainable count of the original run at this budget level
                 rank = mask_cfg.get("budget_rank") or peft_cfg.get("rank")
@@ -242,8 +244,8 @@ def choose_mask(p: Plan, model, head: dict, candidates: dict, data: Data) -> tup
     cfg, seed = p.config, int(p.config["seed"])
     mask_file = p.path.with_suffix(".mask.pt")
     select = "fish" if p.mode == "adaptive" and cfg["mask"].get("start") == "fish" else p.mode
-    if select in ("none", "adaptive"):  # everything inserted trains (adaptive then freezes groups)
-        return {n: torch.ones_like(q, dtype=torch.bool) for n, q in candidates.items()}, 0.0
+    if select in ("none", "adaptive", HEAD_ONLY):  # everything inserted trains (adaptive then freezes groups)
+        return {n: torch.full_like(q, select != HEAD_ONLY, dtype=torch.bool) for n, q in candidates.items()}, 0.0
     if (saved := read_mask_file(mask_file, candidates)) is not None:
         return saved
     if (stale := p.path.with_suffix(".ckpt.pt")).exists():  # trained under a mask that is gone: start over

@@ -37,9 +37,9 @@ def original_layers(peft_cfg: Mapping[str, Any], budget: int, depth: int | None 
 
 def run_layers(peft_cfg: Mapping[str, Any], mask_mode: str, budget: int, depth: int | None = None) -> int:
     """Where this run inserts the method: explicit peft.layers, else the original run's layers
-    (mask none) or peft.fish_layers (a masked run), fitted to the model's depth."""
+    (mask none or head_only) or peft.fish_layers (a masked run), fitted to the model's depth."""
     if peft_cfg.get("layers") is not None:
         return int(peft_cfg["layers"])
-    if mask_mode == "none":
+    if mask_mode in ("none", "head_only"):  # head_only: the original run's method, frozen
         return original_layers(peft_cfg, budget, depth)
     return layer_schedule(peft_cfg, depth)[1]

@@ -29,7 +29,7 @@ from . import CONF_DIR
 from .results import config_hash
 
 EXPERIMENTS = ("table1", "table2", "table3", "table4", "table5", "figure3")   # the paper's tables and figure
-STUDIES = ("study", "study_mechanism", "study_lr", "study_converged")   # our own sweeps (docs/STUDY.md)
+STUDIES = ("study", "study_mechanism", "study_lr", "study_converged", "study_mean_pilot")   # our own sweeps (docs/STUDY.md)
 
 
 class _Hydra:

@@ -26,6 +26,13 @@ from .tasks import get_task
 FAMILIES = ("bert", "modernbert", "llama")
 SOURCES = ("embedded", "hub", "tiny")
 PRECISIONS = ("auto", "fp32", "bf16")
+# mask.mode=head_only: the method is inserted as on the original run and frozen; only the classifier trains
+# (the reference an original run must beat: does training the method help at all?).
+HEAD_ONLY = "head_only"
+# model.head, what the classifier reads -> the families that take it: the family's own pooling (BERT:
+# tanh(pooler(h_CLS)); ModernBERT and LLaMA as their transformers class pools), the masked mean of the
+# last hidden states (padding left out), or the last hidden state of [CLS] (models.py builds them).
+HEADS = {"pooler": FAMILIES, "mean": ("bert",), "cls": ("bert",)}
 # --- the vocabularies' own checks (also used where the values are consumed) ---------------------
 
 def check_model_config(cfg: Mapping[str, Any]) -> None:
@@ -36,6 +43,13 @@ def check_model_config(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(f"unknown model source {cfg.get('source')!r}; choose one of: {', '.join(SOURCES)}")
     if cfg["source"] == "hub" and not cfg.get("path"):
         raise ConfigError(f"model {cfg.get('name')!r} comes from the hub but has no `path` (hub id or folder)")
+    head = cfg.get("head") or "pooler"
+    if head not in HEADS:
+        raise ConfigError(f"unknown model.head {head!r}; choose one of: {', '.join(HEADS)}")
+    if cfg["family"] not in HEADS[head]:
+        allowed = [h for h, families in HEADS.items() if cfg["family"] in families]
+        raise ConfigError(f"model.head={head!r} is not available for the {cfg['family']} family; "
+                          f"choose one of: {', '.join(allowed)}")
 
 
 def uses_fisher(config: Mapping[str, Any]) -> bool:
@@ -58,7 +72,7 @@ def check_config(config: Mapping[str, Any]) -> None:
     mode = get(config, "mask.mode")
     if mode == "adaptive":
         check_choice(config, "mask.start", ("all", "fish"), optional=True)
-    else:
+    elif mode != HEAD_ONLY:
         try:
             check_mode(mode)
         except ValueError as e:
@@ -76,7 +90,7 @@ def check_config(config: Mapping[str, Any]) -> None:
     check_int(config, "peft.fish_layers", 1)
     check_int(config, "peft.layers", 1, null="the budget level's layers", optional=True)
     spec.check(config)  # the method's own values (rank, prefix length, ...: fishtune/harness/methods.py)
-    if mode != "none":
+    if mode not in ("none", HEAD_ONLY):
         check_int(config, "mask.k", 1, null="the original run's trainable count", optional=True)
         check_int(config, "mask.budget_rank", 1, null="peft.rank", optional=True)
     if mode == "adaptive":

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 # The rows of every table, by the mask mode of their runs, in table order: a row is named after its
 # mode, except the runs without a mask, which are the method's "original" configuration.
-ROWS = {"none": "original", "fish": "fish", "rand": "rand", "rev": "rev", "adaptive": "adaptive"}
+ROWS = {"none": "original", "fish": "fish", "rand": "rand", "rev": "rev", "adaptive": "adaptive", "head_only": "head only"}
 
 
 def row_label(mode: str) -> str:

@@ -1,0 +1,86 @@
+"""model.head: what the classifier reads. The mean head against a hand-computed masked mean on a padded
+batch, the pooler path unchanged, the head counted inside k by fish_masks, through peft and adapters."""
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, BertConfig
+
+from conftest import loader, model_cfg, peft_cfg, run_config
+from fishtune.harness.methods import count_on_meta, insert_method, split_trainable
+from fishtune.harness.models import BertForSequenceClassificationPooled, build_on_meta, load_model, load_tokenizer, model_config
+from fishtune.harness.results import config_hash
+from fishtune.harness.tasks import get_task
+from fishtune.masks import fish_masks
+
+
+def tiny(head: str, num_labels: int = 2):
+    cfg = dict(model_cfg("tiny_bert"), head=head)
+    tok = load_tokenizer(cfg)
+    torch.manual_seed(0)
+    return load_model(cfg, num_labels, tok).eval(), tok
+
+
+@pytest.mark.parametrize("num_labels", [1, 2])
+def test_mean_head_is_the_masked_mean_of_a_padded_batch(num_labels):
+    model, tok = tiny("mean", num_labels)
+    batch = tok(["a b", "a much longer sentence than the first one"], padding=True, return_tensors="pt")
+    assert batch["attention_mask"][0].sum() < batch["attention_mask"].shape[1]  # really padded
+    with torch.no_grad():
+        h = model.bert(**batch).last_hidden_state
+        # one example at a time, padding cut off: nothing of the padded positions may leak in
+        by_hand = torch.stack([h[i, :int(batch["attention_mask"][i].sum())].mean(0) for i in range(2)])
+        alone = torch.stack([model.bert(input_ids=batch["input_ids"][i:i + 1, :int(batch["attention_mask"][i].sum())])
+                             .last_hidden_state[0].mean(0) for i in range(2)])
+        logits = model(**batch).logits
+    torch.testing.assert_close(by_hand, alone, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logits, model.classifier(by_hand), rtol=1e-5, atol=1e-6)
+    assert model.bert.pooler is None
+    assert model.classifier.weight.shape == (num_labels, model.config.hidden_size)
+
+
+def test_cls_head_reads_the_first_state():
+    model, tok = tiny("cls")
+    batch = tok(["a b", "c d e f"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        h = model.bert(**batch).last_hidden_state
+        torch.testing.assert_close(model(**batch).logits, model.classifier(h[:, 0]))
+
+
+def test_the_pooler_path_is_transformers_own_for_bert_base():
+    cfg = dict(model_cfg("bert_base_random"))
+    assert cfg["head"] == "pooler"
+    conf = model_config(cfg, 2, load_tokenizer(model_cfg("tiny_bert")))
+    assert conf.num_hidden_layers == 12 and conf.hidden_size == 768  # bert-base's architecture
+    ours = build_on_meta(conf)
+    with torch.device("meta"):
+        theirs = AutoModelForSequenceClassification.from_config(BertConfig(**conf.to_dict()))
+    assert type(ours) is type(theirs) and not isinstance(ours, BertForSequenceClassificationPooled)
+    assert [(n, p.shape) for n, p in ours.named_parameters()] == [(n, p.shape) for n, p in theirs.named_parameters()]
+    assert "bert.pooler.dense.weight" in dict(ours.named_parameters())
+
+
+def test_a_named_pooler_keeps_the_identity_of_runs_from_before_the_head_existed(tmp_path):
+    config = run_config(tmp_path, "task=rte")
+    before = {**config, "model": {k: v for k, v in config["model"].items() if k != "head"}}
+    assert config["model"]["head"] == "pooler" and config_hash(config) == config_hash(before)
+    assert config_hash(run_config(tmp_path, "task=rte", "model.head=mean")) != config_hash(config)
+
+
+@pytest.mark.parametrize("method", ["lora", "adapter"])
+def test_fish_masks_counts_the_mean_head_inside_k(method):
+    model, tok = tiny("mean")
+    spec = get_task("rte")
+    model = insert_method(model, peft_cfg(method), 3, "bert")
+    head, candidates = split_trainable(model, "bert")
+    head_size = sum(p.numel() for p in head.values())
+    assert head_size == model.config.hidden_size * 2 + 2
+    k = head_size + 50
+    masks = fish_masks(model, loader(tok, spec, n=16), k, "fish", num_samples=16)
+    assert sum(int(m.sum()) for m in masks.values()) == k
+    assert all(bool(masks[n].all()) for n in head)  # the head trains in full, inside k
+    # the counts from the config alone agree with the real model
+    conf = model_config(dict(model_cfg("tiny_bert"), head="mean"), 2, tok)
+    counts = count_on_meta(conf, peft_cfg(method), 3, "bert")
+    assert counts["head"] == head_size
+    assert counts["trainable"] == head_size + sum(p.numel() for p in candidates.values())
