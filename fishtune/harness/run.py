@@ -230,32 +230,43 @@ def build_model(p: Plan, tokenizer, device: str):
     return model, head, candidates
 
 
-def choose_mask(p: Plan, model, head: dict, candidates: dict, data: Data) -> tuple[dict, float]:
-    """(masks over the method's tensors, seconds the Fisher took). A resumed run keeps the mask file it
-    started with; a new mask is saved beside the result file before training."""
+def choose_mask(p: Plan, model, head: dict, candidates: dict, data: Data) -> tuple[dict, float, int | None]:
+    """(masks over the method's tensors, seconds the Fisher took, chosen entries whose Fisher score is
+    zero: None without a Fisher). A resumed run keeps the mask file it started with; a new mask is saved
+    beside the result file before training."""
+    import warnings
+
     import torch
 
     from .. import FISHER_MODES
-    from ..masks import fish_masks
+    from ..masks import ZeroFisherWarning, fish_masks
     from .results import read_mask_file, save_mask_file
 
     cfg, seed = p.config, int(p.config["seed"])
     mask_file = p.path.with_suffix(".mask.pt")
     select = "fish" if p.mode == "adaptive" and cfg["mask"].get("start") == "fish" else p.mode
     if select in ("none", "adaptive"):  # everything inserted trains (adaptive then freezes groups)
-        return {n: torch.ones_like(q, dtype=torch.bool) for n, q in candidates.items()}, 0.0
+        return {n: torch.ones_like(q, dtype=torch.bool) for n, q in candidates.items()}, 0.0, None
     if (saved := read_mask_file(mask_file, candidates)) is not None:
         return saved
     if (stale := p.path.with_suffix(".ckpt.pt")).exists():  # trained under a mask that is gone: start over
         set_aside(stale, "its run's mask file is missing or damaged, so its training cannot continue")
     t0 = time.perf_counter()
     batches = fisher_batches(data.train, data.tokenizer, cfg["fisher"], seed) if select in FISHER_MODES else None
-    masks = fish_masks(model, batches, p.k, select, num_samples=int(cfg["fisher"]["samples"]), seed=seed,
-                       head=list(head))
+    # The warning's count goes into the result file; it is caught here whatever the filters say (a repeated
+    # message would otherwise be shown, and so recorded, only once per process), then warned again below.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ZeroFisherWarning)
+        masks = fish_masks(model, batches, p.k, select, num_samples=int(cfg["fisher"]["samples"]), seed=seed,
+                           head=list(head))
+    zero = [w for w in caught if issubclass(w.category, ZeroFisherWarning)]
+    for w in caught:  # through the caller's filters: shown, ignored, or an error that fails the run
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     masks = {n: masks[n] for n in candidates}  # the mask file keeps the method's entries; the head trains in full
     fisher_seconds = time.perf_counter() - t0 if batches is not None else 0.0
-    save_mask_file(mask_file, masks, fisher_seconds)
-    return masks, fisher_seconds
+    zero_filled = (zero[0].message.filled if zero else 0) if batches is not None else None
+    save_mask_file(mask_file, masks, fisher_seconds, zero_filled)
+    return masks, fisher_seconds, zero_filled
 
 
 def result_keys(p: Plan) -> dict[str, Any]:
@@ -285,7 +296,7 @@ def execute(p: Plan, progress: bool = True) -> dict:
 
     data = load_data(p)
     model, head, candidates = build_model(p, data.tokenizer, device)
-    masks, fisher_seconds = choose_mask(p, model, head, candidates, data)
+    masks, fisher_seconds, zero_fisher_filled = choose_mask(p, model, head, candidates, data)
     trainable = apply_masks(model, masks)
     freezer = None
     if p.mode == "adaptive":
@@ -315,7 +326,7 @@ def execute(p: Plan, progress: bool = True) -> dict:
         history=outcome.history, best=outcome.best, stop_reason=outcome.stop_reason,
         # Per dev example, in the order of the seeded dev subsample: paired tests between runs.
         dev_labels=[e["labels"] for e in data.dev], dev_predictions=outcome.best_predictions,
-        fisher_seconds=fisher_seconds, train_seconds=outcome.train_seconds,
+        fisher_seconds=fisher_seconds, zero_fisher_filled=zero_fisher_filled, train_seconds=outcome.train_seconds,
         samples_per_second=outcome.samples_seen / max(outcome.train_seconds, 1e-9),
         tokens_per_second=outcome.tokens_seen / max(outcome.train_seconds, 1e-9),
         throughput=outcome.throughput,

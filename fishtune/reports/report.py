@@ -10,7 +10,8 @@ It shows, each table sortable, filterable and exportable as CSV:
                  table with 95 % intervals and the trivial baseline, and its paired comparisons (p, Holm p)
   cells          per (model, method, rank, layers, lr, task, budget, mask) the seeds' mean and 95 %
                  t-interval, with a figure of the seeds as points (the interactive results/study/figure.png)
-  runs           one line per run; a click shows its per-epoch curves, best epoch, stop reason and costs
+  runs           one line per run; a click shows its per-epoch curves, best epoch, stop reason and costs,
+                 and `zero-Fisher filled`: entries its mask had to choose with a zero Fisher score
   placement      chosen mask entries per layer and module, from the result files' `placement` or the
                  `<run>.mask.pt` saved beside them
   cost           score against train_seconds (and peak memory where recorded), per mode
@@ -41,8 +42,8 @@ from .study import baselines_from, frame, paired_table, study_table
 # What a run's line keeps of its result file (dev_predictions, dev_labels and config stay out).
 RUN_FIELDS = ("run_id", "model", "task", "method", "layers", "rank", "mask", "budget", "seed", "lr",
               "trainable", "total", "ratio_pct", "budget_ratio_pct", "ratio_pct_mean", "stop_reason",
-              "train_seconds", "fisher_seconds", "samples_per_second", "tokens_per_second", "peak_memory_mb",
-              "cuda_max_allocated_mb", "cuda_max_reserved_mb", "threads", "device", "precision",
+              "train_seconds", "fisher_seconds", "zero_fisher_filled", "samples_per_second", "tokens_per_second",
+              "peak_memory_mb", "cuda_max_allocated_mb", "cuda_max_reserved_mb", "threads", "device", "precision",
               "precision_reason", "host", "resumed_from_epoch", "finished_at")
 HISTORY_FIELDS = ("epoch", "train_loss", "dev_loss", "score")
 THROUGHPUT_FIELDS = ("samples_per_second", "tokens_per_second")  # per epoch, in the result's `throughput`
@@ -248,7 +249,8 @@ def runs_view(runs: list[dict]) -> dict:
         ("seed", "seed", "int"), ("lr", "lr", "g3"), ("score", "best score", "f2"), ("best_epoch", "best epoch", "int"),
         ("epochs", "epochs", "int"), ("stop_reason", "stop", "text"), ("trainable", "trainable", "int"),
         ("ratio_pct", "ratio %", "f4"), ("train_seconds", "train s", "f1"), ("fisher_seconds", "Fisher s", "f1"),
-        ("samples_per_second", "samples/s", "f1"), ("tokens_per_second", "tokens/s", "f1"),
+        ("zero_fisher_filled", "zero-Fisher filled", "int"), ("samples_per_second", "samples/s", "f1"),
+        ("tokens_per_second", "tokens/s", "f1"),
         ("peak_memory_mb", "peak MB", "f1"), ("cuda_max_allocated_mb", "CUDA alloc MB", "f1"),
         ("device", "device", "text"), ("precision", "precision", "text")],
         ["folder", "model", "method", "task", "budget", "mask", "lr", "precision", "stop_reason"], click="run",
