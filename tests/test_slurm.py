@@ -661,7 +661,7 @@ def test_sweep_summary_lists_finished_failed_and_jobs_without_result(tmp_path, m
     assert not s["ok"]
     assert sweep_summary.main([str(tmp_path)]) == 1
     text = capsys.readouterr().out
-    assert text.startswith(f"sweep summary of {tmp_path}: 2 finished, 1 failed, 1 without a result\n")
+    assert text.startswith(f"sweep summary of {tmp_path}: 2 finished, 1 failed, 1 without a result, 0 in progress\n")
     assert "  a-none  score 61.25 (best epoch 2 of 2, max_epochs)  on node7\n" in text
     assert "  b-fish  score 61.25 (best epoch 2 of 2, max_epochs)  slurm 7_1 on node7, requeued 1x, " \
            "resumed after epoch 3\n    42 s training, bf16, 48.1 samples/s, 1210 tokens/s, peak 812 MB, 1 threads\n" in text

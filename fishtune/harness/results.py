@@ -34,7 +34,7 @@ from typing import Any, Mapping
 SCHEMA = 2                # what new result files are written with
 SCHEMAS = (1, 2)          # what loads (RunResult.from_json)
 # Keys that do not change what a run computes: excluded from its identity.
-_NOT_IDENTITY = ("paths", "force", "logger", "hydra")
+_NOT_IDENTITY = ("paths", "force", "claim", "logger", "hydra")
 DAMAGED = ".damaged"  # suffix of a file set aside because it could not be read
 
 

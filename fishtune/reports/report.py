@@ -15,6 +15,8 @@ It shows, each table sortable, filterable and exportable as CSV:
   placement      chosen mask entries per layer and module, from the result files' `placement` or the
                  `<run>.mask.pt` saved beside them
   cost           score against train_seconds (and peak memory where recorded), per mode
+  in progress    runs a sweep has claimed and trains (`<run>.claim`): the owner (host, pid, Slurm job),
+                 when it started and its last heartbeat
   problems       failed runs (`*.failed.json`) and damaged or unreadable files
 The statistics are fishtune.study's (t_interval, study_table, paired_table, baselines_from); the paired
 bootstrap runs with fewer resamples than the study's own tables (--resamples, default 200) to keep the
@@ -33,6 +35,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from ..harness.claims import in_progress
 from ..harness.results import load_failures, load_results, set_aside_files
 from . import ROWS
 from .paper import TASK_TITLES
@@ -303,6 +306,18 @@ def cost_view(runs: list[dict]) -> dict:
                                  "Peak memory is drawn where the result files record it.")
 
 
+def in_progress_view(runs_dir: Path) -> dict:
+    """The runs being trained: their claims' owners and last heartbeats (as of the page's build: the only
+    part of the page that changes without a result file changing)."""
+    rows = pd.DataFrame([{**{k: v for k, v in c.to_json().items() if k != "heartbeat_age_s"},
+                          "path": str(Path(c.path).relative_to(runs_dir))} for c in in_progress(runs_dir)])
+    return _view("in_progress", f"In progress ({len(rows)})", rows, [
+        ("run_id", "run", "text"), ("owner", "owner", "text"), ("host", "host", "text"), ("pid", "pid", "int"),
+        ("slurm", "Slurm job", "text"), ("started_at", "started", "text"), ("heartbeat", "last heartbeat", "text"),
+        ("state", "state when the page was built", "text")], ["host", "slurm"],
+        empty="No run in progress: no sweep holds a claim here.")
+
+
 def problem_views(runs_dir: Path, damaged: list[str]) -> list[dict]:
     """The failed runs (their reason and error) and the files that could not be read or were set aside."""
     failures = pd.DataFrame([{"path": str(Path(f["_path"]).relative_to(runs_dir)), "reason": f.get("reason"),
@@ -330,7 +345,7 @@ def build_page(runs_dir: str | Path, n_resamples: int = DEFAULT_RESAMPLES, title
     views = study_views(results, runs_dir, baselines, n_resamples) if results else []
     if runs:
         views += [cells_view(runs, baselines), runs_view(runs), placement_view(runs), cost_view(runs)]
-    views += problem_views(runs_dir, damaged)
+    views += [in_progress_view(runs_dir), *problem_views(runs_dir, damaged)]
     data = {"title": title or f"fishtune results: {runs_dir}", "runs_dir": str(runs_dir), "runs": runs,
             # No build time: the same result files give the same page, byte for byte.
             "latest": max((r.get("finished_at") or "" for r in results), default=""), "views": views,
