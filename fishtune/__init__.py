@@ -50,6 +50,7 @@ ENTRY_POINTS = ("run", "study", "study_why", "parity", "aggregate", "sweep_summa
 _EXPORTS = {
     "fish_masks": "masks", "apply_masks": "masks", "original_k": "masks", "trainable_entries": "masks",
     "save_masks": "masks", "load_masks": "masks", "build_mask": "masks", "mask_placement": "masks",
+    "ZeroFisherWarning": "masks",
     "empirical_fisher": "fisher", "classification_loss": "fisher",
     "MaskedOptimizer": "optim", "FishMaskCallback": "callback",
 }
@@ -58,8 +59,8 @@ __all__ = list(_EXPORTS)
 if TYPE_CHECKING:
     from .callback import FishMaskCallback
     from .fisher import classification_loss, empirical_fisher
-    from .masks import (apply_masks, build_mask, fish_masks, load_masks, mask_placement, original_k, save_masks,
-                        trainable_entries)
+    from .masks import (ZeroFisherWarning, apply_masks, build_mask, fish_masks, load_masks, mask_placement,
+                        original_k, save_masks, trainable_entries)
     from .optim import MaskedOptimizer
 
 

@@ -129,8 +129,9 @@ def empirical_fisher(model: nn.Module, batches: Iterable[Mapping[str, torch.Tens
 
     `batches` yields tokenised batch dicts with `labels` (as the data loader gives them); at most
     `num_samples` samples are used (all when None). True labels, dropout off (eval mode for the
-    duration). `method`: auto (Linear hooks when every trainable parameter lives in an nn.Linear,
-    else the per-sample loop), hooks, or loop.
+    duration; every module's training flag is then put back as it was, the model's parameters, their
+    requires_grad and .grad are not touched, and no hook stays behind). `method`: auto (Linear hooks
+    when every trainable parameter lives in an nn.Linear, else the per-sample loop), hooks, or loop.
     """
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if not params:
@@ -144,7 +145,9 @@ def empirical_fisher(model: nn.Module, batches: Iterable[Mapping[str, torch.Tens
         raise ValueError("method='hooks' needs every trainable parameter to be an nn.Linear weight or bias")
     if method not in ("hooks", "loop"):
         raise ValueError(f"unknown Fisher method {method!r}; choose one of: auto, hooks, loop")
-    was_training = model.training
+    # Every module's own flag, not only the top one's: a PeftModel reports training=True while its inner
+    # modules may be in eval, and model.train(True) would switch all their dropouts on.
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         samples = _take_samples(batches, num_samples)
@@ -152,4 +155,5 @@ def empirical_fisher(model: nn.Module, batches: Iterable[Mapping[str, torch.Tens
             return _fisher_linear_hooks(model, params, owners, samples, regression)
         return _fisher_loop(model, params, samples, regression)
     finally:
-        model.train(was_training)
+        for m, training in modes:
+            m.training = training

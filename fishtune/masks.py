@@ -11,6 +11,7 @@ takes the highest-Fisher entries within each tensor.
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
@@ -20,6 +21,45 @@ from torch import nn
 # Defined torch-free in the package, where config checks read them too.
 from . import FISHER_MODES, check_mode
 from .fisher import empirical_fisher
+
+
+class ZeroFisherWarning(UserWarning):
+    """fish_masks had to choose candidate entries whose Fisher score is zero: k asked for more entries
+    than have a non-zero score, so the rest were filled by position (the tie-break), not by any signal.
+
+    Typical causes: LoRA with peft's default init (B = 0, so lora_A's gradient and Fisher are zero),
+    VeRA with its default lambda_b = 0, a path the loss does not reach. Attributes: `needed` (the
+    candidate entries k asks for, the head left out), `nonzero` (candidates with a non-zero score),
+    `candidates` (all candidate entries), `filled` (chosen entries with a zero score) and `tensors`
+    (name -> its chosen zero-score entries, for each tensor concerned). Turn it into an error with
+    `warnings.simplefilter("error", fishtune.ZeroFisherWarning)`."""
+
+    def __init__(self, needed: int, nonzero: int, candidates: int, tensors: dict[str, int]):
+        self.needed, self.nonzero, self.candidates, self.tensors = needed, nonzero, candidates, dict(tensors)
+        self.filled = sum(self.tensors.values())
+        shown = ", ".join(f"{n} ({c})" for n, c in list(self.tensors.items())[:6])
+        more = f" and {len(self.tensors) - 6} more" if len(self.tensors) > 6 else ""
+        super().__init__(
+            f"fish_masks: k asks for {needed} candidate entries but only {nonzero} of {candidates} have a non-zero "
+            f"Fisher score; {self.filled} zero-score entries were chosen by position, in {len(self.tensors)} "
+            f"tensor{'s' if len(self.tensors) != 1 else ''}: {shown}{more}")
+
+
+def zero_score_choices(scores: Mapping[str, torch.Tensor], chosen: Mapping[str, torch.Tensor],
+                       mode: str) -> dict[str, int]:
+    """Per tensor, the entries a Fisher mode chose although their score is zero (only those tensors).
+
+    fish and fish_spread rank by score, so a zero-score entry is chosen only when k (or a tensor's
+    share) exceeds the non-zero scores; fish_shuffled draws its entries at random by design, so its
+    count is that of the fish mask its counts come from. rev takes the smallest scores on purpose and
+    rand and none read none: empty for them."""
+    if mode == "fish_shuffled":
+        k = sum(int(m.sum()) for m in chosen.values())
+        chosen = build_mask(scores, k, "fish")
+    elif mode not in ("fish", "fish_spread"):
+        return {}
+    counts = {n: int((chosen[n] & (scores[n].detach().cpu() == 0)).sum()) for n in scores}
+    return {n: c for n, c in counts.items() if c}
 
 
 def build_mask(scores: Mapping[str, torch.Tensor], k: int, mode: str, seed: int = 42) -> dict[str, torch.Tensor]:
@@ -163,7 +203,10 @@ def fish_masks(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]] |
 
     Returns one bool mask per trainable parameter (the head's all True), on the CPU, in model
     order, with exactly k True entries in all. Then `apply_masks`, and train with MaskedOptimizer
-    or FishMaskCallback.
+    or FishMaskCallback. When a Fisher mode has to choose entries whose score is zero (k exceeds the
+    candidates with a non-zero Fisher), it warns once with a ZeroFisherWarning that names the counts
+    and the tensors. The model is left as it came: every module's training flag, every
+    requires_grad, no hook and no .grad added.
     """
     check_mode(mode)
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -191,7 +234,7 @@ def fish_masks(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]] |
                          f"between {head_size} and all {total} trainable entries")
     scores = {n: torch.zeros_like(p) for n, p in candidates.items()}
     if mode in FISHER_MODES and candidates:
-        for p in heads.values():  # always trained: no need to score it
+        for p in heads.values():  # always trained: no need to score it (requires_grad was True: in params)
             p.requires_grad_(False)
         try:
             fisher = empirical_fisher(model, batches, num_samples)
@@ -200,6 +243,10 @@ def fish_masks(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]] |
                 p.requires_grad_(True)
         scores = {n: fisher[n] for n in candidates}
     chosen = build_mask(scores, k - head_size, "none" if mode == "none" else mode, seed)
+    if mode in FISHER_MODES and (zero := zero_score_choices(scores, chosen, mode)):
+        nonzero = sum(int((s != 0).sum()) for s in scores.values())
+        warnings.warn(ZeroFisherWarning(k - head_size, nonzero, sum(s.numel() for s in scores.values()), zero),
+                      stacklevel=2)
     return {n: chosen[n] if n in chosen else torch.ones(p.shape, dtype=torch.bool) for n, p in params.items()}
 
 

@@ -167,6 +167,108 @@ def test_fish_masks_modes_head_options_and_budget_errors():
         fishtune.fish_masks(model, batches(), 100, mode="best")
 
 
+class PlainClassifier(torch.nn.Module):
+    """No transformers, no PEFT library: embeddings, a dropout and two linear layers, called as fish_masks
+    calls a model (`model(**inputs).logits`)."""
+
+    def __init__(self, vocab: int, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.embed = torch.nn.Embedding(vocab, 16)
+        self.dropout = torch.nn.Dropout(0.5)
+        self.hidden = torch.nn.Linear(16, 16)
+        self.classifier = torch.nn.Linear(16, 2)
+        self.embed.requires_grad_(False)
+
+    def forward(self, input_ids, attention_mask=None, **_):
+        from types import SimpleNamespace
+
+        mask = attention_mask.unsqueeze(-1).float()
+        x = (self.embed(input_ids) * mask).sum(1) / mask.sum(1)
+        return SimpleNamespace(logits=self.classifier(torch.relu(self.hidden(self.dropout(x)))))
+
+
+def _module_state(model):
+    """Everything fish_masks could leave changed: each module's training flag and hooks, each
+    parameter's requires_grad and .grad."""
+    modules = [(name, m.training, len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks),
+                len(getattr(m, "_backward_pre_hooks", {}))) for name, m in model.named_modules()]
+    params = [(name, p.requires_grad, p.grad is None, len(getattr(p, "_backward_hooks", None) or {}))
+              for name, p in model.named_parameters()]
+    return modules, params
+
+
+@pytest.mark.parametrize("kind", ["peft_lora", "adapters_houlsby", "plain"])
+@pytest.mark.parametrize("mode", ["fish", "rand"])
+def test_fish_masks_leaves_every_module_as_it_found_it(kind, mode):
+    """The model comes back with every module's flag as it was, not only the top one's: a PeftModel
+    reports training=True while its inner modules may be in eval (a model from from_pretrained), and
+    setting the top flag back switched every dropout on. Here the flags are a mixed pattern, so any
+    module put back wrong shows."""
+    model = PlainClassifier(len(tokenizer())) if kind == "plain" else MODELS[kind]()
+    for i, m in enumerate(model.modules()):
+        m.training = i % 3 != 1
+    if kind == "peft_lora":  # and the case of the issue: the wrapper in train mode, its dropouts in eval
+        model.eval()
+        model.training = True
+    before = _module_state(model)
+    dropouts_on = [m.training for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    head = sum(p.numel() for n, p in trainable.items() if "classifier" in n.split("."))
+    fishtune.fish_masks(model, batches(), head + 20, mode=mode, num_samples=16)
+    assert _module_state(model) == before
+    assert [m.training for m in model.modules() if isinstance(m, torch.nn.Dropout)] == dropouts_on
+    if kind == "peft_lora":
+        assert model.training and not any(dropouts_on)
+
+
+def _lora_with_zero_a():
+    """peft's default LoRA init (B = 0): every lora_A's gradient, and so its Fisher, is exactly zero,
+    and every lora_B's is not (A is random)."""
+    model = peft_lora(init=True)
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    head = sum(p.numel() for n, p in trainable.items() if "classifier" in n.split("."))
+    lora_a = {n: p.numel() for n, p in trainable.items() if "lora_A" in n}
+    lora_b = {n: p.numel() for n, p in trainable.items() if "lora_B" in n}
+    return model, head, lora_a, lora_b
+
+
+def test_zero_fisher_fill_is_warned_once_with_its_counts_and_tensors():
+    model, head, lora_a, lora_b = _lora_with_zero_a()
+    b_entries, a_entries = sum(lora_b.values()), sum(lora_a.values())
+    # k takes every lora_B entry and 10 more: those 10 can only be zero-score lora_A entries, by position
+    # the first ones of the first lora_A tensor in model order.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        masks = fishtune.fish_masks(model, batches(), head + b_entries + 10, num_samples=16)
+    zero = [w.message for w in caught if issubclass(w.category, fishtune.ZeroFisherWarning)]
+    assert len(zero) == 1 and issubclass(fishtune.ZeroFisherWarning, UserWarning)
+    [w] = zero
+    first_a = next(iter(lora_a))
+    assert (w.needed, w.nonzero, w.candidates, w.filled) == (b_entries + 10, b_entries, a_entries + b_entries, 10)
+    assert w.tensors == {first_a: 10}
+    assert masks[first_a].flatten()[:10].all() and int(masks[first_a].sum()) == 10
+    assert f"k asks for {b_entries + 10} candidate entries but only {b_entries} of {a_entries + b_entries}" in str(w)
+    assert first_a in str(w)
+    # fish_spread gives each tensor its share by size: every lora_A's share is zero-score entries.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        spread = fishtune.fish_masks(model, batches(), head + 40, mode="fish_spread", num_samples=16)
+    [w] = [w.message for w in caught if issubclass(w.category, fishtune.ZeroFisherWarning)]
+    assert w.tensors == {n: int(spread[n].sum()) for n in lora_a if spread[n].any()}
+    assert w.filled == sum(int(spread[n].sum()) for n in lora_a) > 0
+
+
+def test_no_zero_fisher_warning_within_the_non_zero_scores_and_it_can_be_an_error():
+    model, head, lora_a, lora_b = _lora_with_zero_a()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", fishtune.ZeroFisherWarning)
+        fishtune.fish_masks(model, batches(), head + sum(lora_b.values()), num_samples=16)  # no fill: no error
+        with pytest.raises(fishtune.ZeroFisherWarning, match="1 zero-score entries were chosen by position"):
+            fishtune.fish_masks(model, batches(), head + sum(lora_b.values()) + 1, num_samples=16)
+        fishtune.fish_masks(model, None, head + sum(lora_b.values()) + 1, mode="rand")  # reads no Fisher
+
+
 def test_original_k_counts_the_original_configuration_on_the_meta_device():
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForSequenceClassification

@@ -87,6 +87,11 @@ BAD = [
     # an experiment is a sweep: without -m Hydra would do one default run and say nothing
     (["+row=nope"], "unknown row 'nope'; choose one of: fish, fish_layers10, "),
     (["+experiment=table1"], "an experiment is a sweep: run it with -m (python -m fishtune.run -m +experiment=table1)"),
+    # claims (sweeps sharing a runs folder)
+    (["claim.timeout_s=0"], "claim.timeout_s=0: must be a finite number > 0"),
+    (["claim.heartbeat_s=-5"], "claim.heartbeat_s=-5: must be a finite number > 0"),
+    (["claim.timeout_s=90", "claim.heartbeat_s=60"], "claim.timeout_s=90: must be at least twice claim.heartbeat_s=60"),
+    (["claim.enabled=maybe"], "claim.enabled='maybe': must be true or false"),
 ]
 
 

@@ -141,7 +141,7 @@ def test_study_groups_split_by_folder_and_learning_rate_and_leave_mixed_cells_ge
 def test_an_empty_folder_still_gets_a_page(tmp_path):
     (tmp_path / "runs").mkdir()
     views = {v["id"]: v for v in page_data(build_page(tmp_path / "runs"))["views"]}
-    assert set(views) == {"failed", "damaged"}
+    assert set(views) == {"in_progress", "failed", "damaged"}
 
 
 # ---- in a browser ----------------------------------------------------------------------------------

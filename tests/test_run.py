@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -19,9 +20,9 @@ RESULT_KEYS = [
     "schema", "run_id", "config_hash", "config", "model", "task", "method", "layers", "rank", "mask", "budget", "seed",
     "trainable", "head_entries", "total", "ratio_pct", "placement", "budget_ratio_pct", "lr", "train_examples",
     "dev_examples", "history", "best", "stop_reason", "dev_labels", "dev_predictions", "fisher_seconds",
-    "train_seconds", "samples_per_second", "tokens_per_second", "throughput", "threads", "peak_memory_mb",
-    "peak_rss_mb", "peak_rss_source", "cuda_max_allocated_mb", "cuda_max_reserved_mb", "device", "precision",
-    "precision_reason", "host", "slurm", "resumed_from_epoch", "versions", "git_commit", "finished_at"]
+    "zero_fisher_filled", "train_seconds", "samples_per_second", "tokens_per_second", "throughput", "threads",
+    "peak_memory_mb", "peak_rss_mb", "peak_rss_source", "cuda_max_allocated_mb", "cuda_max_reserved_mb", "device",
+    "precision", "precision_reason", "host", "slurm", "resumed_from_epoch", "versions", "git_commit", "finished_at"]
 
 
 def test_run_writes_result_file_then_skips(tmp_path, capsys):
@@ -77,6 +78,27 @@ def test_the_mechanism_modes_run_with_the_fish_budget(tmp_path, mode):
         assert per_tensor[mode] == per_tensor["fish"]
     else:
         assert max(per_tensor[mode]) - min(per_tensor[mode]) <= 1  # the method's tensors are all one size
+
+
+def test_result_file_records_the_zero_fisher_fill(tmp_path):
+    """peft's default LoRA init (B = 0) leaves every lora_A's Fisher zero: with k past the lora_B entries
+    the mask fills the rest with lora_A entries by position, and the run warns and records how many."""
+    from fishtune import ZeroFisherWarning
+
+    # tiny_bert, LoRA r1 on 5 layers' Q, K, V: 15 lora_B tensors of 32 entries; the head has 66.
+    cfg = run_config(tmp_path, "task=rte", "mask=fish", "peft.init=default", f"mask.k={66 + 15 * 32 + 20}", *QUICK)
+    with pytest.warns(ZeroFisherWarning, match="20 zero-score entries were chosen by position"):
+        result = run(cfg, progress=False)
+    # independently of the count: the mask's chosen lora_A entries (whose Fisher is zero by construction)
+    assert sum(t["chosen"] for t in result["placement"] if "lora_A" in t["module"]) == 20
+    assert result["zero_fisher_filled"] == 20 == json.loads(plan(cfg).path.read_text())["zero_fisher_filled"]
+    # A run that starts again from its saved mask (interrupted before its result file) reports the same.
+    plan(cfg).path.unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ZeroFisherWarning)  # the mask is read back, not chosen again
+        assert run(cfg, progress=False)["zero_fisher_filled"] == 20
+    rand = run(run_config(tmp_path, "task=rte", "mask=rand", *QUICK), progress=False)
+    assert "zero_fisher_filled" not in rand  # a mask that reads no Fisher has nothing to count
 
 
 def test_result_records_precision_memory_throughput_and_threads(tmp_path):

@@ -11,7 +11,8 @@ fishtune itself (`python -m fishtune.run -m hydra/launcher=slurm ...` on tiny_be
 fixtures): a 4-run sweep whose result files carry their job ids, one run signalled mid-training
 and requeued that resumes from its checkpoint and ends equal to an uninterrupted local run, and a
 sweep with a crashing run that `python -m fishtune.sweep_summary` reports while the other finishes.
-Last, GPUs: the node restarted with stand-in GPUs (`scripts/slurm-local start --gpus 2`, then
+Then two fishtune sweeps over one runs folder at once, which train no run twice (claims). Last,
+GPUs: the node restarted with stand-in GPUs (`scripts/slurm-local start --gpus 2`, then
 `--gpus 1 --shards 4`) and a 3-run fishtune sweep on each, one GPU per run and one shard per run.
 The cluster runs without accounting, so tests/slurm_bin (a test-only `sacct` stand-in that submitit
 polls) goes first on the sweep's PATH: without any sacct a job that dies without a result would
@@ -508,6 +509,43 @@ def test_sweep_summary_of_the_signalled_sweep(fishtune_sweeps):
     assert re.search(rf"slurm {s.signalled_job} on \S+, requeued 1x, resumed after epoch \d+", out.stdout), out.stdout
 
 
+@slurm
+def test_two_arrays_over_one_folder_train_no_config_twice(cluster, tmp_path):
+    """Two fishtune sweeps over one runs folder, submitted at once, each an array of the same 4 runs
+    that runs one task at a time, so that the two arrays meet on the same runs: each run trains in one
+    job only (its claim keeps the other array's job off it), and all four finish."""
+    from fishtune.harness.results import load_results
+
+    runs = tmp_path / "shared"
+    env = {**_fishtune_env(), "FISHTUNE_SLURM_ARRAY_PARALLELISM": "1"}
+    args = ("model=tiny_bert", f"data.glue_dir={GLUE}", "task=rte,mrpc", "mask=none,fish", "train.max_epochs=4",
+            "train.patience=4", "train.batch_size=2", "fisher.samples=16")
+    cmd = [sys.executable, "-m", "fishtune.run", "-m", "hydra/launcher=slurm", f"hydra.launcher.name={FISHTUNE_JOB_NAME}",
+           *args, f"paths.runs_dir={runs}"]
+    procs = {name: _start(cmd, tmp_path / name, env) for name in ("first", "second")}
+    logs = {}
+    for name, proc in procs.items():
+        rc, logs[name] = _finish(proc, tmp_path / name, FT_TIMEOUT_S)
+        assert rc == 0, logs[name]
+    results = load_results(runs)
+    assert sorted((r["task"], r["mask"]) for r in results) == [("mrpc", "fish"), ("mrpc", "none"), ("rte", "fish"),
+                                                                ("rte", "none")]
+    # Which jobs trained, from their own logs (the epochs bar on stderr), not from what the claims say.
+    sweeps = sorted(runs.glob("hydra/multirun_*"))
+    assert len(sweeps) == 2
+    trained = [log.parent.name for sweep in sweeps for log in sweep.glob(".submitit/*/*_log.err")
+               if re.search(r"(rte|mrpc) epochs:", log.read_text())]
+    assert len(trained) == 4, trained  # not 8
+    assert sorted(trained) == sorted(_label(r["slurm"]) for r in results)
+    # The other 4 jobs each left their run to the other array's job, or found it finished: the sweeps say so.
+    left = sum(int(re.search(r"fishtune: sweep done: (\d+) runs? left to other live sweeps", log).group(1))
+               for log in logs.values())
+    found = sum(log.read_text().count("fishtune: skip, result exists")
+                for sweep in sweeps for log in sweep.glob(".submitit/*/*_log.out"))
+    assert left + found == 4, (left, found, logs)
+    assert not list(runs.glob("*.claim*")) and not list(runs.glob("*.ckpt.pt"))
+
+
 # ---- GPUs: one per run, and shared through Slurm's shards (stand-in GPUs) ------------------------
 
 # 3 tiny fishtune runs of one epoch each; every job takes many seconds (Python, torch, the model), so
@@ -661,7 +699,7 @@ def test_sweep_summary_lists_finished_failed_and_jobs_without_result(tmp_path, m
     assert not s["ok"]
     assert sweep_summary.main([str(tmp_path)]) == 1
     text = capsys.readouterr().out
-    assert text.startswith(f"sweep summary of {tmp_path}: 2 finished, 1 failed, 1 without a result\n")
+    assert text.startswith(f"sweep summary of {tmp_path}: 2 finished, 1 failed, 1 without a result, 0 in progress\n")
     assert "  a-none  score 61.25 (best epoch 2 of 2, max_epochs)  on node7\n" in text
     assert "  b-fish  score 61.25 (best epoch 2 of 2, max_epochs)  slurm 7_1 on node7, requeued 1x, " \
            "resumed after epoch 3\n    42 s training, bf16, 48.1 samples/s, 1210 tokens/s, peak 812 MB, 1 threads\n" in text

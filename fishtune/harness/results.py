@@ -34,7 +34,7 @@ from typing import Any, Mapping
 SCHEMA = 2                # what new result files are written with
 SCHEMAS = (1, 2)          # what loads (RunResult.from_json)
 # Keys that do not change what a run computes: excluded from its identity.
-_NOT_IDENTITY = ("paths", "force", "logger", "hydra")
+_NOT_IDENTITY = ("paths", "force", "claim", "logger", "hydra")
 DAMAGED = ".damaged"  # suffix of a file set aside because it could not be read
 
 
@@ -44,6 +44,8 @@ class Diverged(RuntimeError):
 
 # The keys an adaptive run adds; absent (not null) in every other result file.
 _ADAPTIVE_KEYS = ("trainable_final", "ratio_pct_final", "ratio_pct_mean", "active_ratio_history")
+# Keys written only when set (a run whose mask reads a Fisher); older files lack them.
+_OPTIONAL_KEYS = (*_ADAPTIVE_KEYS, "zero_fisher_filled")
 
 
 @dataclass(kw_only=True)
@@ -79,6 +81,9 @@ class RunResult:
     dev_labels: list | None = None
     dev_predictions: list | None = None
     fisher_seconds: float
+    # a Fisher mode's chosen entries whose Fisher score is zero (k beyond the non-zero scores, filled by
+    # position: fishtune.ZeroFisherWarning); absent for masks that read no Fisher and in older files
+    zero_fisher_filled: int | None = None
     train_seconds: float
     samples_per_second: float
     tokens_per_second: float | None = None   # training tokens, padding left out
@@ -107,9 +112,10 @@ class RunResult:
     extra: dict = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        """The result file's content: every field in order, the adaptive ones only when set, then `extra`."""
+        """The result file's content: every field in order, the adaptive ones and zero_fisher_filled only
+        when set, then `extra`."""
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
-        for key in _ADAPTIVE_KEYS:
+        for key in _OPTIONAL_KEYS:
             if out[key] is None:
                 del out[key]
         return {**out, **self.extra}
@@ -264,37 +270,48 @@ def load_failures(runs_dir: str | Path, damaged: list[str] | None = None) -> lis
 
 # A run's mask file (`<run>.mask.pt`): torch is imported only where a mask is read or written.
 
-def save_mask_file(path, masks: Mapping[str, Any], fisher_seconds: float = 0.0) -> None:
-    """A run's mask beside its result file, with what the Fisher cost (a resumed run reports it)."""
+def save_mask_file(path, masks: Mapping[str, Any], fisher_seconds: float = 0.0,
+                   zero_fisher_filled: int | None = None) -> None:
+    """A run's mask beside its result file, with what the Fisher cost and how many of its entries had a
+    zero Fisher score (a resumed run reports both)."""
     import torch
 
-    torch.save({"masks": dict(masks), "fisher_seconds": float(fisher_seconds)}, path)
+    torch.save({"masks": dict(masks), "fisher_seconds": float(fisher_seconds),
+                "zero_fisher_filled": zero_fisher_filled}, path)
 
 
-def read_mask_file(path: Path, like: Mapping[str, Any]) -> tuple[dict[str, Any], float] | None:
-    """load_mask_file for a run that resumes: None when there is no file, or when it is damaged (unreadable,
-    truncated, or not shaped like the run's candidate tensors `like`); a damaged one is set aside as
-    `<name>.damaged` with a warning, and the run builds its mask again."""
+def read_mask_file(path: Path, like: Mapping[str, Any]) -> tuple[dict[str, Any], float, int | None] | None:
+    """(masks, fisher_seconds, zero_fisher_filled) for a run that resumes: None when there is no file, or
+    when it is damaged (unreadable, truncated, or not shaped like the run's candidate tensors `like`); a
+    damaged one is set aside as `<name>.damaged` with a warning, and the run builds its mask again."""
     if not path.exists():
         return None
     try:
-        masks, fisher_seconds = load_mask_file(path)
+        saved = _mask_record(path)
+        masks = saved["masks"]
         if set(masks) != set(like) or any(tuple(masks[n].shape) != tuple(q.shape) for n, q in like.items()):
             raise ValueError("its tensors are not the run's candidates")
     except Exception as e:  # noqa: BLE001 - whatever torch.load makes of a broken file, it cannot be used
         set_aside(path, f"{type(e).__name__}: {e}".splitlines()[0][:200] + "; the mask is built again")
         return None
-    return masks, fisher_seconds
+    return masks, saved["fisher_seconds"], saved["zero_fisher_filled"]
+
+
+def _mask_record(path) -> dict[str, Any]:
+    """A mask file as {masks, fisher_seconds, zero_fisher_filled}; what older files lack is 0 and None."""
+    import torch
+
+    saved = torch.load(path)
+    if not isinstance(saved.get("masks"), dict):  # the earliest files: the masks alone
+        saved = {"masks": saved}
+    return {"masks": saved["masks"], "fisher_seconds": float(saved.get("fisher_seconds", 0.0)),
+            "zero_fisher_filled": saved.get("zero_fisher_filled")}
 
 
 def load_mask_file(path) -> tuple[dict[str, Any], float]:
     """(masks, fisher_seconds) of a mask file; files from before fisher_seconds was kept give 0."""
-    import torch
-
-    saved = torch.load(path)
-    if isinstance(saved.get("masks"), dict):
-        return saved["masks"], float(saved.get("fisher_seconds", 0.0))
-    return saved, 0.0
+    saved = _mask_record(path)
+    return saved["masks"], saved["fisher_seconds"]
 
 
 def set_aside_files(runs_dir: str | Path) -> list[Path]:

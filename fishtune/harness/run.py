@@ -8,6 +8,7 @@ inside the functions that need them, so that a bad value never waits for them.
 """
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -15,12 +16,15 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from hydra.experimental.callback import Callback
+
 from . import CONF_DIR
+from . import claims
 from . import data as glue
 from . import tracking
 from .results import (Diverged, RunResult, config_hash, git_commit, json_safe, now_iso, package_versions, read_result,
@@ -232,32 +236,43 @@ def build_model(p: Plan, tokenizer, device: str):
     return model, head, candidates
 
 
-def choose_mask(p: Plan, model, head: dict, candidates: dict, data: Data) -> tuple[dict, float]:
-    """(masks over the method's tensors, seconds the Fisher took). A resumed run keeps the mask file it
-    started with; a new mask is saved beside the result file before training."""
+def choose_mask(p: Plan, model, head: dict, candidates: dict, data: Data) -> tuple[dict, float, int | None]:
+    """(masks over the method's tensors, seconds the Fisher took, chosen entries whose Fisher score is
+    zero: None without a Fisher). A resumed run keeps the mask file it started with; a new mask is saved
+    beside the result file before training."""
+    import warnings
+
     import torch
 
     from .. import FISHER_MODES
-    from ..masks import fish_masks
+    from ..masks import ZeroFisherWarning, fish_masks
     from .results import read_mask_file, save_mask_file
 
     cfg, seed = p.config, int(p.config["seed"])
     mask_file = p.path.with_suffix(".mask.pt")
     select = "fish" if p.mode == "adaptive" and cfg["mask"].get("start") == "fish" else p.mode
     if select in ("none", "adaptive", HEAD_ONLY):  # everything inserted trains (adaptive then freezes groups)
-        return {n: torch.full_like(q, select != HEAD_ONLY, dtype=torch.bool) for n, q in candidates.items()}, 0.0
+        return {n: torch.full_like(q, select != HEAD_ONLY, dtype=torch.bool) for n, q in candidates.items()}, 0.0, None
     if (saved := read_mask_file(mask_file, candidates)) is not None:
         return saved
     if (stale := p.path.with_suffix(".ckpt.pt")).exists():  # trained under a mask that is gone: start over
         set_aside(stale, "its run's mask file is missing or damaged, so its training cannot continue")
     t0 = time.perf_counter()
     batches = fisher_batches(data.train, data.tokenizer, cfg["fisher"], seed) if select in FISHER_MODES else None
-    masks = fish_masks(model, batches, p.k, select, num_samples=int(cfg["fisher"]["samples"]), seed=seed,
-                       head=list(head))
+    # The warning's count goes into the result file; it is caught here whatever the filters say (a repeated
+    # message would otherwise be shown, and so recorded, only once per process), then warned again below.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ZeroFisherWarning)
+        masks = fish_masks(model, batches, p.k, select, num_samples=int(cfg["fisher"]["samples"]), seed=seed,
+                           head=list(head))
+    zero = [w for w in caught if issubclass(w.category, ZeroFisherWarning)]
+    for w in caught:  # through the caller's filters: shown, ignored, or an error that fails the run
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     masks = {n: masks[n] for n in candidates}  # the mask file keeps the method's entries; the head trains in full
     fisher_seconds = time.perf_counter() - t0 if batches is not None else 0.0
-    save_mask_file(mask_file, masks, fisher_seconds)
-    return masks, fisher_seconds
+    zero_filled = (zero[0].message.filled if zero else 0) if batches is not None else None
+    save_mask_file(mask_file, masks, fisher_seconds, zero_filled)
+    return masks, fisher_seconds, zero_filled
 
 
 def result_keys(p: Plan) -> dict[str, Any]:
@@ -267,10 +282,10 @@ def result_keys(p: Plan) -> dict[str, Any]:
             "rank": cfg["peft"].get("rank"), "mask": p.mode, "budget": int(cfg["budget"]), "seed": int(cfg["seed"])}
 
 
-def execute(p: Plan, progress: bool = True) -> dict:
+def execute(p: Plan, progress: bool = True, on_epoch: Callable[[dict], Any] | None = None) -> dict:
     """Run the plan and write its result file; returns the result (RunResult.to_json()).
 
-    The steps: data, model, mask, train, write."""
+    The steps: data, model, mask, train, write. `on_epoch` sees each epoch's record (a claim's heartbeat)."""
     import torch
     from transformers import set_seed
 
@@ -287,7 +302,7 @@ def execute(p: Plan, progress: bool = True) -> dict:
 
     data = load_data(p)
     model, head, candidates = build_model(p, data.tokenizer, device)
-    masks, fisher_seconds = choose_mask(p, model, head, candidates, data)
+    masks, fisher_seconds, zero_fisher_filled = choose_mask(p, model, head, candidates, data)
     trainable = apply_masks(model, masks)
     freezer = None
     if p.mode == "adaptive":
@@ -300,10 +315,16 @@ def execute(p: Plan, progress: bool = True) -> dict:
                              device=device, bf16=bf16, progress=progress)
     keys = result_keys(p)
     tracker = tracking.start(cfg, keys, p.path.stem)
+    listeners = [f for f in (tracker[0] if tracker else None, on_epoch) if f is not None]
+
+    def each_epoch(record: dict) -> None:
+        for listener in listeners:
+            listener(record)
+
     checkpoint = p.path.with_suffix(".ckpt.pt")
     # A requeued (or rerun) job continues after the last epoch its checkpoint holds.
     outcome = train(model, data.train_loader, data.dev_loader, p.task, settings, masks, checkpoint=checkpoint,
-                    on_epoch=tracker[0] if tracker else None, freezer=freezer)
+                    on_epoch=each_epoch if listeners else None, freezer=freezer)
 
     result = RunResult(
         run_id=p.path.stem, config_hash=config_hash(cfg), config=cfg, **keys,
@@ -317,7 +338,7 @@ def execute(p: Plan, progress: bool = True) -> dict:
         history=outcome.history, best=outcome.best, stop_reason=outcome.stop_reason,
         # Per dev example, in the order of the seeded dev subsample: paired tests between runs.
         dev_labels=[e["labels"] for e in data.dev], dev_predictions=outcome.best_predictions,
-        fisher_seconds=fisher_seconds, train_seconds=outcome.train_seconds,
+        fisher_seconds=fisher_seconds, zero_fisher_filled=zero_fisher_filled, train_seconds=outcome.train_seconds,
         samples_per_second=outcome.samples_seen / max(outcome.train_seconds, 1e-9),
         tokens_per_second=outcome.tokens_seen / max(outcome.train_seconds, 1e-9),
         throughput=outcome.throughput,
@@ -347,17 +368,37 @@ def write_result(p: Plan, result: RunResult, tracker=None) -> dict:
     return out
 
 
-def run(config: dict | DictConfig, progress: bool = True) -> dict:
-    """Plan and execute one run, or return the existing result when its file is already there."""
-    if isinstance(config, DictConfig):
-        config = OmegaConf.to_container(config, resolve=True)
-    p = plan(config)
-    if p.path.exists() and not config.get("force"):
+def finished(p: Plan) -> dict | None:
+    """The run's result when its file is there (and readable) and force is off, else None."""
+    if p.path.exists() and not p.config.get("force"):
         existing = read_result(p.path)  # None: damaged, set aside with a warning, and the run is redone
         if existing is not None:
             print(f"fishtune: skip, result exists: {p.path}")
             return existing
-    return execute(p, progress=progress)
+    return None
+
+
+def run(config: dict | DictConfig, progress: bool = True) -> dict:
+    """Plan and execute one run, or return the existing result when its file is already there.
+
+    The run is claimed while it trains (claim.enabled; fishtune/harness/claims.py): a run that another
+    live sweep has claimed raises claims.ClaimedElsewhere and is not touched."""
+    if isinstance(config, DictConfig):
+        config = OmegaConf.to_container(config, resolve=True)
+    p = plan(config)
+    if (existing := finished(p)) is not None:
+        return existing
+    settings = config["claim"]
+    if not settings["enabled"]:
+        return execute(p, progress=progress)
+    claim = claims.acquire(p.path, float(settings["timeout_s"]), float(settings["heartbeat_s"]))
+    if isinstance(claim, claims.Busy):
+        raise claims.ClaimedElsewhere(claim, p.path)
+    with claim:  # heartbeats while it trains; released however the run ends
+        # Another sweep may have finished the run between the look above and the claim.
+        if (existing := finished(p)) is not None:
+            return existing
+        return execute(p, progress=progress, on_epoch=claim.beat)
 
 
 def check_group_overrides(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
@@ -411,6 +452,12 @@ def _hydra_main(cfg: DictConfig) -> None:
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         result = run(config)
+    except claims.ClaimedElsewhere as e:  # not this sweep's to train: counted at the sweep's end (SweepEnd)
+        print(f"fishtune: skip, claimed by another live sweep: {e.result} ({e.busy.describe()})")
+        if in_sweep:
+            write_json_atomic(Path(HydraConfig.get().runtime.output_dir) / LEFT_TO_OTHERS,
+                              {"run": str(e.result), "owner": e.busy.describe()})
+        return
     except Exception as e:  # noqa: BLE001 - a sweep records every failure and goes on with the next run
         if in_sweep:
             path = record_failure(config, e)
@@ -427,6 +474,23 @@ def _hydra_main(cfg: DictConfig) -> None:
     best = result["best"]
     print(f"fishtune: {result['run_id']}: best {result['task']} score {best['score']:.2f} at epoch {best['epoch']} "
           f"({result['stop_reason']}), trainable {result['trainable']} = {result['ratio_pct']:.4f}%")
+
+
+# Written in a sweep job's Hydra folder when its run was left to another live sweep; SweepEnd counts them.
+LEFT_TO_OTHERS = "left_to_another_sweep.json"
+
+
+class SweepEnd(Callback):
+    """Hydra callback (fishtune/conf/config.yaml): at the end of a sweep, in the process that launched
+    it (also for Slurm arrays), say how many of its runs it left to other live sweeps, and which."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        left = [json.loads(f.read_text()) for f in sorted(sweep_dir.rglob(LEFT_TO_OTHERS))]
+        print(f"fishtune: sweep done: {len(left)} run{'' if len(left) == 1 else 's'} left to other live sweeps"
+              + (" (python -m fishtune.sweep_summary shows them in progress):" if left else ""))
+        for item in left:
+            print(f"  {Path(item['run']).name}: {item['owner']}")
 
 
 def check_experiment_is_a_sweep(argv: list[str]) -> None:

@@ -125,10 +125,22 @@ def check_config(config: Mapping[str, Any]) -> None:
     device = get(config, "train.device")
     if not (device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", str(device))):
         raise ConfigError(f"train.device={show(device)}: choose one of: auto, cpu, cuda, cuda:N")
+    check_claim(config)
     if uses_fisher(config):
         why = f" (mask={mode} ranks entries by a Fisher estimated on that many training samples)"
         check_int(config, "fisher.samples", 1, why=why)
         check_int(config, "fisher.chunk_size", 1, why=" (samples per backward pass of the Fisher)")
+
+
+def check_claim(config: Mapping[str, Any]) -> None:
+    """claim.* (fishtune/harness/claims.py): a switch, and a heartbeat well inside the timeout."""
+    enabled = get(config, "claim.enabled")
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"claim.enabled={show(enabled)}: must be true or false")
+    heartbeat = check_float(config, "claim.heartbeat_s", 0, above=True)
+    timeout = check_float(config, "claim.timeout_s", 0, above=True)
+    if timeout < 2 * heartbeat:  # one late heartbeat must not make a live owner look gone
+        raise ConfigError(f"claim.timeout_s={timeout:g}: must be at least twice claim.heartbeat_s={heartbeat:g}")
 
 
 # --- the hub ------------------------------------------------------------------------------------

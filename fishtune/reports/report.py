@@ -10,10 +10,13 @@ It shows, each table sortable, filterable and exportable as CSV:
                  table with 95 % intervals and the trivial baseline, and its paired comparisons (p, Holm p)
   cells          per (model, method, rank, layers, lr, task, budget, mask) the seeds' mean and 95 %
                  t-interval, with a figure of the seeds as points (the interactive results/study/figure.png)
-  runs           one line per run; a click shows its per-epoch curves, best epoch, stop reason and costs
+  runs           one line per run; a click shows its per-epoch curves, best epoch, stop reason and costs,
+                 and `zero-Fisher filled`: entries its mask had to choose with a zero Fisher score
   placement      chosen mask entries per layer and module, from the result files' `placement` or the
                  `<run>.mask.pt` saved beside them
   cost           score against train_seconds (and peak memory where recorded), per mode
+  in progress    runs a sweep has claimed and trains (`<run>.claim`): the owner (host, pid, Slurm job),
+                 when it started and its last heartbeat
   problems       failed runs (`*.failed.json`) and damaged or unreadable files
 The statistics are fishtune.study's (t_interval, study_table, paired_table, baselines_from); the paired
 bootstrap runs with fewer resamples than the study's own tables (--resamples, default 200) to keep the
@@ -32,6 +35,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from ..harness.claims import in_progress
 from ..harness.results import load_failures, load_results, set_aside_files
 from . import ROWS
 from .paper import TASK_TITLES
@@ -41,8 +45,8 @@ from .study import baselines_from, frame, paired_table, study_table
 # What a run's line keeps of its result file (dev_predictions, dev_labels and config stay out).
 RUN_FIELDS = ("run_id", "model", "task", "method", "layers", "rank", "mask", "budget", "seed", "lr",
               "trainable", "total", "ratio_pct", "budget_ratio_pct", "ratio_pct_mean", "stop_reason",
-              "train_seconds", "fisher_seconds", "samples_per_second", "tokens_per_second", "peak_memory_mb",
-              "cuda_max_allocated_mb", "cuda_max_reserved_mb", "threads", "device", "precision",
+              "train_seconds", "fisher_seconds", "zero_fisher_filled", "samples_per_second", "tokens_per_second",
+              "peak_memory_mb", "cuda_max_allocated_mb", "cuda_max_reserved_mb", "threads", "device", "precision",
               "precision_reason", "host", "resumed_from_epoch", "finished_at")
 HISTORY_FIELDS = ("epoch", "train_loss", "dev_loss", "score")
 THROUGHPUT_FIELDS = ("samples_per_second", "tokens_per_second")  # per epoch, in the result's `throughput`
@@ -248,7 +252,8 @@ def runs_view(runs: list[dict]) -> dict:
         ("seed", "seed", "int"), ("lr", "lr", "g3"), ("score", "best score", "f2"), ("best_epoch", "best epoch", "int"),
         ("epochs", "epochs", "int"), ("stop_reason", "stop", "text"), ("trainable", "trainable", "int"),
         ("ratio_pct", "ratio %", "f4"), ("train_seconds", "train s", "f1"), ("fisher_seconds", "Fisher s", "f1"),
-        ("samples_per_second", "samples/s", "f1"), ("tokens_per_second", "tokens/s", "f1"),
+        ("zero_fisher_filled", "zero-Fisher filled", "int"), ("samples_per_second", "samples/s", "f1"),
+        ("tokens_per_second", "tokens/s", "f1"),
         ("peak_memory_mb", "peak MB", "f1"), ("cuda_max_allocated_mb", "CUDA alloc MB", "f1"),
         ("device", "device", "text"), ("precision", "precision", "text")],
         ["folder", "model", "method", "task", "budget", "mask", "lr", "precision", "stop_reason"], click="run",
@@ -301,6 +306,18 @@ def cost_view(runs: list[dict]) -> dict:
                                  "Peak memory is drawn where the result files record it.")
 
 
+def in_progress_view(runs_dir: Path) -> dict:
+    """The runs being trained: their claims' owners and last heartbeats (as of the page's build: the only
+    part of the page that changes without a result file changing)."""
+    rows = pd.DataFrame([{**{k: v for k, v in c.to_json().items() if k != "heartbeat_age_s"},
+                          "path": str(Path(c.path).relative_to(runs_dir))} for c in in_progress(runs_dir)])
+    return _view("in_progress", f"In progress ({len(rows)})", rows, [
+        ("run_id", "run", "text"), ("owner", "owner", "text"), ("host", "host", "text"), ("pid", "pid", "int"),
+        ("slurm", "Slurm job", "text"), ("started_at", "started", "text"), ("heartbeat", "last heartbeat", "text"),
+        ("state", "state when the page was built", "text")], ["host", "slurm"],
+        empty="No run in progress: no sweep holds a claim here.")
+
+
 def problem_views(runs_dir: Path, damaged: list[str]) -> list[dict]:
     """The failed runs (their reason and error) and the files that could not be read or were set aside."""
     failures = pd.DataFrame([{"path": str(Path(f["_path"]).relative_to(runs_dir)), "reason": f.get("reason"),
@@ -328,7 +345,7 @@ def build_page(runs_dir: str | Path, n_resamples: int = DEFAULT_RESAMPLES, title
     views = study_views(results, runs_dir, baselines, n_resamples) if results else []
     if runs:
         views += [cells_view(runs, baselines), runs_view(runs), placement_view(runs), cost_view(runs)]
-    views += problem_views(runs_dir, damaged)
+    views += [in_progress_view(runs_dir), *problem_views(runs_dir, damaged)]
     data = {"title": title or f"fishtune results: {runs_dir}", "runs_dir": str(runs_dir), "runs": runs,
             # No build time: the same result files give the same page, byte for byte.
             "latest": max((r.get("finished_at") or "" for r in results), default=""), "views": views,

@@ -10,11 +10,14 @@ Lists, for every run under RUNS_DIR (any launcher, any number of sweeps):
   without result  Slurm jobs of a hydra-submitit sweep (RUNS_DIR/hydra/*/.submitit/) that have no
                   submitit result: still queued or running, or killed without one (out of memory,
                   node failure, scancel), with their overrides and log
+  in progress     runs claimed by a sweep that trains them (`<run>.claim`, fishtune/harness/claims.py):
+                  the owner (host, pid, Slurm job), its last heartbeat, and whether it is live or
+                  stale (its owner is gone: the next sweep over the folder takes the run over)
   damaged         result or failure files that cannot be read (skipped), and files runs set aside
                   as `*.damaged` (a truncated checkpoint, mask or result; the run started over)
 
-Exit status 0 when every run found has finished, 1 when any failed, has no result or a file is
-unreadable, 2 when RUNS_DIR is missing. `summarize()` returns the same as a dict (what --json prints).
+Exit status 0 when every run found has finished, 1 when any failed, has no result, is still in
+progress or a file is unreadable, 2 when RUNS_DIR is missing. `summarize()` returns the same as a dict (what --json prints).
 """
 from __future__ import annotations
 
@@ -27,20 +30,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ..harness.claims import in_progress, slurm_label
 from ..harness.results import load_failures, load_results, set_aside_files
 
 # What a run cost, as its result file records it (null where a schema-1 file predates the key).
 COST_KEYS = ("train_seconds", "precision", "samples_per_second", "tokens_per_second", "peak_memory_mb", "threads")
 _JOB_DIR = re.compile(r"^\d+(_\d+)?$")  # submitit's folder per job: JOBID or ARRAYID_TASK
-
-
-def _slurm_label(slurm: dict | None) -> str | None:
-    """ARRAYID_TASK for an array task (what squeue and submitit show), else the job id."""
-    if not slurm:
-        return None
-    if slurm.get("array_job_id") and slurm.get("array_task_id") is not None:
-        return f"{slurm['array_job_id']}_{slurm['array_task_id']}"
-    return slurm.get("job_id")
 
 
 def _gpu_label(slurm: dict | None) -> str | None:
@@ -113,7 +108,7 @@ def summarize(runs_dir: str | Path) -> dict:
             "run_id": r["run_id"], "task": r.get("task"), "mask": r.get("mask"),
             "score": r.get("best", {}).get("score"), "best_epoch": r.get("best", {}).get("epoch"),
             "epochs": len(history), "stop_reason": r.get("stop_reason"), "host": r.get("host"),
-            "slurm": _slurm_label(r.get("slurm")), "gpu": _gpu_label(r.get("slurm")),
+            "slurm": slurm_label(r.get("slurm")), "gpu": _gpu_label(r.get("slurm")),
             "restarts": int((r.get("slurm") or {}).get("restart_count") or 0),
             "resumed_from_epoch": r.get("resumed_from_epoch"), "path": r["_path"],
             **{key: r.get(key) for key in COST_KEYS},
@@ -126,13 +121,15 @@ def summarize(runs_dir: str | Path) -> dict:
             continue
         failed.append({"run_id": run_id, "reason": f.get("reason") or str(f.get("error") or "").split("\n")[0],
                        "error": f.get("error"), "host": f.get("host"),
-                       "slurm": _slurm_label(f.get("slurm")), "gpu": _gpu_label(f.get("slurm")),
+                       "slurm": slurm_label(f.get("slurm")), "gpu": _gpu_label(f.get("slurm")),
                        "finished_at": f.get("finished_at"),
                        "path": f["_path"]})
     no_result = _jobs_without_result(runs_dir)
+    running = [c.to_json() for c in in_progress(runs_dir)]
     return {"runs_dir": str(runs_dir), "finished": finished, "failed": failed, "without_result": no_result,
-            "unreadable": unreadable, "set_aside": [str(p) for p in set_aside_files(runs_dir)],
-            "ok": not failed and not no_result and not unreadable}
+            "in_progress": running, "unreadable": unreadable,
+            "set_aside": [str(p) for p in set_aside_files(runs_dir)],
+            "ok": not failed and not no_result and not running and not unreadable}
 
 
 def _where(r: dict) -> str:
@@ -143,7 +140,8 @@ def _where(r: dict) -> str:
 
 def format_summary(s: dict) -> str:
     n_f, n_x, n_n = len(s["finished"]), len(s["failed"]), len(s["without_result"])
-    lines = [f"sweep summary of {s['runs_dir']}: {n_f} finished, {n_x} failed, {n_n} without a result"]
+    lines = [f"sweep summary of {s['runs_dir']}: {n_f} finished, {n_x} failed, {n_n} without a result, "
+             f"{len(s['in_progress'])} in progress"]
     if s["finished"]:
         lines.append("finished:")
         for r in s["finished"]:
@@ -174,6 +172,11 @@ def format_summary(s: dict) -> str:
             if j["overrides"] is not None:
                 lines.append(f"    overrides: {' '.join(j['overrides'])}")
             lines.append(f"    log: {j['log']}")
+    if s["in_progress"]:
+        lines.append("in progress (claimed by the sweep that trains it; stale: its owner is gone, the next sweep "
+                     "takes it over):")
+        for c in s["in_progress"]:
+            lines.append(f"  {c['run_id']}  {c['state']}: {c['owner']}, heartbeat {c['heartbeat_age_s']:.0f} s ago")
     if s["unreadable"]:
         lines.append("unreadable (skipped):")
         lines += [f"  {u}" for u in s["unreadable"]]
