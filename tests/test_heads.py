@@ -84,3 +84,18 @@ def test_fish_masks_counts_the_mean_head_inside_k(method):
     counts = count_on_meta(conf, peft_cfg(method), 3, "bert")
     assert counts["head"] == head_size
     assert counts["trainable"] == head_size + sum(p.numel() for p in candidates.values())
+
+
+def test_the_pilot_rule_takes_the_best_rate_that_beats_every_head_only_mean():
+    import pandas as pd
+
+    from fishtune.reports.pilot import choose_lr
+
+    rows = [("sst2", "head only", 1e-3, 70.0), ("sst2", "head only", 5e-3, 74.0),
+            ("stsb", "head only", 1e-3, 20.0), ("stsb", "head only", 5e-3, 10.0),
+            ("sst2", "original", 1e-3, 75.0), ("stsb", "original", 1e-3, 21.0),   # beats 74 and 20: mean 48
+            ("sst2", "original", 5e-3, 80.0), ("stsb", "original", 5e-3, 19.0)]   # misses 20 on STS-B
+    table = pd.DataFrame(rows, columns=["task", "row", "lr", "mean"])
+    assert choose_lr(table) == (1e-3, {"sst2": 74.0, "stsb": 20.0})
+    table.loc[4, "mean"] = 73.0  # now no rate beats the reference on both tasks
+    assert choose_lr(table)[0] is None
