@@ -99,3 +99,25 @@ def test_the_pilot_rule_takes_the_best_rate_that_beats_every_head_only_mean():
     assert choose_lr(table) == (1e-3, {"sst2": 74.0, "stsb": 20.0})
     table.loc[4, "mean"] = 73.0  # now no rate beats the reference on both tasks
     assert choose_lr(table)[0] is None
+
+
+def test_a_head_rate_of_its_own_moves_only_the_head_when_the_method_rate_is_zero(tmp_path):
+    from fishtune.harness.train import TrainSettings, masked_adam
+
+    model, tok = tiny("mean")
+    model = insert_method(model, peft_cfg("lora"), 2, "bert")
+    head, candidates = split_trainable(model, "bert")
+    masks = {n: torch.ones_like(p, dtype=torch.bool) for n, p in candidates.items()}
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    opt = masked_adam(model, masks, TrainSettings(lr=0.0, head_lr=1e-2))
+    batch = next(iter(loader(tok, get_task("rte"), n=8)))
+    model(**batch).loss.backward()
+    opt.step()
+    moved = {n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])}
+    assert moved == set(head)
+    # null keeps the identity of the runs from before the key; a value makes another run
+    config = run_config(tmp_path, "task=rte")
+    assert config["train"]["head_lr_scale"] is None
+    older = {**config, "train": {k: v for k, v in config["train"].items() if k != "head_lr_scale"}}
+    assert config_hash(config) == config_hash(older)
+    assert config_hash(run_config(tmp_path, "task=rte", "train.head_lr_scale=400")) != config_hash(config)

@@ -143,6 +143,9 @@ def identity(config: Mapping[str, Any]) -> dict:
     # The pooler head is what every run had before `model.head` existed: naming it keeps their identity.
     if isinstance(out.get("model"), Mapping) and out["model"].get("head") == "pooler":
         out["model"] = {k: v for k, v in out["model"].items() if k != "head"}
+    # A head rate of null is the one rate every run had before the key existed.
+    if isinstance(out.get("train"), Mapping) and out["train"].get("head_lr_scale", 0) is None:
+        out["train"] = {k: v for k, v in out["train"].items() if k != "head_lr_scale"}
     if isinstance(out.get("data"), Mapping):  # where GLUE is read from does not change the run
         out["data"] = {k: v for k, v in out["data"].items() if k != "glue_dir"}
     return out

@@ -310,9 +310,11 @@ def execute(p: Plan, progress: bool = True, on_epoch: Callable[[dict], Any] | No
             k: cfg["mask"][k] for k in AdaptiveSettings.__dataclass_fields__ if k in cfg["mask"]}))
 
     lr = float(cfg["train"]["lr"] or p.task.lr) * float(cfg["train"]["lr_scale"])
+    head_scale = cfg["train"].get("head_lr_scale")
+    head_lr = None if head_scale is None else float(cfg["train"]["lr"] or p.task.lr) * float(head_scale)
     settings = TrainSettings(lr=lr, weight_decay=float(cfg["train"]["weight_decay"]),
                              max_epochs=int(cfg["train"]["max_epochs"]), patience=int(cfg["train"]["patience"]),
-                             device=device, bf16=bf16, progress=progress)
+                             device=device, bf16=bf16, progress=progress, head_lr=head_lr)
     keys = result_keys(p)
     tracker = tracking.start(cfg, keys, p.path.stem)
     listeners = [f for f in (tracker[0] if tracker else None, on_epoch) if f is not None]

@@ -38,6 +38,7 @@ class TrainSettings:
     device: str = "cpu"
     bf16: bool = False            # autocast to bf16 (choose_precision); parameters and optimiser stay fp32
     progress: bool = True
+    head_lr: float | None = None  # the head's own rate (a parameter group); None: lr, as in the paper
 
 
 @dataclass
@@ -81,6 +82,11 @@ def masked_adam(model: nn.Module, masks: Mapping[str, torch.Tensor], settings: T
     entries `masks` leave out (absent = fully trainable) never change (fishtune.optim)."""
     params = [p for p in model.parameters() if p.requires_grad]
     fused = all(p.is_cuda for p in params)
+    if settings.head_lr is not None:
+        # The harness's masks cover the method's tensors only: the trainable rest is the head.
+        head = {id(p) for n, p in model.named_parameters() if p.requires_grad and n not in masks}
+        params = [{"params": [p for p in params if id(p) not in head]},
+                  {"params": [p for p in params if id(p) in head], "lr": settings.head_lr}]
     # Without decay, plain Adam: the very optimizer (and CUDA kernel) of every earlier fishtune run.
     adam_class = torch.optim.AdamW if settings.weight_decay else torch.optim.Adam
     adam = adam_class(params, lr=settings.lr, weight_decay=settings.weight_decay, fused=fused or None,

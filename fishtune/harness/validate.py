@@ -117,6 +117,7 @@ def check_config(config: Mapping[str, Any]) -> None:
     check_int(config, "train.eval_batch_size", 1)
     check_float(config, "train.lr", 0, above=True, null="the task table's")
     check_float(config, "train.lr_scale", 0, above=True)
+    check_float(config, "train.head_lr_scale", 0, above=True, null="train.lr_scale", optional=True)
     check_float(config, "train.weight_decay", 0, above=False)
     check_int(config, "train.max_epochs", 1)
     # 0 would stop after the first epoch whatever it scored: train.max_epochs=1 says that plainly.
