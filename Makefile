@@ -199,9 +199,12 @@ study-why-report: setup
 probe: setup
 	$(OFFLINE) $(BIN)/python scripts/probe_heads.py --out results/probe
 STUDY_MEAN_RUNS ?= results/study/mean/runs
+# Stage 2 (a head rate of its own: STUDY_MEAN_PILOT=pilot_head) runs when no single rate qualifies.
+STUDY_MEAN_PILOT ?= pilot
 study-mean-pilot: setup
-	@$(STUDY_SWEEP) +experiment=study_mean_pilot paths.runs_dir=$(STUDY_MEAN_RUNS)/pilot $(ARGS); status=$$?; \
-	$(BIN)/python -m fishtune.reports.pilot --runs-dir $(STUDY_MEAN_RUNS)/pilot --out results/study/mean; exit $$status
+	@$(STUDY_SWEEP) +experiment=study_mean_$(STUDY_MEAN_PILOT) paths.runs_dir=$(STUDY_MEAN_RUNS)/$(STUDY_MEAN_PILOT) $(ARGS); \
+	status=$$?; $(BIN)/python -m fishtune.reports.pilot --runs-dir $(STUDY_MEAN_RUNS)/$(STUDY_MEAN_PILOT) \
+	--out results/study/mean/$(STUDY_MEAN_PILOT) --reference-runs $(STUDY_MEAN_RUNS)/pilot; exit $$status
 
 # bf16 parity (docs/BENCH.md): the study's original and fish rows at budget 1 on SST-2 and STS-B, seeds
 # 1-5, trained in bf16 into results/bf16-parity/runs/ (committed), each paired with its committed fp32 run.

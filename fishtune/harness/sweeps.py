@@ -29,7 +29,8 @@ from . import CONF_DIR
 from .results import config_hash
 
 EXPERIMENTS = ("table1", "table2", "table3", "table4", "table5", "figure3")   # the paper's tables and figure
-STUDIES = ("study", "study_mechanism", "study_lr", "study_converged", "study_mean_pilot")   # our own sweeps (docs/STUDY.md)
+STUDIES = ("study", "study_mechanism", "study_lr", "study_converged", "study_mean_pilot",
+           "study_mean_pilot_head")   # our own sweeps (docs/STUDY.md)
 
 
 class _Hydra:

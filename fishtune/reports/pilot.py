@@ -21,15 +21,19 @@ from . import row_label
 
 
 def pilot_table(runs: list[dict]) -> pd.DataFrame:
-    """One row per task x row x lr with the seeds' best dev scores, their mean and the prediction std."""
+    """One row per task x row x lr (and the head's, which is lr unless train.head_lr_scale) with the seeds' best dev scores, their mean and the prediction std."""
     lines = []
     for r in runs:
         preds = np.asarray(r.get("dev_predictions") or [], dtype=float)
-        lines.append({"task": r["task"], "row": row_label(r["mask"]), "lr": r["lr"], "seed": r["seed"],
+        train = r["config"]["train"]
+        head_scale = train.get("head_lr_scale")
+        head_lr = r["lr"] if head_scale is None else r["lr"] / float(train["lr_scale"]) * float(head_scale)
+        lines.append({"task": r["task"], "row": row_label(r["mask"]), "lr": r["lr"], "head_lr": head_lr,
+                      "seed": r["seed"],
                       "score": r["best"]["score"],
                       "pred_std": float(preds.std()) if r["task"] == "stsb" and preds.size else np.nan})
     df = pd.DataFrame(lines)
-    out = df.groupby(["task", "row", "lr"]).agg(n=("score", "size"), mean=("score", "mean"),
+    out = df.groupby(["task", "row", "lr", "head_lr"]).agg(n=("score", "size"), mean=("score", "mean"),
                                                 scores=("score", lambda s: ", ".join(f"{x:.1f}" for x in s)),
                                                 pred_std=("pred_std", "mean")).reset_index()
     return out.round({"mean": 2, "pred_std": 3})
@@ -47,8 +51,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs-dir", required=True)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--reference-runs", help="a folder whose head-only runs are the reference (stage 2)")
     args = parser.parse_args(argv)
     runs = load_results(args.runs_dir)
+    if args.reference_runs:
+        runs += [r for r in load_results(args.reference_runs) if r["mask"] == "head_only"]
     if not runs:
         raise SystemExit(f"fishtune: error: no finished runs under {args.runs_dir}")
     table = pilot_table(runs)
