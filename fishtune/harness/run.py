@@ -251,7 +251,8 @@ def choose_mask(p: Plan, model, head: dict, candidates: dict, data: Data) -> tup
     cfg, seed = p.config, int(p.config["seed"])
     mask_file = p.path.with_suffix(".mask.pt")
     select = "fish" if p.mode == "adaptive" and cfg["mask"].get("start") == "fish" else p.mode
-    if select in ("none", "adaptive", HEAD_ONLY):  # everything inserted trains (adaptive then freezes groups)
+    # none: everything inserted trains (adaptive then freezes groups); head_only: none of it does.
+    if select in ("none", "adaptive", HEAD_ONLY):
         return {n: torch.full_like(q, select != HEAD_ONLY, dtype=torch.bool) for n, q in candidates.items()}, 0.0, None
     if (saved := read_mask_file(mask_file, candidates)) is not None:
         return saved
@@ -309,9 +310,10 @@ def execute(p: Plan, progress: bool = True, on_epoch: Callable[[dict], Any] | No
         freezer = AdaptiveFreezer(model, masks, AdaptiveSettings(**{
             k: cfg["mask"][k] for k in AdaptiveSettings.__dataclass_fields__ if k in cfg["mask"]}))
 
-    lr = float(cfg["train"]["lr"] or p.task.lr) * float(cfg["train"]["lr_scale"])
+    base_lr = float(cfg["train"]["lr"] or p.task.lr)
+    lr = base_lr * float(cfg["train"]["lr_scale"])
     head_scale = cfg["train"].get("head_lr_scale")
-    head_lr = None if head_scale is None else float(cfg["train"]["lr"] or p.task.lr) * float(head_scale)
+    head_lr = None if head_scale is None else base_lr * float(head_scale)
     settings = TrainSettings(lr=lr, weight_decay=float(cfg["train"]["weight_decay"]),
                              max_epochs=int(cfg["train"]["max_epochs"]), patience=int(cfg["train"]["patience"]),
                              device=device, bf16=bf16, progress=progress, head_lr=head_lr)
