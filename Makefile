@@ -30,6 +30,7 @@ help:
 	@echo "make study-report, study-why-report - only rebuild results/study/ (and its index.html) or results/study/why/ from the committed runs"
 	@echo "make probe - frozen-feature probe of the embedded model's head choices -> results/probe/"
 	@echo "make study-mean-pilot - the mean-head study's lr pilot on original rows -> results/study/mean/"
+	@echo "make study-mean - the study again under the mean head: core, reference, mechanism, converged arms"
 	@echo "make bf16-parity - the study's SST-2 and STS-B runs again in bf16, paired with the fp32 ones"
 	@echo "make report RUNS_DIR=... REPORT=...html - one self-contained HTML results page of a runs folder"
 	@echo "make ratios - the trainable-parameter ratios of Tables 1 and 2 from architecture configs -> results/ratios.csv"
@@ -205,6 +206,16 @@ study-mean-pilot: setup
 	@$(STUDY_SWEEP) +experiment=study_mean_$(STUDY_MEAN_PILOT) paths.runs_dir=$(STUDY_MEAN_RUNS)/$(STUDY_MEAN_PILOT) $(ARGS); \
 	status=$$?; $(BIN)/python -m fishtune.reports.pilot --runs-dir $(STUDY_MEAN_RUNS)/$(STUDY_MEAN_PILOT) \
 	--out results/study/mean/$(STUDY_MEAN_PILOT) --reference-runs $(STUDY_MEAN_RUNS)/pilot; exit $$status
+
+# The study again under the mean head (docs/STUDY.md "The choice"): the core, reference, mechanism and
+# converged arms, each into results/study/mean/runs/ARM/ (committed, so finished runs are skipped).
+# STUDY_MEAN_ARMS narrows it, e.g. STUDY_MEAN_ARMS='core reference'.
+STUDY_MEAN_ARMS ?= core reference mechanism converged
+.PHONY: study-mean
+study-mean: setup
+	@status=0; for arm in $(STUDY_MEAN_ARMS); do \
+		$(STUDY_SWEEP) +experiment=study_mean_$$arm paths.runs_dir=$(STUDY_MEAN_RUNS)/$$arm $(ARGS) || status=$$?; \
+	done; exit $$status
 
 # bf16 parity (docs/BENCH.md): the study's original and fish rows at budget 1 on SST-2 and STS-B, seeds
 # 1-5, trained in bf16 into results/bf16-parity/runs/ (committed), each paired with its committed fp32 run.
