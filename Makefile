@@ -31,6 +31,7 @@ help:
 	@echo "make probe - frozen-feature probe of the embedded model's head choices -> results/probe/"
 	@echo "make study-mean-pilot - the mean-head study's lr pilot on original rows -> results/study/mean/"
 	@echo "make study-mean - the study again under the mean head: core, reference, mechanism, converged arms"
+	@echo "make study-mean-report - only rebuild results/study/mean/ from the committed runs"
 	@echo "make bf16-parity - the study's SST-2 and STS-B runs again in bf16, paired with the fp32 ones"
 	@echo "make report RUNS_DIR=... REPORT=...html - one self-contained HTML results page of a runs folder"
 	@echo "make ratios - the trainable-parameter ratios of Tables 1 and 2 from architecture configs -> results/ratios.csv"
@@ -210,12 +211,21 @@ study-mean-pilot: setup
 # The study again under the mean head (docs/STUDY.md "The choice"): the core, reference, mechanism and
 # converged arms, each into results/study/mean/runs/ARM/ (committed, so finished runs are skipped).
 # STUDY_MEAN_ARMS narrows it, e.g. STUDY_MEAN_ARMS='core reference'.
+# study-mean-report rebuilds every table and the page from the committed files, training nothing.
 STUDY_MEAN_ARMS ?= core reference mechanism converged
-.PHONY: study-mean
+STUDY_MEAN_REPORT = $(BIN)/python -m fishtune.study --runs-dir $(STUDY_MEAN_RUNS)/core --out results/study/mean/core \
+	&& $(BIN)/python -m fishtune.study_why --study-runs $(STUDY_MEAN_RUNS)/core --runs-dir $(STUDY_MEAN_RUNS) \
+	--out results/study/mean/why && $(BIN)/python -m fishtune.reports.heads --new $(STUDY_MEAN_RUNS) \
+	--out results/study/mean && $(BIN)/python -m fishtune.report $(STUDY_MEAN_RUNS) --out results/study/mean/index.html \
+	--title "fishtune study under the mean head: core, reference, mechanism and converged arms"
+.PHONY: study-mean study-mean-report
 study-mean: setup
 	@status=0; for arm in $(STUDY_MEAN_ARMS); do \
 		$(STUDY_SWEEP) +experiment=study_mean_$$arm paths.runs_dir=$(STUDY_MEAN_RUNS)/$$arm $(ARGS) || status=$$?; \
-	done; exit $$status
+	done; $(STUDY_MEAN_REPORT); exit $$status
+
+study-mean-report: setup
+	$(STUDY_MEAN_REPORT)
 
 # bf16 parity (docs/BENCH.md): the study's original and fish rows at budget 1 on SST-2 and STS-B, seeds
 # 1-5, trained in bf16 into results/bf16-parity/runs/ (committed), each paired with its committed fp32 run.

@@ -121,3 +121,30 @@ def test_a_head_rate_of_its_own_moves_only_the_head_when_the_method_rate_is_zero
     older = {**config, "train": {k: v for k, v in config["train"].items() if k != "head_lr_scale"}}
     assert config_hash(config) == config_hash(older)
     assert config_hash(run_config(tmp_path, "task=rte", "train.head_lr_scale=400")) != config_hash(config)
+
+
+def test_the_heads_report_pairs_each_cell_by_seed_at_the_same_rate_as_scipy_does():
+    import numpy as np
+    import pandas as pd
+    from scipy import stats
+
+    from fishtune.reports.heads import heads_table
+
+    def frame(head, scores, lr=5e-3, row="fish", seeds=(1, 2, 3, 4)):
+        return pd.DataFrame([{"head": head, "setting": "1000 ex, 3 ep", "task": "stsb", "budget": 1, "row": row,
+                              "seed": s, "lr": lr, "score": v, "precision": "fp32", "pred_std": 1.0}
+                             for s, v in zip(seeds, scores)])
+
+    old = pd.concat([frame("pooler", [10.0, 20.0, 5.0, 8.0]),
+                     frame("pooler", [90.0, 90.0, 90.0, 90.0], lr=2e-2),          # another rate: never compared
+                     frame("pooler", [1.0, 2.0, 3.0], row="rand", seeds=(1, 2, 3))])
+    new = pd.concat([frame("mean", [30.0, 25.0, 40.0, 21.0]),
+                     frame("mean", [4.0, 9.0, 4.0, 1.0], row="rand", seeds=(2, 3, 4, 5))])   # seeds 2, 3 shared
+    table = heads_table(old, new).set_index("row")
+    assert table.loc["fish", "pairs"] == 4 and table.loc["rand", "pairs"] == 2
+    assert table.loc["fish", "mean_diff"] == pytest.approx(np.mean([20, 5, 35, 13]))
+    assert table.loc["fish", "p_ttest"] == pytest.approx(stats.ttest_rel([30, 25, 40, 21], [10, 20, 5, 8]).pvalue)
+    assert table.loc["rand", "p_ttest"] == pytest.approx(stats.ttest_rel([4, 9], [2, 3]).pvalue)
+    assert table.loc["fish", "pooler"] == pytest.approx(10.75)   # the 2e-2 runs left out
+    p = sorted(table["p_ttest"])
+    assert sorted(table["p_holm"]) == pytest.approx([min(1, 2 * p[0]), min(1, max(2 * p[0], p[1]))])
