@@ -19,7 +19,10 @@ alternating step by step (benchmarks/timing.py), so load from other processes hi
   cpu_bf16_speedup    (CPU) fishtune.harness.train's masked LoRA step in fp32 / the same step under bf16 autocast,
                       SST-2, on the embedded MiniLM; cpu_bf16_speedup_bert_base_random the same on
                       bert-base-sized random weights; each side's peak memory beside it (`--only bf16`
-                      runs just these)
+                      runs just these). On a CPU without native bf16 (no AVX512-BF16 or AMX: torch
+                      emulates it) only a short probe instead:
+  cpu_bf16_emulated_slowdown  a forward+backward under bf16 autocast / the same in fp32, a few steps
+Every figure is labelled with the CPU's torch capability (bench.json: machine.cpu)
 
 Writes results/bench.json and results/bench.md. See docs/BENCH.md.
 """
@@ -55,7 +58,8 @@ from fishtune.harness.models import load_model, load_tokenizer
 from fishtune.harness.results import package_versions
 from fishtune.harness.tasks import get_task
 from fishtune.masks import apply_masks
-from fishtune.harness.train import TrainSettings, choose_precision, cpu_has_native_bf16, train
+from fishtune.harness.train import (TrainSettings, bf16_slowdown, choose_precision, cpu_capability,
+                                    cpu_has_native_bf16, train)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines import (RecordingCollator, padded_loop_fisher, plain_backward, plain_train,  # noqa: E402
@@ -94,6 +98,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                    help="training steps' autocast: auto = bf16 on a CUDA GPU or a CPU that has it, else fp32")
     p.add_argument("--only", choices=("bf16",), help="run only these figures (bf16: cpu_bf16_speedup*)")
+    p.add_argument("--emulated-steps", type=int, default=3,
+                   help="steps each side of the short probe on a CPU without native bf16 (default 3)")
     p.add_argument("--bf16-models", default="minilm,bert_base_random",
                    help="configs in fishtune/conf/model/ for cpu_bf16_speedup (the first) and cpu_bf16_speedup_NAME")
     p.add_argument("--seed", type=int, default=42)
@@ -365,6 +371,15 @@ def bf16_section(args) -> dict:
             loader = glue.make_loader(data, tok, args.batch_size, shuffle=True, seed=args.seed)
             return lambda tick: train(models[p], TickLoader(loader, tick), dev_loader, task, settings[p], masks)
 
+        if not cpu_has_native_bf16():
+            # Emulated bf16 is many times slower than fp32 (a MiniLM step 16x): a few steps say by how much,
+            # where the full comparison would not finish in the bench's time.
+            batch = next(iter(glue.make_loader(examples, tok, args.batch_size, shuffle=True, seed=args.seed)))
+            probe = bf16_slowdown(models["bf16"], batch, task, steps=args.emulated_steps)
+            log(f"bf16: {name}, emulated on this CPU: a step {probe['slowdown']:.1f}x as long as in fp32")
+            out["cpu_bf16_emulated_slowdown"] = {"model": name, "k": k, "median": probe["slowdown"],
+                                                 "steps": args.emulated_steps, **probe, "native_bf16": False}
+            break
         longest = sorted(examples, key=lambda e: len(e["input_ids"]))[-args.batch_size:]
         peak = {p: mb(peak_memory(lambda: loop(p, longest)(no_tick))[1]) for p in models}
         log(f"bf16: {name}, fp32 vs bf16 autocast, SST-2 batch {args.batch_size}, {args.train_steps} steps each")
@@ -385,6 +400,11 @@ def bf16_markdown(bf16: dict) -> list[str]:
     """The table rows of the bf16 figures."""
     rows = []
     for figure, r in bf16.items():
+        if figure == "cpu_bf16_emulated_slowdown":
+            rows.append(f"| {figure} | {r['median']:.2f} | | | {r['model']} forward+backward under bf16 autocast "
+                        f"{r['bf16_seconds']:.2f} s (emulated: no AVX512-BF16 or AMX) | fp32 {r['fp32_seconds']:.2f} s "
+                        f"(median of {r['steps']}) | | |")
+            continue
         target, ok = fmt_check(figure, r["median"]) if figure in TARGETS else ("", "")
         sps = r["samples_per_second"]
         rows.append(f"| {figure} | {r['median']:.3f} | {target} | {ok} | {r['model']} bf16 autocast "
@@ -422,6 +442,12 @@ def optimizer_step_overhead(model, masks, repeats: int = 200) -> dict:
             "params": len(params), "masked_params": len(trainable_masks)}
 
 
+def cpu_label(cpu: dict) -> str:
+    """The CPU's kind in a few words, beside every figure: figures of two kinds never compare as one."""
+    return (f"torch CPU capability {cpu['capability']}, "
+            f"{'native bf16' if cpu['native_bf16'] else 'no native bf16'}")
+
+
 def fmt_check(name: str, value: float) -> str:
     op, bound = TARGETS[name]
     ok = value >= bound if op == ">=" else value <= bound
@@ -457,7 +483,8 @@ def markdown(r: dict) -> str:
     m, st = r["machine"], r["settings"]
     lines += [
         "",
-        f"{st['model']} + {st['peft']} (rank {st['rank']}) on {st['layers']} layers; {m['device']}, "
+        f"{st['model']} + {st['peft']} (rank {st['rank']}) on {st['layers']} layers; {m['device']} "
+        f"({cpu_label(m['cpu'])}), "
         f"{m['threads']} threads, {'bf16 autocast' if st['bf16'] else 'fp32'}; torch {m['versions'].get('torch')}, "
         f"transformers {m['versions'].get('transformers')}. Load average {m['load_before']} at the start, "
         f"{m['load_after']} at the end; the whole run took {r['total_seconds']:.0f} s.",
@@ -487,8 +514,9 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     bf16, _ = choose_precision(args.precision, device)
-    machine = {"device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
-               "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "load_before": load_avg(),
+    cpu = cpu_capability()
+    machine = {"device": torch.cuda.get_device_name() if device == "cuda" else cpu["model"] or platform.processor() or "cpu",
+               "cpu": cpu, "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "load_before": load_avg(),
                "versions": package_versions(), "python": platform.python_version()}
     log(f"{device}, {machine['threads']} threads, load average {machine['load_before']}")
     out = Path(args.out)
@@ -497,7 +525,7 @@ def main(argv=None) -> int:
         bf16_figures = bf16_section(args)
         lines = ["| figure | value | target | met | ours | compared with | peak MB ours | peak MB other |",
                  "|---|---:|---|---|---|---|---:|---:|", *bf16_markdown(bf16_figures), "",
-                 f"{machine['device']}, {machine['threads']} threads, load average {machine['load_before']} -> "
+                 f"{machine['device']} ({cpu_label(cpu)}), {machine['threads']} threads, load average {machine['load_before']} -> "
                  f"{load_avg()}; {time.perf_counter() - t_start:.0f} s."]
         (out / "bench_bf16.json").write_text(json.dumps({"bf16": bf16_figures, "machine": machine}, indent=2) + "\n")
         (out / "bench_bf16.md").write_text("\n".join(lines) + "\n")

@@ -30,7 +30,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed  # noqa: E402
 
 from fishtune import FishMaskCallback, apply_masks  # noqa: E402
-from fishtune import data as glue  # noqa: E402
+from fishtune.harness import data as glue  # noqa: E402
 from fishtune.harness.results import load_mask_file  # noqa: E402
 from fishtune.harness.methods import insert_method  # noqa: E402
 from fishtune.harness.models import load_model, load_tokenizer  # noqa: E402

@@ -1,14 +1,14 @@
 """`make demo`: original LoRA vs fish, rand and rev masks at the same budget, on the embedded model.
 
 Four real runs on SST-2 with the study's settings (profile=study: 1,000 training examples, 3 epochs,
-lr 5e-3, the full dev set; docs/STUDY.md) in train.precision=auto (bf16 on a CPU with it), so the
+lr 5e-3 and the classifier at 2e-2, the full dev set; docs/STUDY.md) in train.precision=auto (bf16 on a CPU with it), so the
 original row learns well above the trivial baseline; prints one comparison table with that baseline.
 Uses ../shared/glue_data or $GLUE_DIR when present, else the few rows shipped as test fixtures (which learn nothing: a plumbing check).
 """
 from __future__ import annotations
 
+import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -21,8 +21,9 @@ from fishtune.reports.study import trivial_baseline
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKS = ("sst2",)   # the task the embedded model learns at CPU scale (docs/STUDY.md)
-# The study's settings, but train.precision=auto (bf16 where the CPU has it) where the study says fp32.
-DEMO = ["profile=study", "budget=1", "train.precision=auto"]
+# The mean-head study's settings (fishtune/conf/experiment/study_mean_core.yaml: the classifier at its own
+# 2e-2), but train.precision=auto (bf16 where the CPU has it) where the study says fp32.
+DEMO = ["profile=study", "budget=1", "train.head_lr_scale=400", "train.precision=auto"]
 ROWS = (("original (1 layer)", "none"), ("fish (5 layers)", "fish"), ("rand (5 layers)", "rand"),
         ("rev (5 layers)", "rev"))
 
@@ -35,7 +36,10 @@ def glue_dir() -> Path:
     return ROOT / "tests" / "fixtures" / "glue"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="scripts/demo.py", description=__doc__.split("\n\n")[0])
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides for every run, e.g. paths.runs_dir=runs/mine")
+    overrides = ap.parse_args(argv).overrides
     glue = glue_dir()
     rows = []
     t0 = time.time()
@@ -43,7 +47,7 @@ def main() -> None:
         for task in TASKS:
             for label, mode in ROWS:
                 cfg = compose("config", overrides=[*DEMO, f"task={task}", f"mask={mode}", f"data.glue_dir={glue}",
-                                                   "paths.runs_dir=runs/demo", *sys.argv[1:]])
+                                                   "paths.runs_dir=runs/demo", *overrides])
                 print(f"demo: {task} {label} ...", flush=True)
                 r = run(OmegaConf.to_container(cfg, resolve=True), progress=False)
                 rows.append((task, label, r))

@@ -8,6 +8,7 @@ inside the functions that need them, so that a bad value never waits for them.
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import socket
@@ -16,7 +17,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -27,8 +28,8 @@ from . import CONF_DIR
 from . import claims
 from . import data as glue
 from . import tracking
-from .results import (Diverged, RunResult, config_hash, git_commit, json_safe, now_iso, package_versions, read_result,
-                      result_path, set_aside, write_json_atomic)
+from .results import (Diverged, RunResult, config_hash, git_commit, identity, json_safe, now_iso, package_versions,
+                      read_result, result_path, run_name, set_aside, write_json_atomic)
 from .tasks import TaskSpec, get_task
 from .validate import HEAD_ONLY, ConfigError, check_config, check_hub
 
@@ -74,6 +75,7 @@ class Plan:
     total: int
     budget_total: int      # all parameters of the original run that sets the budget (the paper's ratio)
     path: Path
+    precision_reason: str = ""   # why train.precision is what it is (`auto` resolved by plan)
 
 
 def plan(config: dict) -> Plan:
@@ -95,6 +97,7 @@ def plan(config: dict) -> Plan:
     from .methods import METHODS, count_on_meta
     from .schedules import original_layers, run_layers
     from .models import load_tokenizer, model_config
+    from .train import resolve_precision
 
     try:
         device = config["train"]["device"]
@@ -134,9 +137,35 @@ def plan(config: dict) -> Plan:
         raise
     except (ValueError, FileNotFoundError, KeyError) as e:
         raise ConfigError(str(e).strip("'\"")) from e
+    precision_reason = resolve_precision(config["train"])   # before the hash: auto is this machine's
     path = result_path(config["paths"]["runs_dir"], config, layers)
+    check_cell_precision(path, config, layers)
     return Plan(config, task, family, layers, mode, k, counts["head"], counts["trainable"] - counts["head"],
-                counts["total"], budget_total, path)
+                counts["total"], budget_total, path, precision_reason)
+
+
+def check_cell_precision(path: Path, config: dict, layers: int) -> None:
+    """Refuse (ConfigError) a run whose folder already holds finished runs of its cell (the same config
+    but for the seed) in the other precision: a cell, and the pairs across its rows, stay in one."""
+    def cell(c: Mapping) -> dict:
+        ident = identity(c)
+        return {**{k: v for k, v in ident.items() if k != "seed"},
+                "train": {k: v for k, v in ident["train"].items() if k != "precision"}}
+
+    stem = run_name(config, layers).rsplit("-s", 1)[0]
+    ours, precision = cell(config), config["train"]["precision"]
+    other = []
+    for f in path.parent.glob(f"{glob.escape(stem)}-s*.json"):
+        if f.name.endswith(".failed.json") or f == path:
+            continue
+        r = read_result(f)
+        if r and r.get("config") and r.get("precision") not in (None, precision) and cell(r["config"]) == ours:
+            other.append(r)
+    if other:
+        there = other[0]["precision"]
+        raise ConfigError(f"{path.parent} already holds {len(other)} finished {there} run(s) of the cell {stem} "
+                          f"(seeds {', '.join(str(r['seed']) for r in other)}); this run would train in {precision}: pass "
+                          f"train.precision={there} to continue the cell, or another paths.runs_dir")
 
 
 def _device_and_precision(train_cfg: dict) -> tuple[str, bool, str]:
@@ -297,6 +326,7 @@ def execute(p: Plan, progress: bool = True, on_epoch: Callable[[dict], Any] | No
     cfg = p.config
     commit = git_commit()  # the code this run starts with, not whatever HEAD is when it ends
     device, bf16, precision_reason = _device_and_precision(cfg["train"])
+    precision_reason = p.precision_reason or precision_reason
     memory_source = reset_peak_memory(device)
     p.path.parent.mkdir(parents=True, exist_ok=True)
     set_seed(int(cfg["seed"]))

@@ -71,8 +71,11 @@ def compose_run(overrides: Sequence[str]) -> dict[str, Any]:
 
 
 def _compose(overrides: Sequence[str]) -> dict[str, Any]:
-    cfg = compose("config", overrides=list(overrides))
-    return OmegaConf.to_container(cfg, resolve=True)
+    from .train import resolve_precision
+
+    cfg = OmegaConf.to_container(compose("config", overrides=list(overrides)), resolve=True)
+    resolve_precision(cfg["train"])   # as fishtune.run's plan does: the run's identity on this machine
+    return cfg
 
 
 def run_configs(experiment: str, overrides: Sequence[str] = ()) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
@@ -61,6 +62,77 @@ def cpu_has_native_bf16() -> bool:
     it torch emulates bf16, which is slower than fp32."""
     checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     return any(check() for check in checks if check is not None)
+
+
+def cpu_capability() -> dict:
+    """What this CPU offers for bf16, as torch sees it: torch's kernel capability (AVX2, AVX512, ...),
+    the AVX512-BF16 and AMX flags, whether bf16 is native, and the CPU's model name. Figures measured on
+    two machines compare only when this matches."""
+    flags = {name: bool(getattr(torch.cpu, f"_is_{name}_supported", lambda: False)())
+             for name in ("avx512_bf16", "amx_tile")}
+    model = ""
+    with contextlib.suppress(OSError):
+        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), "")
+    return {"capability": torch.backends.cpu.get_cpu_capability(), **flags,
+            "native_bf16": cpu_has_native_bf16(), "model": model}
+
+
+class EmulatedBf16Warning(UserWarning):
+    """bf16 was forced on a CPU that emulates it: training runs, but slower than in fp32."""
+
+
+def bf16_slowdown(model: nn.Module, batch: Mapping[str, torch.Tensor], task: TaskSpec, device: str = "cpu",
+                  steps: int = 2) -> dict:
+    """Seconds of one forward and backward pass on `batch` in fp32 and under bf16 autocast (median of
+    `steps` each after one warm-up each, in turns) and their ratio `slowdown` (bf16 / fp32). No optimiser
+    step: parameters, gradients and every RNG are as they were before."""
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    seconds: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    with torch.random.fork_rng(devices=[]):
+        for _ in range(steps + 1):
+            for name in seconds:
+                settings = TrainSettings(device=device, bf16=name == "bf16", progress=False)
+                t0 = time.perf_counter()
+                _forward_backward(model, batch, task, settings)
+                seconds[name].append(time.perf_counter() - t0)
+                model.zero_grad(set_to_none=True)
+    for n, p in model.named_parameters():
+        if n in grads:
+            p.grad = grads[n]
+    median = {name: float(np.median(v[1:])) for name, v in seconds.items()}
+    return {"fp32_seconds": median["fp32"], "bf16_seconds": median["bf16"],
+            "slowdown": median["bf16"] / median["fp32"]}
+
+
+_WARNED_EMULATED = False
+
+
+def warn_if_emulated_bf16(model: nn.Module, batch: Mapping[str, torch.Tensor], task: TaskSpec,
+                          settings: TrainSettings) -> None:
+    """Once per process: warn, with the slowdown a few steps measure, when bf16 autocast was forced on
+    a CPU without native bf16 (`auto` never chooses it there)."""
+    global _WARNED_EMULATED
+    if _WARNED_EMULATED or not settings.bf16 or torch.device(settings.device).type != "cpu" or cpu_has_native_bf16():
+        return
+    _WARNED_EMULATED = True
+    probe = bf16_slowdown(model, batch, task, settings.device)
+    warnings.warn(EmulatedBf16Warning(
+        f"bf16 autocast on a CPU without native bf16 ({cpu_capability()['capability']}): emulated, a step takes "
+        f"{probe['slowdown']:.1f}x as long as in fp32 ({probe['bf16_seconds']:.2f} s against "
+        f"{probe['fp32_seconds']:.2f} s); train.precision=fp32 (or auto) avoids it"), stacklevel=2)
+
+
+def resolve_precision(train_cfg: dict) -> str:
+    """Fix `train.precision` to what this machine trains in (`auto` becomes fp32 or bf16) and return why:
+    the precision is part of a run's identity, so a run that trains in bf16 never shares a result file
+    (or a cell) with one that trains in fp32."""
+    device = train_cfg["device"]
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    bf16, why = choose_precision(train_cfg["precision"], device)
+    train_cfg["precision"] = "bf16" if bf16 else "fp32"
+    return why
 
 
 def choose_precision(precision: str, device: str) -> tuple[bool, str]:
@@ -266,6 +338,8 @@ def train(model: nn.Module, train_loader, dev_loader, task: TaskSpec, settings: 
     # A checkpoint written by the stopping epoch means there is nothing left to train.
     epochs = range(start_epoch, settings.max_epochs + 1) if result.stop_reason != "early_stopping" else range(0)
     result.stop_reason = result.stop_reason or "max_epochs"
+    if len(epochs):  # a dev batch: no draw from the training loader's RNG
+        warn_if_emulated_bf16(model, next(iter(dev_loader)), task, settings)
     with frozen_linears_in_bf16(model, settings.bf16):
         for epoch in tqdm(epochs, desc=f"{task.name} epochs", disable=not settings.progress, initial=start_epoch - 1,
                           total=settings.max_epochs):

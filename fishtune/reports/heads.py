@@ -8,7 +8,8 @@ Writes under `--out`:
   heads.csv     per cell both studies hold (task, budget, row, setting: 1,000 examples / 3 epochs, or
                 the converged arm's early stopping), each head's mean with its 95 % t-interval and n,
                 the precisions, and mean - pooler paired over seeds (a seed draws the same training
-                subset under both heads) with the t-test p and Holm's p over the table
+                subset under both heads; two runs pair only in one precision) with the t-test p and
+                Holm's p over the table
   original.csv  per task and budget, the original row under each head (mean, interval, n, the mean
                 prediction std for STS-B), the head-only reference and the probe's closed-form
                 ceiling on 1,000 examples
@@ -44,7 +45,7 @@ def runs_frame(results: list[dict]) -> pd.DataFrame:
         lines.append({"head": cfg["model"].get("head", "pooler"), "task": r["task"], "budget": int(r["budget"]),
                       "row": row_label(r["mask"]), "seed": int(r["seed"]), "lr": float(r["lr"]),
                       "setting": f"{cfg['data']['train_samples']} ex, {cfg['train']['max_epochs']} ep",
-                      "score": float(r["best"]["score"]), "precision": r.get("precision"),
+                      "score": float(r["best"]["score"]), "precision": r.get("precision") or "unrecorded",
                       "pred_std": float(preds.std()) if r["task"] == "stsb" and preds.size else math.nan})
     return pd.DataFrame(lines, columns=["head", "task", "budget", "row", "seed", "lr", "setting", "score",
                                         "precision", "pred_std"])
@@ -64,8 +65,9 @@ def heads_table(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
         g_old = old[(old[KEY] == pd.Series(key, index=KEY)).all(axis=1) & np.isclose(old["lr"], lr)]
         if g_old.empty:
             continue
-        both = pd.concat([g_new.set_index("seed")["score"].rename("mean"),
-                          g_old.set_index("seed")["score"].rename("pooler")], axis=1, join="inner")
+        # paired only within one precision: the old converged arm's bf16 runs pair with no fp32 run
+        both = pd.concat([g_new.set_index(["seed", "precision"])["score"].rename("mean"),
+                          g_old.set_index(["seed", "precision"])["score"].rename("pooler")], axis=1, join="inner")
         out.append({**dict(zip(KEY, key)), "lr": lr, **_cell(g_old["score"], "pooler"), **_cell(g_new["score"], "mean"),
                     "precision_pooler": ",".join(sorted(set(g_old["precision"].dropna()))),
                     "precision_mean": ",".join(sorted(set(g_new["precision"].dropna()))),

@@ -74,9 +74,9 @@ def frame(results: list[dict]) -> pd.DataFrame:
         mean_count = r["ratio_pct_mean"] * r["total"] / 100 if "ratio_pct_mean" in r else k
         lines.append({"task": r["task"], "budget": int(r["budget"]), "row": _row(r), "seed": r["seed"],
                       "score": float(r["best"]["score"]), "ratio_pct": r["budget_ratio_pct"],
-                      "k": k, "mean_trainable": mean_count, "path": r.get("_path")})
+                      "k": k, "mean_trainable": mean_count, "precision": r.get("precision") or "unrecorded", "path": r.get("_path")})
     return pd.DataFrame(lines, columns=["task", "budget", "row", "seed", "score", "ratio_pct", "k",
-                                        "mean_trainable", "path"])
+                                        "mean_trainable", "precision", "path"])
 
 
 def adaptive_matched(df: pd.DataFrame) -> dict[int, tuple[float, float, float, bool]]:
@@ -106,7 +106,8 @@ def study_table(df: pd.DataFrame, baselines: dict[str, float]) -> pd.DataFrame:
             if row == "adaptive":
                 mean, low, high, ok = matched[budget]
                 label += f" (mean count {mean:.2f} k, runs {low:.2f}-{high:.2f} k{'' if ok else ', not budget-matched'})"
-            rec = {"budget": budget, "row": row, "label": label, "ratio_pct": float(cell["ratio_pct"].median())}
+            rec = {"budget": budget, "row": row, "label": label, "ratio_pct": float(cell["ratio_pct"].median()),
+                   "precision": ",".join(sorted(set(cell["precision"].dropna())))}
             for t in tasks:
                 title = TASK_TITLES[t]
                 m, s, n, lo, hi = t_interval(cell[cell["task"] == t]["score"])
@@ -120,20 +121,21 @@ def study_table(df: pd.DataFrame, baselines: dict[str, float]) -> pd.DataFrame:
 
 
 def paired_table(df: pd.DataFrame, results: list[dict], n_resamples: int = 1000) -> pd.DataFrame:
-    """Per budget and comparison, pooled over tasks and per task: paired t-test and per-pair bootstraps."""
+    """Per budget and comparison, pooled over tasks and per task: paired t-test and per-pair bootstraps.
+    Two runs pair only when they trained in the same precision (fishtune.parity compares precisions)."""
     by_key = {(_row(r), int(r["budget"]), r["task"], r["seed"]): r for r in results if "dev_predictions" in r
               and r.get("mask") in ROWS}
     matched = adaptive_matched(df)
     out = []
     for budget in sorted(set(df["budget"])):
         for a, b in COMPARISONS:
-            scores = {row: df[(df["budget"] == budget) & (df["row"] == row)].set_index(["task", "seed"])["score"]
+            scores = {row: df[(df["budget"] == budget) & (df["row"] == row)].set_index(["task", "seed", "precision"])["score"]
                       for row in (a, b)}
             if scores[a].empty or scores[b].empty:
                 continue
             # Per pair: the bootstrap over the dev examples both runs predicted.
             boot = {}
-            for task, seed in scores[a].index.intersection(scores[b].index):
+            for task, seed, _ in scores[a].index.intersection(scores[b].index):
                 ra, rb = by_key.get((a, budget, task, seed)), by_key.get((b, budget, task, seed))
                 if ra and rb and ra.get("dev_predictions") and rb.get("dev_predictions"):
                     res = paired_bootstrap(get_task(task), ra["dev_predictions"], rb["dev_predictions"],
@@ -149,7 +151,7 @@ def paired_table(df: pd.DataFrame, results: list[dict], n_resamples: int = 1000)
                 diffs = both.iloc[:, 0] - both.iloc[:, 1]
                 mean, std, n, lo, hi = t_interval(diffs)
                 _, p, _ = paired_test(sa, sb)
-                pairs = [boot[i] for i in both.index if i in boot]
+                pairs = [boot[i[:2]] for i in both.index if i[:2] in boot]
                 out.append({"budget": budget, "comparison": f"{a} - {b}", "task": task, "pairs": n,
                             "mean_diff": mean, "std": std, "ci_lo": lo, "ci_hi": hi, "p_ttest": p,
                             "detectable_80": detectable_difference(std, n),
@@ -180,11 +182,14 @@ def _fmt_cell(rec: dict, title: str) -> str:
 def to_markdown(table: pd.DataFrame, paired: pd.DataFrame) -> str:
     """The study table (mean ± std [95 % CI] (n)) and the pooled paired comparisons, as Markdown."""
     titles = [c for c in table.columns if c in TASK_TITLES.values() and c != "Avg"] + ["Avg"]
-    lines = ["| budget | row | ratio % | " + " | ".join(titles) + " |", "|---|---|---:|" + "---:|" * len(titles)]
+    lines = ["| budget | row | ratio % | precision | " + " | ".join(titles) + " |",
+             "|---|---|---:|---|" + "---:|" * len(titles)]
     for rec in table.to_dict("records"):
         budget = "" if rec["row"] == "baseline" else str(rec["budget"])
         ratio = "" if rec["row"] == "baseline" else f"{rec['ratio_pct']:.4f}"
-        lines.append(f"| {budget} | {rec['label']} | {ratio} | " + " | ".join(_fmt_cell(rec, t) for t in titles) + " |")
+        precision = rec.get("precision") if isinstance(rec.get("precision"), str) else ""
+        lines.append(f"| {budget} | {rec['label']} | {ratio} | {precision} | "
+                     + " | ".join(_fmt_cell(rec, t) for t in titles) + " |")
     lines += ["", "| budget | comparison | pairs | mean diff [95 % CI] | p (paired t) | p (Holm) | detectable (80 % power) | "
               "wins a / b | bootstrap better / worse (p < 0.05) |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for rec in paired[paired["task"] == "all"].to_dict("records"):

@@ -56,7 +56,7 @@ def runs_frame(results: list[dict]) -> pd.DataFrame:
              "seed": int(r["seed"]), "score": float(r["best"]["score"]), "best_epoch": int(r["best"]["epoch"]),
              "epochs": len(r["history"]), "max_epochs": int(r["config"]["train"]["max_epochs"]),
              "stop_reason": r["stop_reason"], "train_seconds": float(r["train_seconds"]),
-             "precision": r.get("precision"), "profile_train_samples": r["config"]["data"]["train_samples"]}
+             "precision": r.get("precision") or "unrecorded", "profile_train_samples": r["config"]["data"]["train_samples"]}
             for r in results if (r.get("best") or {}).get("score") is not None]
     return pd.DataFrame(rows, columns=["task", "budget", "mode", "lr", "seed", "score", "best_epoch", "epochs",
                                        "max_epochs", "stop_reason", "train_seconds", "precision",
@@ -82,8 +82,9 @@ def mechanism_table(df: pd.DataFrame) -> pd.DataFrame:
     """The 2 x 2 per task and budget: the four cells and the three contrasts, paired over seeds."""
     out = []
     for (task, budget), g in df[df["mode"].isin(DESIGN)].groupby(["task", "budget"]):
-        wide = g.pivot_table(index="seed", columns="mode", values="score").reindex(columns=list(DESIGN)).dropna()
-        cells = _cell_means(g[g["seed"].isin(wide.index)], DESIGN)
+        # A seed's four cells contrast only within one precision (as every paired table here).
+        wide = g.pivot_table(index=["seed", "precision"], columns="mode", values="score").reindex(columns=list(DESIGN)).dropna()
+        cells = _cell_means(g[g["seed"].isin(wide.index.get_level_values("seed"))], DESIGN)
         for name, f in CONTRASTS.items():
             out.append({"task": task, "budget": budget, "effect": name, **one_sample_test(f(wide)), **cells})
     return _with_holm(pd.DataFrame(out))
@@ -93,7 +94,7 @@ def lr_table(df: pd.DataFrame) -> pd.DataFrame:
     """fish and rand per learning rate (SST-2, budget 2), and fish - rand paired over seeds."""
     out = []
     for (task, budget, lr), g in df[df["mode"].isin(("fish", "rand"))].groupby(["task", "budget", "lr"]):
-        wide = g.pivot_table(index="seed", columns="mode", values="score").reindex(columns=["fish", "rand"]).dropna()
+        wide = g.pivot_table(index=["seed", "precision"], columns="mode", values="score").reindex(columns=["fish", "rand"]).dropna()
         out.append({"task": task, "budget": budget, "lr": lr, "comparison": "fish - rand",
                     **one_sample_test(wide["fish"] - wide["rand"]), **_cell_means(g, ("fish", "rand"))})
     return _with_holm(pd.DataFrame(out))
@@ -115,7 +116,7 @@ def converged_table(df: pd.DataFrame, baselines: dict[str, float] | None = None)
                 "runs": len(g), "stopped_early": len(stopped), "best_epoch_mean": float(g["best_epoch"].mean()),
                 "epochs_mean": float(g["epochs"].mean()), "train_seconds_mean": float(g["train_seconds"].mean()),
                 "precision": ",".join(sorted(set(g["precision"].dropna())))}
-        wide = g.pivot_table(index="seed", columns="mode", values="score")
+        wide = g.pivot_table(index=["seed", "precision"], columns="mode", values="score")
         for a, b in (("fish", "rand"), ("fish", "none")):
             if {a, b} <= set(wide.columns):
                 both = wide[[a, b]].dropna()
