@@ -256,3 +256,15 @@ def test_sweep_records_a_crash_and_finishes_the_other_runs(tmp_path):
     failures = load_failures(tmp_path)
     assert len(failures) == 1 and failures[0]["config"]["mask"]["mode"] == "fish"
     assert failures[0]["reason"].startswith("fisher.chunk_size=0") and failures[0]["traceback"]
+
+
+def test_a_bug_while_planning_is_a_bug_not_a_bad_value(tmp_path, monkeypatch):
+    import fishtune.harness.methods as methods
+
+    def broken(*args, **kwargs):
+        raise KeyError("lora_A")   # fishtune's own mistake, not the user's
+
+    monkeypatch.setattr(methods, "count_on_meta", broken)
+    with pytest.raises(KeyError) as caught:
+        plan(run_config(tmp_path, "task=rte"))
+    assert not isinstance(caught.value, ConfigError)

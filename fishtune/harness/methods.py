@@ -137,7 +137,7 @@ def _insert_lora(model: torch.nn.Module, p: Mapping[str, Any], layers: int, fami
     spec = METHODS[p["name"]]
     rank = int(spec.option(p, "rank"))
     if rank < 1:
-        raise ValueError(f"LoRA rank must be at least 1, got {rank}")
+        raise ConfigError(f"LoRA rank must be at least 1, got {rank}")
     conf = LoraConfig(
         task_type=TaskType.SEQ_CLS,
         r=rank,
@@ -295,7 +295,7 @@ def insert_method(model: torch.nn.Module, peft_cfg: Mapping[str, Any], layers: i
     spec = check_method(peft_cfg["name"], family)
     total_layers = model.config.num_hidden_layers
     if not 1 <= layers <= total_layers:
-        raise ValueError(f"cannot insert on {layers} layers: the model has {total_layers} (allowed 1..{total_layers})")
+        raise ConfigError(f"cannot insert on {layers} layers: the model has {total_layers} (allowed 1..{total_layers})")
     return spec.insert(model, peft_cfg, layers, family)
 
 

@@ -22,6 +22,8 @@ from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTo
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import logging as hf_logging
 
+from .checks import ConfigError
+
 
 DECODER_FAMILIES = ("llama",)  # read prompts built from the task templates
 _TINY_CONFIGS = {"bert": BertConfig, "modernbert": ModernBertConfig, "llama": LlamaConfig}
@@ -148,7 +150,7 @@ def arch_config(cfg: Mapping[str, Any], num_labels: int = 2) -> PretrainedConfig
 
     arch_dir = CONF_DIR / "model" / "arch"
     if not cfg.get("arch"):
-        raise ValueError(f"model {cfg['name']!r} has no `arch` (a config.json under {arch_dir})")
+        raise ConfigError(f"model {cfg['name']!r} has no `arch` (a config.json under {arch_dir})")
     values = json.loads((arch_dir / cfg["arch"]).read_text())
     conf = AutoConfig.for_model(values.pop("model_type"), **values)
     conf.num_labels = num_labels

@@ -102,7 +102,7 @@ def plan(config: dict) -> Plan:
     try:
         device = config["train"]["device"]
         if device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"train.device={device!r}: no CUDA GPU is visible on {socket.gethostname()}; "
+            raise ConfigError(f"train.device={device!r}: no CUDA GPU is visible on {socket.gethostname()}; "
                              f"use train.device=auto or cpu")
         budget = int(config["budget"])
         tokenizer = load_tokenizer(model_cfg) if model_cfg["source"] == "tiny" else None
@@ -110,13 +110,13 @@ def plan(config: dict) -> Plan:
         depth = conf.num_hidden_layers
         layers = run_layers(peft_cfg, mode, budget, depth)
         if not 1 <= layers <= depth:
-            raise ValueError(f"cannot insert {peft_cfg['name']} on {layers} layers: {model_cfg['name']} has "
+            raise ConfigError(f"cannot insert {peft_cfg['name']} on {layers} layers: {model_cfg['name']} has "
                              f"{depth} (allowed 1..{depth})")
         # A rank (or bottleneck) wider than the hidden size has no meaning: PiSSA's SVD has `hidden` values.
         for key in METHODS[peft_cfg["name"]].widths:
             width = peft_cfg.get(key)
             if width is not None and int(width) > conf.hidden_size:
-                raise ValueError(f"peft.{key}={width}: must be an integer 1..{conf.hidden_size} "
+                raise ConfigError(f"peft.{key}={width}: must be an integer 1..{conf.hidden_size} "
                                  f"({model_cfg['name']}'s hidden size)")
         counts = count_on_meta(conf, peft_cfg, layers, family)
         k, budget_total = None, counts["total"]
@@ -131,11 +131,9 @@ def plan(config: dict) -> Plan:
                 k, budget_total = original["trainable"], original["total"]
             k = int(k)
             if not counts["head"] <= k <= counts["trainable"]:
-                raise ValueError(f"budget k={k} is impossible for {peft_cfg['name']} on {layers} layers: it must lie "
+                raise ConfigError(f"budget k={k} is impossible for {peft_cfg['name']} on {layers} layers: it must lie "
                                  f"between the head's {counts['head']} and all {counts['trainable']} inserted entries")
-    except ConfigError:
-        raise
-    except (ValueError, FileNotFoundError, KeyError) as e:
+    except FileNotFoundError as e:   # a model's files that are not there; any other error is a bug, with its traceback
         raise ConfigError(str(e).strip("'\"")) from e
     precision_reason = resolve_precision(config["train"])   # before the hash: auto is this machine's
     path = result_path(config["paths"]["runs_dir"], config, layers)

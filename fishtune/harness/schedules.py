@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
+from .checks import ConfigError
+
 
 def layer_schedule(peft_cfg: Mapping[str, Any], depth: int | None = None) -> tuple[list[int], int]:
     """(budget_layers, fish_layers) of a method, fitted to a model of `depth` layers.
@@ -31,7 +33,7 @@ def original_layers(peft_cfg: Mapping[str, Any], budget: int, depth: int | None 
     """Layers of the original run at budget level `budget` (1-based into peft.budget_layers)."""
     levels, _ = layer_schedule(peft_cfg, depth)
     if not 1 <= budget <= len(levels):
-        raise ValueError(f"unknown budget level {budget}; choose one of: {', '.join(map(str, range(1, len(levels) + 1)))}")
+        raise ConfigError(f"unknown budget level {budget}; choose one of: {', '.join(map(str, range(1, len(levels) + 1)))}")
     return levels[budget - 1]
 
 
