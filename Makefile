@@ -166,14 +166,14 @@ STUDY_LAUNCHER ?= parallel
 STUDY_SWEEP = jobs=$${FISHTUNE_JOBS:-2}; threads=$$(( $$(nproc) / jobs )); \
 	FISHTUNE_JOBS=$$jobs OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(( threads > 0 ? threads : 1 ))} \
 	$(OFFLINE) $(BIN)/python -m fishtune.run -m $(if $(filter-out basic,$(STUDY_LAUNCHER)),hydra/launcher=$(STUDY_LAUNCHER))
+STUDY_REPORT = $(BIN)/python -m fishtune.study --runs-dir $(STUDY_RUNS) --out results/study \
+	&& $(BIN)/python -m fishtune.report $(STUDY_RUNS) --out results/study/index.html
 study: setup
 	@$(STUDY_SWEEP) +experiment=study paths.runs_dir=$(STUDY_RUNS) $(ARGS); status=$$?; \
-	$(BIN)/python -m fishtune.study --runs-dir $(STUDY_RUNS) --out results/study; \
-	$(BIN)/python -m fishtune.report $(STUDY_RUNS) --out results/study/index.html; exit $$status
+	$(STUDY_REPORT); exit $$status
 
 study-report: setup
-	$(BIN)/python -m fishtune.study --runs-dir $(STUDY_RUNS) --out results/study
-	$(BIN)/python -m fishtune.report $(STUDY_RUNS) --out results/study/index.html
+	$(STUDY_REPORT)
 
 # Why rand beats fish, and whether it lasts (docs/STUDY.md): the mechanism arm (fish_shuffled and
 # fish_spread, 40 runs), the learning-rate arm (fish and rand at two more lrs, 20 runs) and the converged

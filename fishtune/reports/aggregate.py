@@ -45,6 +45,7 @@ import pandas as pd
 
 from . import row_mode
 from .paper import TABLES, TASK_TITLES, paper_tasks, paper_wide
+from .stats import t_interval
 from ..harness.methods import METHODS
 from ..harness.results import load_failures, load_results, set_aside_files
 from ..harness.schedules import run_layers
@@ -183,14 +184,6 @@ class RunIndex:
 # ---------------------------------------------------------------------------------------------------
 # Building a table
 
-def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
-    """Mean, sample std (ddof=1; NaN for fewer than two values) and count; NaNs for no values."""
-    a = np.asarray(values, dtype=float)
-    if a.size == 0:
-        return math.nan, math.nan, 0
-    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else math.nan, int(a.size)
-
-
 def run_overrides(row: Row, model: str, task: str) -> str:
     """The fishtune.run overrides that produce the run of one cell."""
     out = [f"model={model}", f"peft={row.method}", f"mask={row.mask}", f"budget={row.budget}", f"task={task}"]
@@ -240,13 +233,13 @@ def build_table(n: int, index: RunIndex, model_map: dict[str, str] | None = None
                 ratio = r.get("budget_ratio_pct")
                 if ratio is not None:
                     ratios.append(float(ratio))
-            mean, std, count = mean_std([float(r["best"]["score"]) for r in runs])
+            mean, std, count, _, _ = t_interval([float(r["best"]["score"]) for r in runs])
             title = TASK_TITLES[task]
             rec[title], rec[f"{title}_std"], rec[f"{title}_n"] = mean, std, count
         rec["ratio_pct"] = float(np.median(ratios)) if ratios else math.nan
         complete = [sum(v.values()) / len(tasks) for v in per_seed.values() if len(v) == len(tasks)]
         avg_mean = float(np.mean([rec[TASK_TITLES[t]] for t in tasks])) if not absent else math.nan
-        _, avg_std, _ = mean_std(complete)
+        _, avg_std, *_ = t_interval(complete)
         rec["Avg"], rec["Avg_std"], rec["Avg_n"] = avg_mean, avg_std if not absent else math.nan, len(complete)
         if paper:
             rec["ratio_paper"] = row.paper_ratio

@@ -219,7 +219,7 @@ def study_views(results: list[dict], runs_dir: Path, baselines: dict[str, float]
 
 
 def cells_view(runs: list[dict], baselines: dict[str, float]) -> dict:
-    """Per cell (CELL_KEY), the seeds' mean and 95 % t-interval (fishtune.study.t_interval)."""
+    """Per cell (CELL_KEY), the seeds' mean and 95 % t-interval (fishtune.reports.stats.t_interval)."""
     df = pd.DataFrame([{k: r.get(k) for k in CELL_KEY} | {"score": r["score"], "i": i} for i, r in enumerate(runs)])
     lines = []
     for key, g in df.groupby(CELL_KEY, dropna=False, sort=True):
