@@ -72,7 +72,7 @@ clean:
 # make table5 PROFILE=quick TASKS=mrpc,rte ARGS='data.glue_dir=/path/to/glue_data'
 #   PROFILE=quick|paper    quick: CPU-sized runs on offline stand-in models; paper: Table 6 settings
 #   LAUNCHER=basic|joblib|slurm   basic: one run after another in this process; joblib (alias parallel):
-#                          FISHTUNE_JOBS local worker processes; slurm: one array (fishtune/conf/hydra/launcher/)
+#                          FISHTUNE_JOBS local worker processes; slurm: one array (conf/hydra/launcher/)
 #   TASKS=, METHODS=       comma lists that narrow a sweep (METHODS: Table 1's PEFT methods)
 #   ARGS=                  more Hydra overrides for every run; AGG_ARGS= options of the aggregator (--paper)
 # Each tableN target runs the table's sweep (runs already done are skipped), then writes the table,

@@ -53,6 +53,7 @@ from fishtune.harness import data as glue
 from fishtune.batching import group_cost_tokens, length_groups
 from fishtune.fisher import empirical_fisher
 from fishtune.masks import build_mask
+from fishtune.harness import CONF_DIR
 from fishtune.harness.methods import insert_method, split_trainable
 from fishtune.harness.models import load_model, load_tokenizer
 from fishtune.harness.results import package_versions
@@ -85,8 +86,8 @@ def load_avg() -> float:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--glue-dir", default=os.environ.get("GLUE_DIR", str(ROOT.parent / "shared" / "glue_data")))
-    p.add_argument("--model", default="bert_base_random", help="a config in fishtune/conf/model/")
-    p.add_argument("--peft", default="lora", help="a config in fishtune/conf/peft/ (LoRA-style: Linear hooks apply)")
+    p.add_argument("--model", default="bert_base_random", help="a config in conf/model/")
+    p.add_argument("--peft", default="lora", help="a config in conf/peft/ (LoRA-style: Linear hooks apply)")
     p.add_argument("--fisher-samples", type=int, default=128)
     p.add_argument("--chunk-size", type=int, default=32, help="samples per Fisher batch (conf fisher.chunk_size)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -101,7 +102,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--emulated-steps", type=int, default=3,
                    help="steps each side of the short probe on a CPU without native bf16 (default 3)")
     p.add_argument("--bf16-models", default="minilm,bert_base_random",
-                   help="configs in fishtune/conf/model/ for cpu_bf16_speedup (the first) and cpu_bf16_speedup_NAME")
+                   help="configs in conf/model/ for cpu_bf16_speedup (the first) and cpu_bf16_speedup_NAME")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--out", default=str(ROOT / "results"))
     return p.parse_args(argv)
@@ -346,10 +347,10 @@ def bf16_section(args) -> dict:
     level 1 count (which entries does not change the cost). Peak memory: each side alone, one step on
     the largest batch."""
     task, out = get_task("sst2"), {}
-    peft_cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "fishtune" / "conf" / "peft" / f"{args.peft}.yaml"))
+    peft_cfg = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "peft" / f"{args.peft}.yaml"))
     for i, name in enumerate(args.bf16_models.split(",")):
         figure = "cpu_bf16_speedup" + (f"_{name}" if i else "")
-        model_cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "fishtune" / "conf" / "model" / f"{name}.yaml"))
+        model_cfg = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml"))
         family, layers = model_cfg["family"], int(peft_cfg["fish_layers"])
         tok = load_tokenizer(model_cfg)
         set_seed(args.seed)
@@ -532,8 +533,8 @@ def main(argv=None) -> int:
         print("\n".join(lines))
         return 0
 
-    model_cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "fishtune" / "conf" / "model" / f"{args.model}.yaml"))
-    peft_cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "fishtune" / "conf" / "peft" / f"{args.peft}.yaml"))
+    model_cfg = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / f"{args.model}.yaml"))
+    peft_cfg = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "peft" / f"{args.peft}.yaml"))
     family, layers = model_cfg["family"], int(peft_cfg["fish_layers"])
     tok = load_tokenizer(model_cfg)
     t0 = time.perf_counter()

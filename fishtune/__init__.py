@@ -7,8 +7,8 @@ Three kinds of code, one place each:
   any torch optimizer (optim), a transformers.Trainer callback (callback), FisherAdapTune-style adaptive
   freezing (adaptive) and length groups that cut padding (batching). It imports nothing from the other
   two kinds (tests/test_api.py checks).
-* fishtune/harness/: runs the paper's experiments from Hydra configs (fishtune/conf/, shipped with the
-  package). It imports the library, never the reports.
+* fishtune/harness/: runs the paper's experiments from Hydra configs (the repository's conf/, shipped
+  with the package as fishtune/conf). It imports the library, never the reports.
 * fishtune/reports/: tables, figures and summaries built from result files. They import the library
   and the harness's tables and result files, never its training loop (harness.train, harness.run).
 

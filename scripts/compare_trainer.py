@@ -30,6 +30,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed  # noqa: E402
 
 from fishtune import FishMaskCallback, apply_masks  # noqa: E402
+from fishtune.harness import CONF_DIR  # noqa: E402
 from fishtune.harness import data as glue  # noqa: E402
 from fishtune.harness.results import load_mask_file  # noqa: E402
 from fishtune.harness.methods import insert_method  # noqa: E402
@@ -39,7 +40,7 @@ from fishtune.harness.tasks import get_task  # noqa: E402
 
 
 def harness_run(args, seed: int, runs_dir: str) -> tuple[dict, dict]:
-    with initialize_config_dir(config_dir=str(ROOT / "fishtune" / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=[
             "model=minilm", "task=sst2", "peft=lora", "mask=fish", "budget=1", f"seed={seed}",
             f"data.glue_dir={args.glue_dir}", f"data.train_samples={args.train_samples}",

@@ -21,7 +21,7 @@ from fishtune.reports.study import trivial_baseline
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKS = ("sst2",)   # the task the embedded model learns at CPU scale (docs/STUDY.md)
-# The mean-head study's settings (fishtune/conf/experiment/study_mean_core.yaml: the classifier at its own
+# The mean-head study's settings (conf/experiment/study_mean_core.yaml: the classifier at its own
 # 2e-2), but train.precision=auto (bf16 where the CPU has it) where the study says fp32.
 DEMO = ["profile=study", "budget=1", "train.head_lr_scale=400", "train.precision=auto"]
 ROWS = (("original (1 layer)", "none"), ("fish (5 layers)", "fish"), ("rand (5 layers)", "rand"),

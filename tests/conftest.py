@@ -18,7 +18,7 @@ torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parent.parent
 GLUE_FIXTURES = ROOT / "tests" / "fixtures" / "glue"
-CONF = ROOT / "fishtune" / "conf"
+CONF = ROOT / "conf"
 
 
 def model_cfg(name: str) -> dict:

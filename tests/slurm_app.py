@@ -80,5 +80,5 @@ def main(cfg: DictConfig) -> dict:
 
 if __name__ == "__main__":
     # The launcher configs (hydra/launcher=slurm|parallel) live in the repo's conf/.
-    sys.argv.append(f"hydra.searchpath=[file://{REPO / 'fishtune' / 'conf'}]")
+    sys.argv.append(f"hydra.searchpath=[file://{REPO / 'conf'}]")
     main()

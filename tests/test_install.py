@@ -1,5 +1,5 @@
 """An installed fishtune (`pip install .`, not editable) runs from any directory with the configs it
-ships (fishtune/conf/ as package data).
+ships (the repository's conf/, packaged as fishtune/conf through the fishtune/conf -> ../conf symlink).
 
 The venv gets fishtune itself from a wheel built of a copy of the package's files, so nothing of the
 checkout is on its path. Its dependencies (torch, transformers, peft, adapters, hydra, ... about 2 GB)
@@ -52,7 +52,11 @@ def installed(tmp_path_factory):
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
-    shutil.copytree(ROOT / "fishtune", source / "fishtune", ignore=shutil.ignore_patterns("__pycache__"))
+    # The configs live in conf/ beside the package; fishtune/conf stays a symlink to it, as in the
+    # checkout, so the wheel must hold the files themselves for the checks below to pass.
+    shutil.copytree(ROOT / "fishtune", source / "fishtune", symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "conf", source / "conf")
+    assert (source / "fishtune" / "conf").is_symlink()
     # --no-build-isolation: setuptools comes from the dependencies' site-packages (offline, no PyPI).
     if _run([str(python), "-c", "import pip, setuptools"], cwd=tmp, env=env).returncode != 0:
         pytest.skip("the running interpreter has no pip and setuptools to build and install fishtune offline")
@@ -72,6 +76,8 @@ def test_the_installed_package_is_not_the_checkout(installed):
     assert out.returncode == 0, out.stderr
     package, conf = out.stdout.split()
     assert Path(package).is_relative_to(purelib), package
+    # the wheel's own copy of the configs, files not a link back to a checkout
+    assert Path(conf).is_relative_to(purelib.resolve()) and not (Path(package).parent / "conf").is_symlink(), conf
     assert (Path(conf) / "config.yaml").is_file() and (Path(conf) / "peft" / "lora.yaml").is_file()
     assert (Path(conf) / "model" / "arch" / "bert-base-uncased.json").is_file()
     assert (Path(package).parent / "reports" / "paper_data" / "table1.csv").is_file()

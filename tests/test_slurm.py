@@ -93,7 +93,7 @@ def cluster(slurm_session):
 
 
 def _env(**launcher: object) -> dict[str, str]:
-    """The sweep's environment: the launcher config (fishtune/conf/hydra/launcher/slurm.yaml) pointed at the
+    """The sweep's environment: the launcher config (conf/hydra/launcher/slurm.yaml) pointed at the
     local cluster through its FISHTUNE_SLURM_* variables, and the sacct stand-in on PATH."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FISHTUNE_SLURM_")}
     env["PATH"] = f"{SACCT_BIN}{os.pathsep}{env.get('PATH', '')}"
@@ -204,7 +204,7 @@ def test_sweep_runs_as_slurm_array(cluster, tmp_path):
     assert r1["attempt"] == r2["attempt"] == 1
     # both ran at once (1 CPU, 1 GB each on a 2-core node)
     assert max(r1["start"], r2["start"]) < min(r1["end"], r2["end"])
-    # the FISHTUNE_SLURM_* variables reached sbatch through fishtune/conf/hydra/launcher/slurm.yaml
+    # the FISHTUNE_SLURM_* variables reached sbatch through conf/hydra/launcher/slurm.yaml
     script = (out / "hydra/multirun/.submitit" / r1["SLURM_ARRAY_JOB_ID"]).glob("*_submission.sh")
     text = next(script).read_text()
     for flag in ("--partition=" + PARTITION, "--cpus-per-task=1", "--mem=1GB", "--time=10",
@@ -447,7 +447,7 @@ def test_fishtune_sweep_runs_as_slurm_jobs(fishtune_sweeps):
         assert results[(task, "fish")]["trainable"] == results[(task, "none")]["trainable"]
         assert results[(task, "fish")]["layers"] > results[(task, "none")]["layers"]
         assert results[(task, "fish")]["fisher_seconds"] > 0  # a resumed run reports its saved mask's cost
-    # fishtune/conf/hydra/launcher/slurm.yaml reached sbatch
+    # conf/hydra/launcher/slurm.yaml reached sbatch
     script = next((_sweep_dir(s.main) / ".submitit").glob("*/*_submission.sh")).read_text()
     for line in (f"--job-name={FISHTUNE_JOB_NAME}", "--array=0-3%", "--cpus-per-task=1", "--time=60",
                  "export OMP_NUM_THREADS=$SLURM_CPUS_PER_TASK"):

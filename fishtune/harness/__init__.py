@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# The Hydra configs ship inside the package (pyproject's package-data), so that an installed
-# fishtune finds them wherever it runs from.
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+# The Hydra configs live in the repository's top-level conf/ and ship inside the package as
+# fishtune/conf (pyproject's package-data), so that an installed fishtune finds them wherever it runs
+# from. In a checkout fishtune/conf is a symlink to ../conf; resolve() names the folder itself.
+CONF_DIR = (Path(__file__).resolve().parents[1] / "conf").resolve()

@@ -1,7 +1,7 @@
 """PEFT methods: one MethodSpec each, and inserting them on the bottom L transformer layers.
 
 A `MethodSpec` says everything about one method: the library that inserts it, the model families it
-supports (and, for the others, why not), its defaults (its config, fishtune/conf/peft/<name>.yaml), the
+supports (and, for the others, why not), its defaults (its config, conf/peft/<name>.yaml), the
 checks of its own config values, the widths that may not exceed the model's hidden size, and how it is
 inserted. Validation (validate.py), the run (run.py), the ratios and the aggregator read it here;
 adding a method means one spec below and one yaml.
@@ -75,7 +75,7 @@ class MethodSpec:
 
     @property
     def defaults(self) -> dict[str, Any]:
-        """The method's config as shipped (fishtune/conf/peft/<name>.yaml), a copy."""
+        """The method's config as shipped (conf/peft/<name>.yaml), a copy."""
         return dict(_defaults(self.name))
 
     def option(self, peft_cfg: Mapping[str, Any], key: str) -> Any:

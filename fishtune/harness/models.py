@@ -1,6 +1,6 @@
 """Model registry: the embedded MiniLM, hub models, and tiny random configs for tests.
 
-A model config (fishtune/conf/model/*.yaml) has `name`, `family` (bert | modernbert | llama), `source`
+A model config (conf/model/*.yaml) has `name`, `family` (bert | modernbert | llama), `source`
 (embedded | hub | tiny), `path` (hub id or local folder), for tiny (randomly initialised) models `tiny`
 (config kwargs; empty = the architecture's defaults, e.g. bert-base for BERT), and optionally
 `tokenizer` (a tokenizer folder), and `head`: what the classifier reads (validate.HEADS; default `pooler`).
@@ -142,7 +142,7 @@ def build_on_meta(conf: PretrainedConfig) -> torch.nn.Module:
 
 
 def arch_config(cfg: Mapping[str, Any], num_labels: int = 2) -> PretrainedConfig:
-    """The architecture config of a hub model from the config.json kept in fishtune/conf/model/arch/ (the
+    """The architecture config of a hub model from the config.json kept in conf/model/arch/ (the
     model yaml's `arch` key): no download, no weights. Enough to count parameters on the meta device."""
     import json
 

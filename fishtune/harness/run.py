@@ -37,7 +37,7 @@ from .validate import HEAD_ONLY, ConfigError, check_config, check_hub
 # SLURM_JOB_GPUS: the node's indices of the job's GPUs; SLURM_SHARDS_ON_NODE: its shards of a shared GPU.
 SLURM_KEYS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT", "SLURM_JOB_PARTITION",
               "SLURM_JOB_GPUS", "SLURM_SHARDS_ON_NODE")
-# Config groups whose options all live in fishtune/conf/: its folders, but hydra/ (hydra/* groups also
+# Config groups whose options all live in conf/: its folders, but hydra/ (hydra/* groups also
 # have options from plugins).
 OWN_GROUPS = tuple(sorted(d.name for d in CONF_DIR.iterdir() if d.is_dir() and d.name != "hydra"))
 
@@ -513,7 +513,7 @@ LEFT_TO_OTHERS = "left_to_another_sweep.json"
 
 
 class SweepEnd(Callback):
-    """Hydra callback (fishtune/conf/config.yaml): at the end of a sweep, in the process that launched
+    """Hydra callback (conf/config.yaml): at the end of a sweep, in the process that launched
     it (also for Slurm arrays), say how many of its runs it left to other live sweeps, and which."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -526,7 +526,7 @@ class SweepEnd(Callback):
 
 
 def check_experiment_is_a_sweep(argv: list[str]) -> None:
-    """An experiment (fishtune/conf/experiment/) lists its runs under hydra.sweeper.params, which only a
+    """An experiment (conf/experiment/) lists its runs under hydra.sweeper.params, which only a
     multirun reads: without -m Hydra would do one default run and say nothing. Refuse that in one line."""
     multirun = any(a in ("-m", "--multirun") or a.replace(" ", "") == "hydra.mode=MULTIRUN" for a in argv)
     names = [a.split("=", 1)[1] for a in argv if a.lstrip("+~").startswith("experiment=")]

@@ -1,13 +1,13 @@
 """The runs behind each paper table: expand an experiment config the way `fishtune.run -m` would.
 
-An experiment (fishtune/conf/experiment/<name>.yaml) lists its sweep under `hydra.sweeper.params`. Hydra's basic
+An experiment (conf/experiment/<name>.yaml) lists its sweep under `hydra.sweeper.params`. Hydra's basic
 sweeper launches the Cartesian product of those params and the command-line overrides (a command-line
 sweep of the same key replaces the experiment's: `task=mrpc,rte` narrows a table to two tasks). This
 module repeats that expansion with Hydra's own parser and product, then composes every job with the
 compose API, so tests and `python -m fishtune.harness.sweeps` see exactly the configs a multirun would run.
 
 Tables whose rows are not a product of config values (3 and 4) sweep `+row`, a group of small configs
-(fishtune/conf/row/) that each set a whole row's values; a row leaves no trace in the composed config, so a
+(conf/row/) that each set a whole row's values; a row leaves no trace in the composed config, so a
 run shared by two tables composes to the same config and the same result file.
 
     python -m fishtune.harness.sweeps table5                 # count and list the runs of Table 5

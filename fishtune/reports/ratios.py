@@ -4,7 +4,7 @@
 
 For each row of fishtune/reports/paper_data/ratios.csv (model, method, budget level, layers, the paper's
 printed ratio) the method is inserted on the original run's layers of a model built on the meta
-device from the architecture config kept in fishtune/conf/model/arch/: no weights, no network. An original
+device from the architecture config kept in conf/model/arch/: no weights, no network. An original
 row and its FISH row share the budget, so one row stands for both.
 
   ratio_pct = 100 x trainable / total
@@ -45,7 +45,7 @@ def compute_ratios(paper: pd.DataFrame | None = None) -> pd.DataFrame:
         model_cfg, peft_cfg = _yaml("model", r.model), METHODS[r.method].defaults
         layers = original_layers(peft_cfg, int(r.budget))
         if layers != r.layers:  # the yaml's budget schedule must be the paper's
-            raise ValueError(f"{r.method}: budget {r.budget} is {layers} layers in fishtune/conf/peft, {r.layers} in the paper")
+            raise ValueError(f"{r.method}: budget {r.budget} is {layers} layers in conf/peft, {r.layers} in the paper")
         counts = count_on_meta(arch_config(model_cfg, num_labels=2), peft_cfg, layers, model_cfg["family"])
         ratio = 100 * counts["trainable"] / counts["total"]
         rows.append({"model": r.model, "method": r.method, "layers": layers, "rank": peft_cfg.get("rank"),

@@ -17,7 +17,7 @@ Reads the result files of `+experiment=study` (docs/STUDY.md) and writes under `
   figure.png / .pdf   per task, each row's mean with its interval and the seeds, the baseline drawn in
   summary.md          the two tables in Markdown, for the README
 
-`adaptive` (FisherAdapTune starting from the FISH mask, fishtune/conf/mask/adaptive_fish.yaml) only freezes, so
+`adaptive` (FisherAdapTune starting from the FISH mask, conf/mask/adaptive_fish.yaml) only freezes, so
 its trainable count shrinks below the budget's k during training. Its row counts as budget-matched when
 every run's mean trainable count over training (the result's ratio_pct_mean) is within 10 % of k;
 otherwise the row and its comparisons are labelled "not budget-matched" (reported apart, not as a
