@@ -11,8 +11,8 @@ Writes under `--out`:
                 subset under both heads; two runs pair only in one precision) with the t-test p and
                 Holm's p over the table
   original.csv  per task and budget, the original row under each head (mean, interval, n, the mean
-                prediction std for STS-B), the head-only reference and the probe's closed-form
-                ceiling on 1,000 examples
+                prediction std for STS-B), the head-only reference, original - head only paired over
+                seeds (p, Holm over the table) and the probe's closed-form ceiling on 1,000 examples
   heads.md      both tables in Markdown
 The two heads also differ in their rates (the mean head's study gives the classifier its own, 2e-2), so
 a difference is the setup's, not the pooler's alone.
@@ -92,13 +92,20 @@ def original_table(old: pd.DataFrame, new: pd.DataFrame, probe: pd.DataFrame | N
         if probe is not None:
             hits = probe[(probe["task"] == task) & (probe["head"] == "mean") & probe["train"].str.startswith("1000")]
             ceiling = float(hits["dev_score"].mean()) if len(hits) else math.nan
+        both = pd.concat([g.set_index(["seed", "precision"])["score"].rename("original"),
+                          ref.set_index(["seed", "precision"])["score"].rename("head_only")], axis=1, join="inner")
+        test = one_sample_test(both["original"] - both["head_only"])
         out.append({"task": task, "budget": int(budget), **_cell(g["score"], "mean"),
+                    **{f"vs_head_only_{k}": v for k, v in test.items()},
                     "mean_pred_std": float(g["pred_std"].mean()), **_cell(g_old["score"], "pooler"),
                     "pooler_pred_std": float(g_old["pred_std"].mean()) if len(g_old) else math.nan,
                     **_cell(ref["score"], "head_only"),
                     "head_only_pred_std": float(ref["pred_std"].mean()) if len(ref) else math.nan,
                     "probe_ceiling": ceiling})
-    return pd.DataFrame(out)
+    table = pd.DataFrame(out)
+    if len(table):   # does training the adapter add to the head alone? One family: the table's rows
+        table["vs_head_only_p_holm"] = holm(table["vs_head_only_p_ttest"].to_numpy(float))
+    return table
 
 
 def _ci(rec: dict, key: str, sign: str = "") -> str:
@@ -117,12 +124,16 @@ def _std(v: float) -> str:
 def to_markdown(heads: pd.DataFrame, original: pd.DataFrame) -> str:
     """Both tables as Markdown."""
     lines = ["### The original row under each head (1,000 examples, 3 epochs); STS-B: prediction std (label std 1.50)", "",
-             "| task | budget | mean head | pred std | pooler head | pred std | head only (mean head) | pred std | probe ceiling (1,000) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| task | budget | mean head | pred std | pooler head | pred std | head only (mean head) | pred std | "
+             "original - head only [95 % CI] | p | p (Holm) | probe ceiling (1,000) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for rec in original.to_dict("records"):
+        diff = {"d": rec["vs_head_only_mean_diff"], "d_lo": rec["vs_head_only_ci_lo"],
+                "d_hi": rec["vs_head_only_ci_hi"], "d_n": rec["vs_head_only_pairs"]}
         lines.append(f"| {rec['task']} | {rec['budget']} | {_ci(rec, 'mean')} | {_std(rec['mean_pred_std'])} | "
                      f"{_ci(rec, 'pooler')} | {_std(rec['pooler_pred_std'])} | {_ci(rec, 'head_only')} | "
-                     f"{_std(rec['head_only_pred_std'])} | {rec['probe_ceiling']:.1f} |")
+                     f"{_std(rec['head_only_pred_std'])} | {_ci(diff, 'd', '+')} | {rec['vs_head_only_p_ttest']:.3g} | "
+                     f"{rec['vs_head_only_p_holm']:.3g} | {rec['probe_ceiling']:.1f} |")
     lines += ["", "### Every shared cell: mean head against pooler head, paired over seeds", "",
               "| setting | task | budget | row | pooler head | mean head | mean - pooler [95 % CI] | p | p (Holm) | precision (pooler / mean) |",
               "|---|---|---:|---|---:|---:|---:|---:|---:|---|"]
