@@ -148,3 +148,23 @@ def test_the_heads_report_pairs_each_cell_by_seed_at_the_same_rate_as_scipy_does
     assert table.loc["fish", "pooler"] == pytest.approx(10.75)   # the 2e-2 runs left out
     p = sorted(table["p_ttest"])
     assert sorted(table["p_holm"]) == pytest.approx([min(1, 2 * p[0]), min(1, max(2 * p[0], p[1]))])
+
+
+def test_the_original_row_is_paired_with_the_head_only_reference_by_seed():
+    import pandas as pd
+    from scipy import stats
+
+    from fishtune.reports.heads import original_table
+
+    def runs(head, row, scores, budget=1):
+        return [{"head": head, "setting": "1000 ex, 3 ep", "task": "stsb", "budget": budget, "row": row, "seed": s,
+                 "lr": 5e-3, "score": v, "precision": "fp32", "pred_std": 0.9} for s, v in enumerate(scores, 1)]
+
+    new = pd.DataFrame(runs("mean", "original", [44.0, 45.0, 47.0]) + runs("mean", "head only", [34.0, 30.0, 36.0]))
+    old = pd.DataFrame(runs("pooler", "original", [9.0, 8.0, 10.0]))
+    probe = pd.DataFrame({"task": ["stsb", "stsb"], "head": ["mean", "mean"], "train": ["1000 (seed 1)", "all"],
+                          "dev_score": [31.6, 46.5]})
+    rec = original_table(old, new, probe).iloc[0]
+    assert rec["vs_head_only_mean_diff"] == pytest.approx(12.0)
+    assert rec["vs_head_only_p_ttest"] == pytest.approx(stats.ttest_rel([44, 45, 47], [34, 30, 36]).pvalue)
+    assert (rec["mean"], rec["pooler"], rec["head_only"], rec["probe_ceiling"]) == pytest.approx((45.33333, 9.0, 33.33333, 31.6))

@@ -84,6 +84,8 @@ def mechanism_table(df: pd.DataFrame) -> pd.DataFrame:
     for (task, budget), g in df[df["mode"].isin(DESIGN)].groupby(["task", "budget"]):
         # A seed's four cells contrast only within one precision (as every paired table here).
         wide = g.pivot_table(index=["seed", "precision"], columns="mode", values="score").reindex(columns=list(DESIGN)).dropna()
+        if wide.empty:   # no seed has all four cells (yet): nothing to contrast
+            continue
         cells = _cell_means(g[g["seed"].isin(wide.index.get_level_values("seed"))], DESIGN)
         for name, f in CONTRASTS.items():
             out.append({"task": task, "budget": budget, "effect": name, **one_sample_test(f(wide)), **cells})
