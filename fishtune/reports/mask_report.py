@@ -35,23 +35,27 @@ def _frame(results: list[dict]) -> pd.DataFrame:
     rows = [{"model": r["model"], "method": r["method"], "rank": r["rank"], "mask": r["mask"], "budget": r["budget"],
              "task": r["task"], "seed": r["seed"], "score": r["best"]["score"],
              # adaptive: the mean over training; masked rows: the budget row's ratio
-             "ratio_pct": r.get("ratio_pct_mean", r["budget_ratio_pct"])}
+             "ratio_pct": r.get("ratio_pct_mean", r["budget_ratio_pct"]),
+             "precision": r.get("precision") or "unrecorded"}
             for r in results]
     return pd.DataFrame(rows, columns=["model", "method", "rank", "mask", "budget", "task", "seed", "score",
-                                       "ratio_pct"])
+                                       "ratio_pct", "precision"])
 
 
 def mask_table(results: list[dict]) -> pd.DataFrame:
     """One row per (model, method, rank, budget, mode): per-task mean and std over seeds, Avg, and the
-    paired comparison with the original row at the same budget."""
+    paired comparison with the original row at the same budget; runs of two precisions make two rows
+    and never pair."""
     df = _frame(results)
     out = []
-    for (model, method, rank, budget), group in df.groupby(["model", "method", "rank", "budget"], dropna=False):
+    for (model, method, rank, budget, precision), group in df.groupby(["model", "method", "rank", "budget", "precision"],
+                                                                      dropna=False):
         tasks = [t for t in TASK_ORDER if t in set(group["task"])]
         by_mode = {m: g.set_index(["task", "seed"])["score"] for m, g in group.groupby("mask")}
         for mode in [m for m in ROWS if m in by_mode]:
             scores = by_mode[mode]
-            row = {"model": model, "method": method, "rank": rank, "budget": budget, "row": ROWS[mode],
+            row = {"model": model, "method": method, "rank": rank, "budget": budget, "precision": precision,
+                   "row": ROWS[mode],
                    "ratio_pct": float(group[group["mask"] == mode]["ratio_pct"].mean()),
                    "seeds": int(scores.index.get_level_values("seed").nunique())}
             per_task = scores.groupby(level="task")
@@ -67,16 +71,16 @@ def mask_table(results: list[dict]) -> pd.DataFrame:
 
 
 def bootstrap_table(results: list[dict], n_resamples: int = 1000) -> pd.DataFrame:
-    """Each masked run against the original run of the same model, method, rank, budget, task and
-    seed, by a paired bootstrap over their shared dev examples (fishtune.reports.stats.paired_bootstrap).
+    """Each masked run against the original run of the same model, method, rank, budget, task, seed and
+    precision, by a paired bootstrap over their shared dev examples (fishtune.reports.stats.paired_bootstrap).
     Runs written before result files kept per-example predictions are left out."""
     keyed: dict[tuple, dict[str, dict]] = {}
     for r in results:
         if r.get("dev_predictions") is not None:
-            key = (r["model"], r["method"], r["rank"], r["budget"], r["task"], r["seed"])
+            key = (r["model"], r["method"], r["rank"], r["budget"], r["task"], r["seed"], r.get("precision"))
             keyed.setdefault(key, {})[r["mask"]] = r
     rows = []
-    for (model, method, rank, budget, task, seed), by_mode in sorted(keyed.items(), key=lambda kv: str(kv[0])):
+    for (model, method, rank, budget, task, seed, _), by_mode in sorted(keyed.items(), key=lambda kv: str(kv[0])):
         original = by_mode.get("none")
         for mode in [m for m in ROWS if m != "none" and m in by_mode]:
             run = by_mode[mode]
