@@ -35,22 +35,34 @@ def test_auto_on_a_bf16_cpu_and_on_an_avx2_cpu_are_two_runs(tmp_path, cpu):
     assert plan(run_config(tmp_path, *QUICK, "train.device=cpu", "train.precision=fp32")).path == plans[False].path
 
 
-def test_a_cell_with_finished_runs_refuses_another_precision_in_one_line(tmp_path, cpu):
+def test_a_folder_with_finished_runs_refuses_another_precision_in_one_line(tmp_path, cpu):
     cpu(False)
     run(run_config(tmp_path, *QUICK, "seed=1"), progress=False)            # auto -> fp32 here
     cpu(True)                                                              # the sweep resumed on a bf16 CPU
-    with pytest.raises(ConfigError, match=r"already holds 1 finished fp32 run\(s\) of the cell .*seeds 1\); "
-                                          r"this run would train in bf16: pass train.precision=fp32"):
+    with pytest.raises(ConfigError, match=r"already holds 1 finished fp32 run\(s\) of tiny_bert-sst2-lora .*"
+                                          r"would train in bf16: pass train.precision=fp32"):
         plan(run_config(tmp_path, *QUICK, "seed=2"))
+    # nor the other half of a pair: another mask or budget of the same runs
+    with pytest.raises(ConfigError, match="pass train.precision=fp32"):
+        plan(run_config(tmp_path, *QUICK, "seed=1", "mask=none", "budget=2"))
     assert plan(run_config(tmp_path, *QUICK, "seed=2", "train.precision=fp32")).config["train"]["precision"] == "fp32"
-    # another cell (another mask) in the same folder is free to train in bf16
-    assert plan(run_config(tmp_path, *QUICK, "seed=2", "mask=none")).config["train"]["precision"] == "bf16"
+    # another task in the same folder is free to train in bf16
+    assert plan(run_config(tmp_path, *QUICK, "task=rte")).config["train"]["precision"] == "bf16"
     # from the command line: exit 2 and one line, before any training
     cmd = [sys.executable, "-m", "fishtune.run", "model=tiny_bert", f"paths.runs_dir={tmp_path}",
            f"data.glue_dir={ROOT / 'tests' / 'fixtures' / 'glue'}", *QUICK, "seed=3", "train.precision=bf16"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "pass train.precision=fp32" in proc.stderr
+    # a sweep stops at the first such run: nothing more trains, one line at the end, exit 2
+    quick = [o for o in QUICK if not o.startswith("mask=")]
+    sweep = subprocess.run([sys.executable, "-m", "fishtune.run", "-m", "model=tiny_bert", f"paths.runs_dir={tmp_path}",
+                            f"data.glue_dir={ROOT / 'tests' / 'fixtures' / 'glue'}", *quick, "seed=4,5", "mask=none,rand",
+                            "train.precision=bf16", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                           capture_output=True, text=True, cwd=ROOT)
+    assert sweep.returncode == 2
+    assert sweep.stderr.count("fishtune: error: the sweep stopped:") == 1
+    assert [p.name for p in tmp_path.glob("tiny_bert-*.json")] == [plan(run_config(tmp_path, *QUICK, "seed=1", "train.precision=fp32")).path.name]
 
 
 def test_forced_bf16_on_an_emulating_cpu_warns_once_and_trains_as_without_the_probe(tmp_path, cpu):

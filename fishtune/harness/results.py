@@ -208,7 +208,7 @@ def set_aside(path: str | Path, why: str) -> Path:
     return aside
 
 
-def _read_json(path: Path) -> tuple[Any, str | None]:
+def read_json(path: Path) -> tuple[Any, str | None]:
     """(data, None), or (None, why) when the file cannot be read as JSON (truncated, not text)."""
     try:
         return json.loads(path.read_bytes()), None
@@ -221,7 +221,7 @@ def read_result(path: str | Path) -> dict | None:
     damaged (unreadable, truncated, not a result): then it is set aside with a warning and its run is
     to be redone."""
     path = Path(path)
-    data, why = _read_json(path)
+    data, why = read_json(path)
     if why is None:
         try:
             if isinstance(data, dict) and "best" in data:
@@ -242,7 +242,7 @@ def load_results(runs_dir: str | Path, damaged: list[str] | None = None) -> list
     for path in sorted(Path(runs_dir).rglob("*.json")):
         if path.name.endswith(".failed.json"):  # failure records: load_failures
             continue
-        data, why = _read_json(path)
+        data, why = read_json(path)
         if why is not None:
             if damaged is not None:
                 damaged.append(f"{path}: {why}")
@@ -261,7 +261,7 @@ def load_failures(runs_dir: str | Path, damaged: list[str] | None = None) -> lis
     are skipped and, with `damaged`, listed as for load_results."""
     out = []
     for path in sorted(Path(runs_dir).rglob("*.failed.json")):
-        data, why = _read_json(path)
+        data, why = read_json(path)
         if why is not None or not isinstance(data, dict):
             if damaged is not None:
                 damaged.append(f"{path}: {why or 'not a failure record'}")

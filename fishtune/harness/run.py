@@ -28,8 +28,8 @@ from . import CONF_DIR
 from . import claims
 from . import data as glue
 from . import tracking
-from .results import (Diverged, RunResult, config_hash, git_commit, identity, json_safe, now_iso, package_versions,
-                      read_result, result_path, run_name, set_aside, write_json_atomic)
+from .results import (Diverged, RunResult, read_json, config_hash, git_commit, identity, json_safe, now_iso,
+                      package_versions, read_result, result_path, run_name, set_aside, write_json_atomic)
 from .tasks import TaskSpec, get_task
 from .validate import HEAD_ONLY, ConfigError, check_config, check_hub
 
@@ -142,28 +142,37 @@ def plan(config: dict) -> Plan:
                 counts["total"], budget_total, path, precision_reason)
 
 
+class MixedPrecisionError(ConfigError):
+    """A run would add the other precision to a folder's finished runs of its study (check_cell_precision)."""
+
+
 def check_cell_precision(path: Path, config: dict, layers: int) -> None:
-    """Refuse (ConfigError) a run whose folder already holds finished runs of its cell (the same config
-    but for the seed) in the other precision: a cell, and the pairs across its rows, stay in one."""
+    """Refuse (MixedPrecisionError) a run whose folder already holds finished runs of its study in the
+    other precision: runs that differ only in seed, mask or budget are the cells and pairs one report
+    compares, so they stay in one precision."""
     def cell(c: Mapping) -> dict:
         ident = identity(c)
-        return {**{k: v for k, v in ident.items() if k != "seed"},
+        return {**{k: v for k, v in ident.items() if k not in ("seed", "mask", "budget")},
                 "train": {k: v for k, v in ident["train"].items() if k != "precision"}}
 
-    stem = run_name(config, layers).rsplit("-s", 1)[0]
+    if path.exists():   # finished: it is skipped, nothing is added
+        return
+    stem = "-".join(run_name(config, layers).split("-")[:3])   # model-task-method: the rest may differ
     ours, precision = cell(config), config["train"]["precision"]
     other = []
-    for f in path.parent.glob(f"{glob.escape(stem)}-s*.json"):
-        if f.name.endswith(".failed.json") or f == path:
+    for f in path.parent.glob(f"{glob.escape(stem)}-L*.json"):
+        if f.name.endswith(".failed.json"):
             continue
-        r = read_result(f)
-        if r and r.get("config") and r.get("precision") not in (None, precision) and cell(r["config"]) == ours:
-            other.append(r)
+        r, _ = read_json(f)   # a damaged file is the run's own business (read_result sets it aside)
+        if isinstance(r, dict) and isinstance(r.get("config"), dict) and r.get("precision") not in (None, precision) \
+                and cell(r["config"]) == ours:
+            other.append({**r, "_path": str(f)})
     if other:
         there = other[0]["precision"]
-        raise ConfigError(f"{path.parent} already holds {len(other)} finished {there} run(s) of the cell {stem} "
-                          f"(seeds {', '.join(str(r['seed']) for r in other)}); this run would train in {precision}: pass "
-                          f"train.precision={there} to continue the cell, or another paths.runs_dir")
+        raise MixedPrecisionError(
+            f"{path.parent} already holds {len(other)} finished {there} run(s) of {stem} with this run's settings "
+            f"(e.g. {Path(other[0]['_path']).name}); {path.name} would train in {precision}: pass "
+            f"train.precision={there} to continue them, or another paths.runs_dir")
 
 
 def _device_and_precision(train_cfg: dict) -> tuple[str, bool, str]:
@@ -482,6 +491,10 @@ def _hydra_main(cfg: DictConfig) -> None:
 
     config = OmegaConf.to_container(cfg, resolve=True)
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
+    stop = Path(str(HydraConfig.get().sweep.dir)) / STOPPED if in_sweep else None
+    if stop is not None and stop.exists():   # an earlier job found precisions about to mix: nothing more trains
+        print(f"fishtune: skip, the sweep stopped: {json.loads(stop.read_text())['reason']}", file=sys.stderr)
+        return
     try:
         result = run(config)
     except claims.ClaimedElsewhere as e:  # not this sweep's to train: counted at the sweep's end (SweepEnd)
@@ -489,6 +502,13 @@ def _hydra_main(cfg: DictConfig) -> None:
         if in_sweep:
             write_json_atomic(Path(HydraConfig.get().runtime.output_dir) / LEFT_TO_OTHERS,
                               {"run": str(e.result), "owner": e.busy.describe()})
+        return
+    except MixedPrecisionError as e:   # the sweep stops: every later run would mix precisions the same way
+        if stop is not None:
+            write_json_atomic(stop, {"reason": str(e), "run": json_safe(config)})
+        print(f"fishtune: error: {e}", file=sys.stderr)
+        if stop is None:
+            sys.exit(2)
         return
     except Exception as e:  # noqa: BLE001 - a sweep records every failure and goes on with the next run
         if in_sweep:
@@ -510,6 +530,8 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 # Written in a sweep job's Hydra folder when its run was left to another live sweep; SweepEnd counts them.
 LEFT_TO_OTHERS = "left_to_another_sweep.json"
+# Written in the sweep's folder when a run would mix precisions (MixedPrecisionError): later jobs skip.
+STOPPED = "stopped_mixed_precision.json"
 
 
 class SweepEnd(Callback):
@@ -523,6 +545,10 @@ class SweepEnd(Callback):
               + (" (python -m fishtune.sweep_summary shows them in progress):" if left else ""))
         for item in left:
             print(f"  {Path(item['run']).name}: {item['owner']}")
+        if (sweep_dir / STOPPED).exists():
+            print(f"fishtune: error: the sweep stopped: {json.loads((sweep_dir / STOPPED).read_text())['reason']}",
+                  file=sys.stderr)
+            sys.exit(2)
 
 
 def check_experiment_is_a_sweep(argv: list[str]) -> None:
