@@ -161,7 +161,7 @@ def to_markdown(mech: pd.DataFrame, lr: pd.DataFrame, conv: pd.DataFrame, place:
     lines = []
     if len(mech):
         lines += ["### Mechanism: the 2 x 2 (allocation x entries), paired over seeds", "",
-                  "| task | budget | fish | fish_spread | fish_shuffled | rand | effect | n | mean [95 % CI] | p | p (Holm) |",
+                  "| task | budget | " + " | ".join(DESIGN) + " | effect | n | mean [95 % CI] | p | p (Holm) |",
                   "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
         for rec in mech.to_dict("records"):
             cells = " | ".join(_ci(rec, m) for m in DESIGN) if rec["effect"] == "allocation" else " | " * 3
