@@ -176,13 +176,9 @@ def check_cell_precision(path: Path, config: dict, layers: int) -> None:
 
 
 def _device_and_precision(train_cfg: dict) -> tuple[str, bool, str]:
-    import torch
+    from .train import choose_precision, resolve_device
 
-    from .train import choose_precision
-
-    device = train_cfg["device"]
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(train_cfg["device"])
     return (device, *choose_precision(train_cfg["precision"], device))
 
 

@@ -123,14 +123,16 @@ def warn_if_emulated_bf16(model: nn.Module, batch: Mapping[str, torch.Tensor], t
         f"{probe['fp32_seconds']:.2f} s); train.precision=fp32 (or auto) avoids it"), stacklevel=2)
 
 
+def resolve_device(device: str) -> str:
+    """`train.device`, with `auto` made cuda where a GPU is visible, else cpu."""
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
 def resolve_precision(train_cfg: dict) -> str:
     """Fix `train.precision` to what this machine trains in (`auto` becomes fp32 or bf16) and return why:
     the precision is part of a run's identity, so a run that trains in bf16 never shares a result file
     (or a cell) with one that trains in fp32."""
-    device = train_cfg["device"]
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    bf16, why = choose_precision(train_cfg["precision"], device)
+    bf16, why = choose_precision(train_cfg["precision"], resolve_device(train_cfg["device"]))
     train_cfg["precision"] = "bf16" if bf16 else "fp32"
     return why
 
