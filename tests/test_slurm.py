@@ -192,7 +192,9 @@ def _submitit_log(out: Path, task: str) -> str:
 @slurm
 def test_sweep_runs_as_slurm_array(cluster, tmp_path):
     out = tmp_path / "basic"
-    rc, log = _sweep(out, "x=1,2", "sleep_s=3")
+    # 12 s each: the scheduler may start the second task of the array seconds after the first (5 s
+    # seen under load on 2 cores), and the overlap check below must not depend on that lag.
+    rc, log = _sweep(out, "x=1,2", "sleep_s=12")
     assert rc == 0, log
     r1, r2 = _result(out, 1), _result(out, 2)
     # real Slurm jobs: one array, two tasks, each with its own job id, on the local node
