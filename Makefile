@@ -65,14 +65,24 @@ examples: setup
 	$(BIN)/python examples/trainer_fish.py $(EXAMPLE_SIZES)
 	$(BIN)/python examples/plain_loop.py $(EXAMPLE_SIZES)
 
+# What runs and tests leave behind by default (paths.runs_dir, Hydra's folders inside it); results/ is kept.
 clean:
-	rm -rf runs outputs multirun .pytest_cache
+	rm -rf runs .pytest_cache
+
+# A multirun on launcher $(1) (a conf/hydra/launcher/ name, or basic: Hydra's own, one run after another).
+# Local workers split the cores between them instead of each taking them all (torch reads
+# OMP_NUM_THREADS when it starts; workers inherit it): FISHTUNE_JOBS workers (default 2), nproc / workers
+# threads each.
+FISHTUNE_JOBS ?= 2
+WORKER_THREADS = $$(( $$(nproc) / $(FISHTUNE_JOBS) > 0 ? $$(nproc) / $(FISHTUNE_JOBS) : 1 ))
+sweep_cmd = $(if $(filter parallel,$(1)),FISHTUNE_JOBS=$(FISHTUNE_JOBS) OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$(WORKER_THREADS)}) \
+	$(BIN)/python -m fishtune.run -m $(if $(filter-out basic,$(1)),hydra/launcher=$(1))
 
 # ---- The paper's tables (docs/TABLES.md, docs/EXPERIMENTS.md) ---------------------------------
 # make table5 PROFILE=quick TASKS=mrpc,rte ARGS='data.glue_dir=/path/to/glue_data'
 #   PROFILE=quick|paper    quick: CPU-sized runs on offline stand-in models; paper: Table 6 settings
-#   LAUNCHER=basic|joblib|slurm   basic: one run after another in this process; joblib (alias parallel):
-#                          FISHTUNE_JOBS local worker processes; slurm: one array (conf/hydra/launcher/)
+#   LAUNCHER=basic|parallel|slurm   basic: one run after another in this process; parallel: FISHTUNE_JOBS
+#                          local worker processes (hydra-joblib-launcher); slurm: one array (conf/hydra/launcher/)
 #   TASKS=, METHODS=       comma lists that narrow a sweep (METHODS: Table 1's PEFT methods)
 #   ARGS=                  more Hydra overrides for every run; AGG_ARGS= options of the aggregator (--paper)
 # Each tableN target runs the table's sweep (runs already done are skipped), then writes the table,
@@ -95,14 +105,7 @@ BERT ?= minilm
 MODERNBERT ?= tiny_modernbert
 LLAMA ?= tiny_llama
 endif
-# Local workers split the cores between them instead of each taking them all (torch reads
-# OMP_NUM_THREADS when it starts; workers inherit it): nproc / FISHTUNE_JOBS threads each.
-ifneq ($(filter joblib parallel,$(LAUNCHER)),)
-export FISHTUNE_JOBS ?= 2
-export OMP_NUM_THREADS ?= $(shell n=$$(( $$(nproc) / $(FISHTUNE_JOBS) )); echo $$(( n > 0 ? n : 1 )))
-endif
-SWEEP = $(BIN)/python -m fishtune.run -m profile=$(PROFILE) paths.runs_dir=$(RUNS_DIR) \
-	$(if $(filter-out basic,$(LAUNCHER)),hydra/launcher=$(if $(filter joblib,$(LAUNCHER)),parallel,$(LAUNCHER))) \
+SWEEP = $(call sweep_cmd,$(LAUNCHER)) profile=$(PROFILE) paths.runs_dir=$(RUNS_DIR) \
 	$(if $(TASKS),task=$(TASKS)) $(if $(METHODS),peft=$(METHODS))
 AGGREGATE = $(BIN)/python -m fishtune.aggregate --runs-dir $(RUNS_DIR) --out $(RESULTS_DIR) \
 	--model-map bert_base=$(BERT),modernbert_base=$(MODERNBERT),llama32_1b=$(LLAMA) $(AGG_ARGS)
@@ -122,7 +125,7 @@ tables: setup
 help-tables:
 	@echo "make table1 .. table5, figure3 - run a paper table's sweep, then write $(RESULTS_DIR)/tableN.csv/.tex"
 	@echo "make tables                    - only aggregate every table and Figure 3 from $(RUNS_DIR)"
-	@echo "  PROFILE=quick|paper LAUNCHER=basic|joblib|slurm TASKS=a,b METHODS=a,b ARGS='...' AGG_ARGS=--paper"
+	@echo "  PROFILE=quick|paper LAUNCHER=basic|parallel|slurm TASKS=a,b METHODS=a,b ARGS='...' AGG_ARGS=--paper"
 
 # Trainable-parameter ratios of Tables 1 and 2 from architecture configs alone (meta device, offline).
 ratios: setup
@@ -162,10 +165,7 @@ bench: setup
 STUDY_RUNS ?= results/study/runs
 STUDY_LAUNCHER ?= parallel
 .PHONY: study study-report
-# A study sweep: FISHTUNE_JOBS workers (default 2), nproc / workers threads each, offline.
-STUDY_SWEEP = jobs=$${FISHTUNE_JOBS:-2}; threads=$$(( $$(nproc) / jobs )); \
-	FISHTUNE_JOBS=$$jobs OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(( threads > 0 ? threads : 1 ))} \
-	$(OFFLINE) $(BIN)/python -m fishtune.run -m $(if $(filter-out basic,$(STUDY_LAUNCHER)),hydra/launcher=$(STUDY_LAUNCHER))
+STUDY_SWEEP = $(OFFLINE) $(call sweep_cmd,$(STUDY_LAUNCHER))
 STUDY_REPORT = $(BIN)/python -m fishtune.study --runs-dir $(STUDY_RUNS) --out results/study \
 	&& $(BIN)/python -m fishtune.report $(STUDY_RUNS) --out results/study/index.html
 study: setup
@@ -246,13 +246,16 @@ report: setup
 	$(BIN)/python -m fishtune.report $(REPORT_RUNS) --out $(REPORT)
 
 # The page in headless Chromium (tests/test_report.py, marker browser): Debian's chromium and
-# chromium-driver, installed with apt when missing and this is root; without them the tests skip.
-test-browser: setup
+# chromium-driver, installed with apt when missing and this is root (browser-deps; .ci/run calls it before
+# make test, so the browser tests run inside it); without them the tests skip, saying why.
+.PHONY: browser-deps
+test-browser: setup browser-deps
+	$(OFFLINE) $(BIN)/python -m pytest -q -m browser tests/test_report.py
+browser-deps:
 	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-			echo "test-browser: installing chromium + chromium-driver with apt"; \
+			echo "browser-deps: installing chromium + chromium-driver with apt"; \
 			{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; } >/dev/null \
-				|| echo "test-browser: could not install chromium + chromium-driver with apt (the browser tests skip)"; \
-		else echo "test-browser: no chromium + chromedriver and not root to install them (the browser tests skip)"; fi; \
+				|| echo "browser-deps: could not install chromium + chromium-driver with apt (the browser tests skip)"; \
+		else echo "browser-deps: no chromium + chromedriver and not root to install them (the browser tests skip)"; fi; \
 	fi
-	$(OFFLINE) $(BIN)/python -m pytest -q -m browser tests/test_report.py

@@ -12,11 +12,9 @@ Three kinds of code, one place each:
 * fishtune/reports/: tables, figures and summaries built from result files. They import the library
   and the harness's tables and result files, never its training loop (harness.train, harness.run).
 
-The entry points are thin modules at the root, a few lines each, so that the commands stay short
-(ENTRY_POINTS): `python -m fishtune.run` (one run or a sweep), `fishtune.study`, `fishtune.study_why`,
-`fishtune.parity`, `fishtune.aggregate`, `fishtune.sweep_summary`, `fishtune.mask_report`,
-`fishtune.ratios` and `fishtune.report` (the HTML results page), each the `main` of the module of the
-same name in harness/ or reports/.
+Every other module at the root is an entry point, a few lines that run the `main` of the module of
+the same name in harness/ or reports/, so that the commands stay short: `python -m fishtune.run` (one
+run or a sweep), `python -m fishtune.report` (the HTML results page), and so on (README, Makefile).
 
 The library's names are attributes of the package, imported on first use, so that `import
 fishtune` stays light (no torch until a name is used):
@@ -41,10 +39,9 @@ def check_mode(mode: str) -> None:
     if mode not in MASK_MODES:
         raise ValueError(f"unknown mask mode {mode!r}; choose one of: {', '.join(MASK_MODES)}")
 
-# The modules at the root: the library, and the entry points (not a kind of their own: each only runs
-# the `main` of harness/NAME.py or reports/NAME.py).
+# The library's modules at the root; the others there are entry points (not a kind of their own: each
+# only runs the `main` of harness/NAME.py or reports/NAME.py).
 LIBRARY = ("fisher", "masks", "optim", "callback", "adaptive", "batching")
-ENTRY_POINTS = ("run", "study", "study_why", "parity", "aggregate", "sweep_summary", "mask_report", "ratios", "report")
 
 # name -> the library module that defines it
 _EXPORTS = {

@@ -31,7 +31,7 @@ from . import tracking
 from .results import (Diverged, RunResult, read_json, config_hash, git_commit, identity, json_safe, now_iso,
                       package_versions, read_result, result_path, run_name, set_aside, write_json_atomic)
 from .tasks import TaskSpec, get_task
-from .validate import HEAD_ONLY, ConfigError, check_config, check_hub
+from .validate import HEAD_ONLY, ConfigError, check_config, check_hub, first_mask_mode
 
 # Recorded in the result file when a run executes as a Slurm job (a requeued job keeps its ids).
 # SLURM_JOB_GPUS: the node's indices of the job's GPUs; SLURM_SHARDS_ON_NODE: its shards of a shared GPU.
@@ -122,7 +122,7 @@ def plan(config: dict) -> Plan:
         k, budget_total = None, counts["total"]
         if mode == HEAD_ONLY:
             k = counts["head"]
-        elif mode not in ("none", "adaptive") or mask_cfg.get("start") == "fish":
+        elif first_mask_mode(mask_cfg) not in ("none", "adaptive"):
             k = mask_cfg.get("k")
             if k is None:  # the trainable count of the original run at this budget level
                 rank = mask_cfg.get("budget_rank") or peft_cfg.get("rank")
@@ -282,7 +282,7 @@ def choose_mask(p: Plan, model, head: dict, candidates: dict, data: Data) -> tup
 
     cfg, seed = p.config, int(p.config["seed"])
     mask_file = p.path.with_suffix(".mask.pt")
-    select = "fish" if p.mode == "adaptive" and cfg["mask"].get("start") == "fish" else p.mode
+    select = first_mask_mode(cfg["mask"])
     # none: everything inserted trains (adaptive then freezes groups); head_only: none of it does.
     if select in ("none", "adaptive", HEAD_ONLY):
         return {n: torch.full_like(q, select != HEAD_ONLY, dtype=torch.bool) for n, q in candidates.items()}, 0.0, None

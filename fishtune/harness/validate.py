@@ -52,10 +52,15 @@ def check_model_config(cfg: Mapping[str, Any]) -> None:
                           f"choose one of: {', '.join(allowed)}")
 
 
+def first_mask_mode(mask: Mapping[str, Any]) -> str:
+    """The mode that chooses a run's first mask: mask.mode, except that adaptive with start=fish starts
+    from a fish mask (and so needs a Fisher and a budget k like fish)."""
+    return "fish" if mask["mode"] == "adaptive" and mask.get("start") == "fish" else mask["mode"]
+
+
 def uses_fisher(config: Mapping[str, Any]) -> bool:
     """Whether the run estimates an empirical Fisher (the FISHER_MODES, adaptive with start=fish)."""
-    mask = config["mask"]
-    return mask["mode"] in FISHER_MODES or (mask["mode"] == "adaptive" and mask.get("start") == "fish")
+    return first_mask_mode(config["mask"]) in FISHER_MODES
 
 
 # --- the whole config ---------------------------------------------------------------------------
