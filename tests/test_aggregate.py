@@ -8,7 +8,8 @@ import pytest
 
 from fishtune.reports.aggregate import aggregate, build_table, parse_model_map, RunIndex, table_rows
 from fishtune.reports.paper import paper_wide
-from fishtune.harness.results import SCHEMA, config_hash, result_path, write_json_atomic
+from fishtune.harness.results import result_path
+from results_factory import write_failure, write_result
 
 TASKS6 = ["cola", "mrpc", "rte", "sst2", "stsb", "wnli"]
 
@@ -16,7 +17,7 @@ TASKS6 = ["cola", "mrpc", "rte", "sst2", "stsb", "wnli"]
 def fake_result(runs_dir, *, model="bert_base", method="lora", task="rte", mask="none", budget=1, layers=None,
                 rank=1, budget_rank=None, seed=42, score=50.0, losses=(0.7, 0.6, 0.5), finished="2026-01-01T00:00:00",
                 schedule=None):
-    """Write one result file with the schema of fishtune/harness/results.py, as fishtune.run would."""
+    """Write one result file (a RunResult, tests/results_factory.py) as fishtune.run would."""
     explicit = layers  # peft.layers=N, as Table 3's rows set it
     if layers is None:
         layers = budget if mask == "none" else 5
@@ -31,15 +32,11 @@ def fake_result(runs_dir, *, model="bert_base", method="lora", task="rte", mask=
         config["peft"].update(budget_layers=list(schedule[0]), fish_layers=schedule[1])
     history = [{"epoch": e + 1, "train_loss": l + 0.1, "dev_loss": l, "metrics": {"accuracy": score}, "score": score}
                for e, l in enumerate(losses)]
-    result = {
-        "schema": SCHEMA, "run_id": "x", "config_hash": config_hash(config), "config": config,
-        "model": model, "task": task, "method": method, "layers": layers, "rank": rank, "mask": mask,
-        "budget": budget, "seed": seed, "trainable": 6146, "total": 109_489_538, "ratio_pct": 0.0056,
-        "history": history, "best": {"epoch": len(losses), "score": score, "metrics": {}, "dev_loss": losses[-1]},
-        "stop_reason": "max_epochs", "finished_at": finished,
-    }
-    write_json_atomic(result_path(runs_dir, config, layers), result)
-    return result
+    return write_result(result_path(runs_dir, config, layers), run_id="x", config=config, model=model, task=task,
+                        method=method, layers=layers, rank=rank, mask=mask, budget=budget, seed=seed, trainable=6146,
+                        total=109_489_538, ratio_pct=0.0056, budget_ratio_pct=0.0056, history=history,
+                        best={"epoch": len(losses), "score": score, "metrics": {}, "dev_loss": losses[-1]},
+                        finished_at=finished)
 
 
 def test_layout_follows_the_paper_with_blanks_and_a_missing_list(tmp_path, capsys):
@@ -88,7 +85,7 @@ def test_schedules_fitted_to_a_shallow_model_still_fill_the_paper_rows(tmp_path)
     fake_result(runs, method="ia3", model="minilm", budget=4, schedule=ia3, score=64.0)
     fake_result(runs, method="ia3", model="minilm", mask="fish", budget=1, schedule=ia3, score=70.0)
     for r in _load(runs):
-        assert r["layers"] in (1, 4, 5)  # fake_result's stand-ins for the fitted 2, 5 and 6
+        assert r.layers in (1, 4, 5)  # fake_result's stand-ins for the fitted 2, 5 and 6
     built = build_table(1, RunIndex(_load(runs)), model_map={"bert_base": "minilm"})
     t1 = built.frame.set_index(["budget", "label"])
     assert t1.loc[(1, "Original-(IA)3"), "RTE"] == 61.0 and t1.loc[(4, "Original-(IA)3"), "RTE"] == 64.0
@@ -124,10 +121,11 @@ def test_duplicate_seed_keeps_the_newest(tmp_path, capsys):
     runs = tmp_path / "runs"
     fake_result(runs, task="rte", score=50.0, finished="2026-01-01T00:00:00")
     # Same cell and seed, another config (different data setting) -> another file.
-    r = fake_result(runs / "other", task="rte", score=52.0, finished="2026-02-01T00:00:00")
-    assert r["best"]["score"] == 52.0
+    fake_result(runs / "other", task="rte", score=52.0, finished="2026-02-01T00:00:00")
     out = aggregate(runs, tmp_path / "res", ["5"])
-    assert out["5"].frame.query("row == 'original' and budget == 1").iloc[0]["RTE"] == 52.0
+    cell = out["5"].frame.query("row == 'original' and budget == 1").iloc[0]
+    # one seed kept: its score, a count of 1 and no std (ddof=1 of one value is undefined)
+    assert cell["RTE"] == 52.0 and cell["RTE_n"] == 1 and math.isnan(cell["RTE_std"])
     assert "2 results for seed 42" in capsys.readouterr().out
 
 
@@ -168,9 +166,8 @@ def test_figure3_files_and_model_map(tmp_path):
 def test_failed_runs_are_listed_with_their_error(tmp_path, capsys):
     runs = tmp_path / "runs"
     ok = fake_result(runs, task="rte", mask="fish", budget=1, layers=8)          # Table 3's lay8 row
-    failed = {**ok["config"], "peft": {**ok["config"]["peft"], "layers": 10}}    # lay10: the model is too small
-    write_json_atomic(runs / "invalid-0.failed.json",
-                      {"status": "failed", "config": failed, "error": "ConfigError: minilm has 6 layers\ntrace"})
+    failed = {**ok.config, "peft": {**ok.config["peft"], "layers": 10}}    # lay10: the model is too small
+    write_failure(runs / "invalid-0.failed.json", config=failed, error="ConfigError: minilm has 6 layers\ntrace")
     out = aggregate(runs, tmp_path / "res", ["3"])
     assert "    rte failed: ConfigError: minilm has 6 layers" in out["missing"]
     assert "1 failure records" in capsys.readouterr().out

@@ -20,7 +20,7 @@ import pytest
 
 from conftest import GLUE_FIXTURES, ROOT, run_config
 from fishtune.harness import claims
-from fishtune.harness.results import load_results
+from fishtune.harness.results import RunResult, load_results
 
 APP = ROOT / "tests" / "claims_app.py"
 QUICK = ["model=tiny_bert", "task=rte", "budget=1", "train.max_epochs=1", "fisher.samples=8", "data.train_samples=24",
@@ -44,8 +44,9 @@ def _trainings(log: Path) -> list[tuple[int, str]]:
         if log.exists() else []
 
 
-def _same(result: dict) -> dict:
-    return {k: result.get(k) for k in SAME}
+def _same(result: dict | RunResult) -> dict:
+    """The fields two runs of one config share, of a run's returned dict or a loaded RunResult."""
+    return {k: result.get(k) if isinstance(result, dict) else getattr(result, k) for k in SAME}
 
 
 def _reference(tmp_path: Path, *overrides: str) -> dict:
@@ -70,7 +71,7 @@ def test_two_sweeps_started_at_once_train_each_run_once(tmp_path):
 
     trainings = _trainings(log)
     assert len(trainings) == 6 and len({run for _, run in trainings}) == 6, trainings  # not 12
-    results = {r["run_id"]: r for r in load_results(runs)}
+    results = {r.run_id: r for r in load_results(runs)}
     reference = _reference(tmp_path)
     assert sorted(results) == sorted(reference) and {run for _, run in trainings} == set(reference)
     for run_id, r in results.items():

@@ -47,11 +47,11 @@ def test_diverged_run_in_a_sweep_of_three(tmp_path, capsys):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "FAILED (diverged: non-finite loss at epoch 1, step 2)" in out.stderr
 
-    assert sorted(r["task"] for r in load_results(runs)) == ["mrpc", "rte"]
+    assert sorted(r.task for r in load_results(runs)) == ["mrpc", "rte"]
     [failed] = load_failures(runs)
-    assert failed["config"]["task"]["name"] == "sst2" and failed["config"]["train"]["lr"] == 1e12
-    assert failed["reason"] == "diverged: non-finite loss at epoch 1, step 2"
-    assert not Path(failed["_path"].removesuffix(".failed.json") + ".json").exists()  # never a result file
+    assert failed.config["task"]["name"] == "sst2" and failed.config["train"]["lr"] == 1e12
+    assert failed.reason == "diverged: non-finite loss at epoch 1, step 2"
+    assert not Path(failed.path.removesuffix(".failed.json") + ".json").exists()  # never a result file
     for path in runs.glob("*.json"):
         _strict_json(path)
 
@@ -84,7 +84,7 @@ def test_single_diverged_run_exits_nonzero_with_one_line(tmp_path, monkeypatch, 
     # Besides the progress bar (tqdm, on stderr while a single run trains), one line says what happened.
     [line] = [l for l in err.strip().splitlines() if "epochs:" not in l]
     assert line.startswith("fishtune: FAILED: diverged: non-finite loss at epoch 1, step 2; details in ")
-    assert not load_results(runs) and load_failures(runs)[0]["reason"].startswith("diverged")
+    assert not load_results(runs) and load_failures(runs)[0].reason.startswith("diverged")
 
 
 @pytest.mark.parametrize("name", list(TASKS))
@@ -146,8 +146,8 @@ def test_damaged_result_mask_and_checkpoint_never_crash_a_sweep(tmp_path, capsys
         assert f"fishtune: warning: {path} is damaged (" in out.stderr and what in out.stderr, out.stderr[-3000:]
         assert path.with_name(path.name + ".damaged").exists()
     results = load_results(runs)
-    assert sorted(r["task"] for r in results) == sorted(tasks) and not load_failures(runs)
-    assert all(r["resumed_from_epoch"] is None for r in results)  # nothing resumed from a damaged file
+    assert sorted(r.task for r in results) == sorted(tasks) and not load_failures(runs)
+    assert all(r.resumed_from_epoch is None for r in results)  # nothing resumed from a damaged file
     for t in tasks:
         _strict_json(paths[t])
 

@@ -20,21 +20,21 @@ def sweep(runs_dir, *overrides):
 
 def test_rerun_of_a_partly_finished_sweep_runs_only_what_is_missing(tmp_path):
     sweep(tmp_path, "mask=none,fish")
-    first = {r["mask"]: r for r in load_results(tmp_path)}
+    first = {r.mask: r for r in load_results(tmp_path)}
     assert set(first) == {"none", "fish"}
     # as if the sweep had been killed before its fish run finished (its saved mask is reused)
-    os.remove(first["fish"]["_path"])
+    os.remove(first["fish"].path)
     log = sweep(tmp_path, "mask=none,fish")
     assert log.count("skip, result exists") == 1
-    again = {r["mask"]: r for r in load_results(tmp_path)}
-    assert again["none"]["finished_at"] == first["none"]["finished_at"]  # not run again
-    assert again["fish"]["history"] == first["fish"]["history"]  # rerun, bit-for-bit the same result
+    again = {r.mask: r for r in load_results(tmp_path)}
+    assert again["none"].finished_at == first["none"].finished_at  # not run again
+    assert again["fish"].history == first["fish"].history  # rerun, bit-for-bit the same result
 
 
 def test_submitit_local_launcher_runs_two_jobs(tmp_path):
     sweep(tmp_path, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "mask=none,rand")
     results = load_results(tmp_path)
-    assert sorted(r["mask"] for r in results) == ["none", "rand"]
+    assert sorted(r.mask for r in results) == ["none", "rand"]
     logs = list((tmp_path / "hydra").rglob("*_log.out"))
     assert len(logs) == 2  # submitit ran each job as its own process, with its own log
-    assert all(json.loads(open(r["_path"]).read())["history"] for r in results)
+    assert all(json.loads(open(r.path).read())["history"] for r in results)

@@ -6,7 +6,8 @@ from scipy.stats import ttest_rel
 
 from fishtune.masks import describe_parameter
 from fishtune.reports.mask_report import bootstrap_table, jaccard, main, mask_table, overlap, placement
-from fishtune.harness.results import load_results, write_json_atomic
+from fishtune.harness.results import load_results
+from results_factory import write_result
 
 SCORES = {  # (mask, task, seed) -> best dev score
     **{("none", t, s): 50 + i + s for i, t in enumerate(("mrpc", "rte")) for s in (1, 2, 3)},
@@ -20,9 +21,8 @@ NAMES = ["base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.defa
 def write_runs(tmp_path):
     for (mask, task, seed), score in SCORES.items():
         path = tmp_path / f"{mask}-{task}-{seed}.json"
-        write_json_atomic(path, {"schema": 1, "model": "minilm", "method": "lora", "rank": 1, "mask": mask,
-                                 "budget": 1, "task": task, "seed": seed, "layers": 1 if mask == "none" else 5,
-                                 "ratio_pct": 0.01, "best": {"score": score}})
+        write_result(path, model="minilm", method="lora", rank=1, mask=mask, budget=1, task=task, seed=seed,
+                     layers=1 if mask == "none" else 5, ratio_pct=0.01, budget_ratio_pct=0.01, score=score)
         if mask != "none":
             g = torch.Generator().manual_seed(seed + 10 * (task == "rte"))
             m = {n: torch.rand(4, 8, generator=g) > 0.5 for n in NAMES}
@@ -55,8 +55,8 @@ def test_jaccard_placement_and_overlap(tmp_path):
     lap = overlap(results, "fish")
     assert len(lap) == 15  # 6 fish masks (2 tasks x 3 seeds): 15 pairs
     assert set(lap["same"]) == {"seed", "task", "both"}
-    masks = {(r["task"], r["seed"]): torch.load(tmp_path / f"fish-{r['task']}-{r['seed']}.mask.pt")
-             for r in results if r["mask"] == "fish"}
+    masks = {(r.task, r.seed): torch.load(tmp_path / f"fish-{r.task}-{r.seed}.mask.pt")
+             for r in results if r.mask == "fish"}
     row = lap[(lap.task_a == "mrpc") & (lap.seed_a == 1) & (lap.task_b == "mrpc") & (lap.seed_b == 2)].iloc[0]
     assert row["jaccard"] == pytest.approx(jaccard(masks[("mrpc", 1)], masks[("mrpc", 2)]))
 
@@ -77,13 +77,10 @@ def test_bootstrap_pairs_each_masked_run_with_its_original(tmp_path):
             "fish": labels,                                       # all right
             "rand": [1 - y for y in labels]}                      # all wrong
     for mask, preds in runs.items():
-        write_json_atomic(tmp_path / f"{mask}.json", {
-            "schema": 1, "model": "minilm", "method": "lora", "rank": 1, "mask": mask, "budget": 1, "task": "sst2",
-            "seed": 1, "layers": 5, "ratio_pct": 0.01, "best": {"score": 0.0},
-            "dev_labels": labels, "dev_predictions": preds})
-    write_json_atomic(tmp_path / "old.json", {  # from before predictions were kept: left out
-        "schema": 1, "model": "minilm", "method": "lora", "rank": 1, "mask": "rev", "budget": 1, "task": "sst2",
-        "seed": 1, "layers": 5, "ratio_pct": 0.01, "best": {"score": 0.0}})
+        write_result(tmp_path / f"{mask}.json", mask=mask, task="sst2", seed=1, score=0.0, dev_labels=labels,
+                     dev_predictions=preds)
+    # from before predictions were kept: left out
+    write_result(tmp_path / "old.json", mask="rev", task="sst2", seed=1, score=0.0)
     boot = bootstrap_table(load_results(tmp_path), n_resamples=200).set_index("row")
     assert sorted(boot.index) == ["fish", "rand"]
     assert boot.loc["fish", "diff"] == pytest.approx(25.0) and boot.loc["fish", "p_value"] < 0.05

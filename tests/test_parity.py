@@ -8,28 +8,28 @@ from scipy import stats
 
 from fishtune.reports.parity import pairs, parity_table
 from fishtune.harness.sweeps import job_overrides
+from results_factory import make_result
 
 
 def _run(seed, precision, score, task="sst2", lr_scale=100.0):
-    return {"task": task, "mask": "fish", "budget": 1, "seed": seed, "best": {"score": score}, "precision": precision,
-            "samples_per_second": 50.0 if precision == "bf16" else 20.0,
-            "config": {"seed": seed, "task": {"name": task}, "train": {"precision": precision, "lr_scale": lr_scale},
-                       "paths": {"runs_dir": f"runs/{precision}"}}}   # where files go is no difference
+    return make_result(task=task, mask="fish", budget=1, seed=seed, score=score, precision=precision,
+                       samples_per_second=50.0 if precision == "bf16" else 20.0,
+                       config={"seed": seed, "task": {"name": task}, "train": {"precision": precision, "lr_scale": lr_scale},
+                               "paths": {"runs_dir": f"runs/{precision}"}})   # where files go is no difference
 
 
 def test_pairs_by_config_and_the_interval_equals_scipy():
     rng = np.random.default_rng(0)
     fp32 = [_run(s, "fp32", 70 + rng.normal()) for s in range(1, 6)]
-    bf16 = [_run(s, "bf16", r["best"]["score"] + rng.normal(0, 0.3)) for s, r in zip(range(1, 6), fp32)]
+    bf16 = [_run(s, "bf16", r.score + rng.normal(0, 0.3)) for s, r in zip(range(1, 6), fp32)]
     bf16.append(_run(1, "bf16", 10.0, lr_scale=20.0))   # another config: no twin, left out
     df = pairs(bf16, fp32, ["train.precision"])
     assert len(df) == 5
     rec = parity_table(df).iloc[0]
-    d = np.array([a["best"]["score"] - b["best"]["score"] for a, b in zip(bf16, fp32)])
+    d = np.array([a.score - b.score for a, b in zip(bf16, fp32)])
     lo, hi = stats.t.interval(0.95, 4, loc=d.mean(), scale=stats.sem(d))
     assert (rec["mean_diff"], rec["ci_lo"], rec["ci_hi"]) == (pytest.approx(d.mean()), pytest.approx(lo), pytest.approx(hi))
-    assert rec["p_ttest"] == pytest.approx(stats.ttest_rel([a["best"]["score"] for a in bf16[:5]],
-                                                           [b["best"]["score"] for b in fp32]).pvalue)
+    assert rec["p_ttest"] == pytest.approx(stats.ttest_rel([a.score for a in bf16[:5]], [b.score for b in fp32]).pvalue)
     assert rec["speed_ratio"] == pytest.approx(2.5) and rec["within_margin"] and (rec["a_precision"], rec["b_precision"]) == ("bf16", "fp32")
 
 

@@ -11,28 +11,30 @@ import pytest
 import torch
 
 from fishtune.reports.report import PLOTLY_VERSION, build_page, main, write_report
-from fishtune.harness.results import save_mask_file, write_json_atomic
+from fishtune.harness.results import RunResult, save_mask_file
+from results_factory import make_result, write_failure, write_result
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDY_RUNS = ROOT / "results" / "study" / "runs"
 LABELS = [1, 0, 1, 1, 0, 1, 0, 1, 1, 1, 0, 1]
 
 
-def result(model="minilm", method="lora", task="sst2", mask="none", budget=1, seed=1, score=70.0, **extra) -> dict:
-    """A result file as fishtune.run writes it, with only the fields the page reads (and the dev
-    predictions and config it must leave out)."""
+def result(model="minilm", method="lora", task="sst2", mask="none", budget=1, seed=1, score=70.0,
+           **extra) -> RunResult:
+    """A result as fishtune.run writes it (tests/results_factory.py), with the dev predictions and
+    config the page must leave out."""
     run_id = f"{model}-{task}-{method}-L2-r1-{mask}-b{budget}-s{seed}"
     history = [{"epoch": e, "train_loss": 0.7 - 0.05 * e, "dev_loss": 0.69 - 0.03 * e,
                 "metrics": {"accuracy": score - 3 + e, "score": score - 3 + e}, "score": score - 3 + e}
                for e in (1, 2, 3)]
     predictions = [(label if (i + seed) % 4 else 1 - label) for i, label in enumerate(LABELS)]
-    return {"schema": 1, "run_id": run_id, "config_hash": "abc", "config": {"secret_config_marker": 1},
-            "model": model, "task": task, "method": method, "layers": 2, "rank": 1, "mask": mask, "budget": budget,
-            "seed": seed, "trainable": 300, "total": 10_000, "ratio_pct": 3.0, "budget_ratio_pct": 3.0, "lr": 5e-3,
-            "history": history, "throughput": [{"epoch": e, "samples_per_second": 40.0 + e} for e in (1, 2, 3)],
-            "best": {"epoch": 3, "score": score, "metrics": {"accuracy": score}, "dev_loss": 0.6},
-            "dev_labels": LABELS, "dev_predictions": predictions, "stop_reason": "max_epochs", "fisher_seconds": 1.5,
-            "train_seconds": 20.0 + seed, "samples_per_second": 40.0, "device": "cpu", "precision": "fp32", **extra}
+    return make_result(**{**dict(
+        run_id=run_id, config={"secret_config_marker": 1}, model=model, task=task, method=method, layers=2, rank=1,
+        mask=mask, budget=budget, seed=seed, trainable=300, total=10_000, ratio_pct=3.0, budget_ratio_pct=3.0,
+        lr=5e-3, history=history, throughput=[{"epoch": e, "samples_per_second": 40.0 + e} for e in (1, 2, 3)],
+        best={"epoch": 3, "score": score, "metrics": {"accuracy": score}, "dev_loss": 0.6},
+        dev_labels=LABELS, dev_predictions=predictions, fisher_seconds=1.5, train_seconds=20.0 + seed,
+        samples_per_second=40.0, precision="fp32"), **extra})
 
 
 def placement(first_layer_share: int) -> list[dict]:
@@ -54,14 +56,13 @@ def runs_dir(tmp_path) -> Path:
             extra = {"placement": placement(80 if mask == "fish" else 50), "peak_memory_mb": 500.0 + seed,
                      "tokens_per_second": 900.0} if mask != "none" else {}
             r = result(mask=mask, seed=seed, score=score + 0.1 * seed, **extra)
-            write_json_atomic(runs / "study" / f"{r['run_id']}.json", r)
+            write_result(runs / "study", r)
     other = result(model="tiny_bert", method="adapter", task="rte", mask="fish", seed=1, score=55.0)
-    write_json_atomic(runs / "quick" / f"{other['run_id']}.json", other)
-    save_mask_file(runs / "quick" / f"{other['run_id']}.mask.pt",
+    write_result(runs / "quick", other)
+    save_mask_file(runs / "quick" / f"{other.run_id}.mask.pt",
                    {"bert.encoder.layer.3.output.adapter.down.weight": torch.tensor([True, False, True])})
-    write_json_atomic(runs / "quick" / "tiny_bert-rte-adapter-L2-fish-b2-s2.failed.json",
-                      {"status": "failed", "reason": "diverged: non-finite loss at epoch 3, step 7",
-                       "error": "Diverged: loss is nan", "traceback": "...", "config": {}})
+    write_failure(runs / "quick" / "tiny_bert-rte-adapter-L2-fish-b2-s2.failed.json",
+                  reason="diverged: non-finite loss at epoch 3, step 7", error="Diverged: loss is nan", traceback="...")
     (runs / "quick" / "tiny_bert-rte-adapter-L2-rand-b1-s1.json").write_text('{"schema": 1, "run_id": "cut')
     return runs
 
@@ -106,7 +107,7 @@ def test_a_folder_without_placement_says_so_and_the_cli_writes_the_page(tmp_path
     runs = tmp_path / "runs"
     for mask in ("none", "fish"):
         r = result(model="tiny_llama", method="ia3", task="rte", mask=mask)
-        write_json_atomic(runs / f"{r['run_id']}.json", r)
+        write_result(runs, r)
     out = tmp_path / "page" / "index.html"
     main([str(runs), "--out", str(out), "--resamples", "10"])
     assert "wrote" in capsys.readouterr().out
@@ -122,7 +123,7 @@ def test_study_groups_split_by_folder_and_learning_rate_and_leave_mixed_cells_ge
 
     def groups(results):
         for i, r in enumerate(results):
-            r.setdefault("_path", str(runs / f"{i}.json"))
+            r.path = r.path or str(runs / f"{i}.json")
         found, skipped = study_groups(results, runs)
         return sorted(found, key=str), skipped
 
@@ -132,7 +133,7 @@ def test_study_groups_split_by_folder_and_learning_rate_and_leave_mixed_cells_ge
     found, skipped = groups([result(mask="none")] + [result(mask="fish", layers=n) for n in (6, 8)])
     assert found == [] and skipped == ["minilm / lora / 1: a (task, mask, budget) cell mixes layer counts"]
     # Two arms in two folders are two groups; in one folder, they are not a study.
-    arms = [result(mask=m, _path=str(runs / arm / f"{m}.json")) for arm in ("fp32", "bf16") for m in ("none", "fish")]
+    arms = [result(mask=m, path=str(runs / arm / f"{m}.json")) for arm in ("fp32", "bf16") for m in ("none", "fish")]
     assert groups(arms) == ([("bf16", "minilm", "lora", 1), ("fp32", "minilm", "lora", 1)], [])
     found, skipped = groups([result(mask=m) for m in ("none", "fish") for _ in (1, 2)])
     assert found == [] and "more than one run" in skipped[0]

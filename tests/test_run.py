@@ -8,7 +8,7 @@ import torch
 
 from conftest import ROOT, run_config
 from fishtune.harness import data
-from fishtune.harness.results import load_mask_file
+from fishtune.harness.results import ADAPTIVE_KEYS, FILE_KEYS, load_mask_file
 from fishtune.harness.metrics import glue_metrics
 from fishtune.harness.run import ConfigError, check_group_overrides, plan, run
 from fishtune.harness.tasks import get_task
@@ -16,13 +16,9 @@ from fishtune.harness.tasks import get_task
 QUICK = ["train.max_epochs=2", "fisher.samples=16", "data.train_samples=24", "data.dev_samples=12"]
 
 
-RESULT_KEYS = [
-    "schema", "run_id", "config_hash", "config", "model", "task", "method", "layers", "rank", "mask", "budget", "seed",
-    "trainable", "head_entries", "total", "ratio_pct", "placement", "budget_ratio_pct", "lr", "train_examples",
-    "dev_examples", "history", "best", "stop_reason", "dev_labels", "dev_predictions", "fisher_seconds",
-    "zero_fisher_filled", "train_seconds", "samples_per_second", "tokens_per_second", "throughput", "threads",
-    "peak_memory_mb", "peak_rss_mb", "peak_rss_source", "cuda_max_allocated_mb", "cuda_max_reserved_mb", "device",
-    "precision", "precision_reason", "host", "slurm", "resumed_from_epoch", "versions", "git_commit", "finished_at"]
+# The keys a FISH run writes: RunResult's file keys but the adaptive run's own (tests/test_results.py checks
+# that the committed files hold theirs in this order).
+RESULT_KEYS = [k for k in FILE_KEYS if k not in ADAPTIVE_KEYS]
 
 
 def test_run_writes_result_file_then_skips(tmp_path, capsys):
@@ -252,10 +248,10 @@ def test_sweep_records_a_crash_and_finishes_the_other_runs(tmp_path):
                           *QUICK], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "FAILED (fisher.chunk_size=0: must be an integer >= 1" in out.stderr
-    assert [r["mask"] for r in load_results(tmp_path)] == ["none"]
+    assert [r.mask for r in load_results(tmp_path)] == ["none"]
     failures = load_failures(tmp_path)
-    assert len(failures) == 1 and failures[0]["config"]["mask"]["mode"] == "fish"
-    assert failures[0]["reason"].startswith("fisher.chunk_size=0") and failures[0]["traceback"]
+    assert len(failures) == 1 and failures[0].config["mask"]["mode"] == "fish"
+    assert failures[0].reason.startswith("fisher.chunk_size=0") and failures[0].traceback
 
 
 def test_a_bug_while_planning_is_a_bug_not_a_bad_value(tmp_path, monkeypatch):

@@ -426,23 +426,23 @@ def test_fishtune_sweep_runs_as_slurm_jobs(fishtune_sweeps):
     assert s.main_rc == 0, s.main_log
     from fishtune.harness.results import load_results
 
-    results = {(r["task"], r["mask"]): r for r in load_results(s.main)}
+    results = {(r.task, r.mask): r for r in load_results(s.main)}
     assert set(results) == {("rte", "none"), ("rte", "fish"), ("mrpc", "none"), ("mrpc", "fish")}, s.main_log
     # real Slurm jobs: one array (the sweep), one task per run, each with its own job id
-    ids = [r["slurm"] for r in results.values()]
+    ids = [r.slurm for r in results.values()]
     assert len({i["array_job_id"] for i in ids}) == 1 and ids[0]["array_job_id"].isdigit()
     assert sorted(i["array_task_id"] for i in ids) == ["0", "1", "2", "3"]
     assert len({i["job_id"] for i in ids}) == 4 and all(i["job_id"].isdigit() for i in ids)
     assert all(i["job_partition"] == PARTITION for i in ids)
     for (task, mask), r in results.items():
-        assert r["host"] == socket.gethostname() and r["device"] == "cpu" and r["model"] == "tiny_bert"
-        assert r["config"]["data"]["glue_dir"] == str(GLUE)
-        assert r["train_examples"] == 40 and r["dev_examples"] == 16
-        assert [h["epoch"] for h in r["history"]] == list(range(1, FT_EPOCHS + 1))
-        for h in r["history"]:
+        assert r.host == socket.gethostname() and r.device == "cpu" and r.model == "tiny_bert"
+        assert r.config["data"]["glue_dir"] == str(GLUE)
+        assert r.train_examples == 40 and r.dev_examples == 16
+        assert [h["epoch"] for h in r.history] == list(range(1, FT_EPOCHS + 1))
+        for h in r.history:
             assert math.isfinite(h["train_loss"]) and math.isfinite(h["dev_loss"]) and 0 <= h["score"] <= 100
-        assert r["best"]["score"] == max(h["score"] for h in r["history"]) and r["stop_reason"] == "max_epochs"
-        assert 0 < r["trainable"] < r["total"]
+        assert r.best["score"] == max(h["score"] for h in r.history) and r.stop_reason == "max_epochs"
+        assert 0 < r.trainable < r.total
         if (task, mask) != SIGNALLED:
             assert "restart_count" not in r["slurm"] and r["resumed_from_epoch"] is None
     for task in ("rte", "mrpc"):  # the mask keeps exactly the original (mask=none) run's trainable count
@@ -467,15 +467,15 @@ def test_signalled_fishtune_run_resumes_from_its_checkpoint(fishtune_sweeps):
     assert s.ref_rc == 0, s.ref_log
     from fishtune.harness.results import load_results
 
-    [r] = [r for r in load_results(s.main) if (r["task"], r["mask"]) == SIGNALLED]
+    [r] = [r for r in load_results(s.main) if (r.task, r.mask) == SIGNALLED]
     [ref] = load_results(s.ref)
-    assert r["run_id"] == ref["run_id"]  # the same config (paths are not part of a run's identity)
-    assert _label(r["slurm"]) == s.signalled_job and r["slurm"]["restart_count"] == "1"
-    assert 1 <= s.epoch_at_signal <= r["resumed_from_epoch"] < FT_EPOCHS, (s.epoch_at_signal, r["resumed_from_epoch"])
-    assert ref["slurm"] is None and ref["resumed_from_epoch"] is None
-    assert r["history"] == ref["history"]  # every epoch's losses, metrics and scores, bit for bit
-    assert r["best"] == ref["best"] and r["stop_reason"] == ref["stop_reason"]
-    assert (r["trainable"], r["total"]) == (ref["trainable"], ref["total"])
+    assert r.run_id == ref.run_id  # the same config (paths are not part of a run's identity)
+    assert _label(r.slurm) == s.signalled_job and r.slurm["restart_count"] == "1"
+    assert 1 <= s.epoch_at_signal <= r.resumed_from_epoch < FT_EPOCHS, (s.epoch_at_signal, r.resumed_from_epoch)
+    assert ref.slurm is None and ref.resumed_from_epoch is None
+    assert r.history == ref.history  # every epoch's losses, metrics and scores, bit for bit
+    assert r.best == ref.best and r.stop_reason == ref.stop_reason
+    assert (r.trainable, r.total) == (ref.trainable, ref.total)
     logs = "".join(p.read_text() for p in (_sweep_dir(s.main) / ".submitit" / s.signalled_job).glob("*_log.*"))
     assert "this job is preempted" in logs and f"Requeued job {s.signalled_job}" in logs, logs[-3000:]
     assert logs.count("Starting with JobEnvironment") == 2  # two attempts of the same job
@@ -491,13 +491,13 @@ def test_crashed_fishtune_run_is_reported_and_the_other_finishes(fishtune_sweeps
 
     [done] = load_results(s.crash)
     [failed] = load_failures(s.crash)
-    assert done["mask"] == "none" and done["slurm"]["job_id"].isdigit()
-    assert failed["config"]["mask"]["mode"] == "fish" and "fisher.chunk_size=0" in failed["error"]
-    assert failed["slurm"]["array_job_id"] == done["slurm"]["array_job_id"] and failed["host"] == done["host"]
+    assert done.mask == "none" and done.slurm["job_id"].isdigit()
+    assert failed.config["mask"]["mode"] == "fish" and "fisher.chunk_size=0" in failed.error
+    assert failed.slurm["array_job_id"] == done.slurm["array_job_id"] and failed.host == done.host
     out = _summary(s.crash)
     assert out.returncode == 1, out.stdout + out.stderr
     assert "1 finished, 1 failed, 0 without a result" in out.stdout, out.stdout
-    assert f"slurm {_label(failed['slurm'])} on {failed['host']}" in out.stdout, out.stdout
+    assert f"slurm {_label(failed.slurm)} on {failed.host}" in out.stdout, out.stdout
     assert "error: fisher.chunk_size=0: must be an integer >= 1" in out.stdout, out.stdout
     assert f"slurm {_label(done['slurm'])}" in out.stdout, out.stdout
 
@@ -530,7 +530,7 @@ def test_two_arrays_over_one_folder_train_no_config_twice(cluster, tmp_path):
         rc, logs[name] = _finish(proc, tmp_path / name, FT_TIMEOUT_S)
         assert rc == 0, logs[name]
     results = load_results(runs)
-    assert sorted((r["task"], r["mask"]) for r in results) == [("mrpc", "fish"), ("mrpc", "none"), ("rte", "fish"),
+    assert sorted((r.task, r.mask) for r in results) == [("mrpc", "fish"), ("mrpc", "none"), ("rte", "fish"),
                                                                 ("rte", "none")]
     # Which jobs trained, from their own logs (the epochs bar on stderr), not from what the claims say.
     sweeps = sorted(runs.glob("hydra/multirun_*"))
@@ -596,12 +596,12 @@ def _gpu_sweep(runs_dir: Path, **launcher: object) -> GpuSweep:
     rc, log = _finish(proc, runs_dir, timeout=max(1.0, deadline - time.time()))
     from fishtune.harness.results import load_results
 
-    results = {r["seed"]: r for r in load_results(runs_dir)}
+    results = {r.seed: r for r in load_results(runs_dir)}
     assert sorted(results) == list(GPU_SEEDS), log
-    [array] = {r["slurm"]["array_job_id"] for r in results.values()}
+    [array] = {r.slurm["array_job_id"] for r in results.values()}
     jobs = _job_records(array)
     parse = datetime.fromisoformat
-    intervals = {seed: (parse(jobs[r["slurm"]["job_id"]]["StartTime"]), parse(jobs[r["slurm"]["job_id"]]["EndTime"]))
+    intervals = {seed: (parse(jobs[r.slurm["job_id"]]["StartTime"]), parse(jobs[r.slurm["job_id"]]["EndTime"]))
                  for seed, r in results.items()}
     script = next((_sweep_dir(runs_dir) / ".submitit").glob("*/*_submission.sh")).read_text()
     return GpuSweep(runs_dir, rc, log, results, intervals, snapshots, script)
@@ -662,10 +662,11 @@ def test_runs_share_a_gpu_through_shards(slurm_session, tmp_path):
 # ---- fishtune.sweep_summary without a cluster (runs in `make test`) ------------------------------
 
 def _fake_result(runs_dir: Path, run_id: str, **over) -> None:
-    result = {"schema": 1, "run_id": run_id, "task": "rte", "mask": "none", "history": [{"epoch": 1}, {"epoch": 2}],
-              "best": {"epoch": 2, "score": 61.25}, "stop_reason": "max_epochs", "host": "node7",
-              "slurm": None, "resumed_from_epoch": None, **over}
-    (runs_dir / f"{run_id}.json").write_text(json.dumps(result))
+    from results_factory import write_result
+
+    write_result(runs_dir, **{**dict(run_id=run_id, task="rte", mask="none", history=[{"epoch": 1}, {"epoch": 2}],
+                                     best={"epoch": 2, "score": 61.25}, host="node7", train_seconds=None,
+                                     samples_per_second=None), **over})
 
 
 def test_sweep_summary_lists_finished_failed_and_jobs_without_result(tmp_path, monkeypatch, capsys):
@@ -678,10 +679,11 @@ def test_sweep_summary_lists_finished_failed_and_jobs_without_result(tmp_path, m
                  slurm={"job_id": "12", "array_job_id": "7", "array_task_id": "1", "restart_count": "1"},
                  train_seconds=41.6, precision="bf16", samples_per_second=48.1, tokens_per_second=1210.4,
                  peak_memory_mb=812.3, threads=1)
-    (tmp_path / "b-fish.failed.json").write_text(json.dumps({"error": "old"}))  # finished later: not listed
-    (tmp_path / "c-fish.failed.json").write_text(json.dumps({
-        "status": "failed", "error": "ValueError: batch_size=0", "host": "node8",
-        "slurm": {"job_id": "13", "array_job_id": "7", "array_task_id": "2"}}))
+    from results_factory import write_failure
+
+    write_failure(tmp_path / "b-fish.failed.json", error="old")  # finished later: not listed
+    write_failure(tmp_path / "c-fish.failed.json", error="ValueError: batch_size=0", host="node8",
+                  slurm={"job_id": "13", "array_job_id": "7", "array_task_id": "2"})
     # hydra-submitit-launcher's folders: the array's own (script only), one job that returned, one without
     sub = tmp_path / "hydra" / "multirun_x" / ".submitit"
     for job in ("7", "7_0", "7_3"):

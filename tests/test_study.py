@@ -1,7 +1,6 @@
 """The study: its sweep expands to exactly the documented runs, and its report's numbers equal their
 independent references (scipy's t-interval and paired t-test, scikit-learn's majority-class scores)."""
 import itertools
-import json
 import math
 
 import numpy as np
@@ -12,6 +11,7 @@ from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 from fishtune.reports.stats import t_interval
 from fishtune.reports.study import report, trivial_baseline
 from fishtune.harness.sweeps import job_overrides, run_configs
+from results_factory import write_result
 
 # docs/STUDY.md: 5 seeds x 2 budget levels x 5 rows x 4 tasks.
 AXES = {"seed": ["1", "2", "3", "4", "5"], "budget": ["1", "2"],
@@ -60,14 +60,10 @@ def test_trivial_baseline_is_the_majority_class_score(task, labels, expected):
 
 
 def _result(runs_dir, task, mask, budget, seed, preds, labels, score):
-    result = {"schema": 1, "run_id": f"{task}-{mask}-{budget}-{seed}", "model": "minilm", "method": "lora",
-              "task": task, "mask": mask, "budget": budget, "seed": seed, "layers": 5, "rank": 1,
-              "trainable": 3074, "total": 22_700_000, "ratio_pct": 0.0135, "budget_ratio_pct": 0.0135,
-              "best": {"epoch": 1, "score": score, "metrics": {}}, "dev_labels": labels, "dev_predictions": preds,
-              "finished_at": "2026-12-01T00:00:00"}
-    if mask == "adaptive":
-        result["ratio_pct_mean"] = 0.0135 * 0.95   # a mean count 5 % below k: budget-matched
-    (runs_dir / f"{result['run_id']}.json").write_text(json.dumps(result))
+    # adaptive: a mean count 5 % below k, budget-matched
+    write_result(runs_dir, run_id=f"{task}-{mask}-{budget}-{seed}", task=task, mask=mask, budget=budget, seed=seed,
+                 score=score, dev_labels=labels, dev_predictions=preds,
+                 ratio_pct_mean=0.0135 * 0.95 if mask == "adaptive" else None)
 
 
 def test_report_cells_paired_tests_and_baseline_row(tmp_path):

@@ -2,7 +2,6 @@
 and the report's 2 x 2 effects, lr and converged comparisons equal an independent computation (numpy
 contrasts, scipy's one-sample t-test and t-interval) on synthetic result files."""
 import itertools
-import json
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ from sklearn.dummy import DummyClassifier
 
 from fishtune.reports.study_why import report
 from fishtune.harness.sweeps import job_overrides, run_configs
+from results_factory import write_result
 
 
 @pytest.mark.parametrize("experiment,runs,seeds", [("study_mechanism", 40, "12345"), ("study_lr", 20, "12345"),
@@ -41,15 +41,13 @@ def test_mechanism_and_lr_runs_pair_with_the_study_runs():
 
 def _write(runs_dir, task, mode, budget, seed, score, lr=0.005, epochs=3, max_epochs=3, stop="max_epochs",
            dev_labels=None):
-    r = {"schema": 1, "run_id": f"{task}-{mode}-{budget}-{seed}-{lr}", "task": task, "mask": mode, "budget": budget,
-         "dev_labels": dev_labels, "seed": seed, "lr": lr, "best": {"epoch": epochs, "score": score}, "history": [{}] * epochs,
-         "config": {"train": {"max_epochs": max_epochs}, "data": {"train_samples": 1000}}, "stop_reason": stop,
-         "train_seconds": 10.0, "precision": "fp32",
-         "placement": [{"name": "q", "layer": 0, "module": "query.lora_A", "chosen": 3 if mode == "fish" else 1,
-                        "entries": 8},
-                       {"name": "v", "layer": 4, "module": "value.lora_A", "chosen": 1, "entries": 8}]}
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    (runs_dir / f"{r['run_id']}.json").write_text(json.dumps(r))
+    write_result(runs_dir, run_id=f"{task}-{mode}-{budget}-{seed}-{lr}", task=task, mask=mode, budget=budget,
+                 dev_labels=dev_labels, seed=seed, lr=lr, best={"epoch": epochs, "score": score},
+                 history=[{}] * epochs, config={"train": {"max_epochs": max_epochs}, "data": {"train_samples": 1000}},
+                 stop_reason=stop, train_seconds=10.0, precision="fp32",
+                 placement=[{"name": "q", "layer": 0, "module": "query.lora_A", "chosen": 3 if mode == "fish" else 1,
+                             "entries": 8},
+                            {"name": "v", "layer": 4, "module": "value.lora_A", "chosen": 1, "entries": 8}])
 
 
 def test_2x2_effects_lr_and_converged_tables_equal_an_independent_computation(tmp_path):

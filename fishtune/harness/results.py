@@ -9,13 +9,17 @@ fishtune.harness.metrics defines each metric for constant predictions).
 
 Schemas: 2 since the harness and the reports moved into their folders (the file's content is the same,
 its `schema` says which code wrote it); 1 before. Both load: what files of schema 1 written before a
-key existed lack, `from_json` fills in (the only place that knows about older files).
+key existed lack, `from_json` fills in (the only place that knows about older files). A field without a
+default is required: a file that lacks one is damaged, never read with a None in its place.
 
-A run that fails writes `<run>.failed.json` instead (fishtune.harness.run.record_failure): status,
-config, `reason` (one line, e.g. "diverged: non-finite loss at epoch 3, step 7"), error, traceback,
-host, slurm, finished_at. A file that cannot be read (truncated, not JSON) is never fatal: a run sets
-its own damaged result, mask or checkpoint aside as `<name>.damaged` and runs again; the loaders here
-skip damaged files and say which.
+A run that fails writes `<run>.failed.json` instead (`RunFailure`, fishtune.harness.run.record_failure):
+status, config, `reason` (one line, e.g. "diverged: non-finite loss at epoch 3, step 7"), error,
+traceback, host, slurm, finished_at. A file that cannot be read (truncated, not JSON, a result without
+a required field) is never fatal: a run sets its own damaged result, mask or checkpoint aside as
+`<name>.damaged` and runs again; the loaders here skip damaged files and say which.
+
+The loaders return the types: `load_results` RunResults, `load_failures` RunFailures, each with the
+`path` it was read from; `finished_runs` is the one test of which results the reports count.
 """
 from __future__ import annotations
 
@@ -26,10 +30,10 @@ import os
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 SCHEMA = 2                # what new result files are written with
 SCHEMAS = (1, 2)          # what loads (RunResult.from_json)
@@ -42,10 +46,14 @@ class Diverged(RuntimeError):
     """The training loss became NaN or infinite: the run stops at once and is recorded as failed."""
 
 
+class NotAResult(ValueError):
+    """A JSON file that is no fishtune result at all (no known `schema`): a config dump, a failure record."""
+
+
 # The keys an adaptive run adds; absent (not null) in every other result file.
-_ADAPTIVE_KEYS = ("trainable_final", "ratio_pct_final", "ratio_pct_mean", "active_ratio_history")
+ADAPTIVE_KEYS = ("trainable_final", "ratio_pct_final", "ratio_pct_mean", "active_ratio_history")
 # Keys written only when set (a run whose mask reads a Fisher); older files lack them.
-_OPTIONAL_KEYS = (*_ADAPTIVE_KEYS, "zero_fisher_filled")
+_OPTIONAL_KEYS = (*ADAPTIVE_KEYS, "zero_fisher_filled")
 
 
 @dataclass(kw_only=True)
@@ -103,38 +111,94 @@ class RunResult:
     versions: dict
     git_commit: str | None = None            # HEAD when the run started
     finished_at: str
-    # adaptive runs only (_ADAPTIVE_KEYS)
+    # adaptive runs only (ADAPTIVE_KEYS)
     trainable_final: int | None = None
     ratio_pct_final: float | None = None
     ratio_pct_mean: float | None = None
     active_ratio_history: list[float] | None = None
     # keys of no field (a migration's note): kept, and written back after the others
     extra: dict = field(default_factory=dict)
+    # where the result was read from (load_results); no part of the file
+    path: str | None = field(default=None, compare=False)
+
+    @property
+    def score(self) -> float | None:
+        """The best epoch's score (x100), the number a table shows; None for a run without one."""
+        return self.best.get("score") if isinstance(self.best, Mapping) else None
 
     def to_json(self) -> dict[str, Any]:
         """The result file's content: every field in order, the adaptive ones and zero_fisher_filled only
         when set, then `extra`."""
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        out = {name: getattr(self, name) for name in FILE_KEYS}
         for key in _OPTIONAL_KEYS:
             if out[key] is None:
                 del out[key]
         return {**out, **self.extra}
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> RunResult:
-        """A result file's content as a RunResult, for every schema in SCHEMAS. ValueError when it is
-        no fishtune result. What older files lack is filled in here, and only here."""
+    def from_json(cls, data: Mapping[str, Any], path: str | Path | None = None) -> RunResult:
+        """A result file's content as a RunResult, for every schema in SCHEMAS: NotAResult when it is no
+        fishtune result, ValueError when it lacks a required field. What older files lack is filled in
+        here, and only here."""
         if not isinstance(data, Mapping) or data.get("schema") not in SCHEMAS:
-            raise ValueError("not a fishtune result")
+            raise NotAResult("not a fishtune result")
         data = dict(data)
         for key in ("model", "method", "mask"):  # the earliest files stored the config node
             if isinstance(data.get(key), Mapping):
                 data[key] = data[key].get("name", data[key].get("mode"))
         # Files from before budget_ratio_pct had one ratio, over the run's own model.
-        data.setdefault("budget_ratio_pct", data.get("ratio_pct"))
-        known = {f.name for f in fields(cls)} - {"extra"}
-        values = {k: data.get(k) for k in known}
-        return cls(**values, extra={k: v for k, v in data.items() if k not in known and not k.startswith("_")})
+        if "ratio_pct" in data:
+            data.setdefault("budget_ratio_pct", data["ratio_pct"])
+        return cls(**_known(cls, data, FILE_KEYS), path=None if path is None else str(path),
+                   extra={k: v for k, v in data.items() if k not in FILE_KEYS and not k.startswith("_")})
+
+
+# The keys a result file may hold, in file order (RunResult's fields but the two that are not in it).
+FILE_KEYS = tuple(f.name for f in fields(RunResult) if f.name not in ("extra", "path"))
+
+
+def required_keys(cls: type) -> tuple[str, ...]:
+    """The fields of a record type without a default: what a file of that type must hold."""
+    return tuple(f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING)
+
+
+def _known(cls: type, data: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
+    """The values of `keys` that `data` holds (absent optional ones take their defaults); ValueError
+    naming the required fields it lacks."""
+    lacking = [k for k in required_keys(cls) if k not in data]
+    if lacking:
+        raise ValueError(f"lacks required field(s) {', '.join(lacking)}")
+    return {k: data[k] for k in keys if k in data}
+
+
+@dataclass(kw_only=True)
+class RunFailure:
+    """One failed run, as its `<run>.failed.json` holds it (fishtune.harness.run.record_failure)."""
+    status: str = "failed"
+    config: dict
+    reason: str                               # one line: why it failed
+    error: str                                # the exception, "Type: message"
+    traceback: list[str] | str | None = None
+    host: str | None = None
+    slurm: dict | None = None
+    finished_at: str | None = None
+    path: str | None = field(default=None, compare=False)   # where it was read from (load_failures)
+
+    def to_json(self) -> dict[str, Any]:
+        """The failure record's content, every field but `path` in order."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "path"}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], path: str | Path | None = None) -> RunFailure:
+        """A failure record's content as a RunFailure; ValueError when it is none or lacks a field.
+        Records from before `reason` was kept: the error's first line."""
+        if not isinstance(data, Mapping):
+            raise ValueError("not a failure record")
+        data = dict(data)
+        if not data.get("reason") and data.get("error"):
+            data["reason"] = str(data["error"]).splitlines()[0]
+        keys = [f.name for f in fields(cls) if f.name != "path"]
+        return cls(**_known(cls, data, keys), path=None if path is None else str(path))
 
 
 def identity(config: Mapping[str, Any]) -> dict:
@@ -217,9 +281,9 @@ def read_json(path: Path) -> tuple[Any, str | None]:
 
 
 def read_result(path: str | Path) -> dict | None:
-    """The result file at `path` (through RunResult, as the current schema's dict), or None when it is
-    damaged (unreadable, truncated, not a result): then it is set aside with a warning and its run is
-    to be redone."""
+    """The result file at `path` as the run returns it (RunResult.to_json(): the current schema's
+    dict), or None when it is damaged (unreadable, truncated, not a result, a required field missing):
+    then it is set aside with a warning and its run is to be redone."""
     path = Path(path)
     data, why = read_json(path)
     if why is None:
@@ -233,41 +297,55 @@ def read_result(path: str | Path) -> dict | None:
     return None
 
 
-def load_results(runs_dir: str | Path, damaged: list[str] | None = None) -> list[dict]:
-    """Every finished result file under `runs_dir` (recursively), each read through
-    RunResult.from_json (so in the current schema's shape, whatever schema wrote it) as a dict with
-    `_path`, the file it came from. A file that cannot be read is skipped; with `damaged`, 'path: why'
-    is appended to it for each."""
+def load_results(runs_dir: str | Path, damaged: list[str] | None = None) -> list[RunResult]:
+    """Every result file under `runs_dir` (recursively) as a RunResult (in the current schema's shape,
+    whatever schema wrote it) with its `path`. A file that cannot be read, or a result that lacks a
+    required field, is skipped; with `damaged`, 'path: why' is appended to it for each. JSON files of
+    other kinds (no result schema: a config dump) are passed over."""
     out = []
     for path in sorted(Path(runs_dir).rglob("*.json")):
         if path.name.endswith(".failed.json"):  # failure records: load_failures
             continue
         data, why = read_json(path)
-        if why is not None:
-            if damaged is not None:
-                damaged.append(f"{path}: {why}")
-            continue
-        try:
-            result = RunResult.from_json(data).to_json()
-        except ValueError:
-            continue  # a JSON file of some other kind (a failure record elsewhere, a config dump)
-        result["_path"] = str(path)
-        out.append(result)
+        if why is None:
+            try:
+                out.append(RunResult.from_json(data, path))
+                continue
+            except NotAResult:
+                continue
+            except (TypeError, ValueError) as e:
+                why = str(e)
+        if damaged is not None:
+            damaged.append(f"{path}: {why}")
     return out
 
 
-def load_failures(runs_dir: str | Path, damaged: list[str] | None = None) -> list[dict]:
-    """The `*.failed.json` records of runs that failed (reason, error and traceback); unreadable ones
-    are skipped and, with `damaged`, listed as for load_results."""
+def load_failures(runs_dir: str | Path, damaged: list[str] | None = None) -> list[RunFailure]:
+    """The `*.failed.json` records of runs that failed as RunFailures (reason, error and traceback);
+    unreadable ones are skipped and, with `damaged`, listed as for load_results."""
     out = []
     for path in sorted(Path(runs_dir).rglob("*.failed.json")):
         data, why = read_json(path)
-        if why is not None or not isinstance(data, dict):
-            if damaged is not None:
-                damaged.append(f"{path}: {why or 'not a failure record'}")
-            continue
-        data["_path"] = str(path)
-        out.append(data)
+        if why is None:
+            try:
+                out.append(RunFailure.from_json(data, path))
+                continue
+            except (TypeError, ValueError) as e:
+                why = str(e)
+        if damaged is not None:
+            damaged.append(f"{path}: {why}")
+    return out
+
+
+def finished_runs(results: Iterable[RunResult], skipped: list[str] | None = None) -> list[RunResult]:
+    """The results every report counts: runs that reached a best epoch (a best score). With `skipped`,
+    'path: no best score' is appended to it for each other one."""
+    out = []
+    for r in results:
+        if r.score is not None:
+            out.append(r)
+        elif skipped is not None:
+            skipped.append(f"{r.path or r.run_id}: no best score")
     return out
 
 

@@ -28,7 +28,7 @@ from . import CONF_DIR
 from . import claims
 from . import data as glue
 from . import tracking
-from .results import (Diverged, RunResult, read_json, config_hash, git_commit, identity, json_safe, now_iso,
+from .results import (Diverged, RunFailure, RunResult, read_json, config_hash, git_commit, identity, json_safe, now_iso,
                       package_versions, read_result, result_path, run_name, set_aside, write_json_atomic)
 from .tasks import TaskSpec, get_task
 from .validate import HEAD_ONLY, ConfigError, check_config, check_hub, first_mask_mode
@@ -471,10 +471,10 @@ def record_failure(config: dict, error: BaseException) -> Path:
         path = plan(config).path.with_suffix(".failed.json")
     except ConfigError:
         path = Path(config["paths"]["runs_dir"]) / f"invalid-{config_hash(config)}.failed.json"
-    write_json_atomic(path, {"status": "failed", "config": json_safe(config), "reason": failure_reason(error),
-                             "error": f"{type(error).__name__}: {error}",
-                             "traceback": traceback.format_exception(error), "host": socket.gethostname(),
-                             "slurm": slurm_ids(), "finished_at": now_iso()})
+    failure = RunFailure(config=json_safe(config), reason=failure_reason(error), error=f"{type(error).__name__}: {error}",
+                         traceback=traceback.format_exception(error), host=socket.gethostname(), slurm=slurm_ids(),
+                         finished_at=now_iso())
+    write_json_atomic(path, failure.to_json())
     return path
 
 

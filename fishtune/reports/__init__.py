@@ -10,6 +10,12 @@ and may use the harness's tables (tasks, schedules, methods); they import nothin
 """
 from __future__ import annotations
 
+from typing import Iterable
+
+import pandas as pd
+
+from ..harness.results import FILE_KEYS, RunResult
+
 # The rows of every table, by the mask mode of their runs, in table order: a row is named after its
 # mode, except the runs without a mask, which are the method's "original" configuration.
 ROWS = {"none": "original", "fish": "fish", "rand": "rand", "rev": "rev", "adaptive": "adaptive", "head_only": "head only"}
@@ -23,3 +29,18 @@ def row_label(mode: str) -> str:
 def row_mode(row: str) -> str:
     """The mask mode of a row's runs (row_label's inverse)."""
     return {label: mode for mode, label in ROWS.items()}.get(row, row)
+
+
+def results_frame(results: Iterable[RunResult]) -> pd.DataFrame:
+    """One line per result: every field of its file (FILE_KEYS, in file order), then `row` (row_label of
+    its mask), `score` and `best_epoch` (of its best epoch), `epochs` (trained) and `path`. The one place
+    result files become a frame: each report picks and derives its columns from this one. Filter the
+    results before, not the frame after: a column's type is inferred from the lines it holds."""
+    lines = [{**{k: getattr(r, k) for k in FILE_KEYS}, "row": row_label(r.mask), "score": r.score,
+              "best_epoch": r.best.get("epoch"), "epochs": len(r.history or []), "path": r.path} for r in results]
+    return pd.DataFrame(lines, columns=[*FILE_KEYS, "row", "score", "best_epoch", "epochs", "path"])
+
+
+def precision_label(precision: str | None) -> str:
+    """A run's precision as the tables show it: files from before it was recorded say `unrecorded`."""
+    return precision or "unrecorded"

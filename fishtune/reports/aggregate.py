@@ -47,7 +47,7 @@ from . import row_mode
 from .paper import TABLES, TASK_TITLES, paper_tasks, paper_wide
 from .stats import t_interval
 from ..harness.methods import METHODS
-from ..harness.results import load_failures, load_results, set_aside_files
+from ..harness.results import RunFailure, RunResult, finished_runs, load_failures, load_results, set_aside_files
 from ..harness.schedules import run_layers
 
 FIGURES = ("figure3",)
@@ -85,33 +85,65 @@ def table_rows(n: int) -> list[Row]:
 # ---------------------------------------------------------------------------------------------------
 # Matching result files to rows
 
-def _budget_rank(run: dict) -> Any:
-    mask = (run.get("config") or {}).get("mask") or {}
-    return mask.get("budget_rank") or run.get("rank")
+@dataclass(frozen=True)
+class FailedCell:
+    """A failure record where its run's result would be: the values a row matches on (read from its
+    config, the only part of the run a failure records) and the one-line reason."""
+    model: str
+    method: str
+    mask: str
+    budget: int
+    task: str
+    layers: int | None
+    rank: int | None
+    seed: Any
+    config: dict = field(hash=False, compare=False)
+    error: str = ""
+
+    @classmethod
+    def of(cls, record: RunFailure) -> FailedCell | None:
+        """The cell of a failure record, or None when its config names none (a config that did not parse)."""
+        c = record.config or {}
+        try:
+            peft, mode, budget = c["peft"], c["mask"]["mode"], int(c["budget"])
+            return cls(model=c["model"]["name"], method=peft["name"], mask=mode, budget=budget, task=c["task"]["name"],
+                       layers=_nominal_layers(c, None, None, None), rank=peft.get("rank"), seed=c.get("seed"),
+                       config=c, error=record.reason.splitlines()[0][:160] if record.reason else "")
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError):
+            return None
 
 
-def nominal_layers(run: dict) -> int | None:
+def _budget_rank(run: RunResult | FailedCell) -> Any:
+    mask = (run.config or {}).get("mask") or {}
+    return mask.get("budget_rank") or run.rank
+
+
+def nominal_layers(run: RunResult | FailedCell) -> int | None:
     """The layers a run asked for, which is what a paper row names: peft.layers, else its method's
     schedule (budget_layers for an original run, fish_layers for a masked one) before a schedule
     deeper than the model is fitted to its depth (IA3's 3/5/8/10 and 12 on the 6-layer MiniLM become
     2/3/4/5 and 6): fishtune.harness.schedules.run_layers without a depth. Runs without a config: the
     layers they used."""
-    c = run.get("config") or {}
+    return _nominal_layers(run.config, run.mask, run.budget, run.layers)
+
+
+def _nominal_layers(config: dict | None, mask: str | None, budget: int | None, layers: int | None) -> int | None:
+    c = config or {}
     try:
-        mode = (c.get("mask") or {}).get("mode", run.get("mask"))
-        return run_layers(c["peft"], mode, int(c.get("budget", run.get("budget"))))
+        mode = (c.get("mask") or {}).get("mode", mask)
+        return run_layers(c["peft"], mode, int(c.get("budget", budget)))
     except (KeyError, TypeError, ValueError, IndexError, AttributeError):
-        return run.get("layers")
+        return layers
 
 
-def matches(run: dict, row: Row) -> bool:
+def matches(run: RunResult | FailedCell, row: Row) -> bool:
     """Whether `run` (already of the row's model, method, mask, budget and a task) belongs to `row`."""
     if nominal_layers(run) != row.layers:
         return False
-    if row.rank is not None and run.get("rank") != row.rank:
+    if row.rank is not None and run.rank != row.rank:
         return False
     if row.mask != "none":
-        mask_cfg = (run.get("config") or {}).get("mask") or {}
+        mask_cfg = (run.config or {}).get("mask") or {}
         if mask_cfg.get("k") is not None:           # a hand-set budget is no paper row
             return False
         if row.rank is not None and _budget_rank(run) != 1:   # every paper budget is a rank-1 original's
@@ -119,65 +151,43 @@ def matches(run: dict, row: Row) -> bool:
     return True
 
 
-def _failure_as_run(record: dict) -> dict | None:
-    """A `*.failed.json` record (only its config) in the shape of a result, to match it to a row."""
-    c = record.get("config") or {}
-    try:
-        peft, mode, budget = c["peft"], c["mask"]["mode"], int(c["budget"])
-        return dict(model=c["model"]["name"], method=peft["name"], mask=mode, budget=budget, task=c["task"]["name"],
-                    layers=nominal_layers(record), rank=peft.get("rank"), seed=c.get("seed"), config=c,
-                    error=_reason(record), _path=record.get("_path"))
-    except (KeyError, TypeError, ValueError, IndexError):
-        return None
-
-
-def _reason(record: dict) -> str:
-    """The one-line reason of a failure record (records from before `reason` was kept: the error's first line)."""
-    text = str(record.get("reason") or record.get("error") or "")
-    return text.splitlines()[0][:160] if text else ""
-
-
 class RunIndex:
     """Result files indexed by (model, method, mask, budget, task) for quick row lookups; failure
     records (`*.failed.json`) indexed the same way, to say why a cell is blank."""
 
-    def __init__(self, runs: Iterable[dict], failures: Iterable[dict] = ()):
-        self.by_key: dict[tuple, list[dict]] = defaultdict(list)
-        self.failed: dict[tuple, list[dict]] = defaultdict(list)
+    def __init__(self, runs: Iterable[RunResult], failures: Iterable[RunFailure] = ()):
+        self.by_key: dict[tuple, list[RunResult]] = defaultdict(list)
+        self.failed: dict[tuple, list[FailedCell]] = defaultdict(list)
         self.skipped: list[str] = []
         for record in failures:
-            run = _failure_as_run(record)
-            if run is not None:
-                self.failed[self._key(run)].append(run)
-        for run in runs:
-            best = run.get("best") or {}
-            if best.get("score") is None:
-                self.skipped.append(f"{run.get('_path', run.get('run_id'))}: no best score")
-                continue
+            cell = FailedCell.of(record)
+            if cell is not None:
+                self.failed[self._key(cell)].append(cell)
+        for run in finished_runs(runs, self.skipped):
             self.by_key[self._key(run)].append(run)
 
     @staticmethod
-    def _key(run: dict) -> tuple:
-        return run.get("model"), run.get("method"), run.get("mask"), run.get("budget"), run.get("task")
+    def _key(run: RunResult | FailedCell) -> tuple:
+        return run.model, run.method, run.mask, run.budget, run.task
 
     def errors(self, row: Row, model: str, task: str) -> list[str]:
         """The recorded errors of failed runs of one cell."""
-        return sorted({f["error"] for f in self.failed.get((model, row.method, row.mask, row.budget, task), [])
+        return sorted({f.error for f in self.failed.get((model, row.method, row.mask, row.budget, task), [])
                        if matches(f, row)})
 
-    def cell(self, row: Row, model: str, task: str) -> tuple[list[dict], list[str]]:
+    def cell(self, row: Row, model: str, task: str) -> tuple[list[RunResult], list[str]]:
         """The row's runs for one task, one per seed (the newest wins), and notes on dropped duplicates."""
         found = [r for r in self.by_key.get((model, row.method, row.mask, row.budget, task), []) if matches(r, row)]
-        by_seed: dict[Any, list[dict]] = defaultdict(list)
+        by_seed: dict[Any, list[RunResult]] = defaultdict(list)
         for r in found:
-            by_seed[r.get("seed")].append(r)
+            by_seed[r.seed].append(r)
         kept, notes = [], []
         for seed, group in sorted(by_seed.items(), key=lambda kv: str(kv[0])):
-            group.sort(key=lambda r: str(r.get("finished_at", "")))
+            group.sort(key=lambda r: str(r.finished_at))
             kept.append(group[-1])
             if len(group) > 1:
                 notes.append(f"{len(group)} results for seed {seed} of {row.label} b{row.budget} {task}; kept "
-                             f"{group[-1].get('_path', group[-1].get('run_id'))}")
+                             f"{group[-1].path or group[-1].run_id}")
         return kept, notes
 
 
@@ -228,12 +238,11 @@ def build_table(n: int, index: RunIndex, model_map: dict[str, str] | None = None
                 absent.append(task)
             filled += bool(runs)
             for r in runs:
-                per_seed[r.get("seed")][task] = float(r["best"]["score"])
+                per_seed[r.seed][task] = float(r.score)
                 # the budget row's ratio (over the original run's model): one number for both rows of a pair
-                ratio = r.get("budget_ratio_pct")
-                if ratio is not None:
-                    ratios.append(float(ratio))
-            mean, std, count, _, _ = t_interval([float(r["best"]["score"]) for r in runs])
+                if r.budget_ratio_pct is not None:
+                    ratios.append(float(r.budget_ratio_pct))
+            mean, std, count, _, _ = t_interval([float(r.score) for r in runs])
             title = TASK_TITLES[task]
             rec[title], rec[f"{title}_std"], rec[f"{title}_n"] = mean, std, count
         rec["ratio_pct"] = float(np.median(ratios)) if ratios else math.nan
@@ -325,7 +334,7 @@ def figure3_data(index: RunIndex, model_map: dict[str, str] | None = None,
         curves[kind] = {}
         for task in paper_tasks(1):
             runs, _ = index.cell(row, model, task)
-            points = [(h["epoch"], h["dev_loss"]) for r in runs for h in r.get("history") or []
+            points = [(h["epoch"], h["dev_loss"]) for r in runs for h in r.history or []
                       if h.get("dev_loss") is not None]
             if not points:
                 missing.append(f"Figure 3: {row.label} b{budget}: {task}  [{run_overrides(row, model, task)}]")

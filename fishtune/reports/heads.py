@@ -27,28 +27,31 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ..harness.results import load_results
-from . import row_label
+from ..harness.results import RunResult, finished_runs, load_results
+from . import precision_label, results_frame
 from .stats import holm, one_sample_test, t_interval
 
 KEY = ["setting", "task", "budget", "row"]
 
 
-def runs_frame(results: list[dict]) -> pd.DataFrame:
+def pred_std(task: str, predictions: list | None) -> float:
+    """The std of a run's dev predictions on STS-B (a collapsed regressor predicts one constant); NaN elsewhere."""
+    preds = np.asarray(predictions or [], dtype=float)
+    return float(preds.std()) if task == "stsb" and preds.size else math.nan
+
+
+def runs_frame(results: list[RunResult]) -> pd.DataFrame:
     """One line per finished run: its head, setting, task, budget, row, seed, score, prediction std."""
-    lines = []
-    for r in results:
-        if (r.get("best") or {}).get("score") is None:
-            continue
-        cfg = r["config"]
-        preds = np.asarray(r.get("dev_predictions") or [], dtype=float)
-        lines.append({"head": cfg["model"].get("head", "pooler"), "task": r["task"], "budget": int(r["budget"]),
-                      "row": row_label(r["mask"]), "seed": int(r["seed"]), "lr": float(r["lr"]),
-                      "setting": f"{cfg['data']['train_samples']} ex, {cfg['train']['max_epochs']} ep",
-                      "score": float(r["best"]["score"]), "precision": r.get("precision") or "unrecorded",
-                      "pred_std": float(preds.std()) if r["task"] == "stsb" and preds.size else math.nan})
-    return pd.DataFrame(lines, columns=["head", "task", "budget", "row", "seed", "lr", "setting", "score",
-                                        "precision", "pred_std"])
+    df = results_frame(finished_runs(results))
+    config = df["config"]
+    return pd.DataFrame({
+        "head": config.map(lambda c: c["model"].get("head", "pooler")), "task": df["task"],
+        "budget": df["budget"].astype(int), "row": df["row"], "seed": df["seed"].astype(int),
+        "lr": df["lr"].astype(float),
+        "setting": config.map(lambda c: f"{c['data']['train_samples']} ex, {c['train']['max_epochs']} ep"),
+        "score": df["score"].astype(float), "precision": df["precision"].map(precision_label),
+        "pred_std": [pred_std(t, p) for t, p in zip(df["task"], df["dev_predictions"])]},
+        columns=["head", "task", "budget", "row", "seed", "lr", "setting", "score", "precision", "pred_std"])
 
 
 def _cell(scores: pd.Series, prefix: str) -> dict:

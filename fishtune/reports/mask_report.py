@@ -23,30 +23,28 @@ import pandas as pd
 import torch
 
 from ..masks import mask_placement
-from ..harness.results import load_mask_file
-from ..harness.results import load_results
+from ..harness.results import RunResult, finished_runs, load_mask_file, load_results
 from ..harness.tasks import TASK_ORDER, get_task
-from . import ROWS
+from . import ROWS, precision_label, results_frame
 from .stats import paired_bootstrap, paired_test
 
 
 
-def _frame(results: list[dict]) -> pd.DataFrame:
-    rows = [{"model": r["model"], "method": r["method"], "rank": r["rank"], "mask": r["mask"], "budget": r["budget"],
-             "task": r["task"], "seed": r["seed"], "score": r["best"]["score"],
-             # adaptive: the mean over training; masked rows: the budget row's ratio
-             "ratio_pct": r.get("ratio_pct_mean", r["budget_ratio_pct"]),
-             "precision": r.get("precision") or "unrecorded"}
-            for r in results]
-    return pd.DataFrame(rows, columns=["model", "method", "rank", "mask", "budget", "task", "seed", "score",
-                                       "ratio_pct", "precision"])
+def _frame(results: list[RunResult]) -> pd.DataFrame:
+    df = results_frame(results)
+    # adaptive: the mean over training; masked rows: the budget row's ratio
+    ratio = [r.budget_ratio_pct if r.ratio_pct_mean is None else r.ratio_pct_mean for r in results]
+    return pd.DataFrame({**{k: df[k] for k in ("model", "method", "rank", "mask", "budget", "task", "seed", "score")},
+                         "ratio_pct": pd.Series(ratio, dtype=float), "precision": df["precision"].map(precision_label)},
+                        columns=["model", "method", "rank", "mask", "budget", "task", "seed", "score", "ratio_pct",
+                                 "precision"])
 
 
-def mask_table(results: list[dict]) -> pd.DataFrame:
+def mask_table(results: list[RunResult]) -> pd.DataFrame:
     """One row per (model, method, rank, budget, mode): per-task mean and std over seeds, Avg, and the
     paired comparison with the original row at the same budget; runs of two precisions make two rows
     and never pair."""
-    df = _frame(results)
+    df = _frame(finished_runs(results))
     out = []
     for (model, method, rank, budget, precision), group in df.groupby(["model", "method", "rank", "budget", "precision"],
                                                                       dropna=False):
@@ -70,26 +68,26 @@ def mask_table(results: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def bootstrap_table(results: list[dict], n_resamples: int = 1000) -> pd.DataFrame:
+def bootstrap_table(results: list[RunResult], n_resamples: int = 1000) -> pd.DataFrame:
     """Each masked run against the original run of the same model, method, rank, budget, task, seed and
     precision, by a paired bootstrap over their shared dev examples (fishtune.reports.stats.paired_bootstrap).
     Runs written before result files kept per-example predictions are left out."""
-    keyed: dict[tuple, dict[str, dict]] = {}
+    keyed: dict[tuple, dict[str, RunResult]] = {}
     for r in results:
-        if r.get("dev_predictions") is not None:
-            key = (r["model"], r["method"], r["rank"], r["budget"], r["task"], r["seed"], r.get("precision"))
-            keyed.setdefault(key, {})[r["mask"]] = r
+        if r.dev_predictions is not None:
+            key = (r.model, r.method, r.rank, r.budget, r.task, r.seed, r.precision)
+            keyed.setdefault(key, {})[r.mask] = r
     rows = []
     for (model, method, rank, budget, task, seed, _), by_mode in sorted(keyed.items(), key=lambda kv: str(kv[0])):
         original = by_mode.get("none")
         for mode in [m for m in ROWS if m != "none" and m in by_mode]:
             run = by_mode[mode]
-            if original is None or run["dev_labels"] != original["dev_labels"]:
+            if original is None or run.dev_labels != original.dev_labels:
                 continue  # no original on the same dev examples: nothing to pair with
-            stats = paired_bootstrap(get_task(task), run["dev_predictions"], original["dev_predictions"],
-                                     run["dev_labels"], n_resamples=n_resamples, seed=int(seed))
+            stats = paired_bootstrap(get_task(task), run.dev_predictions, original.dev_predictions,
+                                     run.dev_labels, n_resamples=n_resamples, seed=int(seed))
             rows.append({"model": model, "method": method, "rank": rank, "budget": budget, "row": ROWS[mode],
-                         "task": task, "seed": seed, "examples": len(run["dev_labels"]), **stats})
+                         "task": task, "seed": seed, "examples": len(run.dev_labels), **stats})
     return pd.DataFrame(rows, columns=["model", "method", "rank", "budget", "row", "task", "seed", "examples",
                                        "diff", "ci_low", "ci_high", "p_value", "resamples"])
 
@@ -114,10 +112,10 @@ def mask_table_latex(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def saved_mask(result: dict) -> dict[str, torch.Tensor] | None:
+def saved_mask(result: RunResult) -> dict[str, torch.Tensor] | None:
     """The mask a run saved beside its result, or None: none saved, or a file that cannot be read
     (truncated; said on stderr and skipped, never fatal)."""
-    path = Path(result["_path"]).with_suffix(".mask.pt")
+    path = Path(result.path).with_suffix(".mask.pt")
     if not path.exists():
         return None
     try:
@@ -127,14 +125,14 @@ def saved_mask(result: dict) -> dict[str, torch.Tensor] | None:
         return None
 
 
-def placement(results: list[dict]) -> pd.DataFrame:
+def placement(results: list[RunResult]) -> pd.DataFrame:
     """Chosen entries per layer and module type for every run that recorded its placement (the result
     file's `placement`) or saved a mask."""
     rows = []
     for r in results:
-        for t in r.get("placement") or mask_placement(saved_mask(r) or {}):
-            rows.append({"model": r["model"], "method": r["method"], "mask": r["mask"], "budget": r["budget"],
-                         "task": r["task"], "seed": r["seed"], "layer": t["layer"], "module": t["module"],
+        for t in r.placement or mask_placement(saved_mask(r) or {}):
+            rows.append({"model": r.model, "method": r.method, "mask": r.mask, "budget": r.budget,
+                         "task": r.task, "seed": r.seed, "layer": t["layer"], "module": t["module"],
                          "chosen": t["chosen"], "entries": t["entries"]})
     return pd.DataFrame(rows)
 
@@ -146,16 +144,16 @@ def jaccard(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return inter / union if union else 1.0
 
 
-def overlap(results: list[dict], mode: str = "fish") -> pd.DataFrame:
+def overlap(results: list[RunResult], mode: str = "fish") -> pd.DataFrame:
     """Pairwise Jaccard overlap of `mode` masks of runs with the same model, method, layers and budget."""
-    runs = [(r, m) for r in results if r["mask"] == mode and (m := saved_mask(r)) is not None]
+    runs = [(r, m) for r in results if r.mask == mode and (m := saved_mask(r)) is not None]
     rows = []
-    key = lambda rm: (rm[0]["model"], rm[0]["method"], rm[0]["layers"], rm[0]["rank"], rm[0]["budget"])  # noqa: E731
-    for k, group in itertools.groupby(sorted(runs, key=lambda rm: (key(rm), rm[0]["task"], rm[0]["seed"])), key=key):
+    key = lambda rm: (rm[0].model, rm[0].method, rm[0].layers, rm[0].rank, rm[0].budget)  # noqa: E731
+    for k, group in itertools.groupby(sorted(runs, key=lambda rm: (key(rm), rm[0].task, rm[0].seed)), key=key):
         for (ra, ma), (rb, mb) in itertools.combinations(list(group), 2):
             rows.append({"model": k[0], "method": k[1], "layers": k[2], "rank": k[3], "budget": k[4],
-                         "task_a": ra["task"], "seed_a": ra["seed"], "task_b": rb["task"], "seed_b": rb["seed"],
-                         "same": "seed" if ra["task"] == rb["task"] else ("task" if ra["seed"] == rb["seed"] else "both"),
+                         "task_a": ra.task, "seed_a": ra.seed, "task_b": rb.task, "seed_b": rb.seed,
+                         "same": "seed" if ra.task == rb.task else ("task" if ra.seed == rb.seed else "both"),
                          "jaccard": jaccard(ma, mb)})
     return pd.DataFrame(rows)
 

@@ -16,7 +16,8 @@ from typing import Sequence
 
 import pandas as pd
 
-from ..harness.results import identity, load_results
+from ..harness.results import RunResult, finished_runs, identity, load_results
+from . import results_frame
 from .stats import paired_test, t_interval
 
 
@@ -32,18 +33,18 @@ def _without(config: dict, keys: Sequence[str]) -> str:
     return json.dumps(config, sort_keys=True)
 
 
-def pairs(a: list[dict], b: list[dict], differ: Sequence[str]) -> pd.DataFrame:
-    """One line per run of `a` that has a twin in `b` (same config but for `differ`)."""
-    twins = {_without(r["config"], differ): r for r in b}
-    rows = []
-    for r in a:
-        twin = twins.get(_without(r["config"], differ))
-        if twin is not None:
-            rows.append({"task": r["task"], "mode": r["mask"], "budget": int(r["budget"]), "seed": int(r["seed"]),
-                         "a": r["best"]["score"], "b": twin["best"]["score"], "a_precision": r.get("precision"),
-                         "b_precision": twin.get("precision"), "a_samples_per_second": r["samples_per_second"],
-                         "b_samples_per_second": twin["samples_per_second"]})
-    return pd.DataFrame(rows)
+def pairs(a: list[RunResult], b: list[RunResult], differ: Sequence[str]) -> pd.DataFrame:
+    """One line per finished run of `a` that has a twin in `b` (same config but for `differ`)."""
+    twins = {_without(r.config, differ): r for r in finished_runs(b)}
+    found = [(r, twin) for r in finished_runs(a) if (twin := twins.get(_without(r.config, differ))) is not None]
+    if not found:
+        return pd.DataFrame()
+    runs, refs = results_frame([r for r, _ in found]), results_frame([t for _, t in found])
+    return pd.DataFrame({"task": runs["task"], "mode": runs["mask"], "budget": runs["budget"].astype(int),
+                         "seed": runs["seed"].astype(int), "a": runs["score"], "b": refs["score"],
+                         "a_precision": runs["precision"], "b_precision": refs["precision"],
+                         "a_samples_per_second": runs["samples_per_second"],
+                         "b_samples_per_second": refs["samples_per_second"]})
 
 
 def parity_table(df: pd.DataFrame, margin: float = 1.5) -> pd.DataFrame:

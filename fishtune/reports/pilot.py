@@ -13,26 +13,27 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from ..harness.results import load_results
-from . import row_label
+from ..harness.results import RunResult, finished_runs, load_results
+from . import results_frame
+from .heads import pred_std
 
 
-def pilot_table(runs: list[dict]) -> pd.DataFrame:
+def head_lr(result: RunResult) -> float:
+    """The head's learning rate: the run's, unless train.head_lr_scale gives the head one of its own."""
+    train = result.config["train"]
+    scale = train.get("head_lr_scale")
+    return result.lr if scale is None else result.lr / float(train["lr_scale"]) * float(scale)
+
+
+def pilot_table(runs: list[RunResult]) -> pd.DataFrame:
     """One row per task x row x lr (and the head's, which is lr unless train.head_lr_scale) with the seeds' best dev scores, their mean and the prediction std."""
-    lines = []
-    for r in runs:
-        preds = np.asarray(r.get("dev_predictions") or [], dtype=float)
-        train = r["config"]["train"]
-        head_scale = train.get("head_lr_scale")
-        head_lr = r["lr"] if head_scale is None else r["lr"] / float(train["lr_scale"]) * float(head_scale)
-        lines.append({"task": r["task"], "row": row_label(r["mask"]), "lr": r["lr"], "head_lr": head_lr,
-                      "seed": r["seed"],
-                      "score": r["best"]["score"],
-                      "pred_std": float(preds.std()) if r["task"] == "stsb" and preds.size else np.nan})
-    df = pd.DataFrame(lines)
+    runs = finished_runs(runs)
+    frame = results_frame(runs)
+    df = pd.DataFrame({"task": frame["task"], "row": frame["row"], "lr": frame["lr"],
+                       "head_lr": [head_lr(r) for r in runs], "seed": frame["seed"], "score": frame["score"],
+                       "pred_std": [pred_std(t, p) for t, p in zip(frame["task"], frame["dev_predictions"])]})
     out = df.groupby(["task", "row", "lr", "head_lr"]).agg(n=("score", "size"), mean=("score", "mean"),
                                                 scores=("score", lambda s: ", ".join(f"{x:.1f}" for x in s)),
                                                 pred_std=("pred_std", "mean")).reset_index()
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     runs = load_results(args.runs_dir)
     if args.reference_runs:
-        runs += [r for r in load_results(args.reference_runs) if r["mask"] == "head_only"]
+        runs += [r for r in load_results(args.reference_runs) if r.mask == "head_only"]
     if not runs:
         raise SystemExit(f"fishtune: error: no finished runs under {args.runs_dir}")
     table = pilot_table(runs)

@@ -18,10 +18,10 @@ It shows, each table sortable, filterable and exportable as CSV:
   in progress    runs a sweep has claimed and trains (`<run>.claim`): the owner (host, pid, Slurm job),
                  when it started and its last heartbeat
   problems       failed runs (`*.failed.json`) and damaged or unreadable files
-The statistics are fishtune.study's (t_interval, study_table, paired_table, baselines_from); the paired
-bootstrap runs with fewer resamples than the study's own tables (--resamples, default 200) to keep the
-build quick. The figures are plotly.js's basic bundle (fishtune/reports/vendor/README.md says why not the full
-one), so the study's page is about 1.4 MB.
+The statistics are fishtune.reports.stats.t_interval and fishtune.reports.study's study_table,
+paired_table and baselines_from; the paired bootstrap runs with fewer resamples than the study's own
+tables (--resamples, default 200) to keep the build quick. The figures are plotly.js's basic bundle
+(fishtune/reports/vendor/README.md says why not the full one), so the study's page is about 1.4 MB.
 """
 from __future__ import annotations
 
@@ -36,18 +36,19 @@ from typing import Any, Sequence
 import pandas as pd
 
 from ..harness.claims import in_progress
-from ..harness.results import load_failures, load_results, set_aside_files
+from ..harness.results import FILE_KEYS, RunResult, finished_runs, load_failures, load_results, set_aside_files
 from . import ROWS
 from .paper import TASK_TITLES
 from .stats import t_interval
 from .study import baselines_from, frame, paired_table, study_table
 
-# What a run's line keeps of its result file (dev_predictions, dev_labels and config stay out).
-RUN_FIELDS = ("run_id", "model", "task", "method", "layers", "rank", "mask", "budget", "seed", "lr",
-              "trainable", "total", "ratio_pct", "budget_ratio_pct", "ratio_pct_mean", "stop_reason",
-              "train_seconds", "fisher_seconds", "zero_fisher_filled", "samples_per_second", "tokens_per_second",
-              "peak_memory_mb", "cuda_max_allocated_mb", "cuda_max_reserved_mb", "threads", "device", "precision",
-              "precision_reason", "host", "resumed_from_epoch", "finished_at")
+# What a run's line leaves out of its result file: the config and the dev examples (too big for a page of
+# hundreds of runs), what it shows in a shape of its own (best, history, throughput, placement: run_record),
+# and what no view reads (the bookkeeping of where and with what it ran, the adaptive run's details).
+RUN_LEAVES_OUT = ("schema", "config_hash", "config", "head_entries", "placement", "train_examples", "dev_examples",
+                  "history", "best", "dev_labels", "dev_predictions", "throughput", "peak_rss_mb", "peak_rss_source",
+                  "slurm", "versions", "git_commit", "trainable_final", "ratio_pct_final", "active_ratio_history")
+RUN_FIELDS = tuple(k for k in FILE_KEYS if k not in RUN_LEAVES_OUT)
 HISTORY_FIELDS = ("epoch", "train_loss", "dev_loss", "score")
 THROUGHPUT_FIELDS = ("samples_per_second", "tokens_per_second")  # per epoch, in the result's `throughput`
 CELL_KEY = ["folder", "model", "method", "rank", "layers", "lr", "task", "budget", "mask"]
@@ -70,11 +71,11 @@ def compact(value: Any) -> Any:
     return value
 
 
-def run_placement(result: dict) -> list[list] | None:
+def run_placement(result: RunResult) -> list[list] | None:
     """[layer, module, chosen, entries] per (layer, module) of a run's mask: from the result's
     `placement` where recorded, else from the `<run>.mask.pt` saved beside it; None when neither."""
-    tensors = result.get("placement")
-    if not tensors and Path(result["_path"]).with_suffix(".mask.pt").exists():
+    tensors = result.placement
+    if not tensors and Path(result.path).with_suffix(".mask.pt").exists():
         from .mask_report import saved_mask
         from ..masks import mask_placement
         tensors = mask_placement(saved_mask(result) or {})
@@ -88,20 +89,20 @@ def run_placement(result: dict) -> list[list] | None:
     return [[layer, module, c, e] for (layer, module), (c, e) in sums.items()]
 
 
-def run_record(result: dict, runs_dir: Path) -> dict:
+def run_record(result: RunResult, runs_dir: Path) -> dict:
     """What the page keeps of one result file: RUN_FIELDS, the best epoch, the history as columns
     (with each metric), the placement, and the file's path under the runs folder."""
-    best = result.get("best") or {}
-    history = result.get("history") or []
-    record = {k: result.get(k) for k in RUN_FIELDS}
+    best = result.best or {}
+    history = result.history or []
+    record = {k: getattr(result, k) for k in RUN_FIELDS}
     record.update(score=best.get("score"), best_epoch=best.get("epoch"), best_dev_loss=best.get("dev_loss"),
-                  epochs=len(history), path=str(Path(result["_path"]).relative_to(runs_dir)),
+                  epochs=len(history), path=str(Path(result.path).relative_to(runs_dir)),
                   folder=_folder(result, runs_dir),
                   placement=run_placement(result))
     columns = {f: [h.get(f) for h in history] for f in HISTORY_FIELDS if any(f in h for h in history)}
     metric_names = sorted({m for h in history for m in (h.get("metrics") or {}) if m != "score"})
     columns.update({f"metric:{m}": [(h.get("metrics") or {}).get(m) for h in history] for m in metric_names})
-    throughput = result.get("throughput") or []
+    throughput = result.throughput or []
     columns.update({f"train_{f}": [t.get(f) for t in throughput] for f in THROUGHPUT_FIELDS
                     if any(f in t for t in throughput)})
     record["history"] = columns
@@ -131,22 +132,22 @@ def _long_study_table(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(lines)
 
 
-def study_groups(results: list[dict], runs_dir: Path) -> tuple[dict[tuple, list[dict]], list[str]]:
+def study_groups(results: list[RunResult], runs_dir: Path) -> tuple[dict[tuple, list[RunResult]], list[str]]:
     """(folder, model, method, rank[, lr]) -> its study-like results, and why the other groups are not.
     Arms of a study live in folders of their own, so the folder under `runs_dir` is part of the key; a
     group is split by learning rate where a (task, mask, budget) cell mixes rates. A group is study-like
     with two or more of fishtune.study's rows and one run per (task, mask, budget, seed) on one layer
     count per cell; the cells view covers every run either way."""
     rows = set(ROWS)
-    groups: dict[tuple, list[dict]] = defaultdict(list)
+    groups: dict[tuple, list[RunResult]] = defaultdict(list)
     for r in results:
-        if r.get("mask") in rows:
-            groups[(_folder(r, runs_dir), r["model"], r["method"], r.get("rank"))].append(r)
+        if r.mask in rows:
+            groups[(_folder(r, runs_dir), r.model, r.method, r.rank)].append(r)
 
-    def mixed(rs: list[dict], field: str) -> bool:
+    def mixed(rs: list[RunResult], field: str) -> bool:
         seen: dict[tuple, set] = defaultdict(set)
         for r in rs:
-            seen[(r["task"], r["mask"], r["budget"])].add(r.get(field))
+            seen[(r.task, r.mask, r.budget)].add(getattr(r, field))
         return any(len(v) > 1 for v in seen.values())
 
     out, skipped = {}, []
@@ -155,22 +156,22 @@ def study_groups(results: list[dict], runs_dir: Path) -> tuple[dict[tuple, list[
         if mixed(rs, "lr"):
             parts = defaultdict(list)
             for r in rs:
-                parts[(*key, r.get("lr"))].append(r)
+                parts[(*key, r.lr)].append(r)
         for k, part in parts.items():
             name = _group_name(k)
-            cells = [(r["task"], r["mask"], r["budget"], r["seed"]) for r in part]
+            cells = [(r.task, r.mask, r.budget, r.seed) for r in part]
             if mixed(part, "layers"):
                 skipped.append(f"{name}: a (task, mask, budget) cell mixes layer counts")
             elif len(set(cells)) < len(cells):
                 skipped.append(f"{name}: more than one run of a (task, mask, budget, seed)")
-            elif len({r["mask"] for r in part}) >= 2:
+            elif len({r.mask for r in part}) >= 2:
                 out[k] = part
     return out, skipped
 
 
-def _folder(result: dict, runs_dir: Path) -> str:
+def _folder(result: RunResult, runs_dir: Path) -> str:
     """The result file's folder under the runs folder ('.' for the runs folder itself)."""
-    return str(Path(result["_path"]).parent.relative_to(runs_dir))
+    return str(Path(result.path).parent.relative_to(runs_dir))
 
 
 def _one_folder(runs: list[dict]) -> bool:
@@ -186,7 +187,7 @@ def _group_name(key: tuple) -> str:
     return " / ".join(str(k) for k in key if k != ".")
 
 
-def study_views(results: list[dict], runs_dir: Path, baselines: dict[str, float], n_resamples: int) -> list[dict]:
+def study_views(results: list[RunResult], runs_dir: Path, baselines: dict[str, float], n_resamples: int) -> list[dict]:
     """Per study-like group, fishtune.study's table (long form) and its paired comparisons."""
     views = []
     groups, skipped = study_groups(results, runs_dir)
@@ -195,13 +196,13 @@ def study_views(results: list[dict], runs_dir: Path, baselines: dict[str, float]
         df = frame(rs)
         table = _long_study_table(study_table(df, baselines))
         paired = paired_table(df, rs, n_resamples)
-        lrs = sorted({r.get("lr") for r in rs}, key=str)
+        lrs = sorted({r.lr for r in rs}, key=str)
         views.append(_view(f"study-{len(views)}", f"Study table: {name}", table, [
             ("budget", "budget", "int"), ("row", "row", "text"), ("task", "task", "text"), ("mean", "mean", "f2"),
             ("std", "std", "f2"), ("n", "n", "int"), ("ci_lo", "95 % low", "f2"), ("ci_hi", "95 % high", "f2"),
             ("ratio_pct", "ratio %", "f4"), ("label", "note", "text")], ["task", "budget", "row"],
             note=f"Best dev score (x100) over seeds: mean, sample std, n and the 95 % t-interval of the mean "
-                 f"(fishtune.study.study_table); the baseline rows are the trivial baseline. lr: {lrs}."))
+                 f"(fishtune.reports.study.study_table); the baseline rows are the trivial baseline. lr: {lrs}."))
         views.append(_view(f"paired-{len(views)}", f"Paired comparisons: {name}", paired, [
             ("budget", "budget", "int"), ("comparison", "comparison", "text"), ("task", "task", "text"),
             ("pairs", "pairs", "int"), ("mean_diff", "mean diff", "f2"), ("ci_lo", "95 % low", "f2"),
@@ -210,8 +211,9 @@ def study_views(results: list[dict], runs_dir: Path, baselines: dict[str, float]
             ("boot_better", "boot better", "int"), ("boot_worse", "boot worse", "int"),
             ("boot_pairs", "boot pairs", "int"), ("budget_matched", "budget-matched", "text")],
             ["task", "budget", "comparison"], significance=["p_ttest", "p_holm"],
-            note=f"fishtune.study.paired_table over (task, seed) pairs; task 'all' pools the tasks. The bootstrap "
-                 f"columns use {n_resamples} resamples per pair (results/study/paired.csv has the study's own)."))
+            note=f"fishtune.reports.study.paired_table over (task, seed) pairs; task 'all' pools the tasks. "
+                 f"The bootstrap columns use {n_resamples} resamples per pair "
+                 f"(results/study/paired.csv has the study's own)."))
     if skipped:
         views.append(_view("not-study", "Groups without study tables", pd.DataFrame({"why": skipped}),
                            [("why", "group: why", "text")], empty=""))
@@ -320,9 +322,9 @@ def in_progress_view(runs_dir: Path) -> dict:
 
 def problem_views(runs_dir: Path, damaged: list[str]) -> list[dict]:
     """The failed runs (their reason and error) and the files that could not be read or were set aside."""
-    failures = pd.DataFrame([{"path": str(Path(f["_path"]).relative_to(runs_dir)), "reason": f.get("reason"),
-                              "error": str(f.get("error") or "")[:300], "host": f.get("host"),
-                              "finished_at": f.get("finished_at")} for f in load_failures(runs_dir, damaged)])
+    failures = pd.DataFrame([{"path": str(Path(f.path).relative_to(runs_dir)), "reason": f.reason,
+                              "error": str(f.error or "")[:300], "host": f.host,
+                              "finished_at": f.finished_at} for f in load_failures(runs_dir, damaged)])
     bad = [d.split(": ", 1) for d in damaged]
     bad += [[str(p), "set aside by its run as damaged (the run is redone)"] for p in set_aside_files(runs_dir)]
     bad_df = pd.DataFrame([{"path": str(Path(p).relative_to(runs_dir)) if Path(p).is_relative_to(runs_dir) else p,
@@ -338,8 +340,8 @@ def build_page(runs_dir: str | Path, n_resamples: int = DEFAULT_RESAMPLES, title
     """The page's HTML for the result files under `runs_dir`."""
     runs_dir = Path(runs_dir)
     damaged: list[str] = []
-    results = [r for r in load_results(runs_dir, damaged) if (r.get("best") or {}).get("score") is not None]
-    results.sort(key=lambda r: (r["model"], r["method"], r["task"], str(r["mask"]), r["budget"], r["seed"]))
+    results = finished_runs(load_results(runs_dir, damaged))
+    results.sort(key=lambda r: (r.model, r.method, r.task, str(r.mask), r.budget, r.seed))
     runs = [run_record(r, runs_dir) for r in results]
     baselines = baselines_from(results)
     views = study_views(results, runs_dir, baselines, n_resamples) if results else []
@@ -348,7 +350,7 @@ def build_page(runs_dir: str | Path, n_resamples: int = DEFAULT_RESAMPLES, title
     views += [in_progress_view(runs_dir), *problem_views(runs_dir, damaged)]
     data = {"title": title or f"fishtune results: {runs_dir}", "runs_dir": str(runs_dir), "runs": runs,
             # No build time: the same result files give the same page, byte for byte.
-            "latest": max((r.get("finished_at") or "" for r in results), default=""), "views": views,
+            "latest": max((r.finished_at or "" for r in results), default=""), "views": views,
             "baselines": compact(baselines), "study_groups": sum(v["id"].startswith("study") for v in views)}
     # "</" inside a string would end the script element early; "<\/" is the same JSON string.
     blob = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")

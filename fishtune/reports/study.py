@@ -37,10 +37,10 @@ import pandas as pd
 from .aggregate import save_figure
 from ..harness.metrics import glue_metrics
 from .paper import TASK_TITLES
-from ..harness.results import load_results
+from ..harness.results import RunResult, finished_runs, load_results
 from .stats import detectable_difference, holm, paired_bootstrap, paired_test, t_interval
 from ..harness.tasks import TASK_ORDER, get_task
-from . import ROWS
+from . import ROWS, precision_label, results_frame
 
 COMPARISONS = (("fish", "original"), ("rand", "original"), ("rev", "original"), ("adaptive", "original"),
                ("fish", "rand"), ("rand", "rev"))
@@ -60,23 +60,20 @@ def trivial_baseline(task_name: str, labels: Sequence[float]) -> float:
     return glue_metrics(task, constant, labels)["score"]
 
 
-def _row(result: dict) -> str:
-    return ROWS[result["mask"]]
+def _row(result: RunResult) -> str:
+    return ROWS[result.mask]
 
 
-def frame(results: list[dict]) -> pd.DataFrame:
+def frame(results: list[RunResult]) -> pd.DataFrame:
     """One line per run: task, budget, row, seed, score, the budget's k and (adaptive) the mean count."""
-    lines = []
-    for r in results:
-        if r.get("mask") not in ROWS:
-            continue
-        k = r["trainable"]   # adaptive starts from the FISH mask of k entries
-        mean_count = r["ratio_pct_mean"] * r["total"] / 100 if "ratio_pct_mean" in r else k
-        lines.append({"task": r["task"], "budget": int(r["budget"]), "row": _row(r), "seed": r["seed"],
-                      "score": float(r["best"]["score"]), "ratio_pct": r["budget_ratio_pct"],
-                      "k": k, "mean_trainable": mean_count, "precision": r.get("precision") or "unrecorded", "path": r.get("_path")})
-    return pd.DataFrame(lines, columns=["task", "budget", "row", "seed", "score", "ratio_pct", "k",
-                                        "mean_trainable", "precision", "path"])
+    runs = [r for r in results if r.mask in ROWS]
+    df = results_frame(runs)
+    # adaptive starts from the FISH mask of k entries and only freezes: its mean count over training
+    mean_count = [r.trainable if r.ratio_pct_mean is None else r.ratio_pct_mean * r.total / 100 for r in runs]
+    return pd.DataFrame({"task": df["task"], "budget": df["budget"].astype(int), "row": df["row"], "seed": df["seed"],
+                         "score": df["score"].astype(float), "ratio_pct": df["budget_ratio_pct"], "k": df["trainable"],
+                         "mean_trainable": pd.Series(mean_count),
+                         "precision": df["precision"].map(precision_label), "path": df["path"]})
 
 
 def adaptive_matched(df: pd.DataFrame) -> dict[int, tuple[float, float, float, bool]]:
@@ -120,11 +117,10 @@ def study_table(df: pd.DataFrame, baselines: dict[str, float]) -> pd.DataFrame:
     return pd.DataFrame(records)
 
 
-def paired_table(df: pd.DataFrame, results: list[dict], n_resamples: int = 1000) -> pd.DataFrame:
+def paired_table(df: pd.DataFrame, results: list[RunResult], n_resamples: int = 1000) -> pd.DataFrame:
     """Per budget and comparison, pooled over tasks and per task: paired t-test and per-pair bootstraps.
     Two runs pair only when they trained in the same precision (fishtune.parity compares precisions)."""
-    by_key = {(_row(r), int(r["budget"]), r["task"], r["seed"]): r for r in results if "dev_predictions" in r
-              and r.get("mask") in ROWS}
+    by_key = {(_row(r), int(r.budget), r.task, r.seed): r for r in results if r.mask in ROWS}
     matched = adaptive_matched(df)
     out = []
     for budget in sorted(set(df["budget"])):
@@ -137,9 +133,9 @@ def paired_table(df: pd.DataFrame, results: list[dict], n_resamples: int = 1000)
             boot = {}
             for task, seed, _ in scores[a].index.intersection(scores[b].index):
                 ra, rb = by_key.get((a, budget, task, seed)), by_key.get((b, budget, task, seed))
-                if ra and rb and ra.get("dev_predictions") and rb.get("dev_predictions"):
-                    res = paired_bootstrap(get_task(task), ra["dev_predictions"], rb["dev_predictions"],
-                                           ra["dev_labels"], n_resamples=n_resamples, seed=int(seed))
+                if ra and rb and ra.dev_predictions and rb.dev_predictions:
+                    res = paired_bootstrap(get_task(task), ra.dev_predictions, rb.dev_predictions,
+                                           ra.dev_labels, n_resamples=n_resamples, seed=int(seed))
                     boot[(task, seed)] = res
             not_matched = "adaptive" in (a, b) and not matched.get(budget, (0, 0, 0, False))[3]
             for task in ["all", *[t for t in TASK_ORDER if t in set(df["task"])]]:
@@ -268,12 +264,12 @@ def plot(df: pd.DataFrame, baselines: dict[str, float], out: Path) -> list[Path]
     return save_figure(fig, out / "figure")
 
 
-def baselines_from(results: list[dict]) -> dict[str, float]:
+def baselines_from(results: list[RunResult]) -> dict[str, float]:
     """task -> trivial baseline score, from the dev labels of the first result file of each task."""
     out = {}
     for r in results:
-        if r["task"] not in out and r.get("dev_labels"):
-            out[r["task"]] = trivial_baseline(r["task"], r["dev_labels"])
+        if r.task not in out and r.dev_labels:
+            out[r.task] = trivial_baseline(r.task, r.dev_labels)
     return out
 
 
@@ -282,7 +278,7 @@ def report(runs_dir: str | Path, out: str | Path, n_resamples: int = 1000, verbo
     say = print if verbose else (lambda *a, **k: None)
     out = Path(out)
     unreadable: list[str] = []
-    results = [r for r in load_results(runs_dir, unreadable) if (r.get("best") or {}).get("score") is not None]
+    results = finished_runs(load_results(runs_dir, unreadable))
     for u in unreadable:  # a cut file is skipped (its run redoes it), never fatal
         say(f"fishtune.study: skipped unreadable {u}")
     df = frame(results)

@@ -34,8 +34,8 @@ from typing import Sequence
 
 import pandas as pd
 
-from ..harness.results import load_results
-from . import row_label
+from ..harness.results import RunResult, finished_runs, load_results
+from . import precision_label, results_frame, row_label
 from .stats import holm, one_sample_test, t_interval
 from .study import baselines_from
 
@@ -50,17 +50,18 @@ CONTRASTS = {  # per seed, from the four cells' scores
 }
 
 
-def runs_frame(results: list[dict]) -> pd.DataFrame:
+def runs_frame(results: list[RunResult]) -> pd.DataFrame:
     """One line per finished run: task, budget, mode, lr, seed, best score and epoch, how it stopped."""
-    rows = [{"task": r["task"], "budget": int(r["budget"]), "mode": r["mask"], "lr": round(float(r["lr"]), 10),
-             "seed": int(r["seed"]), "score": float(r["best"]["score"]), "best_epoch": int(r["best"]["epoch"]),
-             "epochs": len(r["history"]), "max_epochs": int(r["config"]["train"]["max_epochs"]),
-             "stop_reason": r["stop_reason"], "train_seconds": float(r["train_seconds"]),
-             "precision": r.get("precision") or "unrecorded", "profile_train_samples": r["config"]["data"]["train_samples"]}
-            for r in results if (r.get("best") or {}).get("score") is not None]
-    return pd.DataFrame(rows, columns=["task", "budget", "mode", "lr", "seed", "score", "best_epoch", "epochs",
-                                       "max_epochs", "stop_reason", "train_seconds", "precision",
-                                       "profile_train_samples"])
+    df = results_frame(finished_runs(results))
+    config = df["config"]
+    return pd.DataFrame({
+        "task": df["task"], "budget": df["budget"].astype(int), "mode": df["mask"],
+        "lr": df["lr"].map(lambda v: round(float(v), 10)),   # one rate, however the config wrote it
+        "seed": df["seed"].astype(int), "score": df["score"].astype(float), "best_epoch": df["best_epoch"].astype(int),
+        "epochs": df["epochs"], "max_epochs": config.map(lambda c: int(c["train"]["max_epochs"])),
+        "stop_reason": df["stop_reason"], "train_seconds": df["train_seconds"].astype(float),
+        "precision": df["precision"].map(precision_label),
+        "profile_train_samples": config.map(lambda c: c["data"]["train_samples"])})
 
 
 def _with_holm(table: pd.DataFrame) -> pd.DataFrame:
@@ -127,18 +128,18 @@ def converged_table(df: pd.DataFrame, baselines: dict[str, float] | None = None)
     return _with_holm(pd.DataFrame(out))
 
 
-def placement_table(results: list[dict]) -> pd.DataFrame:
+def placement_table(results: list[RunResult]) -> pd.DataFrame:
     """Per mode, budget and task: the share of the method's chosen entries per module and per layer,
     averaged over the runs that record their placement."""
     rows = []
     for r in results:
-        chosen = sum(t["chosen"] for t in r.get("placement") or [])
-        if not chosen or r["mask"] == "none":
+        chosen = sum(t["chosen"] for t in r.placement or [])
+        if not chosen or r.mask == "none":
             continue
-        for t in r["placement"]:
+        for t in r.placement:
             module = t["module"].split(".")[0]
             for by, value in (("module", module), ("layer", str(t["layer"]))):
-                rows.append({"mode": r["mask"], "budget": int(r["budget"]), "task": r["task"], "run": r["_path"],
+                rows.append({"mode": r.mask, "budget": int(r.budget), "task": r.task, "run": r.path,
                              "by": by, "value": value, "share": t["chosen"] / chosen})
     if not rows:
         return pd.DataFrame(columns=["mode", "budget", "by", "value", "share_mean", "runs"])

@@ -103,27 +103,23 @@ def summarize(runs_dir: str | Path) -> dict:
     runs_dir = Path(runs_dir)
     finished, unreadable = [], []
     for r in load_results(runs_dir, unreadable):
-        history = r.get("history") or []
         finished.append({
-            "run_id": r["run_id"], "task": r.get("task"), "mask": r.get("mask"),
-            "score": r.get("best", {}).get("score"), "best_epoch": r.get("best", {}).get("epoch"),
-            "epochs": len(history), "stop_reason": r.get("stop_reason"), "host": r.get("host"),
-            "slurm": slurm_label(r.get("slurm")), "gpu": _gpu_label(r.get("slurm")),
-            "restarts": int((r.get("slurm") or {}).get("restart_count") or 0),
-            "resumed_from_epoch": r.get("resumed_from_epoch"), "path": r["_path"],
-            **{key: r.get(key) for key in COST_KEYS},
+            "run_id": r.run_id, "task": r.task, "mask": r.mask, "score": r.score, "best_epoch": r.best.get("epoch"),
+            "epochs": len(r.history or []), "stop_reason": r.stop_reason, "host": r.host,
+            "slurm": slurm_label(r.slurm), "gpu": _gpu_label(r.slurm),
+            "restarts": int((r.slurm or {}).get("restart_count") or 0),
+            "resumed_from_epoch": r.resumed_from_epoch, "path": r.path,
+            **{key: getattr(r, key) for key in COST_KEYS},
         })
     done = {Path(f["path"]).name.removesuffix(".json") for f in finished}
     failed = []
     for f in load_failures(runs_dir, unreadable):
-        run_id = Path(f["_path"]).name.removesuffix(".failed.json")
+        run_id = Path(f.path).name.removesuffix(".failed.json")
         if run_id in done:  # a later rerun finished it (run.py also deletes the record then)
             continue
-        failed.append({"run_id": run_id, "reason": f.get("reason") or str(f.get("error") or "").split("\n")[0],
-                       "error": f.get("error"), "host": f.get("host"),
-                       "slurm": slurm_label(f.get("slurm")), "gpu": _gpu_label(f.get("slurm")),
-                       "finished_at": f.get("finished_at"),
-                       "path": f["_path"]})
+        failed.append({"run_id": run_id, "reason": f.reason, "error": f.error, "host": f.host,
+                       "slurm": slurm_label(f.slurm), "gpu": _gpu_label(f.slurm), "finished_at": f.finished_at,
+                       "path": f.path})
     no_result = _jobs_without_result(runs_dir)
     running = [c.to_json() for c in in_progress(runs_dir)]
     return {"runs_dir": str(runs_dir), "finished": finished, "failed": failed, "without_result": no_result,
