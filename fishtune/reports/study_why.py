@@ -14,7 +14,7 @@ Three arms, each in its own folder of result files under `--runs-dir`, read with
                 entries     = ((fish - fish_shuffled) + (fish_spread - rand)) / 2
                 interaction = ((fish - fish_spread) - (fish_shuffled - rand)) / 2
               with mean, 95 % t-interval, one-sample t-test p over seeds and Holm's p over the table.
-  lr/         fish and rand on SST-2 at budget 2 at other learning rates; the study's own lr is read
+  lr/         fish and rand on one cell (SST-2 at budget 2) at other learning rates; the study's own lr is read
               from the study's runs. lr.csv: per lr each mode's mean and interval and fish - rand
               paired over seeds (Holm over the lrs); which lr each mode prefers (highest mean).
   converged/  original, fish and rand trained to early stopping (profile converged). converged.csv:
@@ -36,6 +36,7 @@ import pandas as pd
 
 from ..harness.results import RunResult, finished_runs, load_results
 from . import precision_label, results_frame, row_label
+from .paper import TASK_TITLES
 from .stats import holm, one_sample_test, t_interval
 from .study import baselines_from
 
@@ -59,6 +60,7 @@ def runs_frame(results: list[RunResult]) -> pd.DataFrame:
         "lr": df["lr"].map(lambda v: round(float(v), 10)),   # one rate, however the config wrote it
         "seed": df["seed"].astype(int), "score": df["score"].astype(float), "best_epoch": df["best_epoch"].astype(int),
         "epochs": df["epochs"], "max_epochs": config.map(lambda c: int(c["train"]["max_epochs"])),
+        "patience": config.map(lambda c: c["train"].get("patience")),
         "stop_reason": df["stop_reason"], "train_seconds": df["train_seconds"].astype(float),
         "precision": df["precision"].map(precision_label),
         "profile_train_samples": config.map(lambda c: c["data"]["train_samples"])})
@@ -148,6 +150,19 @@ def placement_table(results: list[RunResult]) -> pd.DataFrame:
             .agg(share_mean=("share", "mean"), runs=("run", "nunique")).reset_index())
 
 
+def _values(values: pd.Series, name=str) -> str:
+    """The distinct values of a column as a table's title states them: '2', or '1/2' when they differ."""
+    return "/".join(name(v) for v in sorted(set(values)))
+
+
+def settings(lr: pd.DataFrame, converged: pd.DataFrame) -> dict[str, str]:
+    """What the runs of the lr and converged tables share, in words for their titles: read from the runs
+    (their experiment files set it), never restated here."""
+    return {"lr": f"{_values(lr['task'], lambda t: TASK_TITLES.get(t, t))}, budget {_values(lr['budget'])}",
+            "converged": f"patience {_values(converged['patience'])}, at most {_values(converged['max_epochs'])} "
+                         f"epochs), budget {_values(converged['budget'])}"}
+
+
 def _ci(rec: dict, key: str = "") -> str:
     m = rec[key] if key else rec["mean_diff"]
     lo, hi = (rec[f"{key}_lo"], rec[f"{key}_hi"]) if key else (rec["ci_lo"], rec["ci_hi"])
@@ -157,8 +172,9 @@ def _ci(rec: dict, key: str = "") -> str:
     return f"{m:{sign}.1f} [{lo:{sign}.1f}, {hi:{sign}.1f}]" if not math.isnan(lo) else f"{m:{sign}.1f}"
 
 
-def to_markdown(mech: pd.DataFrame, lr: pd.DataFrame, conv: pd.DataFrame, place: pd.DataFrame) -> str:
-    """The three arms' tables and the placement shares, as Markdown."""
+def to_markdown(mech: pd.DataFrame, lr: pd.DataFrame, conv: pd.DataFrame, place: pd.DataFrame,
+                setting: dict[str, str]) -> str:
+    """The three arms' tables and the placement shares, as Markdown; `setting` (settings()) titles them."""
     lines = []
     if len(mech):
         lines += ["### Mechanism: the 2 x 2 (allocation x entries), paired over seeds", "",
@@ -170,14 +186,14 @@ def to_markdown(mech: pd.DataFrame, lr: pd.DataFrame, conv: pd.DataFrame, place:
                          f"{_ci(rec)} | {rec['p_ttest']:.3g} | {rec['p_holm']:.3g} |")
     if len(lr):
         pref = preferred_lr(lr)
-        lines += ["", "### Learning rate: fish - rand (SST-2, budget 2)", "",
+        lines += ["", f"### Learning rate: fish - rand ({setting['lr']})", "",
                   "| lr | fish | rand | n | fish - rand [95 % CI] | p | p (Holm) |", "|---:|---:|---:|---:|---:|---:|---:|"]
         for rec in lr.to_dict("records"):
             lines.append(f"| {rec['lr']:g} | {_ci(rec, 'fish')} | {_ci(rec, 'rand')} | {rec['pairs']} | {_ci(rec)} | "
                          f"{rec['p_ttest']:.3g} | {rec['p_holm']:.3g} |")
         lines += ["", "Preferred lr (highest mean): " + ", ".join(f"{m} {v:g}" for m, v in pref.items())]
     if len(conv):
-        lines += ["", "### Converged: early stopping (patience 3, at most 20 epochs), budget 1", "",
+        lines += ["", f"### Converged: early stopping ({setting['converged']}", "",
                   "| task | baseline | original | fish | rand | stopped early | best epoch (mean) | comparison | n | "
                   "mean [95 % CI] | p | p (Holm) |", "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
         for rec in conv.to_dict("records"):
@@ -211,18 +227,20 @@ def report(study_runs: str | Path, runs_dir: str | Path, out: str | Path, verbos
         say(f"fishtune.study_why: skipped unreadable {d}")
     base = runs_frame(study)
     study_lr = base["lr"].mode().iloc[0] if len(base) else math.nan  # the study's single learning rate
-    mechanism = pd.concat([base[(base["lr"] == study_lr) & base["task"].isin(("sst2", "stsb"))],
-                           runs_frame(arms["mechanism"])])
-    lr_runs = runs_frame(arms["lr"])
-    lr_cells = set(zip(lr_runs["task"], lr_runs["budget"]))
-    lr = pd.concat([lr_runs, base[[c in lr_cells for c in zip(base["task"], base["budget"])]]])
+    def same_cells(arm: pd.DataFrame) -> pd.DataFrame:  # the study's runs on the (task, budget) cells of an arm
+        cells = set(zip(arm["task"], arm["budget"]))
+        return base[[c in cells for c in zip(base["task"], base["budget"])]]
+
+    mech_runs, lr_runs, conv_runs = (runs_frame(arms[arm]) for arm in ("mechanism", "lr", "converged"))
+    mechanism = pd.concat([same_cells(mech_runs).query("lr == @study_lr"), mech_runs])
+    lr = pd.concat([lr_runs, same_cells(lr_runs)])
     tables = {"mechanism": mechanism_table(mechanism), "lr": lr_table(lr),
-              "converged": converged_table(runs_frame(arms["converged"]), baselines_from(arms["converged"])),
+              "converged": converged_table(conv_runs, baselines_from(arms["converged"])),
               "placement": placement_table([r for rs in (study, *arms.values()) for r in rs])}
     out.mkdir(parents=True, exist_ok=True)
     for name, table in tables.items():
         table.to_csv(out / f"{name}.csv", index=False, float_format="%.6g")
-    (out / "summary.md").write_text(to_markdown(*tables.values()))
+    (out / "summary.md").write_text(to_markdown(*tables.values(), settings(lr_runs, conv_runs)))
     counts = {arm: len(rs) for arm, rs in arms.items()}
     say(f"fishtune.study_why: {len(study)} study runs, arms {counts}; tables in {out}")
     say((out / "summary.md").read_text())
