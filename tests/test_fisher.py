@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from conftest import loader, tiny_peft_model
+from fishtune import fisher as fisher_module
 from fishtune.fisher import empirical_fisher
 from fishtune.fisher import classification_loss
 
@@ -42,10 +43,30 @@ def test_fisher_equals_batch_size_one_reference(model, task, method):
     assert all(v.shape == p.shape for (k, v), p in zip(f.items(), [p for p in m.parameters() if p.requires_grad]))
 
 
-def test_auto_uses_hooks_for_lora_and_agrees_with_loop():
-    m, tok, spec = tiny_peft_model()
+@pytest.mark.parametrize("method,path", [("lora", "hooks"), ("ia3", "loop")])
+def test_auto_picks_the_path_by_parameter_kind_and_matches_the_reference(monkeypatch, method, path):
+    """auto takes the batched Linear hooks when every trainable tensor is a Linear weight or bias
+    (LoRA's A and B) and the per-sample loop otherwise (IA3's scaling vectors are not): spy on both
+    paths to see which one ran (the values alone cannot tell, both are exact), and check the result
+    against the slow definition, not against the other path."""
+    calls = []
+
+    def spy(name):
+        real = getattr(fisher_module, name)
+
+        def recorded(*args, **kwargs):
+            calls.append(name)
+            return real(*args, **kwargs)
+        monkeypatch.setattr(fisher_module, name, recorded)
+
+    spy("_fisher_linear_hooks")
+    spy("_fisher_loop")
+    m, tok, spec = tiny_peft_model(method=method, layers=1 if method == "ia3" else 3)
     dl = loader(tok, spec)
-    assert_fisher_close(empirical_fisher(m, dl), empirical_fisher(m, dl, method="loop"))
+    f = empirical_fisher(m, dl, num_samples=12)
+    assert calls == [{"hooks": "_fisher_linear_hooks", "loop": "_fisher_loop"}[path]]
+    assert all(v.abs().sum() > 0 for v in f.values())  # a match of zeros would prove nothing
+    assert_fisher_close(f, reference_fisher(m, dl, 12))
 
 
 def test_pissa_gives_lora_a_nonzero_fisher_and_plain_init_does_not():

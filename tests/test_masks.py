@@ -108,11 +108,47 @@ def test_fish_spread_allocates_by_size_and_takes_the_top_fisher_entries_within(k
         assert abs(mean[n] - c) < 2.0
 
 
-def test_the_four_modes_are_the_2x2_design():
+def top_entries(v, c):
+    """Flat indices of the c largest scores of one tensor, slowly: a plain Python sort of (score, index),
+    ties to the earlier index."""
+    values = v.flatten().tolist()
+    return set(sorted(range(len(values)), key=lambda i: (-values[i], i))[:c])
+
+
+def chosen_entries(mask):
+    return set(torch.nonzero(mask.flatten()).flatten().tolist())
+
+
+@pytest.mark.parametrize("k", [17, 60, 250])
+def test_the_four_modes_are_the_2x2_design(k):
+    """Where the budget goes x which entries get it: fish = (by Fisher, top entries), fish_shuffled =
+    (by Fisher, random entries), fish_spread = (by size, top entries), rand = (by size on average, random
+    entries; test_fish_spread_... checks its mean). Each cell against a slow reference on known scores
+    whose tensors differ in scale, so that the Fisher allocation is far from the size allocation."""
     s = big_scores()
-    fish, spread = build_mask(s, 60, "fish"), build_mask(s, 60, "fish_spread")
-    # fish piles its budget onto the high-scale tensor; spread does not
-    assert counts(fish)["q"] == 60 and counts(spread)["q"] < 60
+    sizes = {n: v.numel() for n, v in s.items()}
+    # Fisher allocation: how many of the global top-k (a plain sort over every entry) fall in each tensor.
+    ranked = sorted(((v.flatten()[i].item(), n) for n, v in s.items() for i in range(sizes[n])), key=lambda t: -t[0])
+    by_fisher = {n: sum(1 for _, m in ranked[:k] if m == n) for n in s}
+    by_size = dict(zip(s, hamilton(list(sizes.values()), k)))
+    assert by_fisher != by_size  # else the two rows of the design could not be told apart here
+    masks = {mode: build_mask(s, k, mode, seed=3) for mode in ("fish", "fish_shuffled", "fish_spread")}
+    assert all(sum(counts(m).values()) == k for m in masks.values())
+
+    # where the budget goes
+    assert counts(masks["fish"]) == counts(masks["fish_shuffled"]) == by_fisher
+    assert counts(masks["fish_spread"]) == by_size
+    # which entries get it: the top ones of each tensor ...
+    for mode, allocation in (("fish", by_fisher), ("fish_spread", by_size)):
+        assert {n: chosen_entries(masks[mode][n]) for n in s} == {n: top_entries(s[n], allocation[n]) for n in s}, mode
+    # ... or random ones: over seeds, the share of a tensor's c picks that land on its top c is c / n on
+    # average (hypergeometric), where the top entries would give 1.
+    partial = [n for n in s if 0 < by_fisher[n] < sizes[n]]
+    assert partial
+    for n in partial:
+        c, top = by_fisher[n], top_entries(s[n], by_fisher[n])
+        shares = [len(chosen_entries(build_mask(s, k, "fish_shuffled", seed=i)[n]) & top) / c for i in range(100)]
+        assert abs(sum(shares) / len(shares) - c / sizes[n]) < 0.1, n
 
 
 def test_mask_placement_counts_per_tensor_with_layer_and_module():

@@ -1,10 +1,21 @@
 """Every experiment config expands to exactly the runs behind its paper table, and runs shared by two
-tables compose to one config (one result file). Counting uses Hydra's own sweep product; the configs
-are composed per job with the compose API (about 0.1 s each), narrowed to one task and one budget level
-to stay fast: tasks and budget levels only multiply the rows."""
+tables compose to one config (one result file). The expansion (fishtune.harness.sweeps) is checked
+against references it does not share code with: run counts from the yaml text and the paper's tables,
+and the jobs a real `python -m fishtune.run -m` launches (Hydra's own sweeper and launcher, with the
+training replaced by a recorder). The configs are composed per job with the compose API (about 0.1 s
+each), narrowed to one task and one budget level to stay fast: tasks and budget levels only multiply
+the rows."""
+import json
+import math
+import subprocess
+import sys
+
 import pytest
 
+from conftest import ROOT
 from fishtune.reports.paper import paper_tasks, paper_wide
+from fishtune.harness.results import config_hash
+from fishtune.harness.schedules import run_layers
 from fishtune.harness.sweeps import EXPERIMENTS, CONF_DIR, compose_run, job_overrides, run_configs, unique_runs
 
 # Table -> runs, as derived in docs/EXPERIMENTS.md.
@@ -12,6 +23,78 @@ COUNTS = {"table1": 288, "table2": 96, "table3": 120, "table4": 140, "table5": 9
 
 
 NARROW = ["task=rte", "budget=3"]   # a task every table has; IA3's budget 3 uses 8 layers, FISH 12
+
+
+def yaml_sweep_product(name):
+    """The number of runs an experiment lists, read from its yaml text with plain string handling (no
+    Hydra, no OmegaConf): the product of the number of comma-separated values of each key under
+    hydra.sweeper.params. Table 4 sweeps +row values that are each a whole row, so it too is a product."""
+    lines = (CONF_DIR / "experiment" / f"{name}.yaml").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip() == "params:")
+    indent = len(lines[start + 1]) - len(lines[start + 1].lstrip())
+    counts = []
+    for line in lines[start + 1:]:
+        text = line.split("#", 1)[0]
+        if not text.strip() or len(text) - len(text.lstrip()) < indent:
+            break
+        key, values = text.split(":", 1)
+        counts.append(len([v for v in values.split(",") if v.strip()]))
+    return math.prod(counts)
+
+
+# `python -m fishtune.run -m` with its training replaced, once per sweep given as a JSON list of
+# [log file, command-line arguments]: each job appends its Hydra overrides and its config hash to the
+# sweep's log, and reports a dummy result. Hydra's sweeper, launcher and config composition are the real
+# ones. One process for all the sweeps, and no torch in it (importing it costs more than the jobs): the
+# sweeps fix train.precision=fp32, the one value plan() resolves per machine before it takes the hash.
+RECORDER = r"""
+import json, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])   # this checkout, not whichever fishtune the venv has installed
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+import fishtune.harness.run as run_module
+from fishtune.harness.results import config_hash
+
+def record(config, progress=True):
+    with log.open("a") as f:
+        f.write(json.dumps({"overrides": list(HydraConfig.get().overrides.task), "hash": config_hash(config)}) + "\n")
+    return {"best": {"score": 0.0, "epoch": 0}, "run_id": "recorded", "task": config["task"]["name"],
+            "stop_reason": "not trained", "trainable": 0, "ratio_pct": 0.0}
+
+run_module.run = record
+for log, args in json.loads(sys.argv[2]):
+    log = Path(log)
+    sys.argv = ["fishtune.run", "-m", *args]
+    GlobalHydra.instance().clear()
+    run_module.main()
+"""
+
+# Narrowed sweeps (a few jobs each) that exercise what the expansion must get right.
+SWEEPS = {
+    "rows": ("table3", ["task=rte", "budget=3"]),                          # +row configs
+    "replace": ("table5", ["task=mrpc,rte", "budget=1"]),                  # a command-line sweep replaces the yaml's
+    "fixed": ("table1", ["peft=lora,ia3", "task=cola", "budget=2", "train.max_epochs=1"]),  # ... a fixed one rides along
+}
+FIXED = ["train.precision=fp32"]   # see RECORDER
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory):
+    """case -> (its command line, then per job in launch order: the job's overrides, its config hash) of
+    the jobs `python -m fishtune.run -m` launches."""
+    tmp = tmp_path_factory.mktemp("multirun")
+    plan = {case: (tmp / f"{case}.jsonl", [f"+experiment={experiment}", *overrides, *FIXED,
+                                                      f"paths.runs_dir={tmp / 'runs'}"])
+            for case, (experiment, overrides) in SWEEPS.items()}
+    out = subprocess.run([sys.executable, "-c", RECORDER, str(ROOT), json.dumps([[str(log), args] for log, args in plan.values()])],
+                         cwd=tmp, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = {}
+    for case, (log, args) in plan.items():
+        jobs = [json.loads(line) for line in log.read_text().splitlines()]
+        result[case] = (args[1:], [job["overrides"] for job in jobs], [job["hash"] for job in jobs])
+    return result
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +107,19 @@ def rte_configs():
 def test_experiment_expands_to_its_tables_run_count(name):
     path = CONF_DIR / "experiment" / f"{name}.yaml"
     assert path.read_text().splitlines()[0] == "# @package _global_"
+    assert yaml_sweep_product(name) == COUNTS[name]
     assert len(job_overrides(name)) == COUNTS[name]
+
+
+@pytest.mark.parametrize("case", SWEEPS)
+def test_jobs_are_those_a_real_multirun_launches(case, launched):
+    """The same jobs, in the same order, with the same config (hash) each, as Hydra's real multirun."""
+    experiment = SWEEPS[case][0]
+    command_line, overrides, hashes = launched[case]
+    assert len(overrides) >= 4  # the narrowed sweep still launches several jobs
+    assert all(o[-1].startswith("paths.runs_dir=") for o in overrides)
+    assert job_overrides(experiment, command_line) == overrides
+    assert [config_hash(c) for c in run_configs(experiment, command_line)] == hashes
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 5])
@@ -33,9 +128,9 @@ def test_run_count_is_paper_rows_times_tasks(n):
 
 
 def _row_key(c):
-    """The values a paper row is defined by, with the run's layer count derived as fishtune.run does."""
+    """The values a paper row is defined by, with the run's layer count from the function fishtune.run uses."""
     p, m = c["peft"], c["mask"]
-    layers = p["layers"] or (p["budget_layers"][c["budget"] - 1] if m["mode"] == "none" else p["fish_layers"])
+    layers = run_layers(p, m["mode"], c["budget"], depth=12)   # bert-base: 12 layers, every schedule fits
     rank = p.get("rank") if p["name"] in ("lora", "dora") else None
     budget_rank = (m.get("budget_rank") or rank) if m["mode"] != "none" and rank else None
     return c["model"]["name"], p["name"], m["mode"], c["budget"], layers, rank, budget_rank
