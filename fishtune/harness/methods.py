@@ -121,6 +121,15 @@ def _check_adapter(config: Mapping[str, Any]) -> None:
                 null=f"{_defaults('adapter')['reduction_factor']:g}", optional=True)
 
 
+def _check_vera(config: Mapping[str, Any]) -> None:
+    check_int(config, "peft.rank", 1, optional=True)
+    check_float(config, "peft.dropout", 0, above=False, hi=1, below=True, null="none", optional=True)
+    check_choice(config, "peft.init", ("residual", "default"), optional=True)
+    check_float(config, "peft.d_initial", 0, above=True, optional=True)
+    check_float(config, "peft.b_initial", 0, above=True, optional=True)
+    check_int(config, "peft.projection_seed", 0, optional=True)
+
+
 def _check_nothing(config: Mapping[str, Any]) -> None:
     """IA3 has no values of its own beyond the layer schedule."""
 
@@ -175,6 +184,43 @@ def _insert_ia3(spec: MethodSpec, model: torch.nn.Module, p: Mapping[str, Any], 
         modules_to_save=[fam.head_module],
     )
     return get_peft_model(model, conf)
+
+
+def _insert_vera(spec: MethodSpec, model: torch.nn.Module, p: Mapping[str, Any], layers: int,
+                 family: str) -> torch.nn.Module:
+    """VeRA on the family's LoRA targets of the bottom `layers` layers. peft sizes the shared A and B
+    for the largest target and slices them per module, so targets of different shapes (ModernBERT's
+    two W_O) share one pair.
+
+    peft starts lambda_b at 0 (the update is 0), which leaves every lambda_d with a gradient, and so a
+    Fisher, of exactly 0. init=residual starts lambda_b at b_initial instead and subtracts the initial
+    update from the frozen base weight, as PiSSA keeps the model's function: the model computes what it
+    did before insertion, and every lambda has a non-zero Fisher."""
+    import torch
+    from peft import TaskType, VeraConfig, get_peft_model
+    from peft.tuners.vera.layer import VeraLayer
+
+    fam = FAMILIES[family]
+    conf = VeraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=_rank(spec, p),
+        target_modules=list(spec.option(p, "targets") or fam.lora_targets),
+        layers_to_transform=list(range(layers)),
+        layers_pattern=fam.layers_pattern,
+        vera_dropout=spec.option(p, "dropout") or 0.0,
+        d_initial=float(spec.option(p, "d_initial")),
+        projection_prng_key=int(spec.option(p, "projection_seed")),
+        modules_to_save=[fam.head_module],
+    )
+    model = get_peft_model(model, conf)
+    if spec.option(p, "init") == "residual":
+        with torch.no_grad():
+            for module in model.modules():
+                if isinstance(module, VeraLayer):
+                    for adapter, lambda_b in module.vera_lambda_b.items():
+                        lambda_b.fill_(float(spec.option(p, "b_initial")))
+                        module.get_base_layer().weight -= module.get_delta_weight(adapter)
+    return model
 
 
 # --- adapters methods ---------------------------------------------------------------------------
@@ -266,6 +312,8 @@ METHODS: dict[str, MethodSpec] = {m.name: m for m in [
     MethodSpec("unipelt", "adapters", ("bert", "llama"), _insert_adapters, _check_unipelt, widths=("rank", "bottleneck"),
                unsupported={"modernbert": "UniPELT needs prefix tuning (see prefix), and peft has no UniPELT"},
                adapters_config=_unipelt_config, prefix=True),
+    # Not one of the paper's six: after them, so that their order (and every message listing them) stays.
+    MethodSpec("vera", "peft", ("bert", "modernbert", "llama"), _insert_vera, _check_vera, widths=("rank",)),
 ]}
 # family -> the methods it can take, in the order of the specs (bert, modernbert, llama).
 SUPPORT_MATRIX: dict[str, tuple[str, ...]] = {
