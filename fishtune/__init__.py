@@ -5,8 +5,9 @@ Three kinds of code, one place each:
 * the library, at the package root, what your own training code imports (`import fishtune`): the
   empirical Fisher (fisher), masks over any model's trainable parameters (masks), a masked wrapper for
   any torch optimizer (optim), a transformers.Trainer callback (callback), FisherAdapTune-style adaptive
-  freezing (adaptive) and length groups that cut padding (batching). It imports nothing from the other
-  two kinds (tests/test_api.py checks).
+  freezing (adaptive), length groups that cut padding (batching) and the facts of the model families
+  (families: layer names, heads, default targets; torch-free, read by masks and the harness). It
+  imports nothing from the other two kinds (tests/test_api.py checks).
 * fishtune/harness/: runs the paper's experiments from Hydra configs (the repository's conf/, shipped
   with the package as fishtune/conf). It imports the library, never the reports.
 * fishtune/reports/: tables, figures and summaries built from result files. They import the library
@@ -41,7 +42,7 @@ def check_mode(mode: str) -> None:
 
 # The library's modules at the root; the others there are entry points (not a kind of their own: each
 # only runs the `main` of harness/NAME.py or reports/NAME.py).
-LIBRARY = ("fisher", "masks", "optim", "callback", "adaptive", "batching")
+LIBRARY = ("fisher", "masks", "optim", "callback", "adaptive", "batching", "families")
 
 # name -> the library module that defines it
 _EXPORTS = {

@@ -20,6 +20,7 @@ from torch import nn
 
 # Defined torch-free in the package, where config checks read them too.
 from . import FISHER_MODES, check_mode
+from .families import FAMILIES
 from .fisher import empirical_fisher
 
 
@@ -128,8 +129,9 @@ def size_proportional(sizes: list[int], k: int) -> list[int]:
 # --- masks over a model: the public API (fishtune.fish_masks, apply_masks, ...) -----------------
 
 # The classification head of each known family's *ForSequenceClassification, as it appears in
-# parameter names. RoBERTa, DeBERTa and ELECTRA also call theirs `classifier`; GPT-2, Mistral and Qwen `score`.
-HEAD_MODULE = {"bert": "classifier", "modernbert": "classifier", "llama": "score"}
+# parameter names (fishtune/families.py). RoBERTa, DeBERTa and ELECTRA also call theirs `classifier`;
+# GPT-2, Mistral and Qwen `score`.
+HEAD_MODULE = {name: f.head_module for name, f in FAMILIES.items()}
 # Written beside a peft adapter's files by save_masks.
 MASK_FILE = "fish_mask.safetensors"
 
@@ -141,7 +143,10 @@ def is_head(name: str, family: str | None = None) -> bool:
     return not set(name.split(".")).isdisjoint(heads)
 
 
-_LAYER = re.compile(r"\.(?:layer|layers)\.(\d+)\.")
+# `.<blocks>.<index>.` with the block list's last name of any known family (layer, layers): other
+# architectures that call theirs the same (RoBERTa, Mistral, ...) are read too.
+_BLOCK_LISTS = sorted({f.layers_pattern for f in FAMILIES.values()})
+_LAYER = re.compile(rf"\.(?:{'|'.join(map(re.escape, _BLOCK_LISTS))})\.(\d+)\.")
 
 
 def describe_parameter(name: str) -> tuple[int | None, str]:

@@ -1,6 +1,12 @@
-"""The six PEFT methods on tiny random models: where they are inserted, how many parameters they
-train, that the head trains, that Fisher scores and masked Adam work on every candidate tensor, and
-that unsupported combinations are refused by name. Offline, CPU, a few seconds per family."""
+"""Every PEFT method (methods.METHODS) on tiny random models: where it is inserted, how many parameters
+it trains, that the head trains, that Fisher scores and masked Adam work on every candidate tensor,
+and that unsupported combinations are refused by name. Offline, CPU, a few seconds per family.
+
+The expectations come from outside the code under test: counts from a formula per *library config
+type* (peft's LoraConfig, IA3Config, VeraConfig; adapters' bottleneck, prefix, LoRA and their
+UniPELT union) applied to the config object the library holds and to the shapes of the modules it
+wrapped, the names of the method's parameters from peft's own registry of prefixes, the layers from
+the parameter names. A new method that uses one of these library configs needs no edit here."""
 from __future__ import annotations
 
 import re
@@ -14,8 +20,8 @@ from fishtune.harness import CONF_DIR, methods, models
 from fishtune.fisher import empirical_fisher
 from fishtune.masks import build_mask
 from fishtune.harness.methods import SUPPORT_MATRIX, count_on_meta, count_parameters, insert_method, split_trainable
-from fishtune.harness.models import LAYER_PREFIX
-from fishtune.masks import HEAD_MODULE, is_head
+from fishtune.families import FAMILIES
+from fishtune.masks import is_head
 from fishtune.masks import apply_masks
 from fishtune.harness.train import TrainSettings, masked_adam
 
@@ -50,36 +56,68 @@ def batch(family: str) -> dict:
     return {**enc, "labels": torch.tensor([0, 1, 1, 0])}
 
 
-def expected_count(family: str, p: dict, layers: int) -> int:
-    """The method's trainable entries (head excluded), written out from the architecture."""
-    c = models.model_config(model_cfg(family), 2, tokenizer(family))
-    h, f = c.hidden_size, c.intermediate_size
+# --- the independent count: one formula per library config type ----------------------------------
+
+def _peft_module_count(cfg, layer) -> int:
+    """Trainable entries peft adds to one wrapped module, from its base layer's (in, out) shape."""
+    base = layer.get_base_layer()
+    i, o = base.in_features, base.out_features
+    kind = type(cfg).__name__
+    if kind == "LoraConfig":  # A (r x in), B (out x r); DoRA adds one magnitude per output feature
+        return cfg.r * (i + o) + (o if cfg.use_dora else 0)
+    if kind == "IA3Config":  # one vector: the input of a feed-forward module, else the output
+        return i if layer.is_feedforward else o
+    if kind == "VeraConfig":  # lambda_d (r) and lambda_b (out); the projections A, B are frozen buffers
+        return cfg.r + o
+    raise AssertionError(f"no reference count for peft's {kind}: add its formula here")
+
+
+def _adapters_layer_count(cfg, c) -> int:
+    """Trainable entries the adapters library adds to one layer, from its config and the architecture."""
+    h = c.hidden_size
     kv = h // c.num_attention_heads * getattr(c, "num_key_value_heads", c.num_attention_heads)
-    name, r = p["name"], p.get("rank")
-    if name in ("lora", "dora"):
-        # (in, out) of each target: BERT Q,K,V; ModernBERT attention Wo and MLP Wo; LLaMA o_proj
-        shapes = {"bert": [(h, h)] * 3, "modernbert": [(h, h), (f, h)], "llama": [(h, h)]}[family]
-        per_layer = sum(r * (i + o) + (o if name == "dora" else 0) for i, o in shapes)
-    elif name == "adapter":  # two Houlsby bottlenecks: down h->b (+b), up b->h (+h)
-        b = h // 16
-        per_layer = 2 * (2 * h * b + b + h)
-    elif name == "prefix":  # keys and values of length 30, kv-heads wide
-        per_layer = 2 * p["prefix_length"] * kv
-    elif name == "ia3":  # l_k, l_v (kv wide) and l_ff (intermediate wide)
-        per_layer = 2 * kv + f
-    elif name == "unipelt":  # gated LoRA on Q,K,V + gated prefix + gated bottleneck; each gate is h -> 1
-        b, gate = p["bottleneck"], h + 1
-        lora = r * (h + h) + 2 * r * (h + kv) + 3 * gate
-        per_layer = lora + (2 * p["prefix_length"] * kv + gate) + (2 * h * b + b + h + gate)
-    else:
-        raise AssertionError(name)
-    return layers * per_layer
+    kind, gate = type(cfg).__name__, h + 1  # a gate is h -> 1
+    if kind == "UniPELTConfig":  # the union of its gated parts
+        return sum(_adapters_layer_count(part, c) for part in cfg.configs)
+    if kind in ("BnConfig", "SeqBnConfig", "DoubleSeqBnConfig"):  # down h->b (+b), up b->h (+h) per adapter
+        b = int(h // cfg.reduction_factor)
+        return (cfg.mh_adapter + cfg.output_adapter) * (2 * h * b + b + h + (gate if cfg.use_gating else 0))
+    if kind == "PrefixTuningConfig":  # flat: keys and values of prefix_length positions, kv-heads wide
+        assert cfg.flat
+        return 2 * cfg.prefix_length * kv + (gate if cfg.use_gating else 0)
+    if kind == "LoRAConfig":  # r x (in + out) per attention matrix, a gate each
+        shapes = {"q": (h, h), "k": (h, kv), "v": (h, kv)}
+        return sum(cfg.r * sum(shapes[m]) + (gate if cfg.use_gating else 0) for m in cfg.attn_matrices)
+    raise AssertionError(f"no reference count for adapters' {kind}: add its formula here")
+
+
+def expected_count(model, family: str, layers: int) -> int:
+    """The method's trainable entries (head excluded), by its library config's formula."""
+    if hasattr(model, "peft_config"):
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        cfg = model.peft_config["default"]
+        wrapped = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+        assert wrapped and len(wrapped) % layers == 0, "the same modules wrapped in every chosen layer"
+        return sum(_peft_module_count(cfg, m) for m in wrapped)
+    conf = model.config
+    return layers * _adapters_layer_count(model.adapters_config.get(methods.ADAPTER_NAME), conf)
+
+
+def method_marker(model) -> tuple[str, ...]:
+    """What every parameter name of the method contains, as its library registers it: peft's prefix
+    for the config's peft type (lora_, ia3_, vera_lambda_, ...), adapters' adapter name."""
+    if hasattr(model, "peft_config"):
+        from peft.mapping import PEFT_TYPE_TO_PREFIX_MAPPING
+
+        return (PEFT_TYPE_TO_PREFIX_MAPPING[model.peft_config["default"].peft_type],)
+    return (f".{methods.ADAPTER_NAME}.",)
 
 
 def layers_of(model, family: str) -> set[int]:
     """Layer indices named by trainable non-head parameters, plus layers reading a prefix from
     adapters' shared prefix pool (its one flat parameter is named after the first layer only)."""
-    pattern = re.compile(rf"(?:^|\.){re.escape(LAYER_PREFIX[family])}\.(\d+)\.")
+    pattern = re.compile(rf"(?:^|\.){re.escape(FAMILIES[family].layer_prefix)}\.(\d+)\.")
     found = {int(m.group(1)) for n, p in model.named_parameters()
              if p.requires_grad and not is_head(n, family) and (m := pattern.search(n))}
     for n, module in model.named_modules():
@@ -88,25 +126,23 @@ def layers_of(model, family: str) -> set[int]:
     return found
 
 
-def check_layers_and_count(model, family: str, name: str, layers: int) -> None:
+def check_layers_and_count(model, family: str, layers: int) -> None:
     assert layers_of(model, family) == set(range(layers))
-    assert methods.inserted_layers(model, family) == list(range(layers))
     _, candidates = split_trainable(model, family)
-    assert sum(q.numel() for q in candidates.values()) == expected_count(family, peft_cfg(name), layers)
+    assert sum(q.numel() for q in candidates.values()) == expected_count(model, family, layers)
 
 
 @pytest.mark.parametrize("family,name", COMBOS)
 def test_inserted_on_exactly_the_bottom_layers_with_the_formula_count(family, name):
     model = build(family, name, 3)
-    check_layers_and_count(model, family, name, 3)
+    check_layers_and_count(model, family, 3)
     head, candidates = split_trainable(model, family)
     # the whole head trains: a 2-class Linear on the hidden size (LLaMA's score has no bias)
     h = models.model_config(model_cfg(family), 2, tokenizer(family)).hidden_size
-    assert all(HEAD_MODULE[family] in n.split(".") for n in head)
+    assert all(FAMILIES[family].head_module in n.split(".") for n in head)
     assert sum(q.numel() for q in head.values()) == 2 * h + (0 if family == "llama" else 2)
     # nothing of the base model trains: every candidate belongs to the method
-    marker = {"peft": ("lora_", "ia3_"), "adapters": (f".{methods.ADAPTER_NAME}.",)}[methods.METHODS[name].library]
-    assert all(any(k in n for k in marker) for n in candidates), list(candidates)
+    assert all(any(k in n for k in method_marker(model)) for n in candidates), list(candidates)
     # the model is still called as model(**batch).logits
     assert model(**{k: v for k, v in batch(family).items() if k != "labels"}).logits.shape == (4, 2)
     # the meta-device count (what runs and `make ratios` use) is the real model's count
@@ -122,7 +158,18 @@ def test_first_and_all_layers_on_meta(family, name):
         model = models.build_on_meta(conf)
         with torch.device("meta"):
             model = insert_method(model, peft_cfg(name, init="default"), layers, family)
-        check_layers_and_count(model, family, name, layers)
+        check_layers_and_count(model, family, layers)
+
+
+@pytest.mark.parametrize("family,name", COMBOS)
+def test_every_chosen_layer_carries_the_same_count(family, name):
+    """The method's count grows by the same amount with every layer it is inserted on (nothing shared
+    across layers, nothing outside them): L layers train L times what one layer trains."""
+    conf = models.model_config(model_cfg(family), 2, tokenizer(family))
+    method = {n: count_on_meta(conf, peft_cfg(name), n, family) for n in range(1, conf.num_hidden_layers + 1)}
+    one = method[1]["trainable"] - method[1]["head"]
+    assert one > 0
+    assert all(c["trainable"] - c["head"] == n * one for n, c in method.items()), method
 
 
 @pytest.mark.parametrize("family,name", COMBOS)
@@ -171,7 +218,7 @@ def test_unsupported_combination_names_the_supported_ones(family, name):
 
 
 def test_unknown_method_and_layer_count_are_refused():
-    with pytest.raises(ValueError, match="choose one of: lora, dora, adapter, prefix, ia3, unipelt"):
+    with pytest.raises(ValueError, match="choose one of: " + re.escape(", ".join(methods.METHODS))):
         methods.check_method("bitfit", "bert")
     with pytest.raises(ValueError, match=r"allowed 1\.\.6"):
         build("bert", "lora", 7)
@@ -181,7 +228,8 @@ def test_unknown_method_and_layer_count_are_refused():
 def test_lora_any_rank_with_pissa(rank):
     model = build("bert", "lora", 6, rank=rank)  # hidden 32: rank 32 is a full-rank PiSSA split
     _, candidates = split_trainable(model, "bert")
-    assert sum(q.numel() for q in candidates.values()) == expected_count("bert", peft_cfg("lora", rank=rank), 6)
+    # W_Q, W_K, W_V (32 x 32) on each of 6 layers
+    assert sum(q.numel() for q in candidates.values()) == expected_count(model, "bert", 6) == 6 * 3 * rank * 64
 
 
 def test_lora_ranks_and_layers_on_bert_base_meta():
@@ -193,16 +241,36 @@ def test_lora_ranks_and_layers_on_bert_base_meta():
         assert counts["head"] == 768 * 2 + 2
 
 
+# The per-layer sizes the paper's Table 1 ratios imply on bert-base (docs/METHODS.md has the arithmetic):
+# the paper's six methods, whatever others fishtune adds.
+PAPER_PER_LAYER = {"lora": 4608, "dora": 6912, "adapter": 149_088, "prefix": 46_080, "ia3": 4608, "unipelt": 21_513}
+
+
 def test_bert_base_per_layer_counts_match_the_paper_arithmetic():
-    """The per-layer sizes the paper's Table 1 ratios imply on bert-base (docs/METHODS.md has the arithmetic)."""
     conf = models.arch_config(OmegaConf.load(f"{CONF}/model/bert_base.yaml"))
     per_layer = {}
-    for name in methods.METHODS:
+    for name in PAPER_PER_LAYER:
         p = peft_cfg(name)
         one, two = (count_on_meta(conf, p, n, "bert")["trainable"] for n in (1, 2))
         per_layer[name] = two - one
-    assert per_layer == {"lora": 4608, "dora": 6912, "adapter": 149_088, "prefix": 46_080, "ia3": 4608,
-                         "unipelt": 21_513}
+    assert per_layer == PAPER_PER_LAYER
+
+
+# Table 6: the modules LoRA goes on in one layer (ModernBERT: the attention's and the MLP's W_O).
+TABLE_6_LORA = {"bert": {"attention.self.query", "attention.self.key", "attention.self.value"},
+                "modernbert": {"attn.Wo", "mlp.Wo"}, "llama": {"self_attn.o_proj"}}
+
+
+@pytest.mark.parametrize("family", sorted(TABLE_6_LORA))
+def test_lora_goes_on_the_table_6_modules(family):
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    conf = models.model_config(model_cfg(family), 2, tokenizer(family))
+    with torch.device("meta"):
+        model = insert_method(models.build_on_meta(conf), peft_cfg("lora", init="default"), 1, family)
+    prefix = f"{FAMILIES[family].layer_prefix}.0."
+    wrapped = {n.split(prefix, 1)[1] for n, m in model.named_modules() if isinstance(m, BaseTunerLayer)}
+    assert wrapped == TABLE_6_LORA[family]
 
 
 def test_one_spec_and_one_yaml_per_method():

@@ -3,8 +3,10 @@
 A `MethodSpec` says everything about one method: the library that inserts it, the model families it
 supports (and, for the others, why not), its defaults (its config, conf/peft/<name>.yaml), the
 checks of its own config values, the widths that may not exceed the model's hidden size, and how it is
-inserted. Validation (validate.py), the run (run.py), the ratios and the aggregator read it here;
-adding a method means one spec below and one yaml.
+inserted (its insert function receives the spec, and reads every option through `spec.option`).
+Validation (validate.py), the run (run.py), the ratios and the aggregator read it here; adding a
+method means one spec below and one yaml. What a method needs to know about a model family (its layer
+names, head, default targets) is in the family's FamilySpec (fishtune/families.py).
 
 `insert_method(model, peft_cfg, layers, family)` returns the model with the method inserted, the base
 frozen and the classification head trainable. Downstream code sees only named parameters:
@@ -13,13 +15,13 @@ method's parameters, which are the candidates a mask chooses from.
 
 Two libraries do the inserting (docs/METHODS.md says why each method uses which):
 
-* peft: LoRA, DoRA (PiSSA init) and IA3. The model comes back wrapped in a PeftModel; the head is
+* peft: LoRA, DoRA (PiSSA init), IA3 and VeRA. The model comes back wrapped in a PeftModel; the head is
   trained through `modules_to_save` (peft keeps a frozen copy of it, `original_module`, which
   `count_parameters` leaves out).
 * adapters: Houlsby adapters, flat prefix tuning and UniPELT. `adapters.init` adds the adapter hooks
   to the model in place, so it stays the same *ForSequenceClassification object.
 
-Layers are always the bottom L: indices 0..L-1 of the model's block list (models.LAYER_PREFIX).
+Layers are always the bottom L: indices 0..L-1 of the model's block list (FamilySpec.layer_prefix).
 
 This module imports no torch (the specs are read by torch-free config checks): the functions that
 build or count models import torch, peft and adapters where they run.
@@ -33,26 +35,20 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from ..families import FAMILIES
 from . import CONF_DIR
 from .checks import ConfigError, check_choice, check_float, check_int
 
 if TYPE_CHECKING:
     import torch
 
-# peft's `layers_pattern`: the ModuleList name whose index counts layers.
-_LAYERS_PATTERN = {"bert": "layer", "modernbert": "layers", "llama": "layers"}
-# LoRA targets (Table 6): W_Q, W_K, W_V on BERT; W_O on ModernBERT (attention and MLP Wo) and LLaMA.
-LORA_TARGETS = {"bert": ("query", "key", "value"), "modernbert": ("Wo",), "llama": ("o_proj",)}
-# IA3 (Liu et al. 2022): l_k and l_v scale the key and value projections' outputs, l_ff scales the
-# feed-forward activation, i.e. the *input* of the FFN's down projection (peft's "feedforward" mode).
-# Written as regexes relative to one layer, because peft's own default "output.dense" also matches
-# BERT's attention.output.dense, and IA3Config has no layers_to_transform.
-IA3_TARGETS = {"bert": (r"attention\.self\.(key|value)", r"output\.dense"),
-               "llama": (r"self_attn\.(k_proj|v_proj)", r"mlp\.down_proj")}
 # The adapters library names every inserted module after the adapter; one adapter per model.
 ADAPTER_NAME = "fishtune"
 
-Insert = Callable[["torch.nn.Module", Mapping[str, Any], int, str], "torch.nn.Module"]
+# (spec, model, peft config, layers, family) -> the model with the method inserted
+Insert = Callable[["MethodSpec", "torch.nn.Module", Mapping[str, Any], int, str], "torch.nn.Module"]
+# (spec, peft config, the model's transformers config, layers left out) -> an adapters-library config
+AdaptersConfig = Callable[["MethodSpec", Mapping[str, Any], Any, list[int]], Any]
 
 
 @lru_cache(maxsize=None)
@@ -68,10 +64,17 @@ class MethodSpec:
     name: str
     library: str                                  # peft | adapters
     families: tuple[str, ...]                     # the model families it can be inserted in
-    insert: Insert                                # (model, peft config, layers, family) -> model
+    insert: Insert                                # (spec, model, peft config, layers, family) -> model
     check: Callable[[Mapping[str, Any]], None]    # its own values of a run config (ConfigError)
     widths: tuple[str, ...] = ()                  # peft.<key>s that may not exceed the hidden size
     unsupported: Mapping[str, str] = field(default_factory=dict)   # family -> why it is refused
+    # Fixed keywords of the library's config that make this method what it is (DoRA: LoRA with use_dora).
+    library_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    adapters_config: AdaptersConfig | None = None  # adapters methods: the library's config of the method
+    prefix: bool = False                          # reads a prefix of virtual tokens (FamilySpec.prefix_attention)
+    # Attributes of the method's layers that are computed from the base layer's weight in fp32 (DoRA's
+    # magnitude divides by the weight's norm): train.py keeps those base layers out of bf16.
+    fp32_base: tuple[str, ...] = ()
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -118,85 +121,131 @@ def _check_adapter(config: Mapping[str, Any]) -> None:
                 null=f"{_defaults('adapter')['reduction_factor']:g}", optional=True)
 
 
+def _check_vera(config: Mapping[str, Any]) -> None:
+    check_int(config, "peft.rank", 1, optional=True)
+    check_float(config, "peft.dropout", 0, above=False, hi=1, below=True, null="none", optional=True)
+    check_choice(config, "peft.init", ("residual", "default"), optional=True)
+    check_float(config, "peft.d_initial", 0, above=True, optional=True)
+    check_float(config, "peft.b_initial", 0, above=True, optional=True)
+    check_int(config, "peft.projection_seed", 0, optional=True)
+
+
 def _check_nothing(config: Mapping[str, Any]) -> None:
     """IA3 has no values of its own beyond the layer schedule."""
 
 
 # --- peft methods -------------------------------------------------------------------------------
 
-def _head_module(family: str) -> str:
-    from ..masks import HEAD_MODULE
-
-    return HEAD_MODULE[family]
-
-
-def _insert_lora(model: torch.nn.Module, p: Mapping[str, Any], layers: int, family: str) -> torch.nn.Module:
-    """LoRA, or DoRA when p['name'] == 'dora' (LoRA plus one magnitude per output feature)."""
-    from peft import LoraConfig, TaskType, get_peft_model
-
-    spec = METHODS[p["name"]]
+def _rank(spec: MethodSpec, p: Mapping[str, Any]) -> int:
     rank = int(spec.option(p, "rank"))
     if rank < 1:
-        raise ConfigError(f"LoRA rank must be at least 1, got {rank}")
+        raise ConfigError(f"{spec.name} rank must be at least 1, got {rank}")
+    return rank
+
+
+def _insert_lora(spec: MethodSpec, model: torch.nn.Module, p: Mapping[str, Any], layers: int,
+                 family: str) -> torch.nn.Module:
+    """LoRA on the family's targets (Table 6) of the bottom `layers` layers; DoRA is LoRA with
+    `use_dora` among its spec's library_kwargs (one magnitude per output feature)."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    fam = FAMILIES[family]
+    rank = _rank(spec, p)
     conf = LoraConfig(
         task_type=TaskType.SEQ_CLS,
         r=rank,
-        lora_alpha=p.get("alpha") or 2 * rank,
+        lora_alpha=spec.option(p, "alpha") or 2 * rank,
         lora_dropout=spec.option(p, "dropout") or 0.0,
-        target_modules=list(p.get("targets") or LORA_TARGETS[family]),
+        target_modules=list(spec.option(p, "targets") or fam.lora_targets),
         layers_to_transform=list(range(layers)),
-        layers_pattern=_LAYERS_PATTERN[family],
+        layers_pattern=fam.layers_pattern,
         # PiSSA starts B != 0, so lora_A has a non-zero gradient (and Fisher) at initialisation.
         init_lora_weights="pissa" if spec.option(p, "init") == "pissa" else True,
-        use_dora=p["name"] == "dora",
-        modules_to_save=[_head_module(family)],
+        modules_to_save=[fam.head_module],
+        **spec.library_kwargs,
     )
     return get_peft_model(model, conf)
 
 
-def _insert_ia3(model: torch.nn.Module, p: Mapping[str, Any], layers: int, family: str) -> torch.nn.Module:
-    """IA3 vectors l_k, l_v, l_ff on the bottom `layers` layers, selected by one full-match regex."""
+def _insert_ia3(spec: MethodSpec, model: torch.nn.Module, p: Mapping[str, Any], layers: int,
+                family: str) -> torch.nn.Module:
+    """IA3 vectors l_k, l_v, l_ff on the bottom `layers` layers, selected by one full-match regex
+    (IA3Config has no layers_to_transform). l_ff scales the *input* of the FFN's down projection:
+    peft's "feedforward" mode."""
     from peft import IA3Config, TaskType, get_peft_model
 
-    from .models import LAYER_PREFIX
-
-    attn, ff = IA3_TARGETS[family]
-    layer = rf".*{re.escape(LAYER_PREFIX[family])}\.({'|'.join(map(str, range(layers)))})\."
+    fam = FAMILIES[family]
+    attn, ff = fam.ia3_targets
+    layer = rf".*{re.escape(fam.layer_prefix)}\.({'|'.join(map(str, range(layers)))})\."
     conf = IA3Config(
         task_type=TaskType.SEQ_CLS,
         target_modules=rf"{layer}({attn}|{ff})",
         feedforward_modules=rf"{layer}{ff}",
-        modules_to_save=[_head_module(family)],
+        modules_to_save=[fam.head_module],
     )
     return get_peft_model(model, conf)
 
 
+def _insert_vera(spec: MethodSpec, model: torch.nn.Module, p: Mapping[str, Any], layers: int,
+                 family: str) -> torch.nn.Module:
+    """VeRA on the family's LoRA targets of the bottom `layers` layers. peft sizes the shared A and B
+    for the largest target and slices them per module, so targets of different shapes (ModernBERT's
+    two W_O) share one pair.
+
+    peft starts lambda_b at 0 (the update is 0), which leaves every lambda_d with a gradient, and so a
+    Fisher, of exactly 0. init=residual starts lambda_b at b_initial instead and subtracts the initial
+    update from the frozen base weight, as PiSSA keeps the model's function: the model computes what it
+    did before insertion, and every lambda has a non-zero Fisher."""
+    import torch
+    from peft import TaskType, VeraConfig, get_peft_model
+    from peft.tuners.vera.layer import VeraLayer
+
+    fam = FAMILIES[family]
+    conf = VeraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=_rank(spec, p),
+        target_modules=list(spec.option(p, "targets") or fam.lora_targets),
+        layers_to_transform=list(range(layers)),
+        layers_pattern=fam.layers_pattern,
+        vera_dropout=spec.option(p, "dropout") or 0.0,
+        d_initial=float(spec.option(p, "d_initial")),
+        projection_prng_key=int(spec.option(p, "projection_seed")),
+        modules_to_save=[fam.head_module],
+    )
+    model = get_peft_model(model, conf)
+    if spec.option(p, "init") == "residual":
+        with torch.no_grad():
+            for module in model.modules():
+                if isinstance(module, VeraLayer):
+                    for adapter, lambda_b in module.vera_lambda_b.items():
+                        lambda_b.fill_(float(spec.option(p, "b_initial")))
+                        module.get_base_layer().weight -= module.get_delta_weight(adapter)
+    return model
+
+
 # --- adapters methods ---------------------------------------------------------------------------
 
-def _adapter_config(p: Mapping[str, Any], conf, leave_out: list[int]):
+def _adapter_config(spec: MethodSpec, p: Mapping[str, Any], conf, leave_out: list[int]):
     """Houlsby: a bottleneck adapter after attention and one after the FFN ("double_seq_bn")."""
     from adapters import DoubleSeqBnConfig
 
-    return DoubleSeqBnConfig(reduction_factor=float(METHODS["adapter"].option(p, "reduction_factor")),
-                             leave_out=leave_out)
+    return DoubleSeqBnConfig(reduction_factor=float(spec.option(p, "reduction_factor")), leave_out=leave_out)
 
 
-def _prefix_config(p: Mapping[str, Any], conf, leave_out: list[int]):
+def _prefix_config(spec: MethodSpec, p: Mapping[str, Any], conf, leave_out: list[int]):
     """Flat prefix: the trainable parameters are the prefix keys and values themselves (no
     reparameterisation MLP), so what is counted is what is trained and masked."""
     from adapters import PrefixTuningConfig
 
-    return PrefixTuningConfig(prefix_length=int(METHODS["prefix"].option(p, "prefix_length")), flat=True,
-                              leave_out=leave_out)
+    return PrefixTuningConfig(prefix_length=int(spec.option(p, "prefix_length")), flat=True, leave_out=leave_out)
 
 
-def _unipelt_config(p: Mapping[str, Any], conf, leave_out: list[int]):
+def _unipelt_config(spec: MethodSpec, p: Mapping[str, Any], conf, leave_out: list[int]):
     """UniPELT (Mao et al. 2022): gated LoRA + gated flat prefix + gated sequential adapter, sized
     down to the paper's ~21.5 k parameters per bert-base layer (derivation in docs/METHODS.md)."""
     from adapters import LoRAConfig, PrefixTuningConfig, SeqBnConfig, UniPELTConfig
 
-    spec = METHODS["unipelt"]
-    rank = int(spec.option(p, "rank"))
+    rank = _rank(spec, p)
     bottleneck = int(spec.option(p, "bottleneck"))
     return UniPELTConfig(  # sets use_gating=True on each component
         prefix_tuning=PrefixTuningConfig(prefix_length=int(spec.option(p, "prefix_length")), flat=True,
@@ -207,27 +256,24 @@ def _unipelt_config(p: Mapping[str, Any], conf, leave_out: list[int]):
         # gradient of lora_A and of the LoRA gates is exactly 0 at insertion, so their Fisher would be 0
         # (PiSSA, the paper's LoRA init, does not exist in adapters and is not function-preserving
         # under a gate).
-        lora=LoRAConfig(r=rank, alpha=p.get("alpha") or 2 * rank, dropout=0.0, init_weights=spec.option(p, "lora_init"),
-                        attn_matrices=list(spec.option(p, "lora_matrices")), leave_out=leave_out),
+        lora=LoRAConfig(r=rank, alpha=spec.option(p, "alpha") or 2 * rank, dropout=0.0,
+                        init_weights=spec.option(p, "lora_init"), attn_matrices=list(spec.option(p, "lora_matrices")),
+                        leave_out=leave_out),
     )
 
 
-_ADAPTERS_CONFIGS = {"adapter": _adapter_config, "prefix": _prefix_config, "unipelt": _unipelt_config}
-
-
-def _insert_adapters(model: torch.nn.Module, p: Mapping[str, Any], layers: int, family: str) -> torch.nn.Module:
-    """An adapters-library method on layers 0..layers-1 (`leave_out` names the others)."""
+def _insert_adapters(spec: MethodSpec, model: torch.nn.Module, p: Mapping[str, Any], layers: int,
+                     family: str) -> torch.nn.Module:
+    """An adapters-library method (its spec's adapters_config) on layers 0..layers-1 (`leave_out`
+    names the others)."""
     import adapters
 
     from ..masks import is_head
 
     leave_out = list(range(layers, model.config.num_hidden_layers))
-    config = _ADAPTERS_CONFIGS[p["name"]](p, model.config, leave_out)
-    if family == "llama" and p["name"] in ("prefix", "unipelt"):
-        # adapters 1.3.0 inverts its all-ones prefix mask on LLaMA, which is right for the additive float
-        # mask of eager attention and wrong for the boolean mask transformers 4.57 builds for sdpa:
-        # there every prefix position would be masked out and the prefix would get no gradient.
-        model.set_attn_implementation("eager")
+    config = spec.adapters_config(spec, p, model.config, leave_out)
+    if spec.prefix and (attention := FAMILIES[family].prefix_attention):
+        model.set_attn_implementation(attention)
     adapters.init(model)  # in place: ModernBERT goes through the library's plugin interface
     # Activating resets the adapter inside a dummy forward context that warns "none are activated".
     mixin_log = logging.getLogger("adapters.model_mixin")
@@ -253,16 +299,21 @@ _NO_PREFIX_ON_MODERNBERT = ("adapters 1.3.0 reaches ModernBERT only through its 
 
 METHODS: dict[str, MethodSpec] = {m.name: m for m in [
     MethodSpec("lora", "peft", ("bert", "modernbert", "llama"), _insert_lora, _check_lora, widths=("rank",)),
-    MethodSpec("dora", "peft", ("bert", "modernbert", "llama"), _insert_lora, _check_lora, widths=("rank",)),
-    MethodSpec("adapter", "adapters", ("bert", "modernbert", "llama"), _insert_adapters, _check_adapter),
+    MethodSpec("dora", "peft", ("bert", "modernbert", "llama"), _insert_lora, _check_lora, widths=("rank",),
+               library_kwargs={"use_dora": True}, fp32_base=("lora_magnitude_vector",)),
+    MethodSpec("adapter", "adapters", ("bert", "modernbert", "llama"), _insert_adapters, _check_adapter,
+               adapters_config=_adapter_config),
     MethodSpec("prefix", "adapters", ("bert", "llama"), _insert_adapters, _check_prefix,
-               unsupported={"modernbert": _NO_PREFIX_ON_MODERNBERT}),
+               unsupported={"modernbert": _NO_PREFIX_ON_MODERNBERT}, adapters_config=_prefix_config, prefix=True),
     MethodSpec("ia3", "peft", ("bert", "llama"), _insert_ia3, _check_nothing, unsupported={
         "modernbert": "ModernBERT fuses Q, K and V into one Wqkv projection, so peft's IA3 cannot scale keys and "
                       "values without also scaling queries, and adapters' IA3 scales the GLU input projection "
                       "instead of the feed-forward activation"}),
     MethodSpec("unipelt", "adapters", ("bert", "llama"), _insert_adapters, _check_unipelt, widths=("rank", "bottleneck"),
-               unsupported={"modernbert": "UniPELT needs prefix tuning (see prefix), and peft has no UniPELT"}),
+               unsupported={"modernbert": "UniPELT needs prefix tuning (see prefix), and peft has no UniPELT"},
+               adapters_config=_unipelt_config, prefix=True),
+    # Not one of the paper's six: after them, so that their order (and every message listing them) stays.
+    MethodSpec("vera", "peft", ("bert", "modernbert", "llama"), _insert_vera, _check_vera, widths=("rank",)),
 ]}
 # family -> the methods it can take, in the order of the specs (bert, modernbert, llama).
 SUPPORT_MATRIX: dict[str, tuple[str, ...]] = {
@@ -293,10 +344,14 @@ def insert_method(model: torch.nn.Module, peft_cfg: Mapping[str, Any], layers: i
     Everything else is frozen. The result is still called as `model(**batch).logits`.
     """
     spec = check_method(peft_cfg["name"], family)
-    total_layers = model.config.num_hidden_layers
-    if not 1 <= layers <= total_layers:
-        raise ConfigError(f"cannot insert on {layers} layers: the model has {total_layers} (allowed 1..{total_layers})")
-    return spec.insert(model, peft_cfg, layers, family)
+    check_layers(spec.name, layers, model.config.num_hidden_layers)
+    return spec.insert(spec, model, peft_cfg, layers, family)
+
+
+def check_layers(method: str, layers: int, depth: int, model: str = "the model") -> None:
+    """ConfigError unless `method` can go on `layers` layers of a `depth`-layer model (1..depth)."""
+    if not 1 <= layers <= depth:
+        raise ConfigError(f"cannot insert {method} on {layers} layers: {model} has {depth} (allowed 1..{depth})")
 
 
 def split_trainable(model: torch.nn.Module, family: str) -> tuple[dict[str, torch.nn.Parameter], dict[str, torch.nn.Parameter]]:
@@ -308,24 +363,6 @@ def split_trainable(model: torch.nn.Module, family: str) -> tuple[dict[str, torc
         if p.requires_grad:
             (head if is_head(name, family) else candidates)[name] = p
     return head, candidates
-
-
-def inserted_layers(model: torch.nn.Module, family: str) -> list[int]:
-    """Indices of the layers that carry the method: layers named by trainable non-head parameters,
-    plus layers that read a prefix from adapters' shared prefix pool (whose one flat parameter is
-    named after the first layer only)."""
-    from ..masks import is_head
-    from .models import LAYER_PREFIX
-
-    pattern = re.compile(rf"(?:^|\.){re.escape(LAYER_PREFIX[family])}\.(\d+)\.")
-    found = set()
-    for name, p in model.named_parameters():
-        if p.requires_grad and not is_head(name, family) and (m := pattern.search(name)):
-            found.add(int(m.group(1)))
-    for name, module in model.named_modules():
-        if ADAPTER_NAME in getattr(module, "prefixes", {}) and (m := pattern.search(name + ".")):
-            found.add(int(m.group(1)))
-    return sorted(found)
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:

@@ -3,7 +3,8 @@
 A model config (conf/model/*.yaml) has `name`, `family` (bert | modernbert | llama), `source`
 (embedded | hub | tiny), `path` (hub id or local folder), for tiny (randomly initialised) models `tiny`
 (config kwargs; empty = the architecture's defaults, e.g. bert-base for BERT), and optionally
-`tokenizer` (a tokenizer folder), and `head`: what the classifier reads (validate.HEADS; default `pooler`).
+`tokenizer` (a tokenizer folder), and `head`: what the classifier reads (fishtune/families.py: the
+heads each family takes; default `pooler`).
 
 The head: transformers' *ForSequenceClassification feeds BERT's classifier `tanh(pooler(h_CLS))`.
 That suits bert-base, whose pooler was trained (next-sentence prediction), but not all-MiniLM-L6-v2:
@@ -16,19 +17,14 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import torch
+import transformers
 from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, BertConfig,
-                          BertForSequenceClassification, LlamaConfig, ModernBertConfig, PretrainedConfig,
-                          PreTrainedTokenizerBase)
+                          BertForSequenceClassification, PretrainedConfig, PreTrainedTokenizerBase)
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import logging as hf_logging
 
+from ..families import FAMILIES
 from .checks import ConfigError
-
-
-DECODER_FAMILIES = ("llama",)  # read prompts built from the task templates
-_TINY_CONFIGS = {"bert": BertConfig, "modernbert": ModernBertConfig, "llama": LlamaConfig}
-# The transformer blocks, as `<prefix>.<index>` in parameter names: where "bottom L layers" are counted.
-LAYER_PREFIX = {"bert": "encoder.layer", "modernbert": "layers", "llama": "layers"}
 
 
 class BertForSequenceClassificationPooled(BertForSequenceClassification):
@@ -104,16 +100,17 @@ def model_config(cfg: Mapping[str, Any], num_labels: int, tokenizer=None) -> Pre
     """The architecture config with a classification head of `num_labels` outputs (1 = regression)."""
     if cfg["source"] == "tiny":
         tokenizer = tokenizer or load_tokenizer(cfg)
-        conf = _TINY_CONFIGS[cfg["family"]](vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                                            num_labels=num_labels, **dict(cfg["tiny"]))
+        config_class = getattr(transformers, FAMILIES[cfg["family"]].tiny_config)
+        conf = config_class(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                            num_labels=num_labels, **dict(cfg["tiny"]))
     else:
         path = embedded_path() if cfg["source"] == "embedded" else cfg["path"]
         conf = AutoConfig.from_pretrained(path, num_labels=num_labels)
     if tokenizer is not None and conf.pad_token_id is None:
         conf.pad_token_id = tokenizer.pad_token_id  # LLaMA pools the last non-pad token
     conf.problem_type = "regression" if num_labels == 1 else "single_label_classification"
-    if cfg["family"] == "modernbert":
-        conf.reference_compile = False  # torch.compile of its MLP would bypass per-sample hooks
+    for key, value in FAMILIES[cfg["family"]].config_overrides.items():
+        setattr(conf, key, value)
     conf.fishtune_head = cfg.get("head") or "pooler"
     return conf
 

@@ -94,7 +94,7 @@ def plan(config: dict) -> Plan:
     # Only a config that passed the checks above waits for torch, transformers, peft and adapters.
     import torch
 
-    from .methods import METHODS, count_on_meta
+    from .methods import METHODS, check_layers, count_on_meta
     from .schedules import original_layers, run_layers
     from .models import load_tokenizer, model_config
     from .train import resolve_precision
@@ -109,9 +109,7 @@ def plan(config: dict) -> Plan:
         conf = model_config(model_cfg, task.num_labels, tokenizer)
         depth = conf.num_hidden_layers
         layers = run_layers(peft_cfg, mode, budget, depth)
-        if not 1 <= layers <= depth:
-            raise ConfigError(f"cannot insert {peft_cfg['name']} on {layers} layers: {model_cfg['name']} has "
-                             f"{depth} (allowed 1..{depth})")
+        check_layers(peft_cfg["name"], layers, depth, model_cfg["name"])  # before counting: the model's name in it
         # A rank (or bottleneck) wider than the hidden size has no meaning: PiSSA's SVD has `hidden` values.
         for key in METHODS[peft_cfg["name"]].widths:
             width = peft_cfg.get(key)
@@ -236,11 +234,12 @@ class Data:
 def load_data(p: Plan) -> Data:
     """The seeded train and dev subsamples, tokenised, in their loaders; dev examples carry `idx`, so
     per-example predictions come back in the subsample's order."""
-    from .models import DECODER_FAMILIES, load_tokenizer
+    from ..families import FAMILIES
+    from .models import load_tokenizer
 
     cfg, seed = p.config, int(p.config["seed"])
     tokenizer = load_tokenizer(cfg["model"])
-    template = cfg["model"]["family"] in DECODER_FAMILIES
+    template = FAMILIES[cfg["model"]["family"]].decoder  # a decoder reads prompts built from the task templates
     splits = {}
     for split in ("train", "dev"):
         examples = glue.subsample(glue.load_split(p.task, split, cfg["data"]["glue_dir"]), cfg["data"][f"{split}_samples"], seed)

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from ..batching import group_cost_tokens, length_groups, model_inputs
 from ..fisher import classification_loss
+from .methods import METHODS
 from .metrics import glue_metrics
 from ..optim import MaskedOptimizer
 from .results import Diverged, set_aside
@@ -178,14 +179,16 @@ def frozen_linears_in_bf16(model: nn.Module, enabled: bool):
     pass (on CPU about a sixth of a MiniLM step). Held as bf16, autocast finds them cast already: the
     matrix products see the same bf16 values, so training is bit for bit what it was, only cheaper.
     Left alone: a layer that is not exactly nn.Linear (adapters' LoRA layers subclass it), and the
-    base layer of a DoRA layer, whose weight also enters its fp32 weight norm."""
+    base layer of a method's layer that reads its weight in fp32 (MethodSpec.fp32_base: DoRA's weight
+    norm)."""
     if not enabled:
         yield
         return
-    dora_bases = {id(m.get_base_layer()) for m in model.modules() if len(getattr(m, "lora_magnitude_vector", ()))}
+    fp32 = {attr for spec in METHODS.values() for attr in spec.fp32_base}  # MethodSpec.fp32_base (DoRA)
+    fp32_bases = {id(m.get_base_layer()) for m in model.modules() if any(len(getattr(m, a, ())) for a in fp32)}
     saved = []
     for m in model.modules():
-        if type(m) is nn.Linear and id(m) not in dora_bases:
+        if type(m) is nn.Linear and id(m) not in fp32_bases:
             for name in ("weight", "bias"):
                 p = getattr(m, name)
                 if p is not None and not p.requires_grad and p.dtype == torch.float32:

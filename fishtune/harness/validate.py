@@ -6,8 +6,9 @@ transformers, peft and adapters take to import. What needs a model's architectur
 budget k, a rank above the hidden size) or a GPU is checked in plan() after it. `check_hub(config)`
 finds a hub model or dataset that cannot be had (offline, not cached, gated) before training starts.
 
-The model families and sources live here; the mask modes in the package (fishtune.MASK_MODES), which
-PEFT method each family can take and each method's own checks in its MethodSpec (methods.py).
+The model sources live here; the model families and what each knows (its heads, layers, default
+targets) in fishtune/families.py, the mask modes in the package (fishtune.MASK_MODES), which PEFT
+method each family can take and each method's own checks in its MethodSpec (methods.py).
 """
 from __future__ import annotations
 
@@ -19,20 +20,20 @@ from typing import Any, Mapping
 from urllib.parse import urlparse
 
 from .. import FISHER_MODES, check_mode  # the library's modes; mask.mode also takes "adaptive" (fishtune/adaptive.py)
+from ..families import FAMILIES, families_by_head
 from .checks import ABSENT, ConfigError, as_int, check_choice, check_float, check_int, get, show
 from .methods import check_method
 from .tasks import get_task
 
-FAMILIES = ("bert", "modernbert", "llama")
 SOURCES = ("embedded", "hub", "tiny")
 PRECISIONS = ("auto", "fp32", "bf16")
 # mask.mode=head_only: the method is inserted as on the original run and frozen; only the classifier trains
 # (the reference an original run must beat: does training the method help at all?).
 HEAD_ONLY = "head_only"
-# model.head, what the classifier reads -> the families that take it: the family's own pooling (BERT:
-# tanh(pooler(h_CLS)); ModernBERT and LLaMA as their transformers class pools), the masked mean of the
-# last hidden states (padding left out), or the last hidden state of [CLS] (models.py builds them).
-HEADS = {"pooler": FAMILIES, "mean": ("bert",), "cls": ("bert",)}
+# model.head, what the classifier reads -> the families that take it (FamilySpec.heads): the family's own
+# pooling (BERT: tanh(pooler(h_CLS)); ModernBERT and LLaMA as their transformers class pools), the masked
+# mean of the last hidden states (padding left out), or the last hidden state of [CLS] (models.py builds them).
+HEADS = families_by_head()
 # --- the vocabularies' own checks (also used where the values are consumed) ---------------------
 
 def check_model_config(cfg: Mapping[str, Any]) -> None:
@@ -46,10 +47,9 @@ def check_model_config(cfg: Mapping[str, Any]) -> None:
     head = cfg.get("head") or "pooler"
     if head not in HEADS:
         raise ConfigError(f"unknown model.head {head!r}; choose one of: {', '.join(HEADS)}")
-    if cfg["family"] not in HEADS[head]:
-        allowed = [h for h, families in HEADS.items() if cfg["family"] in families]
+    if head not in FAMILIES[cfg["family"]].heads:
         raise ConfigError(f"model.head={head!r} is not available for the {cfg['family']} family; "
-                          f"choose one of: {', '.join(allowed)}")
+                          f"choose one of: {', '.join(FAMILIES[cfg['family']].heads)}")
 
 
 def first_mask_mode(mask: Mapping[str, Any]) -> str:
