@@ -33,7 +33,7 @@ import tempfile
 from dataclasses import MISSING, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 SCHEMA = 2                # what new result files are written with
 SCHEMAS = (1, 2)          # what loads (RunResult.from_json)
@@ -302,33 +302,25 @@ def load_results(runs_dir: str | Path, damaged: list[str] | None = None) -> list
     whatever schema wrote it) with its `path`. A file that cannot be read, or a result that lacks a
     required field, is skipped; with `damaged`, 'path: why' is appended to it for each. JSON files of
     other kinds (no result schema: a config dump) are passed over."""
-    out = []
-    for path in sorted(Path(runs_dir).rglob("*.json")):
-        if path.name.endswith(".failed.json"):  # failure records: load_failures
-            continue
-        data, why = read_json(path)
-        if why is None:
-            try:
-                out.append(RunResult.from_json(data, path))
-                continue
-            except NotAResult:
-                continue
-            except (TypeError, ValueError) as e:
-                why = str(e)
-        if damaged is not None:
-            damaged.append(f"{path}: {why}")
-    return out
+    paths = [p for p in sorted(Path(runs_dir).rglob("*.json")) if not p.name.endswith(".failed.json")]
+    return _load_each(paths, RunResult.from_json, damaged)
 
 
 def load_failures(runs_dir: str | Path, damaged: list[str] | None = None) -> list[RunFailure]:
     """The `*.failed.json` records of runs that failed as RunFailures (reason, error and traceback);
     unreadable ones are skipped and, with `damaged`, listed as for load_results."""
+    return _load_each(sorted(Path(runs_dir).rglob("*.failed.json")), RunFailure.from_json, damaged)
+
+
+def _load_each(paths: Iterable[Path], parse: Callable[[Any, Path], Any], damaged: list[str] | None) -> list:
     out = []
-    for path in sorted(Path(runs_dir).rglob("*.failed.json")):
+    for path in paths:
         data, why = read_json(path)
         if why is None:
             try:
-                out.append(RunFailure.from_json(data, path))
+                out.append(parse(data, path))
+                continue
+            except NotAResult:
                 continue
             except (TypeError, ValueError) as e:
                 why = str(e)
