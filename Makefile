@@ -169,6 +169,11 @@ STUDY_LAUNCHER ?= parallel
 STUDY_SWEEP = $(OFFLINE) $(call sweep_cmd,$(STUDY_LAUNCHER))
 STUDY_REPORT = $(BIN)/python -m fishtune.study --runs-dir $(STUDY_RUNS) --out results/study \
 	&& $(BIN)/python -m fishtune.report $(STUDY_RUNS) --out results/study/index.html
+# An arm per experiment $(2)ARM, for each ARM of $(1), each into $(3)/ARM; then the report $(4), also when a
+# sweep failed (its cells stay blank), and the first failing sweep's status.
+sweep_arms = status=0; for arm in $(1); do \
+		$(STUDY_SWEEP) +experiment=$(2)$$arm paths.runs_dir=$(3)/$$arm $(ARGS) || status=$$?; \
+	done; $(4); exit $$status
 study: setup
 	@$(STUDY_SWEEP) +experiment=study paths.runs_dir=$(STUDY_RUNS) $(ARGS); status=$$?; \
 	$(STUDY_REPORT); exit $$status
@@ -189,9 +194,7 @@ STUDY_WHY_REPORT = $(BIN)/python -m fishtune.study_why --study-runs $(STUDY_RUNS
 	--title "fishtune study: why rand beats fish (mechanism, lr and converged arms)"
 .PHONY: study-why study-why-report
 study-why: setup
-	@status=0; for arm in $(STUDY_WHY_ARMS); do \
-		$(STUDY_SWEEP) +experiment=study_$$arm paths.runs_dir=$(STUDY_WHY_RUNS)/$$arm $(ARGS) || status=$$?; \
-	done; $(STUDY_WHY_REPORT); exit $$status
+	@$(call sweep_arms,$(STUDY_WHY_ARMS),study_,$(STUDY_WHY_RUNS),$(STUDY_WHY_REPORT))
 
 study-why-report: setup
 	$(STUDY_WHY_REPORT)
@@ -221,9 +224,7 @@ STUDY_MEAN_REPORT = $(BIN)/python -m fishtune.study --runs-dir $(STUDY_MEAN_RUNS
 	--title "fishtune study under the mean head: core, reference, mechanism and converged arms"
 .PHONY: study-mean study-mean-report
 study-mean: setup
-	@status=0; for arm in $(STUDY_MEAN_ARMS); do \
-		$(STUDY_SWEEP) +experiment=study_mean_$$arm paths.runs_dir=$(STUDY_MEAN_RUNS)/$$arm $(ARGS) || status=$$?; \
-	done; $(STUDY_MEAN_REPORT); exit $$status
+	@$(call sweep_arms,$(STUDY_MEAN_ARMS),study_mean_,$(STUDY_MEAN_RUNS),$(STUDY_MEAN_REPORT))
 
 study-mean-report: setup
 	$(STUDY_MEAN_REPORT)
