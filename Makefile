@@ -33,6 +33,7 @@ help:
 	@echo "make study-mean - the study again under the mean head: core, reference, mechanism, converged arms"
 	@echo "make study-mean-report - only rebuild results/study/mean/ from the committed runs"
 	@echo "make study-methods-pilot, study-methods - FISH in DoRA, Adapter, Prefix, IA3, UniPELT (issue 27)"
+	@echo "make study-methods-report - only rebuild results/study/methods/ (Table 1's layout) from the committed runs"
 	@echo "make bf16-parity - the study's SST-2 and STS-B runs again in bf16, paired with the fp32 ones"
 	@echo "make report RUNS_DIR=... REPORT=...html - one self-contained HTML results page of a runs folder"
 	@echo "make ratios - the trainable-parameter ratios of Tables 1 and 2 from architecture configs -> results/ratios.csv"
@@ -234,12 +235,18 @@ study-mean-report: setup
 # The pilot is those sweeps narrowed to the original rows at budget 1 on SST-2, seeds 1-2 (10 runs).
 STUDY_METHODS_RUNS ?= results/study/methods/runs
 STUDY_METHODS_PILOT = seed=1,2 budget=1 mask=none task=sst2
-.PHONY: study-methods study-methods-pilot
+# study-methods-report rebuilds Table 1's layout (results/study/methods/) from the committed files, training
+# nothing; LoRA's rows are the mean-head core arm's.
+STUDY_METHODS_REPORT = $(BIN)/python -m fishtune.reports.methods_study --runs-dir $(STUDY_METHODS_RUNS) \
+	--runs-dir $(STUDY_MEAN_RUNS)/core --out results/study/methods
+.PHONY: study-methods study-methods-pilot study-methods-report
 study-methods study-methods-pilot: setup
 	@status=0; for experiment in study_methods study_methods_ia3; do \
 		$(STUDY_SWEEP) +experiment=$$experiment paths.runs_dir=$(STUDY_METHODS_RUNS) \
 		$(if $(filter %-pilot,$@),$(STUDY_METHODS_PILOT)) $(ARGS) || status=$$?; \
-	done; $(BIN)/python -m fishtune.sweep_summary $(STUDY_METHODS_RUNS); exit $$status
+	done; $(STUDY_METHODS_REPORT); exit $$status
+study-methods-report: setup
+	$(STUDY_METHODS_REPORT)
 
 # bf16 parity (docs/BENCH.md): the study's original and fish rows at budget 1 on SST-2 and STS-B, seeds
 # 1-5, trained in bf16 into results/bf16-parity/runs/ (committed), each paired with its committed fp32 run.

@@ -164,7 +164,9 @@ def paired_table(df: pd.DataFrame, results: list[RunResult], n_resamples: int = 
     return table
 
 
-def _fmt_cell(rec: dict, title: str) -> str:
+def format_cell(rec: dict, title: str) -> str:
+    """One table cell: 'mean ± std [95 % CI] (n=N)' of column `title` of a table line (the baseline row's
+    value alone; '' where the cell is empty)."""
     m = rec.get(title, math.nan)
     if m is None or (isinstance(m, float) and math.isnan(m)):
         return ""
@@ -185,7 +187,7 @@ def to_markdown(table: pd.DataFrame, paired: pd.DataFrame) -> str:
         ratio = "" if rec["row"] == "baseline" else f"{rec['ratio_pct']:.4f}"
         precision = rec.get("precision") if isinstance(rec.get("precision"), str) else ""
         lines.append(f"| {budget} | {rec['label']} | {ratio} | {precision} | "
-                     + " | ".join(_fmt_cell(rec, t) for t in titles) + " |")
+                     + " | ".join(format_cell(rec, t) for t in titles) + " |")
     lines += ["", "| budget | comparison | pairs | mean diff [95 % CI] | p (paired t) | p (Holm) | detectable (80 % power) | "
               "wins a / b | bootstrap better / worse (p < 0.05) |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for rec in paired[paired["task"] == "all"].to_dict("records"):
@@ -207,7 +209,7 @@ def to_latex(table: pd.DataFrame) -> str:
         if prev is not None and rec["budget"] != prev:
             lines.append(r"\midrule")
         prev = rec["budget"]
-        cells = [_fmt_cell(rec, t).replace("±", r"$\pm$").replace("(n=", "($n$=") for t in titles]
+        cells = [format_cell(rec, t).replace("±", r"$\pm$").replace("(n=", "($n$=") for t in titles]
         budget = "" if rec["row"] == "baseline" else str(rec["budget"])
         ratio = "" if rec["row"] == "baseline" else f"{rec['ratio_pct']:.4f}"
         lines.append(" & ".join([budget, rec["label"].replace("%", r"\%"), ratio, *cells]) + r" \\")

@@ -1,0 +1,241 @@
+"""FISH in all six PEFT methods (issue 27, docs/STUDY.md): Table 1's layout from the study's seeded runs,
+with the paper's numbers for the same cells beside.
+
+    python -m fishtune.reports.methods_study --runs-dir results/study/methods/runs \
+        --runs-dir results/study/mean/runs/core --out results/study/methods
+
+Reads every result file under the `--runs-dir` folders (LoRA's rows are the mean-head core arm's) and
+writes under `--out`:
+  table1.csv / .tex   per method x budget x {original, fish, rand}: per task (SST-2, STS-B) and Avg the
+                      mean, std, n and 95 % t-interval over seeds; first the trivial baseline row;
+                      `paper_<task>` the paper's Table 1 value of the same cell (rand: the paper has none);
+                      `trivial` marks a cell whose every run scored the trivial baseline (a plumbing table
+                      must never pass for a result)
+  paired.csv          per method x budget x task x comparison (fish - original, fish - rand): the paired
+                      difference over seeds, its 95 % t-interval, the paired t-test p and Holm's p over the
+                      whole family (every method, budget and task); `paper_delta` the paper's fish - original
+  forest.png / .pdf   those differences with their intervals per method, the paper's deltas marked
+  summary.md          both tables in Markdown
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..harness.results import finished_runs, load_results
+from . import results_frame
+from .aggregate import save_figure
+from .paper import TASK_TITLES, paper_table
+from .stats import holm, paired_test, t_interval
+from .study import baselines_from, format_cell, frame
+
+# Table 1's methods in its order, and the rows and comparisons this report makes of them.
+METHOD_ORDER = ("lora", "dora", "adapter", "prefix", "ia3", "unipelt")
+ROWS = ("original", "fish", "rand")
+COMPARISONS = (("fish", "original"), ("fish", "rand"))
+# A cell whose mean lies within this of the trivial baseline, with every run there, learned nothing.
+TRIVIAL_TOLERANCE = 0.05
+
+
+def methods_frame(results: list) -> pd.DataFrame:
+    """study.frame's lines (task, budget, row, seed, score, ...) with each run's method."""
+    runs = [r for r in results if r.mask in ("none", "fish", "rand")]
+    df = frame(runs)
+    df["method"] = results_frame(runs)["method"].to_numpy()
+    return df
+
+
+def _paper() -> pd.DataFrame:
+    """The paper's Table 1 cells on bert-base: method, budget, row, task -> value."""
+    paper = paper_table(1)
+    return paper[paper["model"] == "bert_base"].set_index(["method", "budget", "row", "task"])["value"]
+
+
+def methods_table(df: pd.DataFrame, baselines: dict[str, float]) -> pd.DataFrame:
+    """One line per method x budget x row (baseline first): per task and Avg the seeds' mean, std, n,
+    interval, the paper's value of the cell and whether every run sat on the trivial baseline."""
+    tasks = [t for t in TASK_TITLES if t in set(df["task"])]
+    paper = _paper()
+    records = [{"method": "", "budget": 0, "row": "baseline", "label": "trivial baseline (majority class / constant)",
+                **{TASK_TITLES[t]: baselines.get(t, math.nan) for t in tasks},
+                "Avg": float(np.mean([baselines.get(t, math.nan) for t in tasks]))}]
+    methods = [m for m in METHOD_ORDER if m in set(df["method"])] + sorted(set(df["method"]) - set(METHOD_ORDER))
+    for method in methods:
+        for budget in sorted(set(df[df["method"] == method]["budget"])):
+            for row in ROWS:
+                cell = df[(df["method"] == method) & (df["budget"] == budget) & (df["row"] == row)]
+                if cell.empty:
+                    continue
+                rec = {"method": method, "budget": int(budget), "row": row, "label": row,
+                       "precision": ",".join(sorted(set(cell["precision"])))}
+                for t in tasks:
+                    title, scores = TASK_TITLES[t], cell[cell["task"] == t]["score"]
+                    m, s, n, lo, hi = t_interval(scores)
+                    rec.update({title: m, f"{title}_std": s, f"{title}_n": n, f"{title}_lo": lo, f"{title}_hi": hi,
+                                f"{title}_trivial": bool(n) and bool(
+                                    ((scores - baselines.get(t, math.nan)).abs() <= TRIVIAL_TOLERANCE).all()),
+                                f"paper_{t}": paper.get((method, int(budget), row, t), math.nan)})
+                wide = cell.pivot_table(index="seed", columns="task", values="score").reindex(columns=tasks).dropna()
+                m, s, n, lo, hi = t_interval(wide.mean(axis=1)) if len(wide) else t_interval([])
+                rec.update({"Avg": m, "Avg_std": s, "Avg_n": n, "Avg_lo": lo, "Avg_hi": hi})
+                records.append(rec)
+    return pd.DataFrame(records)
+
+
+def methods_paired(df: pd.DataFrame) -> pd.DataFrame:
+    """Per method x budget x task x comparison the paired difference over seeds (runs of one precision
+    pair), with Holm over the whole table: one family, as the claim is one claim about all methods."""
+    paper = _paper()
+    out = []
+    for (method, budget, task), g in df.groupby(["method", "budget", "task"]):
+        scores = g.set_index(["row", "seed", "precision"])["score"]
+        for a, b in COMPARISONS:
+            if a not in scores.index.get_level_values(0) or b not in scores.index.get_level_values(0):
+                continue
+            sa, sb = scores.xs(a, level="row"), scores.xs(b, level="row")
+            both = pd.concat([sa, sb], axis=1, join="inner").dropna()
+            mean, std, n, lo, hi = t_interval(both.iloc[:, 0] - both.iloc[:, 1])
+            _, p, _ = paired_test(sa, sb)
+            delta = (paper.get((method, int(budget), a, task), math.nan) - paper.get((method, int(budget), b, task), math.nan))
+            out.append({"method": method, "budget": int(budget), "task": task, "comparison": f"{a} - {b}",
+                        "pairs": n, "mean_diff": mean, "std": std, "ci_lo": lo, "ci_hi": hi, "p_ttest": p,
+                        "paper_delta": delta})
+    table = pd.DataFrame(out)
+    if len(table):
+        order = {m: i for i, m in enumerate(METHOD_ORDER)}
+        table = table.sort_values(["method", "comparison", "budget", "task"],
+                                  key=lambda c: c.map(order) if c.name == "method" else c).reset_index(drop=True)
+        table["p_holm"] = holm(table["p_ttest"].to_numpy(float))
+    return table
+
+
+def _cell(rec: dict, title: str) -> str:
+    text = format_cell(rec, title)
+    return text + (" (trivial)" if rec.get(f"{title}_trivial") is True else "")
+
+
+def _num(v: float, fmt: str = ".2f") -> str:
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:{fmt}}"
+
+
+def to_markdown(table: pd.DataFrame, paired: pd.DataFrame) -> str:
+    """The table (mean [95 % CI] (n), the paper's value beside) and the paired differences, as Markdown."""
+    tasks = [t for t in TASK_TITLES if TASK_TITLES[t] in table.columns and t != "avg"]
+    head = " | ".join(f"{TASK_TITLES[t]} | paper" for t in tasks)
+    lines = [f"| method | budget | row | precision | {head} | Avg |", "|---|---:|---|---|" + "---:|---:|" * len(tasks) + "---:|"]
+    for rec in table.to_dict("records"):
+        baseline = rec["row"] == "baseline"
+        cells = " | ".join(f"{_cell(rec, TASK_TITLES[t])} | {'' if baseline else _num(rec.get(f'paper_{t}'))}"
+                           for t in tasks)
+        precision = rec.get("precision") if isinstance(rec.get("precision"), str) else ""
+        lines.append(f"| {rec['method']} | {'' if baseline else rec['budget']} | {rec['label']} | {precision} | "
+                     f"{cells} | {_cell(rec, 'Avg')} |")
+    lines += ["", "| method | budget | task | comparison | pairs | mean diff [95 % CI] | p | p (Holm, all rows) | paper |",
+              "|---|---:|---|---|---:|---:|---:|---:|---:|"]
+    for rec in paired.to_dict("records"):
+        lines.append(f"| {rec['method']} | {rec['budget']} | {TASK_TITLES.get(rec['task'], rec['task'])} | "
+                     f"{rec['comparison']} | {rec['pairs']} | {rec['mean_diff']:+.2f} [{rec['ci_lo']:+.2f}, "
+                     f"{rec['ci_hi']:+.2f}] | {rec['p_ttest']:.3g} | {rec['p_holm']:.3g} | "
+                     f"{_num(rec['paper_delta'], '+.2f')} |")
+    return "\n".join(lines) + "\n"
+
+
+def to_latex(table: pd.DataFrame) -> str:
+    """The table as a LaTeX tabular: mean [CI] per task and Avg, the paper's value in parentheses."""
+    tasks = [t for t in TASK_TITLES if TASK_TITLES[t] in table.columns and t != "avg"]
+    lines = [r"\begin{tabular}{lll" + "r" * (len(tasks) + 1) + "}", r"\toprule",
+             "Method & Budget & Row & " + " & ".join(TASK_TITLES[t] for t in tasks) + r" & Avg \\", r"\midrule"]
+    for rec in table.to_dict("records"):
+        cells = []
+        for t in tasks:
+            text = _cell(rec, TASK_TITLES[t]).replace("±", r"$\pm$").replace("(n=", "($n$=")
+            paper = rec.get(f"paper_{t}", math.nan)
+            cells.append(text + (f" ({paper:.2f})" if isinstance(paper, float) and not math.isnan(paper) else ""))
+        avg = _cell(rec, "Avg").replace("±", r"$\pm$").replace("(n=", "($n$=")
+        lines.append(f"{rec['method']} & {'' if rec['row'] == 'baseline' else rec['budget']} & {rec['label']} & "
+                     + " & ".join(cells) + f" & {avg} \\\\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def forest(paired: pd.DataFrame, out: Path) -> list[Path]:
+    """One panel per comparison: each method x budget x task's difference with its interval; the
+    paper's fish - original delta of the cell as a cross."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    comparisons = list(dict.fromkeys(paired["comparison"]))
+    rows = paired[["method", "budget", "task"]].drop_duplicates().reset_index(drop=True)
+    fig, axes = plt.subplots(1, len(comparisons), figsize=(5 * len(comparisons), 0.3 * len(rows) + 1.5),
+                             sharey=True, squeeze=False)
+    labels = [f"{m} b{b} {TASK_TITLES.get(t, t)}" for m, b, t in rows.itertuples(index=False)]
+    y = {tuple(r): i for i, r in enumerate(rows.itertuples(index=False))}
+    for ax, comparison in zip(axes[0], comparisons):
+        part = paired[paired["comparison"] == comparison]
+        for rec in part.to_dict("records"):
+            i = y[(rec["method"], rec["budget"], rec["task"])]
+            colour = "C0" if rec["p_holm"] < 0.05 else "0.4"
+            ax.errorbar(rec["mean_diff"], i, xerr=[[rec["mean_diff"] - rec["ci_lo"]], [rec["ci_hi"] - rec["mean_diff"]]],
+                        fmt="o", color=colour, capsize=2, markersize=4)
+            if not math.isnan(rec["paper_delta"]):
+                ax.plot(rec["paper_delta"], i, "x", color="C3", markersize=6)
+        ax.axvline(0, color="0.7", lw=1)
+        ax.set_title(f"{comparison} (points: here, 95 % CI; blue: Holm < 0.05; x: the paper)", fontsize=8)
+        ax.set_xlabel("difference in dev score")
+    axes[0][0].set_yticks(range(len(labels)), labels, fontsize=7)
+    axes[0][0].invert_yaxis()
+    fig.tight_layout()
+    out.mkdir(parents=True, exist_ok=True)
+    return save_figure(fig, out / "forest")
+
+
+def report(runs_dirs: Sequence[str | Path], out: str | Path, verbose: bool = True) -> dict:
+    """Read the runs, write every output (see the module docstring); returns the tables."""
+    say = print if verbose else (lambda *a, **k: None)
+    out = Path(out)
+    damaged: list[str] = []
+    results = finished_runs([r for d in runs_dirs for r in load_results(d, damaged)])
+    for d in damaged:
+        say(f"fishtune.reports.methods_study: skipped unreadable {d}")
+    df = methods_frame(results)
+    if df.empty:
+        say(f"fishtune.reports.methods_study: no result files under {', '.join(map(str, runs_dirs))}")
+        return {"table": pd.DataFrame(), "paired": pd.DataFrame()}
+    twice = df[df.duplicated(["method", "task", "budget", "row", "seed"], keep=False)]
+    if len(twice):
+        raise ValueError(f"{len(twice)} runs share a method, cell and seed (e.g. {twice.iloc[0]['path']}): one "
+                         f"run per cell and seed; point --runs-dir at one study's folders")
+    table, paired = methods_table(df, baselines_from(results)), methods_paired(df)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "table1.csv", index=False, float_format="%.6g")
+    (out / "table1.tex").write_text(to_latex(table))
+    paired.to_csv(out / "paired.csv", index=False, float_format="%.6g")
+    (out / "summary.md").write_text(to_markdown(table, paired))
+    figures = forest(paired, out) if len(paired) else []
+    say(f"fishtune.reports.methods_study: {len(df)} runs, {df['method'].nunique()} methods; tables in {out}"
+        + "".join(f", {p}" for p in figures))
+    say(to_markdown(table, paired))
+    return {"table": table, "paired": paired, "frame": df}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m fishtune.reports.methods_study", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs-dir", action="append", required=True,
+                    help="a folder of result files (repeat: the methods' runs and LoRA's core arm)")
+    ap.add_argument("--out", default="results/study/methods", help="where the tables and the figure go")
+    args = ap.parse_args(argv)
+    try:
+        report(args.runs_dir, args.out)
+    except ValueError as e:
+        raise SystemExit(f"fishtune.reports.methods_study: error: {e}") from None
+
+
+if __name__ == "__main__":
+    main()
