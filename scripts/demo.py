@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from fishtune.harness import CONF_DIR
 from fishtune.harness.run import run
-from fishtune.reports.study import trivial_baseline
+from fishtune.reports.stats import trivial_baseline
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKS = ("sst2",)   # the task the embedded model learns at CPU scale (docs/STUDY.md)

@@ -1,5 +1,6 @@
 """The aggregator on synthetic result files: the paper's layout, blanks and a missing list, seed
 statistics, LaTeX rules, Figure 3 files. No training: each test writes a handful of JSON files."""
+import json
 import math
 
 import numpy as np
@@ -182,3 +183,28 @@ def test_empty_runs_dir_does_not_crash(tmp_path):
 def _load(runs):
     from fishtune.harness.results import load_results
     return load_results(runs)
+
+
+def test_a_cell_whose_runs_all_score_the_trivial_baseline_is_marked(tmp_path, capsys):
+    """RTE dev labels 1, 1, 0: the majority class scores 66.67 (scikit-learn's accuracy of predicting 1);
+    a cell of runs at that score learned nothing and is marked in the CSV, the .tex and the console."""
+    from sklearn.metrics import accuracy_score
+
+    labels = [1, 1, 0]
+    baseline = 100 * accuracy_score(labels, [1, 1, 1])
+    runs = tmp_path / "runs"
+    for seed in (1, 2):
+        fake_result(runs, task="rte", mask="none", budget=1, seed=seed, score=baseline)  # learned nothing
+        fake_result(runs, task="rte", mask="fish", budget=1, seed=seed, score=baseline + 5 * seed)
+    for path in runs.rglob("*.json"):   # the dev labels the baseline is computed from
+        data = json.loads(path.read_text())
+        data["dev_labels"] = labels
+        path.write_text(json.dumps(data))
+    aggregate(runs, tmp_path / "results", ["5"])
+    frame = pd.read_csv(tmp_path / "results" / "table5.csv")
+    b1 = frame[frame.budget == 1].set_index("row")
+    assert bool(b1.loc["original", "RTE_trivial"]) and not bool(b1.loc["fish", "RTE_trivial"])
+    assert not frame["CoLA_trivial"].any()   # an empty cell is not marked
+    tex = (tmp_path / "results" / "table5.tex").read_text()
+    assert tex.count(r"\textsuperscript{0}") == 1
+    assert "1 of them only the trivial baseline" in capsys.readouterr().out

@@ -9,7 +9,8 @@ from scipy import stats
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from fishtune.reports.stats import t_interval
-from fishtune.reports.study import report, trivial_baseline
+from fishtune.reports.stats import trivial_baseline
+from fishtune.reports.study import report
 from fishtune.harness.sweeps import job_overrides, run_configs
 from results_factory import write_result
 

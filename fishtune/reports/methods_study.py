@@ -31,15 +31,13 @@ from ..harness.results import finished_runs, load_results
 from . import results_frame
 from .aggregate import save_figure
 from .paper import TASK_TITLES, paper_table
-from .stats import holm, paired_test, t_interval
-from .study import baselines_from, format_cell, frame
+from .stats import baselines_from, holm, on_trivial_baseline, paired_test, t_interval
+from .study import format_cell, frame
 
 # Table 1's methods in its order, and the rows and comparisons this report makes of them.
 METHOD_ORDER = ("lora", "dora", "adapter", "prefix", "ia3", "unipelt")
 ROWS = ("original", "fish", "rand")
 COMPARISONS = (("fish", "original"), ("fish", "rand"))
-# A cell whose mean lies within this of the trivial baseline, with every run there, learned nothing.
-TRIVIAL_TOLERANCE = 0.05
 
 
 def methods_frame(results: list) -> pd.DataFrame:
@@ -77,8 +75,7 @@ def methods_table(df: pd.DataFrame, baselines: dict[str, float]) -> pd.DataFrame
                     title, scores = TASK_TITLES[t], cell[cell["task"] == t]["score"]
                     m, s, n, lo, hi = t_interval(scores)
                     rec.update({title: m, f"{title}_std": s, f"{title}_n": n, f"{title}_lo": lo, f"{title}_hi": hi,
-                                f"{title}_trivial": bool(n) and bool(
-                                    ((scores - baselines.get(t, math.nan)).abs() <= TRIVIAL_TOLERANCE).all()),
+                                f"{title}_trivial": on_trivial_baseline(scores, baselines.get(t, math.nan)),
                                 f"paper_{t}": paper.get((method, int(budget), row, t), math.nan)})
                 wide = cell.pivot_table(index="seed", columns="task", values="score").reindex(columns=tasks).dropna()
                 m, s, n, lo, hi = t_interval(wide.mean(axis=1)) if len(wide) else t_interval([])

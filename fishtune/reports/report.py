@@ -18,8 +18,8 @@ It shows, each table sortable, filterable and exportable as CSV:
   in progress    runs a sweep has claimed and trains (`<run>.claim`): the owner (host, pid, Slurm job),
                  when it started and its last heartbeat
   problems       failed runs (`*.failed.json`) and damaged or unreadable files
-The statistics are fishtune.reports.stats.t_interval and fishtune.reports.study's study_table,
-paired_table and baselines_from; the paired bootstrap runs with fewer resamples than the study's own
+The statistics are fishtune.reports.stats' t_interval and baselines_from and fishtune.reports.study's
+study_table and paired_table; the paired bootstrap runs with fewer resamples than the study's own
 tables (--resamples, default 200) to keep the build quick. The figures are plotly.js's basic bundle
 (fishtune/reports/vendor/README.md says why not the full one), so the study's page is about 1.4 MB.
 """
@@ -39,8 +39,8 @@ from ..harness.claims import in_progress
 from ..harness.results import FILE_KEYS, RunResult, finished_runs, load_failures, load_results, set_aside_files
 from . import ROWS
 from .paper import TASK_TITLES
-from .stats import t_interval
-from .study import baselines_from, frame, paired_table, study_table
+from .stats import baselines_from, t_interval
+from .study import frame, paired_table, study_table
 
 # What a run's line leaves out of its result file: the config and the dev examples (too big for a page of
 # hundreds of runs), what it shows in a shape of its own (best, history, throughput, placement: run_record),

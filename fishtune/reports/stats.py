@@ -1,4 +1,5 @@
-"""The statistics the reports share: intervals over seeds, paired tests, Holm, power, the paired bootstrap.
+"""The statistics the reports share: intervals over seeds, paired tests, Holm, power, the paired bootstrap,
+and the trivial baseline (the best constant prediction) a cell must clear to mean anything.
 
 Over seeds (each run one number): `t_interval` (the t-interval of a mean), `paired_test` (two-sided
 paired t-test), `one_sample_test` (mean, interval and t-test of per-seed contrasts against 0), `holm`
@@ -9,14 +10,18 @@ computing every resample's GLUE score at once.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections import Counter
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
 from ..harness.metrics import glue_metrics
-from ..harness.tasks import TaskSpec
+from ..harness.tasks import TaskSpec, get_task
+
+if TYPE_CHECKING:
+    from ..harness.results import RunResult
 
 LEVEL = 0.95
 
@@ -164,3 +169,36 @@ def resampled_scores(task: TaskSpec, preds: np.ndarray, labels: np.ndarray, coun
         den = np.sqrt(((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)).astype(float))
         return np.divide(100 * (tp * tn - fp * fn), den, out=np.zeros(len(tp)), where=den > 0)
     raise ValueError(f"unknown metric {task.metric!r} for task {task.name!r}")
+
+
+def trivial_baseline(task_name: str, labels: Sequence[float]) -> float:
+    """The task's score of the best constant prediction: the majority class, or for STS-B any constant
+    (its correlations are 0 by definition, fishtune.harness.metrics)."""
+    task = get_task(task_name)
+    labels = np.asarray(labels)
+    if task.is_regression:
+        constant = np.full(len(labels), float(labels.mean()))
+    else:
+        counts = Counter(labels.astype(int).tolist())
+        constant = np.full(len(labels), max(counts, key=lambda c: (counts[c], -c)))
+    return glue_metrics(task, constant, labels)["score"]
+
+
+def baselines_from(results: list[RunResult]) -> dict[str, float]:
+    """task -> trivial baseline score, from the dev labels of the first result file of each task."""
+    out = {}
+    for r in results:
+        if r.task not in out and r.dev_labels:
+            out[r.task] = trivial_baseline(r.task, r.dev_labels)
+    return out
+
+
+# Dev scores are printed with one decimal or two; a run within this of its trivial baseline learned nothing.
+TRIVIAL_TOLERANCE = 0.05
+
+
+def on_trivial_baseline(scores: Sequence[float], baseline: float) -> bool:
+    """Whether a cell has runs and every one of them scored its task's trivial baseline (majority class or
+    a constant prediction): a plumbing result, never to be read as a finding."""
+    scores = [float(x) for x in scores]
+    return bool(scores) and not math.isnan(baseline) and all(abs(x - baseline) <= TRIVIAL_TOLERANCE for x in scores)

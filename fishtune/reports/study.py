@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
@@ -35,29 +34,15 @@ import numpy as np
 import pandas as pd
 
 from .aggregate import save_figure
-from ..harness.metrics import glue_metrics
 from .paper import TASK_TITLES
 from ..harness.results import RunResult, finished_runs, load_results
-from .stats import detectable_difference, holm, paired_bootstrap, paired_test, t_interval
+from .stats import baselines_from, detectable_difference, holm, paired_bootstrap, paired_test, t_interval
 from ..harness.tasks import TASK_ORDER, get_task
 from . import ROWS, precision_label, results_frame
 
 COMPARISONS = (("fish", "original"), ("rand", "original"), ("rev", "original"), ("adaptive", "original"),
                ("fish", "rand"), ("rand", "rev"))
 MATCH_TOLERANCE = 0.10   # adaptive: mean trainable count within 10 % of k
-
-
-def trivial_baseline(task_name: str, labels: Sequence[float]) -> float:
-    """The task's score of the best constant prediction: the majority class, or for STS-B any constant
-    (its correlations are 0 by definition, fishtune.harness.metrics)."""
-    task = get_task(task_name)
-    labels = np.asarray(labels)
-    if task.is_regression:
-        constant = np.full(len(labels), float(labels.mean()))
-    else:
-        counts = Counter(labels.astype(int).tolist())
-        constant = np.full(len(labels), max(counts, key=lambda c: (counts[c], -c)))
-    return glue_metrics(task, constant, labels)["score"]
 
 
 def _row(result: RunResult) -> str:
@@ -264,15 +249,6 @@ def plot(df: pd.DataFrame, baselines: dict[str, float], out: Path) -> list[Path]
     fig.tight_layout(rect=(0, 0.07, 1, 0.95))
     out.mkdir(parents=True, exist_ok=True)
     return save_figure(fig, out / "figure")
-
-
-def baselines_from(results: list[RunResult]) -> dict[str, float]:
-    """task -> trivial baseline score, from the dev labels of the first result file of each task."""
-    out = {}
-    for r in results:
-        if r.task not in out and r.dev_labels:
-            out[r.task] = trivial_baseline(r.task, r.dev_labels)
-    return out
 
 
 def report(runs_dir: str | Path, out: str | Path, n_resamples: int = 1000, verbose: bool = True) -> dict:

@@ -37,8 +37,7 @@ import pandas as pd
 from ..harness.results import RunResult, finished_runs, load_results
 from . import precision_label, results_frame, row_label
 from .paper import TASK_TITLES
-from .stats import holm, one_sample_test, t_interval
-from .study import baselines_from
+from .stats import baselines_from, holm, one_sample_test, t_interval
 
 ARMS = ("mechanism", "lr", "converged")
 # The 2 x 2: mode -> (allocation, entries).
