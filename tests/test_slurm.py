@@ -444,11 +444,11 @@ def test_fishtune_sweep_runs_as_slurm_jobs(fishtune_sweeps):
         assert r.best["score"] == max(h["score"] for h in r.history) and r.stop_reason == "max_epochs"
         assert 0 < r.trainable < r.total
         if (task, mask) != SIGNALLED:
-            assert "restart_count" not in r["slurm"] and r["resumed_from_epoch"] is None
+            assert "restart_count" not in r.slurm and r.resumed_from_epoch is None
     for task in ("rte", "mrpc"):  # the mask keeps exactly the original (mask=none) run's trainable count
-        assert results[(task, "fish")]["trainable"] == results[(task, "none")]["trainable"]
-        assert results[(task, "fish")]["layers"] > results[(task, "none")]["layers"]
-        assert results[(task, "fish")]["fisher_seconds"] > 0  # a resumed run reports its saved mask's cost
+        assert results[(task, "fish")].trainable == results[(task, "none")].trainable
+        assert results[(task, "fish")].layers > results[(task, "none")].layers
+        assert results[(task, "fish")].fisher_seconds > 0  # a resumed run reports its saved mask's cost
     # conf/hydra/launcher/slurm.yaml reached sbatch
     script = next((_sweep_dir(s.main) / ".submitit").glob("*/*_submission.sh")).read_text()
     for line in (f"--job-name={FISHTUNE_JOB_NAME}", "--array=0-3%", "--cpus-per-task=1", "--time=60",
@@ -499,7 +499,7 @@ def test_crashed_fishtune_run_is_reported_and_the_other_finishes(fishtune_sweeps
     assert "1 finished, 1 failed, 0 without a result" in out.stdout, out.stdout
     assert f"slurm {_label(failed.slurm)} on {failed.host}" in out.stdout, out.stdout
     assert "error: fisher.chunk_size=0: must be an integer >= 1" in out.stdout, out.stdout
-    assert f"slurm {_label(done['slurm'])}" in out.stdout, out.stdout
+    assert f"slurm {_label(done.slurm)}" in out.stdout, out.stdout
 
 
 @slurm
@@ -538,7 +538,7 @@ def test_two_arrays_over_one_folder_train_no_config_twice(cluster, tmp_path):
     trained = [log.parent.name for sweep in sweeps for log in sweep.glob(".submitit/*/*_log.err")
                if re.search(r"(rte|mrpc) epochs:", log.read_text())]
     assert len(trained) == 4, trained  # not 8
-    assert sorted(trained) == sorted(_label(r["slurm"]) for r in results)
+    assert sorted(trained) == sorted(_label(r.slurm) for r in results)
     # The other 4 jobs each left their run to the other array's job, or found it finished: the sweeps say so.
     left = sum(int(re.search(r"fishtune: sweep done: (\d+) runs? left to other live sweeps", log).group(1))
                for log in logs.values())
@@ -621,11 +621,11 @@ def test_one_gpu_per_run(slurm_session, tmp_path):
     s = _gpu_sweep(tmp_path / "gpu", GPUS_PER_TASK=1)
     assert s.rc == 0, s.log
     assert "--gpus-per-task=1" in s.script and "--gres" not in s.script, s.script
-    gpu = {seed: r["slurm"]["cuda_visible_devices"] for seed, r in s.results.items()}
+    gpu = {seed: r.slurm["cuda_visible_devices"] for seed, r in s.results.items()}
     assert set(gpu.values()) == {"0", "1"}, s.results
     for r in s.results.values():
-        assert r["slurm"]["job_gpus"] == r["slurm"]["cuda_visible_devices"]  # no cgroup renumbering here
-        assert "shards_on_node" not in r["slurm"] and r["device"] == "cpu"  # stand-ins: no CUDA
+        assert r.slurm["job_gpus"] == r.slurm["cuda_visible_devices"]  # no cgroup renumbering here
+        assert "shards_on_node" not in r.slurm and r.device == "cpu"  # stand-ins: no CUDA
     first, second, third = sorted(GPU_SEEDS, key=lambda seed: s.intervals[seed][0])
     span = s.intervals
     assert _overlap(span[first], span[second]) and gpu[first] != gpu[second], (span, gpu)
@@ -651,8 +651,8 @@ def test_runs_share_a_gpu_through_shards(slurm_session, tmp_path):
     assert s.rc == 0, s.log
     assert "--gres=shard:1" in s.script and "--gpus-per-task" not in s.script, s.script
     for r in s.results.values():
-        assert r["slurm"]["cuda_visible_devices"] == "0" and r["slurm"]["job_gpus"] == "0", r["slurm"]
-        assert r["slurm"]["shards_on_node"] == "1", r["slurm"]
+        assert r.slurm["cuda_visible_devices"] == "0" and r.slurm["job_gpus"] == "0", r.slurm
+        assert r.slurm["shards_on_node"] == "1", r.slurm
     assert _overlap(*s.intervals.values()), s.intervals
     assert any(sorted(st for _, st, _ in snap) == ["R", "R", "R"] for snap in s.snapshots), s.snapshots
     out = _summary(s.runs_dir)
