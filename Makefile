@@ -235,10 +235,11 @@ study-mean-report: setup
 # The pilot is those sweeps narrowed to the original rows at budget 1 on SST-2, seeds 1-2 (10 runs).
 STUDY_METHODS_RUNS ?= results/study/methods/runs
 STUDY_METHODS_PILOT = seed=1,2 budget=1 mask=none task=sst2
-# study-methods-report rebuilds Table 1's layout (results/study/methods/) from the committed files, training
-# nothing; LoRA's rows are the mean-head core arm's.
+# study-methods-report rebuilds Table 1's layout (results/study/methods/, and its page: the five methods' runs; LoRA's are
+# on the mean-head page) from the committed files, training nothing; the table's LoRA rows are the core arm's.
 STUDY_METHODS_REPORT = $(BIN)/python -m fishtune.reports.methods_study --runs-dir $(STUDY_METHODS_RUNS) \
-	--runs-dir $(STUDY_MEAN_RUNS)/core --out results/study/methods
+	--runs-dir $(STUDY_MEAN_RUNS)/core --out results/study/methods && $(BIN)/python -m fishtune.report \
+	$(STUDY_METHODS_RUNS) --out results/study/methods/index.html --title "fishtune: FISH in DoRA, Adapter, Prefix, IA3 and UniPELT"
 .PHONY: study-methods study-methods-pilot study-methods-report
 study-methods study-methods-pilot: setup
 	@status=0; for experiment in study_methods study_methods_ia3; do \

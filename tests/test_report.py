@@ -252,3 +252,31 @@ def test_study_page_is_small_and_opens(tmp_path, browser):
     assert len(browser.find_elements("css selector", "#runs tbody tr")) == len(list(STUDY_RUNS.glob("*.json")))
     assert browser.find_elements("css selector", "#cells-figure .trace")
     assert not [u for u in requested_urls(browser) if OUTSIDE.match(u)]
+
+
+def test_runs_of_several_methods_get_table_1s_layout_filterable_by_method(tmp_path):
+    """One model, two methods, original / fish / rand on SST-2 at budget 1 over three seeds: the page has
+    methods_study's cells and paired differences, with a method filter; one method alone gets neither."""
+    from fishtune.reports.methods_study import methods_frame, methods_paired
+
+    runs = tmp_path / "runs"
+    for method in ("lora", "dora"):
+        for seed in (1, 2, 3):
+            for mask, score in (("none", 70.0), ("fish", 72.0 + seed), ("rand", 71.0 - seed)):
+                write_result(runs, result(method=method, mask=mask, seed=seed, score=score + (method == "dora")))
+    views = {v["id"]: v for v in page_data(build_page(runs))["views"]}
+    cells, paired = views["methods"], views["methods-paired"]
+    assert "method" in cells["filters"] and "method" in paired["filters"]
+    assert {(r["method"], r["row"]) for r in cells["rows"]} == {(m, row) for m in ("lora", "dora")
+                                                                for row in ("original", "fish", "rand")}
+    lora_fish = next(r for r in cells["rows"] if (r["method"], r["row"]) == ("lora", "fish"))
+    assert lora_fish["mean"] == pytest.approx((73 + 74 + 75) / 3) and lora_fish["n"] == 3
+    assert lora_fish["paper"] == pytest.approx(90.48)  # the paper's Table 1, LoRA-FISH budget 1, SST-2
+    from fishtune.harness.results import load_results
+    expected = methods_paired(methods_frame(load_results(runs)))
+    assert [r["p_holm"] for r in paired["rows"]] == pytest.approx(expected["p_holm"].tolist(), rel=1e-5)
+    only_lora = tmp_path / "lora"
+    for path in runs.glob("*lora*.json"):
+        (only_lora / path.name).parent.mkdir(exist_ok=True)
+        (only_lora / path.name).write_text(path.read_text())
+    assert not {"methods", "methods-paired"} & {v["id"] for v in page_data(build_page(only_lora))["views"]}

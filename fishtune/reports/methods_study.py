@@ -41,10 +41,10 @@ COMPARISONS = (("fish", "original"), ("fish", "rand"))
 
 
 def methods_frame(results: list) -> pd.DataFrame:
-    """study.frame's lines (task, budget, row, seed, score, ...) with each run's method."""
+    """study.frame's lines (task, budget, row, seed, score, ...) with each run's model and method."""
     runs = [r for r in results if r.mask in ("none", "fish", "rand")]
-    df = frame(runs)
-    df["method"] = results_frame(runs)["method"].to_numpy()
+    df, files = frame(runs), results_frame(runs)
+    df["model"], df["method"] = files["model"].to_numpy(), files["method"].to_numpy()
     return df
 
 
@@ -205,6 +205,9 @@ def report(runs_dirs: Sequence[str | Path], out: str | Path, verbose: bool = Tru
     if df.empty:
         say(f"fishtune.reports.methods_study: no result files under {', '.join(map(str, runs_dirs))}")
         return {"table": pd.DataFrame(), "paired": pd.DataFrame()}
+    if df["model"].nunique() > 1:
+        raise ValueError(f"the runs are of several models ({', '.join(sorted(set(df['model'])))}): Table 1's layout "
+                         f"is one model's; point --runs-dir at one study's folders")
     twice = df[df.duplicated(["method", "task", "budget", "row", "seed"], keep=False)]
     if len(twice):
         raise ValueError(f"{len(twice)} runs share a method, cell and seed (e.g. {twice.iloc[0]['path']}): one "

@@ -40,6 +40,7 @@ from ..harness.results import FILE_KEYS, RunResult, finished_runs, load_failures
 from . import ROWS
 from .paper import TASK_TITLES
 from .stats import baselines_from, t_interval
+from .methods_study import methods_frame, methods_paired, methods_table
 from .study import frame, paired_table, study_table
 
 # What a run's line leaves out of its result file: the config and the dev examples (too big for a page of
@@ -220,6 +221,39 @@ def study_views(results: list[RunResult], runs_dir: Path, baselines: dict[str, f
     return views
 
 
+def methods_views(results: list[RunResult], baselines: dict[str, float]) -> list[dict]:
+    """Table 1's layout over the methods (fishtune.reports.methods_study), when the runs are of one model
+    and two or more methods, one run per method, cell and seed: the cells with the paper's values, and the
+    paired differences with Holm over all of them and the paper's deltas, each filterable by method."""
+    df = methods_frame(results)
+    if (df["model"].nunique() != 1 or df["method"].nunique() < 2
+            or df.duplicated(["method", "task", "budget", "row", "seed"]).any()):
+        return []
+    table = methods_table(df, baselines)
+    lines = [{"method": rec["method"], "budget": rec["budget"], "row": rec["row"], "task": task,
+              **{k: rec.get(f"{TASK_TITLES[task]}{suffix}") for k, suffix in
+                 (("mean", ""), ("std", "_std"), ("n", "_n"), ("ci_lo", "_lo"), ("ci_hi", "_hi"))},
+              "paper": rec.get(f"paper_{task}"), "trivial": "yes" if rec.get(f"{TASK_TITLES[task]}_trivial") is True else ""}
+             for rec in table[table["row"] != "baseline"].to_dict("records")
+             for task in TASK_TITLES if f"paper_{task}" in rec]
+    return [
+        _view("methods", "Table 1's layout: every method", pd.DataFrame(lines), [
+            ("method", "method", "text"), ("budget", "budget", "int"), ("row", "row", "text"), ("task", "task", "text"),
+            ("mean", "mean", "f2"), ("std", "std", "f2"), ("n", "n", "int"), ("ci_lo", "95 % low", "f2"),
+            ("ci_hi", "95 % high", "f2"), ("paper", "paper", "f2"), ("trivial", "trivial baseline only", "text")],
+            ["method", "task", "budget", "row"],
+            note="Best dev score (x100) over seeds with its 95 % t-interval (fishtune.reports.methods_study); "
+                 "paper: the paper's Table 1 value of the same cell (bert-base; it has no rand rows)."),
+        _view("methods-paired", "Table 1's layout: fish - original and fish - rand per method", methods_paired(df), [
+            ("method", "method", "text"), ("budget", "budget", "int"), ("task", "task", "text"),
+            ("comparison", "comparison", "text"), ("pairs", "pairs", "int"), ("mean_diff", "mean diff", "f2"),
+            ("ci_lo", "95 % low", "f2"), ("ci_hi", "95 % high", "f2"), ("p_ttest", "p (paired t)", "g3"),
+            ("p_holm", "p (Holm, all rows)", "g3"), ("paper_delta", "paper", "f2")],
+            ["method", "task", "budget", "comparison"], significance=["p_ttest", "p_holm"],
+            note="Paired over seeds; Holm over every method, budget, task and comparison (one family). paper: the "
+                 "paper's fish - original of the cell.")]
+
+
 def cells_view(runs: list[dict], baselines: dict[str, float]) -> dict:
     """Per cell (CELL_KEY), the seeds' mean and 95 % t-interval (fishtune.reports.stats.t_interval)."""
     df = pd.DataFrame([{k: r.get(k) for k in CELL_KEY} | {"score": r["score"], "i": i} for i, r in enumerate(runs)])
@@ -344,7 +378,7 @@ def build_page(runs_dir: str | Path, n_resamples: int = DEFAULT_RESAMPLES, title
     results.sort(key=lambda r: (r.model, r.method, r.task, str(r.mask), r.budget, r.seed))
     runs = [run_record(r, runs_dir) for r in results]
     baselines = baselines_from(results)
-    views = study_views(results, runs_dir, baselines, n_resamples) if results else []
+    views = [*methods_views(results, baselines), *study_views(results, runs_dir, baselines, n_resamples)] if results else []
     if runs:
         views += [cells_view(runs, baselines), runs_view(runs), placement_view(runs), cost_view(runs)]
     views += [in_progress_view(runs_dir), *problem_views(runs_dir, damaged)]
