@@ -6,7 +6,8 @@ Three kinds of code, one place each:
   empirical Fisher (fisher), masks over any model's trainable parameters (masks), a masked wrapper for
   any torch optimizer (optim), a transformers.Trainer callback (callback), FisherAdapTune-style adaptive
   freezing (adaptive), length groups that cut padding (batching) and the facts of the model families
-  (families: layer names, heads, default targets; torch-free, read by masks and the harness). It
+  (families: layer names, heads, default targets) and the mask modes (modes), both torch-free and read
+  by masks and the harness. It
   imports nothing from the other two kinds (tests/test_api.py checks).
 * fishtune/harness/: runs the paper's experiments from Hydra configs (the repository's conf/, shipped
   with the package as fishtune/conf). It imports the library, never the reports.
@@ -28,21 +29,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-# The modes of build_mask and fish_masks; here, torch-free, so that config checks can read them too.
-# fish_shuffled and fish_spread split fish into where the budget goes and which entries get it (docs/STUDY.md).
-MASK_MODES = ("none", "fish", "rand", "rev", "fish_shuffled", "fish_spread")
-# The modes that rank entries by an empirical Fisher (and so need its samples).
-FISHER_MODES = ("fish", "rev", "fish_shuffled", "fish_spread")
-
-
-def check_mode(mode: str) -> None:
-    """Reject a mask mode build_mask does not know (ValueError naming the known ones)."""
-    if mode not in MASK_MODES:
-        raise ValueError(f"unknown mask mode {mode!r}; choose one of: {', '.join(MASK_MODES)}")
+# The mask modes (fishtune/modes.py, torch-free), as attributes of the package.
+from .modes import FISHER_MODES, MASK_MODES, check_mode  # noqa: F401
 
 # The library's modules at the root; the others there are entry points (not a kind of their own: each
 # only runs the `main` of harness/NAME.py or reports/NAME.py).
-LIBRARY = ("fisher", "masks", "optim", "callback", "adaptive", "batching", "families")
+LIBRARY = ("fisher", "masks", "optim", "callback", "adaptive", "batching", "families", "modes")
 
 # name -> the library module that defines it
 _EXPORTS = {

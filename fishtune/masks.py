@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 # Defined torch-free in the package, where config checks read them too.
-from . import FISHER_MODES, check_mode
+from .modes import FISHER_MODES, check_mode
 from .families import FAMILIES
 from .fisher import empirical_fisher
 

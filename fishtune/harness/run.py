@@ -275,7 +275,7 @@ def choose_mask(p: Plan, model, head: dict, candidates: dict, data: Data) -> tup
 
     import torch
 
-    from .. import FISHER_MODES
+    from ..modes import FISHER_MODES
     from ..masks import ZeroFisherWarning, fish_masks
     from .results import read_mask_file, save_mask_file
 

@@ -19,7 +19,7 @@ import socket
 from typing import Any, Mapping
 from urllib.parse import urlparse
 
-from .. import FISHER_MODES, check_mode  # the library's modes; mask.mode also takes "adaptive" (fishtune/adaptive.py)
+from ..modes import FISHER_MODES, check_mode  # the library's modes; mask.mode also takes "adaptive" (fishtune/adaptive.py)
 from ..families import FAMILIES, families_by_head
 from .checks import ABSENT, ConfigError, as_int, check_choice, check_float, check_int, get, show
 from .methods import check_method
