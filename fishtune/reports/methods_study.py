@@ -24,7 +24,6 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import pandas as pd
 
 from ..harness.results import finished_runs, load_results
@@ -32,7 +31,7 @@ from . import results_frame
 from .aggregate import save_figure
 from .paper import TASK_TITLES, paper_table
 from .stats import baselines_from, holm, on_trivial_baseline, paired_test, t_interval
-from .study import format_cell, frame
+from .study import format_cell, frame, study_table
 
 # Table 1's methods in its order, and the rows and comparisons this report makes of them.
 METHOD_ORDER = ("lora", "dora", "adapter", "prefix", "ia3", "unipelt")
@@ -55,33 +54,28 @@ def _paper() -> pd.DataFrame:
 
 
 def methods_table(df: pd.DataFrame, baselines: dict[str, float]) -> pd.DataFrame:
-    """One line per method x budget x row (baseline first): per task and Avg the seeds' mean, std, n,
-    interval, the paper's value of the cell and whether every run sat on the trivial baseline."""
+    """study.study_table per method, one after another (the baseline row first, once): per task and Avg
+    the seeds' mean, std, n and interval, with each line's method, the paper's value of the cell
+    (`paper_<task>`) and whether every run sat on the trivial baseline (`<Task>_trivial`)."""
     tasks = [t for t in TASK_TITLES if t in set(df["task"])]
     paper = _paper()
-    records = [{"method": "", "budget": 0, "row": "baseline", "label": "trivial baseline (majority class / constant)",
-                **{TASK_TITLES[t]: baselines.get(t, math.nan) for t in tasks},
-                "Avg": float(np.mean([baselines.get(t, math.nan) for t in tasks]))}]
     methods = [m for m in METHOD_ORDER if m in set(df["method"])] + sorted(set(df["method"]) - set(METHOD_ORDER))
+    parts = []
     for method in methods:
-        for budget in sorted(set(df[df["method"] == method]["budget"])):
-            for row in ROWS:
-                cell = df[(df["method"] == method) & (df["budget"] == budget) & (df["row"] == row)]
-                if cell.empty:
-                    continue
-                rec = {"method": method, "budget": int(budget), "row": row, "label": row,
-                       "precision": ",".join(sorted(set(cell["precision"])))}
-                for t in tasks:
-                    title, scores = TASK_TITLES[t], cell[cell["task"] == t]["score"]
-                    m, s, n, lo, hi = t_interval(scores)
-                    rec.update({title: m, f"{title}_std": s, f"{title}_n": n, f"{title}_lo": lo, f"{title}_hi": hi,
-                                f"{title}_trivial": on_trivial_baseline(scores, baselines.get(t, math.nan)),
-                                f"paper_{t}": paper.get((method, int(budget), row, t), math.nan)})
-                wide = cell.pivot_table(index="seed", columns="task", values="score").reindex(columns=tasks).dropna()
-                m, s, n, lo, hi = t_interval(wide.mean(axis=1)) if len(wide) else t_interval([])
-                rec.update({"Avg": m, "Avg_std": s, "Avg_n": n, "Avg_lo": lo, "Avg_hi": hi})
-                records.append(rec)
-    return pd.DataFrame(records)
+        runs = df[df["method"] == method]
+        table = study_table(runs, baselines, tasks)  # every method's table has every task's column
+        if not parts:  # the baseline row, once: it is no method's cell
+            parts.append(table[table["row"] == "baseline"].assign(method=""))
+        table = table[table["row"] != "baseline"].assign(method=method)
+        for t in tasks:
+            scores = runs[runs["task"] == t].groupby(["budget", "row"])["score"]
+            cells = list(zip(table["budget"], table["row"]))
+            table[f"{TASK_TITLES[t]}_trivial"] = [on_trivial_baseline(
+                scores.get_group(c) if c in scores.groups else [], baselines.get(t, math.nan)) for c in cells]
+            table[f"paper_{t}"] = [paper.get((method, int(b), r, t), math.nan) for b, r in cells]
+        parts.append(table)
+    out = pd.concat(parts, ignore_index=True)
+    return out[["method", *[c for c in out.columns if c != "method"]]]
 
 
 def methods_paired(df: pd.DataFrame) -> pd.DataFrame:

@@ -71,9 +71,10 @@ def adaptive_matched(df: pd.DataFrame) -> dict[int, tuple[float, float, float, b
     return out
 
 
-def study_table(df: pd.DataFrame, baselines: dict[str, float]) -> pd.DataFrame:
-    """Table 5's layout with the baseline row first; per task mean, std, n, low, high; Avg."""
-    tasks = [t for t in TASK_ORDER if t in set(df["task"])]
+def study_table(df: pd.DataFrame, baselines: dict[str, float], tasks: Sequence[str] | None = None) -> pd.DataFrame:
+    """Table 5's layout with the baseline row first; per task mean, std, n, low, high; Avg. `tasks`: the
+    table's task columns (default: those of `df`); Avg needs a seed's score on each of them."""
+    tasks = [t for t in TASK_ORDER if t in set(df["task"] if tasks is None else tasks)]
     matched = adaptive_matched(df)
     records = [{"budget": 0, "row": "baseline", "label": "trivial baseline (majority class / constant)",
                 "ratio_pct": 0.0, **{f"{TASK_TITLES[t]}{s}": v for t in tasks
