@@ -35,6 +35,7 @@ help:
 	@echo "make study-methods-pilot, study-methods - FISH in DoRA, Adapter, Prefix, IA3, UniPELT (issue 27)"
 	@echo "make study-methods-report - only rebuild results/study/methods/ (Table 1's layout) from the committed runs"
 	@echo "make bf16-parity - the study's SST-2 and STS-B runs again in bf16, paired with the fp32 ones"
+	@echo "make bf16-parity-methods - the same for the five other methods' original rows (SST-2, seeds 1-3)"
 	@echo "make report RUNS_DIR=... REPORT=...html - one self-contained HTML results page of a runs folder"
 	@echo "make ratios - the trainable-parameter ratios of Tables 1 and 2 from architecture configs -> results/ratios.csv"
 	@echo "make bench  - Fisher estimation and masked training against their references -> results/bench.json, .md"
@@ -240,12 +241,13 @@ STUDY_METHODS_PILOT = seed=1,2 budget=1 mask=none task=sst2
 STUDY_METHODS_REPORT = $(BIN)/python -m fishtune.reports.methods_study --runs-dir $(STUDY_METHODS_RUNS) \
 	--runs-dir $(STUDY_MEAN_RUNS)/core --out results/study/methods && $(BIN)/python -m fishtune.report \
 	$(STUDY_METHODS_RUNS) --out results/study/methods/index.html --title "fishtune: FISH in DoRA, Adapter, Prefix, IA3 and UniPELT"
+# Both sweeps into $(1) with the overrides $(2); sets `status` to the first failing sweep's.
+methods_sweeps = for experiment in study_methods study_methods_ia3; do \
+		$(STUDY_SWEEP) +experiment=$$experiment paths.runs_dir=$(1) $(2) $(ARGS) || status=$$?; done
 .PHONY: study-methods study-methods-pilot study-methods-report
 study-methods study-methods-pilot: setup
-	@status=0; for experiment in study_methods study_methods_ia3; do \
-		$(STUDY_SWEEP) +experiment=$$experiment paths.runs_dir=$(STUDY_METHODS_RUNS) \
-		$(if $(filter %-pilot,$@),$(STUDY_METHODS_PILOT)) $(ARGS) || status=$$?; \
-	done; $(STUDY_METHODS_REPORT); exit $$status
+	@status=0; $(call methods_sweeps,$(STUDY_METHODS_RUNS),$(if $(filter %-pilot,$@),$(STUDY_METHODS_PILOT))); \
+	$(STUDY_METHODS_REPORT); exit $$status
 study-methods-report: setup
 	$(STUDY_METHODS_REPORT)
 
@@ -256,6 +258,18 @@ PARITY_RUNS ?= results/bf16-parity/runs
 bf16-parity: setup
 	@$(STUDY_SWEEP) +experiment=bf16_parity paths.runs_dir=$(PARITY_RUNS) $(ARGS); status=$$?; \
 	$(BIN)/python -m fishtune.parity --a $(PARITY_RUNS) --b $(STUDY_RUNS) --out results/bf16-parity; exit $$status
+
+# The same for the other five methods (issue 27): the original row, SST-2 budget 1, seeds 1-3 of
+# study-methods in bf16 (runs/) and in fp32 (fp32/), both on this machine: fp32 kernels differ between
+# CPU kinds (docs/STUDY.md), so the study's own fp32 files, trained on other CPUs, are not the twins.
+PARITY_METHODS = results/bf16-parity/methods
+PARITY_METHODS_CELLS = seed=1,2,3 budget=1 mask=none task=sst2
+.PHONY: bf16-parity-methods
+bf16-parity-methods: setup
+	@status=0; $(call methods_sweeps,$(PARITY_METHODS)/runs,$(PARITY_METHODS_CELLS) train.precision=bf16); \
+	$(call methods_sweeps,$(PARITY_METHODS)/fp32,$(PARITY_METHODS_CELLS)); \
+	$(BIN)/python -m fishtune.parity --a $(PARITY_METHODS)/runs --b $(PARITY_METHODS)/fp32 --out $(PARITY_METHODS); \
+	exit $$status
 
 # The results page (fishtune.report): one self-contained HTML file of a runs folder's results (tables
 # with intervals and paired tests, seeds per cell, per-run curves, mask placement, cost, failed and

@@ -11,10 +11,11 @@ from fishtune.harness.sweeps import job_overrides
 from results_factory import make_result
 
 
-def _run(seed, precision, score, task="sst2", lr_scale=100.0):
-    return make_result(task=task, mask="fish", budget=1, seed=seed, score=score, precision=precision,
+def _run(seed, precision, score, task="sst2", lr_scale=100.0, method="lora"):
+    return make_result(task=task, method=method, mask="fish", budget=1, seed=seed, score=score, precision=precision,
                        samples_per_second=50.0 if precision == "bf16" else 20.0,
-                       config={"seed": seed, "task": {"name": task}, "train": {"precision": precision, "lr_scale": lr_scale},
+                       config={"seed": seed, "task": {"name": task}, "peft": {"name": method},
+                               "train": {"precision": precision, "lr_scale": lr_scale},
                                "paths": {"runs_dir": f"runs/{precision}"}})   # where files go is no difference
 
 
@@ -25,7 +26,9 @@ def test_pairs_by_config_and_the_interval_equals_scipy():
     bf16.append(_run(1, "bf16", 10.0, lr_scale=20.0))   # another config: no twin, left out
     df = pairs(bf16, fp32, ["train.precision"])
     assert len(df) == 5
-    rec = parity_table(df).iloc[0]
+    table = parity_table(df)
+    assert len(table) == 1
+    rec = table.iloc[0]
     d = np.array([a.score - b.score for a, b in zip(bf16, fp32)])
     lo, hi = stats.t.interval(0.95, 4, loc=d.mean(), scale=stats.sem(d))
     assert (rec["mean_diff"], rec["ci_lo"], rec["ci_hi"]) == (pytest.approx(d.mean()), pytest.approx(lo), pytest.approx(hi))
@@ -36,3 +39,14 @@ def test_pairs_by_config_and_the_interval_equals_scipy():
 def test_parity_sweep_is_the_study_cells_in_bf16():
     jobs = job_overrides("bf16_parity")
     assert len(jobs) == 20 and all("train.precision=bf16" in job for job in jobs)
+
+
+def test_each_method_is_paired_apart():
+    """Two methods' runs of the same seeds give one line each, each the difference of its own pairs."""
+    fp32 = [_run(s, "fp32", 70.0 + s, method=m) for m in ("lora", "ia3") for s in (1, 2, 3)]
+    shift = {"lora": 0.5, "ia3": -2.0}
+    bf16 = [_run(r.seed, "bf16", r.score + shift[r.method] + 0.1 * r.seed, method=r.method) for r in fp32]
+    table = parity_table(pairs(bf16, fp32, ["train.precision"])).set_index("method")
+    assert sorted(table.index) == ["ia3", "lora"] and (table["pairs"] == 3).all()
+    for method, d in shift.items():
+        assert table.loc[method, "mean_diff"] == pytest.approx(d + 0.2)

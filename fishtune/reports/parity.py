@@ -3,7 +3,7 @@
     python -m fishtune.parity --a results/bf16-parity/runs --b results/study/runs --out results/bf16-parity
 
 Each run of `--a` is paired with the run of `--b` whose config is the same but for the keys in `--differ`
-(default train.precision). parity.csv / parity.md: per task and mode, the mean paired difference a - b of
+(default train.precision). parity.csv / parity.md: per method, task, mode and budget, the mean paired difference a - b of
 the best dev score over seeds with its 95 % t-interval and paired t-test p, the runs' samples per second
 (a / b), and whether the interval lies within +-`--margin` points (default 1.5) or contains 0.
 """
@@ -40,7 +40,7 @@ def pairs(a: list[RunResult], b: list[RunResult], differ: Sequence[str]) -> pd.D
     if not found:
         return pd.DataFrame()
     runs, refs = results_frame([r for r, _ in found]), results_frame([t for _, t in found])
-    return pd.DataFrame({"task": runs["task"], "mode": runs["mask"], "budget": runs["budget"].astype(int),
+    return pd.DataFrame({"method": runs["method"], "task": runs["task"], "mode": runs["mask"], "budget": runs["budget"].astype(int),
                          "seed": runs["seed"].astype(int), "a": runs["score"], "b": refs["score"],
                          "a_precision": runs["precision"], "b_precision": refs["precision"],
                          "a_samples_per_second": runs["samples_per_second"],
@@ -48,13 +48,13 @@ def pairs(a: list[RunResult], b: list[RunResult], differ: Sequence[str]) -> pd.D
 
 
 def parity_table(df: pd.DataFrame, margin: float = 1.5) -> pd.DataFrame:
-    """Per task, mode and budget: a - b paired over seeds, its interval, and the speed ratio."""
+    """Per method, task, mode and budget: a - b paired over seeds, its interval, and the speed ratio."""
     out = []
-    for (task, mode, budget), g in df.groupby(["task", "mode", "budget"]):
+    for (method, task, mode, budget), g in df.groupby(["method", "task", "mode", "budget"]):
         g = g.set_index("seed")
         mean, std, n, lo, hi = t_interval(g["a"] - g["b"])
         _, p, _ = paired_test(g["a"], g["b"])
-        out.append({"task": task, "mode": mode, "budget": budget, "pairs": n, "mean_diff": mean, "std": std,
+        out.append({"method": method, "task": task, "mode": mode, "budget": budget, "pairs": n, "mean_diff": mean, "std": std,
                     "ci_lo": lo, "ci_hi": hi, "p_ttest": p, "contains_0": bool(lo <= 0 <= hi),
                     "within_margin": bool(-margin <= lo and hi <= margin),
                     "speed_ratio": float((g["a_samples_per_second"] / g["b_samples_per_second"]).median()),
@@ -64,10 +64,10 @@ def parity_table(df: pd.DataFrame, margin: float = 1.5) -> pd.DataFrame:
 
 
 def to_markdown(table: pd.DataFrame, margin: float) -> str:
-    lines = [f"| task | mode | budget | pairs | a - b [95 % CI] | p | CI contains 0 | CI within ±{margin:g} | "
-             "samples/s a / b |", "|---|---|---:|---:|---:|---:|---|---|---:|"]
+    lines = [f"| method | task | mode | budget | pairs | a - b [95 % CI] | p | CI contains 0 | CI within ±{margin:g} | "
+             "samples/s a / b |", "|---|---|---|---:|---:|---:|---:|---|---|---:|"]
     for r in table.to_dict("records"):
-        lines.append(f"| {r['task']} | {'original' if r['mode'] == 'none' else r['mode']} | {r['budget']} | "
+        lines.append(f"| {r['method']} | {r['task']} | {'original' if r['mode'] == 'none' else r['mode']} | {r['budget']} | "
                      f"{r['pairs']} | {r['mean_diff']:+.2f} [{r['ci_lo']:+.2f}, {r['ci_hi']:+.2f}] | "
                      f"{r['p_ttest']:.3g} | {'yes' if r['contains_0'] else 'no'} | "
                      f"{'yes' if r['within_margin'] else 'no'} | {r['speed_ratio']:.2f} |")
