@@ -83,7 +83,8 @@ sweep_cmd = $(if $(filter parallel,$(1)),FISHTUNE_JOBS=$(FISHTUNE_JOBS) OMP_NUM_
 
 # ---- The paper's tables (docs/TABLES.md, docs/EXPERIMENTS.md) ---------------------------------
 # make table5 PROFILE=quick TASKS=mrpc,rte ARGS='data.glue_dir=/path/to/glue_data'
-#   PROFILE=quick|paper    quick: CPU-sized runs on offline stand-in models; paper: Table 6 settings
+#   PROFILE=quick|paper    quick: CPU-sized runs on offline stand-in models; paper: Table 6 settings;
+#                          study (table1 only): the methods study's seeded runs on the embedded MiniLM
 #   LAUNCHER=basic|parallel|slurm   basic: one run after another in this process; parallel: FISHTUNE_JOBS
 #                          local worker processes (hydra-joblib-launcher); slurm: one array (conf/hydra/launcher/)
 #   TASKS=, METHODS=       comma lists that narrow a sweep (METHODS: Table 1's PEFT methods)
@@ -114,6 +115,14 @@ AGGREGATE = $(BIN)/python -m fishtune.aggregate --runs-dir $(RUNS_DIR) --out $(R
 	--model-map bert_base=$(BERT),modernbert_base=$(MODERNBERT),llama32_1b=$(LLAMA) $(AGG_ARGS)
 
 .PHONY: table1 table2 table3 table4 table5 figure3 tables help-tables
+ifeq ($(PROFILE),study)
+# Table 1 at CPU scale with numbers that mean something: the methods study (study-methods below) rebuilt from
+# its committed runs, training only the ones missing. The study profile builds no other table: results/study/
+# holds the LoRA study's own tables.
+table1: study-methods
+table2 table3 table4 table5 figure3 tables:
+	@echo "make $@: PROFILE=study builds table1 only (the methods study, docs/STUDY.md); $@ takes PROFILE=quick or paper" >&2; exit 2
+else
 table1 table3 table4 table5 figure3: setup
 	$(SWEEP) +experiment=$@ model=$(BERT) $(ARGS); status=$$?; \
 	$(AGGREGATE) --tables $(patsubst table%,%,$@); exit $$status
@@ -124,10 +133,12 @@ table2: setup
 
 tables: setup
 	$(AGGREGATE) --tables all
+endif
 
 help-tables:
 	@echo "make table1 .. table5, figure3 - run a paper table's sweep, then write $(RESULTS_DIR)/tableN.csv/.tex"
 	@echo "make tables                    - only aggregate every table and Figure 3 from $(RUNS_DIR)"
+	@echo "make table1 PROFILE=study      - Table 1 at CPU scale from the committed seeded runs (make study-methods)"
 	@echo "  PROFILE=quick|paper LAUNCHER=basic|parallel|slurm TASKS=a,b METHODS=a,b ARGS='...' AGG_ARGS=--paper"
 
 # Trainable-parameter ratios of Tables 1 and 2 from architecture configs alone (meta device, offline).
