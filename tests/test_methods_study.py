@@ -110,3 +110,32 @@ def test_one_run_per_cell_and_seed(runs, tmp_path):
                  dev_labels=SST2_LABELS, precision="fp32", run_id="another")
     with pytest.raises(ValueError, match="share a method, cell and seed"):
         methods.report([runs, tmp_path / "again"], tmp_path / "out", verbose=False)
+
+
+def test_cost_per_method_and_task_from_the_files(tmp_path):
+    """cost.csv's figures equal the recorded fields, computed here with plain loops; Fisher seconds count
+    only the masked runs (an original row computes none)."""
+    folder = tmp_path / "runs"
+    rng = np.random.default_rng(3)
+    written = []
+    for method in ("lora", "ia3"):
+        for mask in ("none", "fish", "rand"):
+            for seed in SEEDS:
+                written.append(write_result(folder, method=method, mask=mask, task="sst2", seed=seed, precision="fp32",
+                                            dev_labels=SST2_LABELS, train_seconds=float(rng.uniform(50, 90)),
+                                            fisher_seconds=0.0 if mask == "none" else float(rng.uniform(1, 2)),
+                                            samples_per_second=float(rng.uniform(10, 60)),
+                                            peak_rss_mb=float(rng.uniform(900, 1400))))
+    cost = methods.report([folder], tmp_path / "out", verbose=False)["cost"].set_index("method")
+    assert list(cost.index) == ["lora", "ia3"]   # Table 1's order
+    for method in ("lora", "ia3"):
+        mine = [r for r in written if r.method == method]
+        train = [r.train_seconds for r in mine]
+        row = cost.loc[method]
+        assert row["runs"] == 9 and row["precision"] == "fp32"
+        assert (row["train_s_mean"], row["train_s_min"], row["train_s_max"]) == (
+            pytest.approx(sum(train) / 9), min(train), max(train))
+        assert row["fisher_s_mean"] == pytest.approx(np.mean([r.fisher_seconds for r in mine if r.mask != "none"]))
+        assert row["samples_per_s_median"] == pytest.approx(np.median([r.samples_per_second for r in mine]))
+        assert row["peak_rss_mb_max"] == max(r.peak_rss_mb for r in mine)
+    assert "| ia3 | SST-2 | 9 |" in (tmp_path / "out" / "summary.md").read_text()

@@ -15,7 +15,9 @@ writes under `--out`:
                       difference over seeds, its 95 % t-interval, the paired t-test p and Holm's p over the
                       whole family (every method, budget and task); `paper_delta` the paper's fish - original
   forest.png / .pdf   those differences with their intervals per method, the paper's deltas marked
-  summary.md          both tables in Markdown
+  cost.csv            per method and task: runs, seconds of training per run (mean, min, max), seconds of
+                      Fisher per masked run, samples per second (median) and peak RSS (max) as recorded
+  summary.md          the three tables in Markdown
 """
 from __future__ import annotations
 
@@ -103,6 +105,37 @@ def methods_paired(df: pd.DataFrame) -> pd.DataFrame:
                                   key=lambda c: c.map(order) if c.name == "method" else c).reset_index(drop=True)
         table["p_holm"] = holm(table["p_ttest"].to_numpy(float))
     return table
+
+
+def methods_cost(results: list) -> pd.DataFrame:
+    """Per method and task, what a run cost as its result files record it (on whatever machines trained
+    them: the files' `host`, `threads` and `precision` say which)."""
+    files = results_frame(results)
+    files["masked"] = files["mask"] != "none"
+    out = []
+    for (method, task), g in files.groupby(["method", "task"], sort=False):
+        train = g["train_seconds"].astype(float)
+        out.append({"method": method, "task": task, "runs": len(g), "train_s_mean": train.mean(),
+                    "train_s_min": train.min(), "train_s_max": train.max(),
+                    "fisher_s_mean": g.loc[g["masked"], "fisher_seconds"].astype(float).mean(),
+                    "samples_per_s_median": g["samples_per_second"].astype(float).median(),
+                    "peak_rss_mb_max": g["peak_rss_mb"].astype(float).max(),
+                    "precision": ",".join(sorted(set(g["precision"].dropna())))})
+    cost = pd.DataFrame(out)
+    order = {m: i for i, m in enumerate(METHOD_ORDER)}
+    return cost.sort_values(["method", "task"], key=lambda c: c.map(order) if c.name == "method" else c,
+                            ignore_index=True)
+
+
+def cost_markdown(cost: pd.DataFrame) -> str:
+    """cost.csv as Markdown."""
+    lines = ["| method | task | runs | train s per run, mean (min-max) | Fisher s per masked run | samples/s (median) | "
+             "peak RSS MB (max) | precision |", "|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in cost.to_dict("records"):
+        lines.append(f"| {r['method']} | {TASK_TITLES.get(r['task'], r['task'])} | {r['runs']} | {r['train_s_mean']:.0f} "
+                     f"({r['train_s_min']:.0f}-{r['train_s_max']:.0f}) | {_num(r['fisher_s_mean'], '.1f')} | "
+                     f"{r['samples_per_s_median']:.1f} | {r['peak_rss_mb_max']:.0f} | {r['precision']} |")
+    return "\n".join(lines) + "\n"
 
 
 def _cell(rec: dict, title: str) -> str:
@@ -207,16 +240,18 @@ def report(runs_dirs: Sequence[str | Path], out: str | Path, verbose: bool = Tru
         raise ValueError(f"{len(twice)} runs share a method, cell and seed (e.g. {twice.iloc[0]['path']}): one "
                          f"run per cell and seed; point --runs-dir at one study's folders")
     table, paired = methods_table(df, baselines_from(results)), methods_paired(df)
+    cost = methods_cost([r for r in results if r.mask in ("none", "fish", "rand")])
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "table1.csv", index=False, float_format="%.6g")
     (out / "table1.tex").write_text(to_latex(table))
     paired.to_csv(out / "paired.csv", index=False, float_format="%.6g")
-    (out / "summary.md").write_text(to_markdown(table, paired))
+    cost.to_csv(out / "cost.csv", index=False, float_format="%.6g")
+    (out / "summary.md").write_text(to_markdown(table, paired) + "\n" + cost_markdown(cost))
     figures = forest(paired, out) if len(paired) else []
     say(f"fishtune.reports.methods_study: {len(df)} runs, {df['method'].nunique()} methods; tables in {out}"
         + "".join(f", {p}" for p in figures))
     say(to_markdown(table, paired))
-    return {"table": table, "paired": paired, "frame": df}
+    return {"table": table, "paired": paired, "cost": cost, "frame": df}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
