@@ -50,3 +50,10 @@ def test_each_method_is_paired_apart():
     assert sorted(table.index) == ["ia3", "lora"] and (table["pairs"] == 3).all()
     for method, d in shift.items():
         assert table.loc[method, "mean_diff"] == pytest.approx(d + 0.2)
+
+
+def test_one_pair_has_no_interval_and_no_answer():
+    table = parity_table(pairs([_run(1, "bf16", 71.0)], [_run(1, "fp32", 70.0)], ["train.precision"]))
+    rec = table.iloc[0]
+    assert rec["pairs"] == 1 and rec["mean_diff"] == pytest.approx(1.0) and np.isnan(rec["ci_lo"])
+    assert rec["contains_0"] is None and rec["within_margin"] is None

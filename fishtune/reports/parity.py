@@ -55,12 +55,18 @@ def parity_table(df: pd.DataFrame, margin: float = 1.5) -> pd.DataFrame:
         mean, std, n, lo, hi = t_interval(g["a"] - g["b"])
         _, p, _ = paired_test(g["a"], g["b"])
         out.append({"method": method, "task": task, "mode": mode, "budget": budget, "pairs": n, "mean_diff": mean, "std": std,
-                    "ci_lo": lo, "ci_hi": hi, "p_ttest": p, "contains_0": bool(lo <= 0 <= hi),
-                    "within_margin": bool(-margin <= lo and hi <= margin),
+                    "ci_lo": lo, "ci_hi": hi, "p_ttest": p,
+                    # one pair has no interval: neither answer, not "no"
+                    "contains_0": bool(lo <= 0 <= hi) if n > 1 else None,
+                    "within_margin": bool(-margin <= lo and hi <= margin) if n > 1 else None,
                     "speed_ratio": float((g["a_samples_per_second"] / g["b_samples_per_second"]).median()),
                     "a_precision": ",".join(sorted(set(g["a_precision"].dropna()))),
                     "b_precision": ",".join(sorted(set(g["b_precision"].dropna())))})
     return pd.DataFrame(out)
+
+
+def _yes_no(answer: bool | None) -> str:
+    return "" if answer is None else "yes" if answer else "no"
 
 
 def to_markdown(table: pd.DataFrame, margin: float) -> str:
@@ -69,8 +75,8 @@ def to_markdown(table: pd.DataFrame, margin: float) -> str:
     for r in table.to_dict("records"):
         lines.append(f"| {r['method']} | {r['task']} | {'original' if r['mode'] == 'none' else r['mode']} | {r['budget']} | "
                      f"{r['pairs']} | {r['mean_diff']:+.2f} [{r['ci_lo']:+.2f}, {r['ci_hi']:+.2f}] | "
-                     f"{r['p_ttest']:.3g} | {'yes' if r['contains_0'] else 'no'} | "
-                     f"{'yes' if r['within_margin'] else 'no'} | {r['speed_ratio']:.2f} |")
+                     f"{r['p_ttest']:.3g} | {_yes_no(r['contains_0'])} | {_yes_no(r['within_margin'])} | "
+                     f"{r['speed_ratio']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
