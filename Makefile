@@ -271,8 +271,8 @@ bf16-parity: setup
 	$(BIN)/python -m fishtune.parity --a $(PARITY_RUNS) --b $(STUDY_RUNS) --out results/bf16-parity; exit $$status
 
 # The same for the other five methods (issue 27): the original row, SST-2 budget 1, seeds 1-3 of
-# study-methods in bf16 (runs/) and in fp32 (fp32/), both on this machine: fp32 kernels differ between
-# CPU kinds (docs/STUDY.md), so the study's own fp32 files, trained on other CPUs, are not the twins.
+# study-methods in bf16 (runs/) and in fp32 (fp32/), both on this machine: fp32 kernels may differ between
+# CPU kinds (docs/STUDY.md: one LoRA run did), so the study's own fp32 files, from other CPUs, are not the twins.
 PARITY_METHODS = results/bf16-parity/methods
 PARITY_METHODS_CELLS = seed=1,2,3 budget=1 mask=none task=sst2
 .PHONY: bf16-parity-methods

@@ -28,7 +28,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from ..harness.results import finished_runs, load_results
+from ..harness.results import RunResult, finished_runs, load_results
 from . import results_frame
 from .aggregate import save_figure
 from .paper import TASK_TITLES, paper_table
@@ -107,7 +107,7 @@ def methods_paired(df: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def methods_cost(results: list) -> pd.DataFrame:
+def methods_cost(results: list[RunResult]) -> pd.DataFrame:
     """Per method and task, what a run cost as its result files record it (on whatever machines trained
     them: the files' `host`, `threads` and `precision` say which)."""
     files = results_frame(results)

@@ -3,8 +3,8 @@
     python -m fishtune.parity --a results/bf16-parity/runs --b results/study/runs --out results/bf16-parity
 
 Each run of `--a` is paired with the run of `--b` whose config is the same but for the keys in `--differ`
-(default train.precision). parity.csv / parity.md: per method, task, mode and budget, the mean paired difference a - b of
-the best dev score over seeds with its 95 % t-interval and paired t-test p, the runs' samples per second
+(default train.precision). parity.csv / parity.md: per method, task, mode and budget, the mean paired
+difference a - b of the best dev score over seeds with its 95 % t-interval and paired t-test p, the runs' samples per second
 (a / b), and whether the interval lies within +-`--margin` points (default 1.5) or contains 0.
 """
 from __future__ import annotations
@@ -40,8 +40,8 @@ def pairs(a: list[RunResult], b: list[RunResult], differ: Sequence[str]) -> pd.D
     if not found:
         return pd.DataFrame()
     runs, refs = results_frame([r for r, _ in found]), results_frame([t for _, t in found])
-    return pd.DataFrame({"method": runs["method"], "task": runs["task"], "mode": runs["mask"], "budget": runs["budget"].astype(int),
-                         "seed": runs["seed"].astype(int), "a": runs["score"], "b": refs["score"],
+    return pd.DataFrame({"method": runs["method"], "task": runs["task"], "mode": runs["mask"],
+                         "budget": runs["budget"].astype(int), "seed": runs["seed"].astype(int), "a": runs["score"], "b": refs["score"],
                          "a_precision": runs["precision"], "b_precision": refs["precision"],
                          "a_samples_per_second": runs["samples_per_second"],
                          "b_samples_per_second": refs["samples_per_second"]})
@@ -54,8 +54,8 @@ def parity_table(df: pd.DataFrame, margin: float = 1.5) -> pd.DataFrame:
         g = g.set_index("seed")
         mean, std, n, lo, hi = t_interval(g["a"] - g["b"])
         _, p, _ = paired_test(g["a"], g["b"])
-        out.append({"method": method, "task": task, "mode": mode, "budget": budget, "pairs": n, "mean_diff": mean, "std": std,
-                    "ci_lo": lo, "ci_hi": hi, "p_ttest": p,
+        out.append({"method": method, "task": task, "mode": mode, "budget": budget, "pairs": n, "mean_diff": mean,
+                    "std": std, "ci_lo": lo, "ci_hi": hi, "p_ttest": p,
                     # one pair has no interval: neither answer, not "no"
                     "contains_0": bool(lo <= 0 <= hi) if n > 1 else None,
                     "within_margin": bool(-margin <= lo and hi <= margin) if n > 1 else None,
@@ -66,6 +66,7 @@ def parity_table(df: pd.DataFrame, margin: float = 1.5) -> pd.DataFrame:
 
 
 def _yes_no(answer: bool | None) -> str:
+    """A yes/no column's cell: blank where there is no answer (one pair)."""
     return "" if answer is None else "yes" if answer else "no"
 
 
