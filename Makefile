@@ -271,15 +271,15 @@ bf16-parity: setup
 	$(BIN)/python -m fishtune.parity --a $(PARITY_RUNS) --b $(STUDY_RUNS) --out results/bf16-parity; exit $$status
 
 # The same for the other five methods (issue 27): the original row, SST-2 budget 1, seeds 1-3 of
-# study-methods in bf16 (runs/) and in fp32 (fp32/), both on this machine: fp32 kernels may differ between
+# study-methods in bf16 (runs/bf16/) and in fp32 (runs/fp32/), both on this machine: fp32 kernels may differ between
 # CPU kinds (docs/STUDY.md: one LoRA run did), so the study's own fp32 files, from other CPUs, are not the twins.
 PARITY_METHODS = results/bf16-parity/methods
 PARITY_METHODS_CELLS = seed=1,2,3 budget=1 mask=none task=sst2
 .PHONY: bf16-parity-methods
 bf16-parity-methods: setup
-	@status=0; $(call methods_sweeps,$(PARITY_METHODS)/runs,$(PARITY_METHODS_CELLS) train.precision=bf16); \
-	$(call methods_sweeps,$(PARITY_METHODS)/fp32,$(PARITY_METHODS_CELLS)); \
-	$(BIN)/python -m fishtune.parity --a $(PARITY_METHODS)/runs --b $(PARITY_METHODS)/fp32 --out $(PARITY_METHODS); \
+	@status=0; $(call methods_sweeps,$(PARITY_METHODS)/runs/bf16,$(PARITY_METHODS_CELLS) train.precision=bf16); \
+	$(call methods_sweeps,$(PARITY_METHODS)/runs/fp32,$(PARITY_METHODS_CELLS)); \
+	$(BIN)/python -m fishtune.parity --a $(PARITY_METHODS)/runs/bf16 --b $(PARITY_METHODS)/runs/fp32 --out $(PARITY_METHODS); \
 	exit $$status
 
 # The results page (fishtune.report): one self-contained HTML file of a runs folder's results (tables
