@@ -247,11 +247,13 @@ study-mean-report: setup
 # The pilot is those sweeps narrowed to the original rows at budget 1 on SST-2, seeds 1-2 (10 runs).
 STUDY_METHODS_RUNS ?= results/study/methods/runs
 STUDY_METHODS_PILOT = seed=1,2 budget=1 mask=none task=sst2
-# study-methods-report rebuilds Table 1's layout (results/study/methods/, and its page: the five methods' runs; LoRA's are
-# on the mean-head page) from the committed files, training nothing; the table's LoRA rows are the core arm's.
+# study-methods-report rebuilds Table 1's layout (results/study/methods/, and its page: the five methods' runs, with
+# LoRA's in Table 1's sections only; LoRA's own runs are on the mean-head page) from the committed files, training
+# nothing; the table's LoRA rows are the core arm's.
 STUDY_METHODS_REPORT = $(BIN)/python -m fishtune.reports.methods_study --runs-dir $(STUDY_METHODS_RUNS) \
 	--runs-dir $(STUDY_MEAN_RUNS)/core --out results/study/methods && $(BIN)/python -m fishtune.report \
-	$(STUDY_METHODS_RUNS) --out results/study/methods/index.html --title "fishtune: FISH in DoRA, Adapter, Prefix, IA3 and UniPELT"
+	$(STUDY_METHODS_RUNS) --table1-runs $(STUDY_MEAN_RUNS)/core --out results/study/methods/index.html \
+	--title "fishtune: FISH in DoRA, Adapter, Prefix, IA3 and UniPELT"
 # Both sweeps into $(1) with the overrides $(2); sets `status` to the first failing sweep's.
 methods_sweeps = for experiment in study_methods study_methods_ia3; do \
 		$(STUDY_SWEEP) +experiment=$$experiment paths.runs_dir=$(1) $(2) $(ARGS) || status=$$?; done

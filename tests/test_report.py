@@ -280,3 +280,24 @@ def test_runs_of_several_methods_get_table_1s_layout_filterable_by_method(tmp_pa
         (only_lora / path.name).parent.mkdir(exist_ok=True)
         (only_lora / path.name).write_text(path.read_text())
     assert not {"methods", "methods-paired"} & {v["id"] for v in page_data(build_page(only_lora))["views"]}
+
+
+def test_table1_runs_join_table_1s_layout_only(tmp_path):
+    """A second folder's runs (the methods study's LoRA rows live in the core arm's folder) join Table 1's
+    cells and its Holm family, as methods_study reads both folders, and no other part of the page."""
+    from fishtune.harness.results import load_results
+    from fishtune.reports.methods_study import methods_frame, methods_paired
+
+    for method, folder in (("lora", tmp_path / "core"), ("dora", tmp_path / "methods")):
+        for seed in (1, 2, 3):
+            for mask, score in (("none", 70.0), ("fish", 72.0 + seed), ("rand", 71.0 - seed)):
+                write_result(folder, result(method=method, mask=mask, seed=seed, score=score + (method == "dora")))
+    data = page_data(build_page(tmp_path / "methods", table1_runs=[tmp_path / "core"]))
+    views = {v["id"]: v for v in data["views"]}
+    assert {r["method"] for r in views["methods"]["rows"]} == {"lora", "dora"}
+    expected = methods_paired(methods_frame(load_results(tmp_path / "core") + load_results(tmp_path / "methods")))
+    got = {(r["method"], r["task"], r["budget"], r["comparison"]): r["p_holm"] for r in views["methods-paired"]["rows"]}
+    assert len(got) == len(expected) == 4
+    for rec in expected.to_dict("records"):
+        assert got[(rec["method"], rec["task"], rec["budget"], rec["comparison"])] == pytest.approx(rec["p_holm"], rel=1e-5)
+    assert {r["method"] for r in data["runs"]} == {"dora"}   # the runs, cells and costs: this folder's own

@@ -370,15 +370,19 @@ def problem_views(runs_dir: Path, damaged: list[str]) -> list[dict]:
                 ("path", "file", "text"), ("why", "why", "text")], empty="No damaged files.")]
 
 
-def build_page(runs_dir: str | Path, n_resamples: int = DEFAULT_RESAMPLES, title: str | None = None) -> str:
-    """The page's HTML for the result files under `runs_dir`."""
+def build_page(runs_dir: str | Path, n_resamples: int = DEFAULT_RESAMPLES, title: str | None = None,
+               table1_runs: Sequence[str | Path] = ()) -> str:
+    """The page's HTML for the result files under `runs_dir`. The finished runs under `table1_runs` join
+    Table 1's layout only (the methods study's LoRA rows are the core arm's), so that its cells and its
+    Holm family are those of `fishtune.reports.methods_study` over the same folders."""
     runs_dir = Path(runs_dir)
     damaged: list[str] = []
     results = finished_runs(load_results(runs_dir, damaged))
     results.sort(key=lambda r: (r.model, r.method, r.task, str(r.mask), r.budget, r.seed))
     runs = [run_record(r, runs_dir) for r in results]
     baselines = baselines_from(results)
-    views = [*methods_views(results, baselines), *study_views(results, runs_dir, baselines, n_resamples)] if results else []
+    table1 = results + [r for folder in table1_runs for r in finished_runs(load_results(Path(folder), []))]
+    views = [*methods_views(table1, baselines), *study_views(results, runs_dir, baselines, n_resamples)] if results else []
     if runs:
         views += [cells_view(runs, baselines), runs_view(runs), placement_view(runs), cost_view(runs)]
     views += [in_progress_view(runs_dir), *problem_views(runs_dir, damaged)]
@@ -396,11 +400,12 @@ def build_page(runs_dir: str | Path, n_resamples: int = DEFAULT_RESAMPLES, title
 
 
 def write_report(runs_dir: str | Path, out: str | Path, n_resamples: int = DEFAULT_RESAMPLES,
-                 title: str | None = None) -> Path:
-    """Write the page for `runs_dir` to `out` (its folder is created); returns `out`."""
+                 title: str | None = None, table1_runs: Sequence[str | Path] = ()) -> Path:
+    """Write the page for `runs_dir` (and `table1_runs`, as in build_page) to `out` (its folder is created);
+    returns `out`."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(build_page(runs_dir, n_resamples, title), encoding="utf-8")
+    out.write_text(build_page(runs_dir, n_resamples, title, table1_runs), encoding="utf-8")
     return out
 
 
@@ -411,10 +416,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES,
                     help=f"paired-bootstrap resamples per pair in the study tables (default {DEFAULT_RESAMPLES})")
     ap.add_argument("--title", help="the page's title (default: the runs folder)")
+    ap.add_argument("--table1-runs", action="append", default=[], metavar="DIR",
+                    help="a further folder of result files for Table 1's layout only (repeatable)")
     args = ap.parse_args(argv)
-    if not Path(args.runs_dir).is_dir():
-        ap.error(f"{args.runs_dir} is not a folder")
-    out = write_report(args.runs_dir, args.out, args.resamples, args.title)
+    for folder in (args.runs_dir, *args.table1_runs):
+        if not Path(folder).is_dir():
+            ap.error(f"{folder} is not a folder")
+    out = write_report(args.runs_dir, args.out, args.resamples, args.title, args.table1_runs)
     print(f"fishtune.report: wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
 
 
