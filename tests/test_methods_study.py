@@ -90,19 +90,33 @@ def test_table_cells_paper_values_and_trivial_mark(runs, tmp_path):
 
 def test_paired_differences_and_holm_over_the_whole_family(runs, tmp_path):
     paired = methods.report([runs], tmp_path / "out", verbose=False)["paired"]
-    assert len(paired) == 2 * 2 * 2 * 2   # methods x budgets x tasks x comparisons
+    per_task, pooled = paired[paired["family"] == "per task"], paired[paired["family"] == "pooled"]
+    assert len(per_task) == 2 * 2 * 2 * 2   # methods x budgets x tasks x comparisons
+    assert len(pooled) == 2 * 2 * 2 and set(pooled["task"]) == {"all"}
     lora = paired[(paired["method"] == "lora")].set_index(["budget", "task", "comparison"])
     for budget in (1, 2):
-        for task in ("sst2", "stsb"):
-            for a, b in (("fish", "none"), ("fish", "rand")):
+        for a, b in (("fish", "none"), ("fish", "rand")):
+            comparison = f"fish - {'original' if b == 'none' else b}"
+            for task in ("sst2", "stsb"):
                 sa = [_score("lora", a, task, budget, s) for s in SEEDS]
                 sb = [_score("lora", b, task, budget, s) for s in SEEDS]
-                rec = lora.loc[(budget, task, f"fish - {'original' if b == 'none' else b}")]
+                rec = lora.loc[(budget, task, comparison)]
                 assert rec["mean_diff"] == pytest.approx(np.mean(np.subtract(sa, sb)))
                 assert rec["p_ttest"] == pytest.approx(stats.ttest_rel(sa, sb).pvalue)
+            # pooled: one pair per task and seed (6 pairs), the paper's delta the mean of its two tasks'
+            sa = [_score("lora", a, t, budget, s) for t in ("sst2", "stsb") for s in SEEDS]
+            sb = [_score("lora", b, t, budget, s) for t in ("sst2", "stsb") for s in SEEDS]
+            rec = lora.loc[(budget, "all", comparison)]
+            assert rec["pairs"] == 6 and rec["mean_diff"] == pytest.approx(np.mean(np.subtract(sa, sb)))
+            assert rec["p_ttest"] == pytest.approx(stats.ttest_rel(sa, sb).pvalue)
+        for task in ("sst2", "stsb"):
             delta = _paper_value("lora", budget, "fish", task) - _paper_value("lora", budget, "original", task)
             assert lora.loc[(budget, task, "fish - original"), "paper_delta"] == pytest.approx(delta)
-    assert paired["p_holm"].tolist() == pytest.approx(_holm(paired["p_ttest"].tolist()))
+        deltas = [_paper_value("lora", budget, "fish", t) - _paper_value("lora", budget, "original", t)
+                  for t in ("sst2", "stsb")]
+        assert lora.loc[(budget, "all", "fish - original"), "paper_delta"] == pytest.approx(np.mean(deltas))
+    for family in (per_task, pooled):   # Holm within each family, not over both
+        assert family["p_holm"].tolist() == pytest.approx(_holm(family["p_ttest"].tolist()), nan_ok=True)
 
 
 def test_one_run_per_cell_and_seed(runs, tmp_path):

@@ -245,13 +245,15 @@ def methods_views(results: list[RunResult], baselines: dict[str, float]) -> list
             note="Best dev score (x100) over seeds with its 95 % t-interval (fishtune.reports.methods_study); "
                  "paper: the paper's Table 1 value of the same cell (bert-base; it has no rand rows)."),
         _view("methods-paired", "Table 1's layout: fish - original and fish - rand per method", methods_paired(df), [
-            ("method", "method", "text"), ("budget", "budget", "int"), ("task", "task", "text"),
-            ("comparison", "comparison", "text"), ("pairs", "pairs", "int"), ("mean_diff", "mean diff", "f2"),
-            ("ci_lo", "95 % low", "f2"), ("ci_hi", "95 % high", "f2"), ("p_ttest", "p (paired t)", "g3"),
-            ("p_holm", "p (Holm, all rows)", "g3"), ("paper_delta", "paper", "f2")],
-            ["method", "task", "budget", "comparison"], significance=["p_ttest", "p_holm"],
-            note="Paired over seeds; Holm over every method, budget, task and comparison (one family). paper: the "
-                 "paper's fish - original of the cell.")]
+            ("family", "family", "text"), ("method", "method", "text"), ("budget", "budget", "int"),
+            ("task", "task", "text"), ("comparison", "comparison", "text"), ("pairs", "pairs", "int"),
+            ("mean_diff", "mean diff", "f2"), ("ci_lo", "95 % low", "f2"), ("ci_hi", "95 % high", "f2"),
+            ("p_ttest", "p (paired t)", "g3"), ("p_holm", "p (Holm, in its family)", "g3"),
+            ("paper_delta", "paper", "f2")],
+            ["family", "method", "task", "budget", "comparison"], significance=["p_ttest", "p_holm"],
+            note="per task: paired over seeds, Holm over every method, budget, task and comparison (one family); "
+                 "pooled (task all): paired over task and seed per method x budget, Holm over those rows. paper: "
+                 "the paper's fish - original of the cell (pooled: the mean over the same tasks).")]
 
 
 def cells_view(runs: list[dict], baselines: dict[str, float]) -> dict:
