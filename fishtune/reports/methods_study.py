@@ -227,11 +227,11 @@ def forest(paired: pd.DataFrame, out: Path) -> list[Path]:
             if not math.isnan(rec["paper_delta"]):
                 ax.plot(rec["paper_delta"], i, "x", color="C3", markersize=6)
         ax.axvline(0, color="0.7", lw=1)
-        ax.set_title(f"{comparison} (points: here, 95 % CI; blue: Holm < 0.05 in its family; x: the paper)",
-                     fontsize=8)
+        ax.set_title(comparison, fontsize=10)
         ax.set_xlabel("difference in dev score")
     axes[0][0].set_yticks(range(len(labels)), labels, fontsize=7)
     axes[0][0].invert_yaxis()
+    fig.suptitle("points: here, with 95 % CI; blue: Holm < 0.05 in its family; x: the paper's delta", fontsize=9)
     fig.tight_layout()
     out.mkdir(parents=True, exist_ok=True)
     return save_figure(fig, out / "forest")
