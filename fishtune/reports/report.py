@@ -213,8 +213,9 @@ def study_views(results: list[RunResult], runs_dir: Path, baselines: dict[str, f
             ("boot_pairs", "boot pairs", "int"), ("budget_matched", "budget-matched", "text")],
             ["task", "budget", "comparison"], significance=["p_ttest", "p_holm"],
             note=f"fishtune.reports.study.paired_table over (task, seed) pairs; task 'all' pools the tasks. "
-                 f"The bootstrap columns use {n_resamples} resamples per pair "
-                 f"(results/study/paired.csv has the study's own)."))
+                 f"Holm is over this table's rows only: a study's own family is in its report (for the methods "
+                 f"study, Table 1's layout). The bootstrap columns use {n_resamples} resamples per pair "
+                 f"(the study reports use their own)."))
     if skipped:
         views.append(_view("not-study", "Groups without study tables", pd.DataFrame({"why": skipped}),
                            [("why", "group: why", "text")], empty=""))
