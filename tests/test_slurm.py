@@ -177,6 +177,11 @@ def _wait_for(cond, what: str, timeout: float = 60) -> None:
     pytest.fail(f"timed out waiting for {what}\n{_squeue()}")
 
 
+def _job_state(job: str) -> str:
+    """`scontrol show job -o` of one job (its JobState among the fields)."""
+    return subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True).stdout
+
+
 def _task_id(attempt: dict) -> str:
     """submitit's id of the job: ARRAYID_TASK in an array (a sweep of 2+ jobs), else the job id."""
     if attempt["SLURM_ARRAY_JOB_ID"] is None:
@@ -269,10 +274,10 @@ def test_preempted_job_is_requeued_by_slurm(cluster, tmp_path):
     assert rc == 0, log
     r2 = _result(out, 2)
     assert r2["attempt"] == 2 and r2["SLURM_RESTART_COUNT"] == "1" and _task_id(r2) == task
-    state = subprocess.run(["scontrol", "show", "job", "-o", urgent], capture_output=True, text=True).stdout
-    assert "JobState=COMPLETED" in state, state
-    assert "JobState=COMPLETED" in subprocess.run(
-        ["scontrol", "show", "job", "-o", task], capture_output=True, text=True).stdout
+    # The result file is written before the job ends: on a loaded machine slurmctld may still show the
+    # task COMPLETING (or RUNNING) for a few seconds after the sweep returns, so wait for the final state.
+    for job in (urgent, task):
+        _wait_for(lambda: "JobState=COMPLETED" in _job_state(job), f"job {job} to be COMPLETED")
 
 
 @slurm
@@ -570,7 +575,7 @@ class GpuSweep:
 
 def _job_records(array: str) -> dict[str, dict]:
     """`scontrol show job` of each task of an array, by job id (finished jobs stay MinJobAge s)."""
-    out = subprocess.run(["scontrol", "show", "job", "-o", array], capture_output=True, text=True).stdout
+    out = _job_state(array)
     jobs = {}
     for line in out.splitlines():
         fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
