@@ -177,8 +177,8 @@ def _wait_for(cond, what: str, timeout: float = 60) -> None:
     pytest.fail(f"timed out waiting for {what}\n{_squeue()}")
 
 
-def _job_state(job: str) -> str:
-    """`scontrol show job -o` of one job (its JobState among the fields)."""
+def _scontrol_job(job: str) -> str:
+    """`scontrol show job -o` of a job (or of every task of an array): one line of fields per job."""
     return subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True).stdout
 
 
@@ -277,7 +277,7 @@ def test_preempted_job_is_requeued_by_slurm(cluster, tmp_path):
     # The result file is written before the job ends: on a loaded machine slurmctld may still show the
     # task COMPLETING (or RUNNING) for a few seconds after the sweep returns, so wait for the final state.
     for job in (urgent, task):
-        _wait_for(lambda: "JobState=COMPLETED" in _job_state(job), f"job {job} to be COMPLETED")
+        _wait_for(lambda: "JobState=COMPLETED" in _scontrol_job(job), f"job {job} to be COMPLETED")
 
 
 @slurm
@@ -575,7 +575,7 @@ class GpuSweep:
 
 def _job_records(array: str) -> dict[str, dict]:
     """`scontrol show job` of each task of an array, by job id (finished jobs stay MinJobAge s)."""
-    out = _job_state(array)
+    out = _scontrol_job(array)
     jobs = {}
     for line in out.splitlines():
         fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
