@@ -6,6 +6,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_VERSION ?= 2.13.0
 export TOKENIZERS_PARALLELISM ?= false
+# matplotlib names a PDF's font subsets by hash() of glyph names, which Python salts per process: a fixed
+# seed makes a rebuilt figure.pdf byte-identical to the committed one.
+export PYTHONHASHSEED ?= 0
 # The hub is the environment's to allow: the paper profile, hub models and data.glue_dir=null need it
 # (HF_HUB_OFFLINE=1 in the shell still forbids it). What never needs it runs offline whatever the shell
 # says: the tests, the demo, the benchmarks and the ratios.

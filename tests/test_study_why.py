@@ -109,10 +109,13 @@ def test_2x2_effects_lr_and_converged_tables_equal_an_independent_computation(tm
     assert lr.loc[0.005, "fish"] == pytest.approx(study_fish)
 
     conv = tables["converged"].set_index("comparison")
-    assert list(conv.index) == ["fish - rand", "fish - original"]
+    assert list(conv.index) == ["fish - rand", "fish - original", "rand - original"]
     assert (conv.loc["fish - rand", "stopped_early"], conv.loc["fish - rand", "runs"]) == (6, 9)
     d = np.array([scores["conv", s, "fish"] - scores["conv", s, "none"] for s in range(1, 4)])
     assert conv.loc["fish - original", "mean_diff"] == pytest.approx(d.mean())
+    d = np.array([scores["conv", s, "rand"] - scores["conv", s, "none"] for s in range(1, 4)])
+    assert conv.loc["rand - original", "mean_diff"] == pytest.approx(d.mean())
+    assert conv.loc["rand - original", "p_ttest"] == pytest.approx(stats.ttest_1samp(d, 0).pvalue)
     majority = DummyClassifier(strategy="most_frequent").fit([[0]] * 7, conv_labels).score([[0]] * 7, conv_labels)
     assert conv.loc["fish - rand", "baseline"] == pytest.approx(100 * majority)
 

@@ -20,7 +20,7 @@ Three arms, each in its own folder of result files under `--runs-dir`, read with
   converged/  original, fish and rand trained to early stopping (profile converged). converged.csv:
               per task the trivial baseline (majority class / constant prediction on the dev set),
               each mode's mean, interval, best epoch and how many runs stopped by patience;
-              fish - rand and fish - original paired over seeds (Holm over the table).
+              fish - rand, fish - original and rand - original paired over seeds (Holm over the table).
 placement.csv: per mode, the share of the method's chosen entries per module and per layer, from the
 result files that record `placement` (every run since the mechanism arm).
 summary.md: all of it in Markdown, for the README.
@@ -111,7 +111,7 @@ def preferred_lr(lr: pd.DataFrame) -> dict[str, float]:
 
 def converged_table(df: pd.DataFrame, baselines: dict[str, float] | None = None) -> pd.DataFrame:
     """Per task: the trivial baseline, each mode's mean with interval, best epoch, runs stopped by
-    patience; fish - rand and fish - original paired over seeds."""
+    patience; fish - rand, fish - original and rand - original paired over seeds."""
     out = []
     for task, g in df.groupby("task"):
         cells = _cell_means(g, ("none", "fish", "rand"))
@@ -121,7 +121,7 @@ def converged_table(df: pd.DataFrame, baselines: dict[str, float] | None = None)
                 "epochs_mean": float(g["epochs"].mean()), "train_seconds_mean": float(g["train_seconds"].mean()),
                 "precision": ",".join(sorted(set(g["precision"].dropna())))}
         wide = g.pivot_table(index=["seed", "precision"], columns="mode", values="score")
-        for a, b in (("fish", "rand"), ("fish", "none")):
+        for a, b in (("fish", "rand"), ("fish", "none"), ("rand", "none")):
             if {a, b} <= set(wide.columns):
                 both = wide[[a, b]].dropna()
                 out.append({"task": task, "comparison": f"{a} - {row_label(b)}", **one_sample_test(both[a] - both[b]),
