@@ -40,17 +40,17 @@ LIBRARY = ("fisher", "masks", "optim", "callback", "adaptive", "batching", "fami
 _EXPORTS = {
     "fish_masks": "masks", "apply_masks": "masks", "original_k": "masks", "trainable_entries": "masks",
     "save_masks": "masks", "load_masks": "masks", "build_mask": "masks", "mask_placement": "masks",
-    "ZeroFisherWarning": "masks",
-    "empirical_fisher": "fisher", "classification_loss": "fisher",
+    "ZeroFisherWarning": "masks", "StrayTrainableWarning": "masks", "default_head": "masks", "head_names": "masks",
+    "empirical_fisher": "fisher", "classification_loss": "fisher", "default_loss": "fisher",
     "MaskedOptimizer": "optim", "FishMaskCallback": "callback",
 }
 __all__ = list(_EXPORTS)
 
 if TYPE_CHECKING:
     from .callback import FishMaskCallback
-    from .fisher import classification_loss, empirical_fisher
-    from .masks import (ZeroFisherWarning, apply_masks, build_mask, fish_masks, load_masks, mask_placement,
-                        original_k, save_masks, trainable_entries)
+    from .fisher import classification_loss, default_loss, empirical_fisher
+    from .masks import (StrayTrainableWarning, ZeroFisherWarning, apply_masks, build_mask, default_head, fish_masks,
+                        head_names, load_masks, mask_placement, original_k, save_masks, trainable_entries)
     from .optim import MaskedOptimizer
 
 

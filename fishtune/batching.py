@@ -51,6 +51,30 @@ def model_inputs(batch: Mapping[str, torch.Tensor], device: torch.device | str) 
     return inputs, batch["labels"].to(device)
 
 
+def right_aligned(batch: Mapping[str, torch.Tensor]) -> dict:
+    """`batch` with left padding moved to the right: in every tensor laid out like a 2-D
+    `attention_mask` (input_ids, labels, token_type_ids, ...), each row's real tokens first, in their
+    order, then its padding. Any other batch comes back as it is (as a new dict).
+
+    Without position_ids a model numbers a row's columns 0, 1, ..., so a left-padded sample is seen at
+    positions shifted by its padding, and GPT-2's learned position embeddings give it other outputs
+    than the sample alone (rotary embeddings differ only by rounding). Right-aligned, a sample is at
+    positions 0..L-1 as when it is alone, which keeps a per-sample quantity (the Fisher) independent of
+    the batch it is in, and length_groups can then cut the padding."""
+    mask = batch.get("attention_mask")
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
+        return dict(batch)
+    lengths = mask.sum(1)
+    if _right_padded(mask, lengths) or not torch.equal(
+            mask.bool(), torch.arange(mask.shape[1], device=mask.device) >= mask.shape[1] - lengths[:, None]):
+        return dict(batch)  # right-padded already, or padding of another layout: left alone
+    # The columns of each row in their new order: its real tokens (mask 1), then its padding.
+    order = torch.argsort((mask == 0).to(torch.int8), dim=1, stable=True)
+    rows = torch.arange(mask.shape[0], device=mask.device)[:, None]
+    return {k: v[rows, order] if isinstance(v, torch.Tensor) and v.shape[:2] == mask.shape else v
+            for k, v in batch.items()}
+
+
 def _right_padded(mask: torch.Tensor, lengths: torch.Tensor) -> bool:
     """Every row is ones then zeros (also true for a batch without padding)."""
     return torch.equal(mask.bool(), torch.arange(mask.shape[1], device=mask.device) < lengths[:, None])

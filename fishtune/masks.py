@@ -21,7 +21,7 @@ from torch import nn
 # Defined torch-free in the package, where config checks read them too.
 from .modes import FISHER_MODES, check_mode
 from .families import FAMILIES
-from .fisher import empirical_fisher
+from .fisher import LossFn, empirical_fisher
 
 
 class ZeroFisherWarning(UserWarning):
@@ -44,6 +44,22 @@ class ZeroFisherWarning(UserWarning):
             f"fish_masks: k asks for {needed} candidate entries but only {nonzero} of {candidates} have a non-zero "
             f"Fisher score; {self.filled} zero-score entries were chosen by position, in {len(self.tensors)} "
             f"tensor{'s' if len(self.tensors) != 1 else ''}: {shown}{more}")
+
+
+class StrayTrainableWarning(UserWarning):
+    """fish_masks found trainable tensors that are neither the head nor a parameter of the PEFT method
+    in the model, e.g. a base weight left trainable by mistake: they are mask candidates like the
+    method's entries and may take part of k. Attribute `names`: those tensors' names, in model order.
+    Only a model that carries a method warns (see method_parameter); a model whose trainable
+    parameters you chose yourself, with no method in it, does not. Silence it with
+    `warnings.simplefilter("ignore", fishtune.StrayTrainableWarning)` when that is what you meant."""
+
+    def __init__(self, names: list[str]):
+        self.names = list(names)
+        shown = ", ".join(self.names[:6]) + (f" and {len(self.names) - 6} more" if len(self.names) > 6 else "")
+        super().__init__(
+            f"fish_masks: {len(self.names)} trainable tensor{'s are' if len(self.names) != 1 else ' is'} neither "
+            f"the head nor part of the PEFT method; they are mask candidates like the method's entries: {shown}")
 
 
 def zero_score_choices(scores: Mapping[str, torch.Tensor], chosen: Mapping[str, torch.Tensor],
@@ -143,6 +159,74 @@ def is_head(name: str, family: str | None = None) -> bool:
     return not set(name.split(".")).isdisjoint(heads)
 
 
+def _peft_tuner_prefixes() -> tuple[str, ...]:
+    """The prefixes of peft's tuner parameters (lora_, ia3_, vera_lambda_, hada_, oft_, ...), from
+    peft's own table; a short list of the common ones when peft is absent."""
+    try:
+        from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
+        found = {getattr(tuner, "prefix", None) for tuner in PEFT_TYPE_TO_TUNER_MAPPING.values()}
+        return tuple(sorted(p for p in found if isinstance(p, str) and p))
+    except ImportError:
+        return ("boft_", "hada_", "ia3_", "lokr_", "lora_", "oft_", "vera_lambda_")
+
+
+def _adapter_names(model: nn.Module) -> set[str]:
+    """The adapter names a model records: peft's (`peft_config`'s keys, e.g. 'default') and the
+    adapters library's (`adapters_config.adapters`)."""
+    names = set()
+    if isinstance(config := getattr(model, "peft_config", None), Mapping):
+        names |= {str(n) for n in config}
+    if isinstance(adapters := getattr(getattr(model, "adapters_config", None), "adapters", None), Mapping):
+        names |= {str(n) for n in adapters}
+    return names
+
+
+def _modules_to_save(model: nn.Module) -> set[str]:
+    """The module names peft trains in full beside the method: `model.modules_to_save` and every
+    adapter config's `modules_to_save` (peft adds the classifier / score of a SEQ_CLS model there)."""
+    names = set()
+    recorded = [getattr(model, "modules_to_save", None)]
+    if isinstance(config := getattr(model, "peft_config", None), Mapping):
+        recorded += [getattr(c, "modules_to_save", None) for c in config.values()]
+    for r in recorded:
+        if isinstance(r, (list, tuple, set)):
+            names |= {str(n) for n in r}
+    return names
+
+
+def default_head(model: nn.Module) -> Callable[[str], bool]:
+    """fish_masks' head when none is given: whether a parameter name is in a module that trains in
+    full beside the method.
+
+    That is every parameter of a module peft keeps a trainable copy of (`modules_to_save`: names
+    containing `.modules_to_save.`, or under a module named in the modules_to_save peft records; on
+    DistilBERT with task_type SEQ_CLS that is pre_classifier and classifier), and any module named
+    like a known family's classification head, `classifier` or `score` (is_head)."""
+    saved = _modules_to_save(model)
+
+    def in_head(name: str) -> bool:
+        dotted = f".{name}."
+        return (".modules_to_save." in dotted or is_head(name)
+                or any(f".{m}." in dotted for m in saved))
+    return in_head
+
+
+def head_names(model: nn.Module) -> list[str]:
+    """The trainable parameters that fish_masks trains in full by default (default_head), in model
+    order: k must be at least their size."""
+    in_head = default_head(model)
+    return [n for n, p in model.named_parameters() if p.requires_grad and in_head(n)]
+
+
+def method_parameter(model: nn.Module) -> Callable[[str], bool]:
+    """Whether a parameter name belongs to the PEFT method in `model`: one of its dot-separated parts
+    is an adapter name the model records (peft's 'default', the adapters library's own names) or
+    starts with one of peft's tuner prefixes (lora_, ia3_, vera_lambda_, hada_, oft_, ... as peft
+    lists them). peft's prompt encoders and DoRA magnitudes carry the adapter name too."""
+    adapters, prefixes = _adapter_names(model), _peft_tuner_prefixes()
+    return lambda name: any(part in adapters or part.startswith(prefixes) for part in name.split("."))
+
+
 # `.<blocks>.<index>.` with the block list's last name of any known family (layer, layers): other
 # architectures that call theirs the same (RoBERTa, Mistral, ...) are read too.
 _BLOCK_LISTS = sorted({f.layers_pattern for f in FAMILIES.values()})
@@ -183,22 +267,35 @@ def _check_names(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> dict[st
 
 def fish_masks(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]] | None, k: int | None,
                mode: str = "fish", num_samples: int | None = 128, seed: int = 42,
-               head: Iterable[str] | Callable[[str], bool] | None = None) -> dict[str, torch.Tensor]:
+               head: Iterable[str] | Callable[[str], bool] | None = None,
+               loss_fn: LossFn | None = None) -> dict[str, torch.Tensor]:
     """FISH-Tuning masks: which entries of the model's trainable parameters train, exactly k in all.
 
     `model` is any nn.Module whose trainable parameters (requires_grad) are the ones to choose
     from: a peft PeftModel, an adapters model after train_adapter, or a model whose parameters you
-    froze yourself. It is called as `model(**inputs).logits`; the loss is cross-entropy, or mean
-    squared error for a one-output head (`model.config.num_labels == 1`).
+    froze yourself.
 
-    `batches`: an iterable of batch dicts with `labels` (a DataLoader with your collator); the first
+    `batches`: an iterable of batch dicts (a DataLoader with your collator); the first
     `num_samples` samples give the empirical Fisher F_i = sum_n (d loss_n / d theta_i)^2, each
     sample's gradient squared on its own, dropout off (all samples when None). Shuffle with a seed
     for a random choice of samples. Modes rand and none do not read them.
 
-    `head` (parameter names, or a predicate on names; default: modules named `classifier` or
-    `score`) is always trained in full and counts inside k: the masks choose k minus the head's
-    size among the other trainable entries, as the original FISH code does.
+    `loss_fn(model, batch)`: one loss per sample, shape (batch,), for a batch dict on the model's
+    device (fishtune.empirical_fisher says what it may receive and when the fast path is exact).
+    None: fishtune.default_loss, from `model(**inputs).logits` and the batch's `labels`:
+    cross-entropy for sequence classification, squared error for a one-output head
+    (`model.config.num_labels == 1`), and for a token classifier or a causal LM (told apart by the
+    model's class, fishtune.fisher.token_task) the cross-entropy summed over the sample's own label
+    tokens (-100 and padding ignored; a causal LM's labels shifted by one as transformers does).
+    Any other output is refused in one line that points to loss_fn.
+
+    `head` (parameter names, or a predicate on names) is always trained in full and counts inside
+    k: the masks choose k minus the head's size among the other trainable entries, as the original
+    FISH code does. Default (default_head): every module peft trains in full beside the method
+    (its modules_to_save, e.g. DistilBERT's pre_classifier and classifier) and modules named
+    `classifier` or `score`. Trainable tensors that are neither head nor a parameter of the PEFT
+    method in the model (method_parameter) are ranked with the method's entries, and fish_masks
+    warns once with a StrayTrainableWarning naming them (a base weight left trainable by mistake).
 
     `mode`: fish (the largest Fisher scores), rev (the smallest), rand (uniformly at random,
     seeded by `seed`), none (everything trains; k may be None); fish_shuffled (fish's entries per
@@ -218,8 +315,10 @@ def fish_masks(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]] |
     if not params:
         raise ValueError("the model has no parameter that requires grad: insert the PEFT method (or choose the "
                          "trainable parameters) first")
+    if loss_fn is not None and not callable(loss_fn):
+        raise ValueError(f"loss_fn must be callable as loss_fn(model, batch), not {type(loss_fn).__name__}")
     if head is None:
-        in_head = is_head
+        in_head = default_head(model)
     elif callable(head):
         in_head = head
     else:
@@ -237,12 +336,16 @@ def fish_masks(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]] |
     if k is None or not head_size <= k <= total:
         raise ValueError(f"budget k={k} is impossible: it counts the head's {head_size} entries, so it must lie "
                          f"between {head_size} and all {total} trainable entries")
+    in_method = method_parameter(model)
+    # A model with no method in it (you chose its trainable parameters yourself) has no stray tensors.
+    if any(map(in_method, candidates)) and (stray := [n for n in candidates if not in_method(n)]):
+        warnings.warn(StrayTrainableWarning(stray), stacklevel=2)
     scores = {n: torch.zeros_like(p) for n, p in candidates.items()}
     if mode in FISHER_MODES and candidates:
         for p in heads.values():  # always trained: no need to score it (requires_grad was True: in params)
             p.requires_grad_(False)
         try:
-            fisher = empirical_fisher(model, batches, num_samples)
+            fisher = empirical_fisher(model, batches, num_samples, loss_fn=loss_fn)
         finally:
             for p in heads.values():
                 p.requires_grad_(True)
