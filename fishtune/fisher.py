@@ -79,6 +79,9 @@ def token_task(model: nn.Module) -> str | None:
     return None
 
 
+TASK_NAMES = {"causal_lm": "a causal LM", "token_classification": "a token classifier"}
+
+
 def _refuse(what: str) -> ValueError:
     return ValueError(f"fishtune's default loss cannot score this model: {what}; pass "
                       f"loss_fn=lambda model, batch: <one loss per sample, shape (batch,)>")
@@ -124,7 +127,7 @@ def default_loss(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.T
         raise _refuse(f"{shapes} from {type(model).__name__}, which is neither a causal LM nor a token "
                       f"classifier by its class")
     if labels.shape != logits.shape[:2]:
-        raise _refuse(f"{shapes}; {task.replace('_', ' ')} needs labels shaped like input_ids "
+        raise _refuse(f"{shapes}; {TASK_NAMES[task]} needs labels shaped like input_ids "
                       f"{tuple(logits.shape[:2])}")
     labels = labels.long()
     mask = batch.get("attention_mask")
