@@ -66,9 +66,9 @@ def token_task(model: nn.Module) -> str | None:
     both a causal LM and a sequence classifier, and `config.is_decoder` is unset on GPT-2 and LLaMA.
     """
     try:
-        from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-                                                            MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES)
-        causal, token = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()), set(MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES.values())
+        from transformers.models.auto import modeling_auto as auto
+        causal = set(auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+        token = set(auto.MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES.values())
     except ImportError:  # transformers absent: the class names' endings still tell
         causal, token = set(), set()
     names = _class_names(model)
@@ -247,8 +247,9 @@ def _fisher_loop(model, params, batches, loss_fn: LossFn) -> dict[str, torch.Ten
         for i in range(n):
             # Trim this sample's padding, wherever it is (left or right), from every tensor laid out
             # like the attention mask (input_ids, labels, token_type_ids, ...): the same loss, less work.
-            one = {k: (v[i:i + 1, keep[i]] if keep is not None and v.shape[:2] == keep.shape else
-                       v[i:i + 1] if isinstance(v, torch.Tensor) and v.dim() and len(v) == n else v)
+            one = {k: (v if not isinstance(v, torch.Tensor) else
+                       v[i:i + 1, keep[i]] if keep is not None and v.shape[:2] == keep.shape else
+                       v[i:i + 1] if v.dim() and len(v) == n else v)
                    for k, v in batch.items()}
             loss = _per_sample(loss_fn, model, one, 1).sum()
             grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)

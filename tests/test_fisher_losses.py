@@ -268,7 +268,8 @@ def test_unsupported_outputs_are_refused_in_one_line():
                          "like input_ids", "loss_fn=")
     one_line_value_error(lambda: fishtune.empirical_fisher(Bare(), [{**batch, "labels": batch["labels"][:, 0]}]),
                          "its output (Tensor) has no logits tensor", "loss_fn=")
-    one_line_value_error(lambda: fishtune.empirical_fisher(lm, [batch], loss_fn=lambda m, b: fishtune.default_loss(m, b).sum()),
+    summed = lambda m, b: fishtune.default_loss(m, b).sum()  # one number for the batch
+    one_line_value_error(lambda: fishtune.empirical_fisher(lm, [batch], loss_fn=summed),
                          "loss_fn must return one loss per sample, shape (4,); it returned ()")
     one_line_value_error(lambda: fishtune.fish_masks(lm, [batch], 10, loss_fn="ce"), "loss_fn must be callable")
 
