@@ -160,7 +160,7 @@ def _linear_owners(model: nn.Module, params: Mapping[str, nn.Parameter]) -> dict
     return owners
 
 
-def batch_size(batch: Mapping[str, torch.Tensor]) -> int:
+def _batch_size(batch: Mapping[str, torch.Tensor]) -> int:
     """The samples in a batch: its labels' rows, else those of its input_ids or its first tensor."""
     for key in ("labels", "input_ids"):
         if isinstance(batch.get(key), torch.Tensor):
@@ -175,7 +175,7 @@ def _take_samples(batches: Iterable[Mapping[str, torch.Tensor]], num_samples: in
     """Yield batches until `num_samples` samples are consumed (the last batch cut to fit)."""
     seen = 0
     for batch in batches:
-        n = batch_size(batch)
+        n = _batch_size(batch)
         if num_samples is not None:
             if seen >= num_samples:
                 return
@@ -225,7 +225,7 @@ def _fisher_linear_hooks(model, params, owners, batches, loss_fn: LossFn) -> dic
         cost = group_cost_tokens(model)
         for group in (g for batch in batches for g in length_groups(right_aligned(batch), device, cost)):
             # The sum: each sample's loss reaches only its own rows, so the hooks see its own gradient.
-            loss = _per_sample(loss_fn, model, _to(group, device), batch_size(group)).sum()
+            loss = _per_sample(loss_fn, model, _to(group, device), _batch_size(group)).sum()
             # autograd.grad fires the hooks without touching any .grad the caller may hold.
             torch.autograd.grad(loss, list(params.values()), allow_unused=True)
             for name, g in per_sample.items():
@@ -241,7 +241,7 @@ def _fisher_loop(model, params, batches, loss_fn: LossFn) -> dict[str, torch.Ten
     fisher = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
     device = next(iter(params.values())).device
     for batch in batches:
-        batch, n = _to(batch, device), batch_size(batch)
+        batch, n = _to(batch, device), _batch_size(batch)
         mask = batch.get("attention_mask")
         keep = mask.bool() if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
         for i in range(n):
