@@ -165,7 +165,7 @@ def _targets(spec: MethodSpec, p: Mapping[str, Any], model: torch.nn.Module, lay
             inside.setdefault(name[m.end():], set()).add(int(m.group(1)))
     for target in targets:
         if not any(n == target or n.endswith(f".{target}") for n in inside):
-            raise ConfigError(f"peft.targets: {target!r} names no linear module in the bottom {layers} layers of this "
+            raise ConfigError(f"peft.targets: {target!r} names no linear module in the bottom {layers} layer(s) of this "
                               f"{family} model; its layers' linear modules are: {', '.join(sorted(inside))}")
     return targets
 

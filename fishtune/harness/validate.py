@@ -100,8 +100,8 @@ def resolve_model(cfg: Mapping[str, Any]) -> dict:
         raise ConfigError(f"model.path={path!r} is not read by model {cfg.get('name')!r} (source {source}: {what}); "
                           f"to train your checkpoint pass model=custom model.path={path}")
     if source == "hub" and not path:
-        raise ConfigError(f"model {cfg.get('name')!r} reads a checkpoint but has no model.path; pass model.path=FOLDER "
-                          f"(a local folder) or model.path=ORG/NAME (a hub id)")
+        raise ConfigError(f"model.path is not set, and model {cfg.get('name') or 'custom'!r} reads a checkpoint: pass "
+                          f"model.path=FOLDER (a local folder) or model.path=ORG/NAME (a hub id)")
     tokenizer = cfg.get("tokenizer")
     if tokenizer is not None and _local(str(tokenizer)) and not os.path.isdir(os.path.expanduser(str(tokenizer))):
         why = "is a file" if os.path.isfile(os.path.expanduser(str(tokenizer))) else "is no folder"
