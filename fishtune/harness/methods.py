@@ -1,8 +1,9 @@
 """PEFT methods: one MethodSpec each, and inserting them on the bottom L transformer layers.
 
-A `MethodSpec` says everything about one method: the library that inserts it, its defaults (its config, conf/peft/<name>.yaml), the
-checks of its own config values, the widths that may not exceed the model's hidden size, and how it is
-inserted (its insert function receives the spec, and reads every option through `spec.option`).
+A `MethodSpec` says everything about one method: the library that inserts it, its defaults (its
+config, conf/peft/<name>.yaml), the checks of its own config values, the widths that may not exceed
+the model's hidden size, and how it is inserted (its insert function receives the spec, and reads
+every option through `spec.option`).
 Validation (validate.py), the run (run.py), the ratios and the aggregator read it here; adding a
 method means one spec below and one yaml. What a method needs to know about a model family (its layer
 names, head, default targets) and which methods a family cannot take, with the reason (`refused`), is in
@@ -158,11 +159,12 @@ def _targets(spec: MethodSpec, p: Mapping[str, Any], model: torch.nn.Module, lay
     import torch
 
     fam = FAMILIES[family]
-    targets = [str(t) for t in (spec.option(p, "targets") or fam.lora_targets)]
-    inside: dict[str, set[str]] = {}  # module name within its layer -> the layers holding it
+    given = spec.option(p, "targets") or fam.lora_targets
+    targets = [given] if isinstance(given, str) else [str(t) for t in given]
+    inside = set()  # the linear modules' names within their layer, in the chosen layers
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Linear) and (m := fam.layer_regex.search(name)) and int(m.group(1)) < layers:
-            inside.setdefault(name[m.end():], set()).add(int(m.group(1)))
+            inside.add(name[m.end():])
     for target in targets:
         if not any(n == target or n.endswith(f".{target}") for n in inside):
             raise ConfigError(f"peft.targets: {target!r} names no linear module in the bottom {layers} layer(s) of this "
