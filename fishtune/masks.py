@@ -144,10 +144,13 @@ def size_proportional(sizes: list[int], k: int) -> list[int]:
 
 # --- masks over a model: the public API (fishtune.fish_masks, apply_masks, ...) -----------------
 
-# The classification head of each known family's *ForSequenceClassification, as it appears in
-# parameter names (fishtune/families.py). RoBERTa, DeBERTa and ELECTRA also call theirs `classifier`;
-# GPT-2, Mistral and Qwen `score`.
-HEAD_MODULE = {name: f.head_module for name, f in FAMILIES.items()}
+# The classification head of each known family's *ForSequenceClassification, as its modules appear in
+# parameter names (fishtune/families.py: FamilySpec.head_modules; DistilBERT's is pre_classifier and
+# classifier). ELECTRA also calls its head `classifier`; GPT-2 `score`.
+HEAD_MODULE = {name: f.head_modules for name, f in FAMILIES.items()}
+# Without a family: any family's head module but `pooler`, which in BERT names a part of the body
+# (DeBERTa-v2's head pooler is counted as head only when its family is given).
+_ANY_HEAD = {m for modules in HEAD_MODULE.values() for m in modules} - {"pooler"}
 # Written beside a peft adapter's files by save_masks.
 MASK_FILE = "fish_mask.safetensors"
 
@@ -155,7 +158,7 @@ MASK_FILE = "fish_mask.safetensors"
 def is_head(name: str, family: str | None = None) -> bool:
     """Whether a parameter lies in the classification head: a module named like `family`'s head, or,
     without a family, like any known family's (the default of fish_masks)."""
-    heads = HEAD_MODULE.values() if family is None else (HEAD_MODULE[family],)
+    heads = _ANY_HEAD if family is None else HEAD_MODULE[family]
     return not set(name.split(".")).isdisjoint(heads)
 
 

@@ -28,8 +28,9 @@ def cli(tmp_path, monkeypatch, capsys):
         raise AssertionError("a model was loaded although the input was bad")
     monkeypatch.setattr(fishtune.harness.models, "load_model", refuse)
 
-    def call(*overrides: str, glue=GLUE_FIXTURES) -> tuple[int, list[str]]:
-        argv = ["model=tiny_bert", f"data.glue_dir={glue}", f"paths.runs_dir={tmp_path / 'runs'}", *overrides]
+    def call(*overrides: str, glue=GLUE_FIXTURES, model: str | None = "tiny_bert") -> tuple[int, list[str]]:
+        argv = [*([f"model={model}"] if model else []), f"data.glue_dir={glue}", f"paths.runs_dir={tmp_path / 'runs'}",
+                *overrides]
         monkeypatch.setattr(sys, "argv", ["fishtune.run", *argv])
         GlobalHydra.instance().clear()
         capsys.readouterr()
@@ -82,7 +83,21 @@ BAD = [
     (["peft=unipelt", "peft.bottleneck=0"], "peft.bottleneck=0: must be an integer >= 1"),
     (["peft.layers=7"], "cannot insert lora on 7 layers: tiny_bert has 6 (allowed 1..6)"),
     (["peft.dropout=1.5"], "peft.dropout=1.5: must be a finite number >= 0 and < 1"),
-    (["model.family=t5"], "unknown model family 't5'; choose one of: bert, modernbert, llama"),
+    (["model.family=t5"], "unknown model family 't5'; choose one of: bert, modernbert, llama, roberta, distilbert, "
+                          "deberta_v2, mistral, qwen2"),
+    # your own model (docs/OWN.md): what the harness would otherwise change or ignore without a word
+    (["model.family=auto"], "model.family=auto reads a checkpoint's config.json, and model 'tiny_bert' (source tiny) "
+                            "has none; choose one of: bert, "),
+    (["model.path=/some/folder"], "model.path='/some/folder' is not read by model 'tiny_bert' (source tiny: it has "
+                                  "random weights); to train your checkpoint pass model=custom model.path=/some/folder"),
+    (["model=custom"], "model.path is not set, and model 'custom' reads a checkpoint: pass model.path=FOLDER"),
+    (["peft.targets=[nope]"], "peft.targets: 'nope' names no linear module in the bottom 1 layer(s) of this bert model; "
+                              "its layers' linear modules are: attention.output.dense, attention.self.key, "
+                              "attention.self.query, attention.self.value, intermediate.dense, output.dense"),
+    (["model.tiny.hidden_size=33"], "model.tiny: hidden size 33 is not a multiple of the 2 attention heads"),
+    (["mask=fish", "peft.fish_layers=100"], "peft.fish_layers=100: the model has 6 layers (allowed 1..6); only the "
+                                            "shipped schedule of lora is fitted to a shallower model"),
+    (["peft.budget_layers=[1,2,3,9]"], "peft.budget_layers=[1, 2, 3, 9]: the model has 6 layers (allowed 1..6)"),
     (["mask.mode=top"], "unknown mask mode 'top'; choose one of: none, fish, rand, rev, fish_shuffled, fish_spread"),
     # an experiment is a sweep: without -m Hydra would do one default run and say nothing
     (["+row=nope"], "unknown row 'nope'; choose one of: fish, fish_layers10, "),
@@ -100,6 +115,34 @@ def test_bad_value_is_one_line_and_exit_2(cli, overrides, message):
     code, lines = cli(*overrides)
     assert code == 2 and len(lines) == 1, lines
     assert lines[0].startswith("fishtune: error: ") and message in lines[0], lines
+
+
+# Paths that are no checkpoint or tokenizer: (how to make it under tmp_path, overrides, the line's fragment)
+def _file(tmp_path):
+    (tmp_path / "weights.bin").write_text("not a folder")
+    return tmp_path / "weights.bin"
+
+
+def _empty(tmp_path):
+    (tmp_path / "empty").mkdir()
+    return tmp_path / "empty"
+
+
+BAD_PATHS = [
+    (_file, "model.path={}", "model.path='{}' is a file; pass the folder that holds the checkpoint's config.json"),
+    (_empty, "model.path={}", "model.path='{}': the folder has no config.json, so it is no transformers checkpoint"),
+    (lambda t: t / "nowhere", "model.path={}", "model.path='{}': no such folder"),
+    (_file, "+model.tokenizer={}", "model.tokenizer='{}' is a file; pass the folder a tokenizer was saved to"),
+]
+
+
+@pytest.mark.parametrize("make,override,message", BAD_PATHS, ids=["path-file", "path-empty", "path-missing", "tokenizer-file"])
+def test_a_path_that_is_no_checkpoint_is_one_line(cli, tmp_path, make, override, message):
+    path = make(tmp_path)
+    # model.path alone chooses model=custom (fishtune.harness.run.with_custom_model); the tokenizer goes with tiny_bert
+    code, lines = cli(override.format(path), model="tiny_bert" if "tokenizer" in override else None)
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("fishtune: error: " + message.format(path)), lines
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")
@@ -139,9 +182,12 @@ def test_every_option_in_conf_passes(tmp_path):
     """No option of any group is refused by the checks: each model, method, mask, task and profile."""
     from conftest import CONF, run_config
 
+    (tmp_path / "own").mkdir()  # model=custom needs a checkpoint: its config.json is all the checks read
+    (tmp_path / "own" / "config.json").write_text(json.dumps({"model_type": "roberta"}))
     for group in ("model", "peft", "mask", "task", "profile"):
         for option in sorted(f.stem for f in (CONF / group).glob("*.yaml")):
-            check_config(run_config(tmp_path, f"{group}={option}"))
+            path = [f"model.path={tmp_path / 'own'}"] if (group, option) == ("model", "custom") else []
+            check_config(run_config(tmp_path, f"{group}={option}", *path))
     check_config(run_config(tmp_path, "model=tiny_modernbert", "peft=dora", "mask=adaptive", "mask.start=fish"))
 
 
@@ -178,6 +224,8 @@ def _cli_process(tmp_path, *overrides, **env):
     (["model=llama32_1b"], "fishtune: error: hub model 'meta-llama/Llama-3.2-1B' cannot be had: it is not in the "
                            "local cache and HF_HUB_OFFLINE=1 forbids downloading", "[]"),
     # the hub dataset (data.glue_dir=null), offline, not cached
+    # your own model: a folder that is not there, said before torch (model.path alone chooses model=custom)
+    (["model.path=/nonexistent/model"], "fishtune: error: model.path='/nonexistent/model': no such folder", "[]"),
     (["data.glue_dir=null"], "fishtune: error: hub dataset 'nyu-mll/glue' (rte) cannot be had: it is not in the "
                              "local cache and HF_HUB_OFFLINE=1 forbids downloading; run with HF_HUB_OFFLINE=0 to "
                              "download it, or set data.glue_dir (or GLUE_DIR) to a folder", None),

@@ -132,15 +132,21 @@ def check_layers_and_count(model, family: str, layers: int) -> None:
     assert sum(q.numel() for q in candidates.values()) == expected_count(model, family, layers)
 
 
+HEAD_SIZE = {"bert": lambda h: 2 * h + 2, "modernbert": lambda h: 2 * h + 2, "llama": lambda h: 2 * h,
+             "mistral": lambda h: 2 * h, "qwen2": lambda h: 2 * h, "roberta": lambda h: h * h + h + 2 * h + 2,
+             "distilbert": lambda h: h * h + h + 2 * h + 2, "deberta_v2": lambda h: h * h + h + 2 * h + 2}
+
+
 @pytest.mark.parametrize("family,name", COMBOS)
 def test_inserted_on_exactly_the_bottom_layers_with_the_formula_count(family, name):
     model = build(family, name, 3)
     check_layers_and_count(model, family, 3)
     head, candidates = split_trainable(model, family)
-    # the whole head trains: a 2-class Linear on the hidden size (LLaMA's score has no bias)
+    # the whole head trains: a 2-class Linear on the hidden size (the decoders' score has no bias), after
+    # a hidden x hidden dense layer in RoBERTa, DistilBERT and DeBERTa-v2
     h = models.model_config(model_cfg(family), 2, tokenizer(family)).hidden_size
-    assert all(FAMILIES[family].head_module in n.split(".") for n in head)
-    assert sum(q.numel() for q in head.values()) == 2 * h + (0 if family == "llama" else 2)
+    assert all(not set(FAMILIES[family].head_modules).isdisjoint(n.split(".")) for n in head)
+    assert sum(q.numel() for q in head.values()) == HEAD_SIZE[family](h)
     # nothing of the base model trains: every candidate belongs to the method
     assert all(any(k in n for k in method_marker(model)) for n in candidates), list(candidates)
     # the model is still called as model(**batch).logits

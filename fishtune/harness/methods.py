@@ -1,12 +1,13 @@
 """PEFT methods: one MethodSpec each, and inserting them on the bottom L transformer layers.
 
-A `MethodSpec` says everything about one method: the library that inserts it, the model families it
-supports (and, for the others, why not), its defaults (its config, conf/peft/<name>.yaml), the
-checks of its own config values, the widths that may not exceed the model's hidden size, and how it is
-inserted (its insert function receives the spec, and reads every option through `spec.option`).
+A `MethodSpec` says everything about one method: the library that inserts it, its defaults (its
+config, conf/peft/<name>.yaml), the checks of its own config values, the widths that may not exceed
+the model's hidden size, and how it is inserted (its insert function receives the spec, and reads
+every option through `spec.option`).
 Validation (validate.py), the run (run.py), the ratios and the aggregator read it here; adding a
 method means one spec below and one yaml. What a method needs to know about a model family (its layer
-names, head, default targets) is in the family's FamilySpec (fishtune/families.py).
+names, head, default targets) and which methods a family cannot take, with the reason (`refused`), is in
+the family's FamilySpec (fishtune/families.py); `MethodSpec.families` and SUPPORT_MATRIX derive from it.
 
 `insert_method(model, peft_cfg, layers, family)` returns the model with the method inserted, the base
 frozen and the classification head trainable. Downstream code sees only named parameters:
@@ -63,11 +64,9 @@ class MethodSpec:
     """One PEFT method: where it can go, its defaults and checks, how it is inserted."""
     name: str
     library: str                                  # peft | adapters
-    families: tuple[str, ...]                     # the model families it can be inserted in
     insert: Insert                                # (spec, model, peft config, layers, family) -> model
     check: Callable[[Mapping[str, Any]], None]    # its own values of a run config (ConfigError)
     widths: tuple[str, ...] = ()                  # peft.<key>s that may not exceed the hidden size
-    unsupported: Mapping[str, str] = field(default_factory=dict)   # family -> why it is refused
     # Fixed keywords of the library's config that make this method what it is (DoRA: LoRA with use_dora).
     library_kwargs: Mapping[str, Any] = field(default_factory=dict)
     adapters_config: AdaptersConfig | None = None  # adapters methods: the library's config of the method
@@ -75,6 +74,16 @@ class MethodSpec:
     # Attributes of the method's layers that are computed from the base layer's weight in fp32 (DoRA's
     # magnitude divides by the weight's norm): train.py keeps those base layers out of bf16.
     fp32_base: tuple[str, ...] = ()
+
+    @property
+    def families(self) -> tuple[str, ...]:
+        """The model families it can be inserted in: those whose FamilySpec does not refuse it."""
+        return tuple(n for n, f in FAMILIES.items() if self.name not in f.refused)
+
+    @property
+    def unsupported(self) -> dict[str, str]:
+        """Family -> why it cannot take this method (FamilySpec.refused)."""
+        return {n: f.refused[self.name] for n, f in FAMILIES.items() if self.name in f.refused}
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -143,6 +152,26 @@ def _rank(spec: MethodSpec, p: Mapping[str, Any]) -> int:
     return rank
 
 
+def _targets(spec: MethodSpec, p: Mapping[str, Any], model: torch.nn.Module, layers: int, family: str) -> list[str]:
+    """The modules a LoRA-style method wraps: peft.targets, else the family's (Table 6). A target that
+    names no linear module of the chosen layers is refused in one line (peft's own error is a traceback
+    that lists nothing to choose from). peft matches a name itself or its last dotted parts."""
+    import torch
+
+    fam = FAMILIES[family]
+    given = spec.option(p, "targets") or fam.lora_targets
+    targets = [given] if isinstance(given, str) else [str(t) for t in given]
+    inside = set()  # the linear modules' names within their layer, in the chosen layers
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and (m := fam.layer_regex.search(name)) and int(m.group(1)) < layers:
+            inside.add(name[m.end():])
+    for target in targets:
+        if not any(n == target or n.endswith(f".{target}") for n in inside):
+            raise ConfigError(f"peft.targets: {target!r} names no linear module in the bottom {layers} layer(s) of this "
+                              f"{family} model; its layers' linear modules are: {', '.join(sorted(inside))}")
+    return targets
+
+
 def _insert_lora(spec: MethodSpec, model: torch.nn.Module, p: Mapping[str, Any], layers: int,
                  family: str) -> torch.nn.Module:
     """LoRA on the family's targets (Table 6) of the bottom `layers` layers; DoRA is LoRA with
@@ -156,12 +185,12 @@ def _insert_lora(spec: MethodSpec, model: torch.nn.Module, p: Mapping[str, Any],
         r=rank,
         lora_alpha=spec.option(p, "alpha") or 2 * rank,
         lora_dropout=spec.option(p, "dropout") or 0.0,
-        target_modules=list(spec.option(p, "targets") or fam.lora_targets),
+        target_modules=_targets(spec, p, model, layers, family),
         layers_to_transform=list(range(layers)),
         layers_pattern=fam.layers_pattern,
         # PiSSA starts B != 0, so lora_A has a non-zero gradient (and Fisher) at initialisation.
         init_lora_weights="pissa" if spec.option(p, "init") == "pissa" else True,
-        modules_to_save=[fam.head_module],
+        modules_to_save=list(fam.head_modules),
         **spec.library_kwargs,
     )
     return get_peft_model(model, conf)
@@ -181,7 +210,7 @@ def _insert_ia3(spec: MethodSpec, model: torch.nn.Module, p: Mapping[str, Any], 
         task_type=TaskType.SEQ_CLS,
         target_modules=rf"{layer}({attn}|{ff})",
         feedforward_modules=rf"{layer}{ff}",
-        modules_to_save=[fam.head_module],
+        modules_to_save=list(fam.head_modules),
     )
     return get_peft_model(model, conf)
 
@@ -204,13 +233,13 @@ def _insert_vera(spec: MethodSpec, model: torch.nn.Module, p: Mapping[str, Any],
     conf = VeraConfig(
         task_type=TaskType.SEQ_CLS,
         r=_rank(spec, p),
-        target_modules=list(spec.option(p, "targets") or fam.lora_targets),
+        target_modules=_targets(spec, p, model, layers, family),
         layers_to_transform=list(range(layers)),
         layers_pattern=fam.layers_pattern,
         vera_dropout=spec.option(p, "dropout") or 0.0,
         d_initial=float(spec.option(p, "d_initial")),
         projection_prng_key=int(spec.option(p, "projection_seed")),
-        modules_to_save=[fam.head_module],
+        modules_to_save=list(fam.head_modules),
     )
     model = get_peft_model(model, conf)
     if spec.option(p, "init") == "residual":
@@ -293,32 +322,21 @@ def _insert_adapters(spec: MethodSpec, model: torch.nn.Module, p: Mapping[str, A
 
 # --- the specs ------------------------------------------------------------------------------------
 
-# Why a combination is refused: neither library can do it as the paper defines the method.
-_NO_PREFIX_ON_MODERNBERT = ("adapters 1.3.0 reaches ModernBERT only through its plugin interface, which has no "
-                            "prefix tuning, and peft's prefix tuning needs past_key_values, which ModernBERT lacks")
-
 METHODS: dict[str, MethodSpec] = {m.name: m for m in [
-    MethodSpec("lora", "peft", ("bert", "modernbert", "llama"), _insert_lora, _check_lora, widths=("rank",)),
-    MethodSpec("dora", "peft", ("bert", "modernbert", "llama"), _insert_lora, _check_lora, widths=("rank",),
+    MethodSpec("lora", "peft", _insert_lora, _check_lora, widths=("rank",)),
+    MethodSpec("dora", "peft", _insert_lora, _check_lora, widths=("rank",),
                library_kwargs={"use_dora": True}, fp32_base=("lora_magnitude_vector",)),
-    MethodSpec("adapter", "adapters", ("bert", "modernbert", "llama"), _insert_adapters, _check_adapter,
-               adapters_config=_adapter_config),
-    MethodSpec("prefix", "adapters", ("bert", "llama"), _insert_adapters, _check_prefix,
-               unsupported={"modernbert": _NO_PREFIX_ON_MODERNBERT}, adapters_config=_prefix_config, prefix=True),
-    MethodSpec("ia3", "peft", ("bert", "llama"), _insert_ia3, _check_nothing, unsupported={
-        "modernbert": "ModernBERT fuses Q, K and V into one Wqkv projection, so peft's IA3 cannot scale keys and "
-                      "values without also scaling queries, and adapters' IA3 scales the GLU input projection "
-                      "instead of the feed-forward activation"}),
-    MethodSpec("unipelt", "adapters", ("bert", "llama"), _insert_adapters, _check_unipelt, widths=("rank", "bottleneck"),
-               unsupported={"modernbert": "UniPELT needs prefix tuning (see prefix), and peft has no UniPELT"},
+    MethodSpec("adapter", "adapters", _insert_adapters, _check_adapter, adapters_config=_adapter_config),
+    MethodSpec("prefix", "adapters", _insert_adapters, _check_prefix, adapters_config=_prefix_config, prefix=True),
+    MethodSpec("ia3", "peft", _insert_ia3, _check_nothing),
+    MethodSpec("unipelt", "adapters", _insert_adapters, _check_unipelt, widths=("rank", "bottleneck"),
                adapters_config=_unipelt_config, prefix=True),
     # Not one of the paper's six: after them, so that their order (and every message listing them) stays.
-    MethodSpec("vera", "peft", ("bert", "modernbert", "llama"), _insert_vera, _check_vera, widths=("rank",)),
+    MethodSpec("vera", "peft", _insert_vera, _check_vera, widths=("rank",)),
 ]}
-# family -> the methods it can take, in the order of the specs (bert, modernbert, llama).
+# family -> the methods it can take, in the order of the specs; the families in FAMILIES' order.
 SUPPORT_MATRIX: dict[str, tuple[str, ...]] = {
-    family: tuple(n for n, s in METHODS.items() if family in s.families)
-    for family in dict.fromkeys(f for s in METHODS.values() for f in s.families)}
+    family: tuple(n for n in METHODS if n not in spec.refused) for family, spec in FAMILIES.items()}
 
 
 def check_method(name: str, family: str) -> MethodSpec:

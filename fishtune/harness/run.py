@@ -31,7 +31,7 @@ from . import tracking
 from .results import (Diverged, RunFailure, RunResult, read_json, config_hash, git_commit, identity, json_safe, now_iso,
                       package_versions, read_result, result_path, run_name, set_aside, write_json_atomic)
 from .tasks import TaskSpec, get_task
-from .validate import HEAD_ONLY, ConfigError, check_config, check_hub, first_mask_mode
+from .validate import HEAD_ONLY, ConfigError, check_config, check_hub, first_mask_mode, resolve_model
 
 # Recorded in the result file when a run executes as a Slurm job (a requeued job keeps its ids).
 # SLURM_JOB_GPUS: the node's indices of the job's GPUs; SLURM_SHARDS_ON_NODE: its shards of a shared GPU.
@@ -82,6 +82,9 @@ def plan(config: dict) -> Plan:
     """Validate a resolved config and derive the run's layers, budget and result path.
 
     Raises ConfigError (one line: the key, the bad value, what is allowed) before any weights load."""
+    # model.family=auto and a null model.name become the checkpoint's (conf/model/custom.yaml): in the
+    # config itself, so that the run's name, identity and result file say which model it trained.
+    config["model"] = resolve_model(config["model"])
     check_config(config)  # every value, without torch
     task = get_task(config["task"]["name"])
     model_cfg, peft_cfg, mask_cfg = config["model"], config["peft"], config["mask"]
@@ -107,6 +110,9 @@ def plan(config: dict) -> Plan:
         budget = int(config["budget"])
         tokenizer = load_tokenizer(model_cfg) if model_cfg["source"] == "tiny" else None
         conf = model_config(model_cfg, task.num_labels, tokenizer)
+        if model_cfg["source"] == "tiny" and conf.hidden_size % conf.num_attention_heads:
+            raise ConfigError(f"model.tiny: hidden size {conf.hidden_size} is not a multiple of the "
+                              f"{conf.num_attention_heads} attention heads")
         depth = conf.num_hidden_layers
         layers = run_layers(peft_cfg, mode, budget, depth)
         check_layers(peft_cfg["name"], layers, depth, model_cfg["name"])  # before counting: the model's name in it
@@ -556,7 +562,18 @@ def check_experiment_is_a_sweep(argv: list[str]) -> None:
                           f"+experiment={names[0]})")
 
 
+def with_custom_model(argv: list[str]) -> list[str]:
+    """`model.path=X` without a `model=` choice means your own checkpoint: add `model=custom`
+    (conf/model/custom.yaml: family and name from the checkpoint). The default model, the embedded MiniLM,
+    reads no path, and would otherwise refuse it (docs/OWN.md, "Your own model")."""
+    keys = [a.split("=", 1)[0].lstrip("+~") for a in argv if "=" in a and not a.startswith("-")]
+    if "model.path" in keys and "model" not in keys and "experiment" not in keys:
+        return [*argv, "model=custom"]
+    return argv
+
+
 def main() -> None:
+    sys.argv[1:] = with_custom_model(sys.argv[1:])
     try:
         check_experiment_is_a_sweep(sys.argv[1:])
         check_group_overrides(sys.argv[1:])

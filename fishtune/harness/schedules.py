@@ -19,11 +19,20 @@ def layer_schedule(peft_cfg: Mapping[str, Any], depth: int | None = None) -> tup
     The paper's schedules are for 12-layer BERT (IA3: originals on 3, 5, 8, 10, FISH on 12). When a
     schedule does not fit a shallower model (IA3 on the 6-layer MiniLM of the quick profile), every
     count is scaled by depth / deepest and rounded up, keeping the order of the budgets. A schedule that
-    fits is used as written (LoRA's 1-4 and 5 on MiniLM, ModernBERT or LLaMA).
+    fits is used as written (LoRA's 1-4 and 5 on MiniLM, ModernBERT or LLaMA). Only the method's
+    shipped schedule (conf/peft/<name>.yaml) is fitted: one set on the command line that does not fit
+    is refused (ConfigError), never silently changed.
     """
     levels, fish = [int(x) for x in peft_cfg["budget_layers"]], int(peft_cfg["fish_layers"])
     deepest = max(levels + [fish])
     if depth is not None and deepest > depth:
+        from .methods import METHODS
+
+        spec = METHODS.get(peft_cfg.get("name"))
+        if spec is None or spec.schedule() != (levels, fish):
+            key, value = ("peft.fish_layers", fish) if fish > depth else ("peft.budget_layers", levels)
+            raise ConfigError(f"{key}={value}: the model has {depth} layers (allowed 1..{depth}); only the shipped "
+                              f"schedule of {peft_cfg.get('name')} is fitted to a shallower model")
         levels = [max(1, math.ceil(x * depth / deepest)) for x in levels]
         fish = depth
     return levels, fish

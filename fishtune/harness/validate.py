@@ -20,12 +20,16 @@ from typing import Any, Mapping
 from urllib.parse import urlparse
 
 from ..modes import FISHER_MODES, check_mode  # the library's modes; mask.mode also takes "adaptive" (fishtune/adaptive.py)
-from ..families import FAMILIES, families_by_head
+from ..families import FAMILIES, MODEL_TYPES, families_by_head
 from .checks import ABSENT, ConfigError, as_int, check_choice, check_float, check_int, get, show
 from .methods import check_method
 from .tasks import get_task
 
+# embedded: files shipped in a package (models.EMBEDDED); hub: a checkpoint, `path` a hub id or a local
+# folder (what from_pretrained reads); tiny: random weights of `tiny`'s config, for tests.
 SOURCES = ("embedded", "hub", "tiny")
+AUTO = "auto"  # model.family=auto: the family of the checkpoint's config.json model_type
+OWN_DOCS = "docs/OWN.md, \"Your own model\""
 PRECISIONS = ("auto", "fp32", "bf16")
 # mask.mode=head_only: the method is inserted as on the original run and frozen; only the classifier trains
 # (the reference an original run must beat: does training the method help at all?).
@@ -36,8 +40,98 @@ HEAD_ONLY = "head_only"
 HEADS = families_by_head()
 # --- the vocabularies' own checks (also used where the values are consumed) ---------------------
 
+def _local(path: str) -> bool:
+    """Whether a model.path names a local folder rather than a hub id ("org/name" or "name")."""
+    return os.path.exists(path) or path.startswith((".", "/", "~")) or path.count("/") > 1
+
+
+def _checkpoint_config(path: str, download: bool, key: str = "model.path") -> dict | None:
+    """The checkpoint's config.json (no weights): a local folder's, or the hub's from the cache, else
+    downloaded when `download` (one line when it cannot be had), else None. ConfigError for a file, a
+    missing or empty folder."""
+    import json
+
+    if _local(path):
+        folder = os.path.expanduser(path)
+        if os.path.isfile(folder):
+            raise ConfigError(f"{key}={path!r} is a file; pass the folder that holds the checkpoint's config.json "
+                              f"and weights (what save_pretrained writes)")
+        if not os.path.isdir(folder):
+            raise ConfigError(f"{key}={path!r}: no such folder")
+        if not os.path.isfile(os.path.join(folder, "config.json")):
+            raise ConfigError(f"{key}={path!r}: the folder has no config.json, so it is no transformers checkpoint "
+                              f"(save one with model.save_pretrained(folder) and tokenizer.save_pretrained(folder))")
+        file = os.path.join(folder, "config.json")
+    else:
+        from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+        file = try_to_load_from_cache(path, "config.json")
+        if not isinstance(file, str):
+            if not download:
+                return None
+            check_hub_model(path, key)  # one line when it cannot be had, else it downloads below
+            file = hf_hub_download(path, "config.json")
+    try:
+        with open(file) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{key}={path!r}: its config.json cannot be read ({e})") from None
+
+
+def model_name_of(path: str) -> str:
+    """A run's model name from a checkpoint's path: the folder's or the hub id's last part, with any
+    character but letters, digits, `.` and `_` made `_` (run names split at `-`)."""
+    last = os.path.basename(os.path.normpath(os.path.expanduser(path))) or "model"
+    return re.sub(r"[^A-Za-z0-9_.]", "_", last)
+
+
+def resolve_model(cfg: Mapping[str, Any]) -> dict:
+    """The model config a run uses: a checkpoint's family read from its config.json when model.family is
+    auto (or absent), its name derived from model.path when model.name is null. Refuses (ConfigError) a
+    path the source would not read (embedded, tiny), a path that is no checkpoint, a family that does not
+    match the checkpoint, and a model_type no FamilySpec knows. A config without auto or null comes back
+    equal, so the identity (and result file) of every existing run stays."""
+    cfg = dict(cfg)
+    source, path = cfg.get("source"), cfg.get("path")
+    if source not in SOURCES:
+        raise ConfigError(f"unknown model source {source!r}; choose one of: {', '.join(SOURCES)}")
+    if source in ("embedded", "tiny") and path is not None:
+        what = "its weights come from the package" if source == "embedded" else "it has random weights"
+        raise ConfigError(f"model.path={path!r} is not read by model {cfg.get('name')!r} (source {source}: {what}); "
+                          f"to train your checkpoint pass model=custom model.path={path}")
+    if source == "hub" and not path:
+        raise ConfigError(f"model.path is not set, and model {cfg.get('name') or 'custom'!r} reads a checkpoint: pass "
+                          f"model.path=FOLDER (a local folder) or model.path=ORG/NAME (a hub id)")
+    tokenizer = cfg.get("tokenizer")
+    if tokenizer is not None and _local(str(tokenizer)) and not os.path.isdir(os.path.expanduser(str(tokenizer))):
+        why = "is a file" if os.path.isfile(os.path.expanduser(str(tokenizer))) else "is no folder"
+        raise ConfigError(f"model.tokenizer={tokenizer!r} {why}; pass the folder a tokenizer was saved to "
+                          f"(tokenizer.save_pretrained(folder)) or a hub id")
+    family = cfg.get("family")
+    auto = family in (None, AUTO)
+    # A named family is checked against config.json where it is at hand (check_hub, later, says why a hub
+    # model cannot be had); auto needs it, from the hub if need be.
+    if source == "hub" and (conf := _checkpoint_config(str(path), download=auto)) is not None:
+        model_type = conf.get("model_type")
+        found = MODEL_TYPES.get(model_type)
+        if found is None:
+            raise ConfigError(f"model.path={path!r} holds a {model_type!r} model, which no model family of fishtune "
+                              f"knows; supported model_types: {', '.join(MODEL_TYPES)} (to add one: {OWN_DOCS})")
+        if not auto and family != found:
+            raise ConfigError(f"model.family={family!r}, but model.path={path!r} holds a {model_type!r} model "
+                              f"(family {found}); pass model.family=auto or leave it out")
+        cfg["family"] = found
+    elif auto and source != "hub":
+        raise ConfigError(f"model.family=auto reads a checkpoint's config.json, and model {cfg.get('name')!r} "
+                          f"(source {source}) has none; choose one of: {', '.join(FAMILIES)}")
+    if cfg.get("name") is None:
+        cfg["name"] = model_name_of(str(path))
+    return cfg
+
+
 def check_model_config(cfg: Mapping[str, Any]) -> None:
-    """Reject an unknown family or source before anything is loaded."""
+    """Reject an unknown family or source, and a head the family cannot take, before anything is loaded.
+    `cfg` is resolved (resolve_model): its family is a family's name."""
     if cfg.get("family") not in FAMILIES:
         raise ConfigError(f"unknown model family {cfg.get('family')!r}; choose one of: {', '.join(FAMILIES)}")
     if cfg.get("source") not in SOURCES:
@@ -72,7 +166,7 @@ def check_config(config: Mapping[str, Any]) -> None:
         get_task(get(config, "task.name"))
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    model, peft = get(config, "model"), get(config, "peft")
+    model, peft = resolve_model(get(config, "model")), get(config, "peft")
     check_model_config(model)
     mode = get(config, "mask.mode")
     if mode == "adaptive":
