@@ -4,9 +4,7 @@ Every training this process starts (fishtune.harness.train.train) appends a line
 $CLAIMS_APP_LOG (appends of one short line from several processes do not interleave), so a test counts
 trainings without trusting the code it tests. With $CLAIMS_APP_HANG set to a path, the process writes
 that file after its first epoch checkpoint and then waits there until it is killed: a sweep killed
-mid-run, at a moment the test knows. With $CLAIMS_APP_PAUSE set to a path, each training process writes
-a line (its pid) to that file after its first epoch checkpoint and waits until `<path>.go` exists, then trains on:
-a run stopped (SIGSTOP, SIGTERM) mid-run while its heartbeat thread runs.
+mid-run, at a moment the test knows.
 """
 import os
 import sys
@@ -35,25 +33,9 @@ def save_checkpoint(path, state, guard=None):
     time.sleep(3600)
 
 
-_paused = []
-
-
-def pause_once(path, state, guard=None):
-    _save_checkpoint(path, state, guard)
-    if not _paused:  # once per process
-        _paused.append(path)
-        ready = Path(os.environ["CLAIMS_APP_PAUSE"])
-        with open(ready, "a") as f:
-            f.write(f"{os.getpid()}\n")
-        while not ready.with_name(ready.name + ".go").exists():
-            time.sleep(0.05)
-
-
 train_module.train = train  # run.execute imports it when it runs, so it gets this one
 if os.environ.get("CLAIMS_APP_HANG"):
     train_module.save_checkpoint = save_checkpoint
-elif os.environ.get("CLAIMS_APP_PAUSE"):
-    train_module.save_checkpoint = pause_once
 
 if __name__ == "__main__":
     main()

@@ -484,8 +484,16 @@ def signals_interrupt():
             signal.signal(s, handler)
 
 
-_WATCHING_PARENT = threading.Event()   # set once this process watches its parent
+# Set once this process watches its parent, and the parent's pid then. (Module state that _hydra_main reads
+# only through functions: a parallel sweep pickles _hydra_main by value, with the globals it names.)
+_WATCHING_PARENT = threading.Event()
+_PARENT = [0]
 PARENT_POLL_S = 0.5
+
+
+def gone_launcher() -> int | None:
+    """The pid of this process's launcher when it watches it (watch_parent) and it is gone, else None."""
+    return _PARENT[0] if _WATCHING_PARENT.is_set() and _PARENT[0] != os.getppid() else None
 
 
 def watch_parent() -> None:
@@ -495,13 +503,11 @@ def watch_parent() -> None:
     if _WATCHING_PARENT.is_set():
         return
     _WATCHING_PARENT.set()
-    parent = os.getppid()
+    parent = _PARENT[0] = os.getppid()
 
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(PARENT_POLL_S)
-        print(f"fishtune: the sweep's launcher (pid {parent}) is gone: this worker (pid {os.getpid()}) stops",
-              file=sys.stderr)
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(60)    # a run on its way out releases its claim in well under a minute
         os._exit(128 + signal.SIGTERM)
@@ -597,10 +603,11 @@ def _hydra_main(cfg: DictConfig) -> None:
         return
     except Interrupted as e:   # the claim is released and the temporary files are gone by now
         path = record_failure(config, e, e.run) if e.run is not None else None
-        print(f"fishtune: {e}: " + (f"{e.run.name} stopped and released its claim; {_details(path)}"
-                                    if e.run is not None else "no run was training"), file=sys.stderr)
+        why = f" (the sweep's launcher, pid {gone_launcher()}, is gone)" if gone_launcher() else ""
+        print(f"fishtune: {e}{why}: " + (f"{e.run.name} stopped and released its claim; {_details(path)}"
+                                         if e.run is not None else "no run was training"), file=sys.stderr)
         sys.stderr.flush()
-        if _WATCHING_PARENT.is_set() and os.getppid() == 1:   # a parallel sweep's orphaned worker
+        if gone_launcher():   # a parallel sweep's worker whose launcher is gone: nobody to report to
             os._exit(128 + e.signum)
         raise SystemExit(128 + e.signum) from None
     except MixedPrecisionError as e:   # the sweep stops: every later run would mix precisions the same way
@@ -677,13 +684,20 @@ def main() -> None:
     except ConfigError as e:
         print(f"fishtune: error: {e}", file=sys.stderr)
         sys.exit(2)
-    try:   # the launcher of a sweep too: stopped in one line; a parallel sweep's workers see it go and stop
-        with signals_interrupt():
-            _hydra_main()
-    except (Interrupted, KeyboardInterrupt) as e:
-        signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
-        print(f"fishtune: interrupted by {signal.Signals(signum).name}", file=sys.stderr)
-        sys.exit(128 + signum)
+    # Outside a run (a sweep's launcher, Hydra composing): SIGTERM and SIGINT end the process at once, in one
+    # line. Not by an exception: joblib would kill a parallel sweep's workers on its way out (SIGKILL, claims
+    # left behind), whereas its workers, seeing their launcher gone, stop cleanly (watch_parent).
+    if threading.current_thread() is threading.main_thread():
+        for s in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(s, _exit_at_once)
+    _hydra_main()
+
+
+def _exit_at_once(signum: int, frame: Any) -> None:
+    print(f"fishtune: interrupted by {signal.Signals(signum).name}", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(128 + signum)
 
 
 if __name__ == "__main__":
