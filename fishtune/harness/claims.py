@@ -30,6 +30,7 @@ Torch-free: the reports read claims too (fishtune.sweep_summary, the results pag
 """
 from __future__ import annotations
 
+import errno
 import glob
 import hashlib
 import json
@@ -44,7 +45,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .results import temp_writer
+from .results import NoSpace, temp_writer
 
 CLAIM = ".claim"  # suffix of a claim file: <run>.claim beside <run>.json
 # The Slurm variables that name a job; a requeued job keeps them (SLURM_RESTART_COUNT grows).
@@ -288,9 +289,22 @@ def _create(path: Path, data: bytes) -> bool:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)   # the umask decides who reads it
     except FileExistsError:
         return False
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
+    except OSError as e:
+        _no_space(e, path)
+        raise
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+    except OSError as e:   # no half-made claim left: it would hold the run for a whole timeout
+        path.unlink(missing_ok=True)
+        _no_space(e, path)
+        raise
     return True
+
+
+def _no_space(error: OSError, path: Path) -> None:
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise NoSpace(path) from error
 
 
 def _take_over(seen: Seen, data: bytes) -> bool:
