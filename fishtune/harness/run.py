@@ -472,11 +472,13 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 @contextlib.contextmanager
 def signals_interrupt():
-    """Within the block, SIGTERM and SIGINT raise Interrupted in the main thread (elsewhere: nothing changes)."""
+    """Within the block, SIGTERM and SIGINT raise Interrupted in the main thread. A signal that someone else
+    handles is left to them (submitit's handlers in a Slurm job requeue it), and so is any other thread."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    before = {s: signal.signal(s, _interrupt) for s in (signal.SIGTERM, signal.SIGINT)}
+    ours = (signal.SIG_DFL, signal.default_int_handler, _interrupt, _exit_at_once)
+    before = {s: signal.signal(s, _interrupt) for s in (signal.SIGTERM, signal.SIGINT) if signal.getsignal(s) in ours}
     try:
         yield
     finally:
