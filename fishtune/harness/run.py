@@ -440,7 +440,7 @@ def run(config: dict | DictConfig, progress: bool = True) -> dict:
         return existing
     settings = config["claim"]
     if not settings["enabled"]:
-        return execute(p, progress=progress)
+        return _execute_own(p, progress=progress)
     claim = claims.acquire(p.path, float(settings["timeout_s"]), float(settings["heartbeat_s"]))
     if isinstance(claim, claims.Busy):
         raise claims.ClaimedElsewhere(claim, p.path)
@@ -449,11 +449,16 @@ def run(config: dict | DictConfig, progress: bool = True) -> dict:
         if (existing := finished(p)) is not None:
             return existing
         claims.remove_abandoned_temps(p.path, float(settings["timeout_s"]))  # of writers killed mid-write
-        try:
-            return execute(p, progress=progress, claim=claim)
-        except Interrupted as e:
-            e.run = p.path   # it was this process's to train: its interrupt is recorded
-            raise
+        return _execute_own(p, progress=progress, claim=claim)
+
+
+def _execute_own(p: Plan, **kwargs: Any) -> dict:
+    """execute, by the process whose run it is: an interrupt names the run (its interrupt is recorded)."""
+    try:
+        return execute(p, **kwargs)
+    except Interrupted as e:
+        e.run = p.path
+        raise
 
 
 class Interrupted(BaseException):
