@@ -144,9 +144,31 @@ def test_two_users_read_each_others_results_and_nothing_is_renamed_or_retrained(
         assert run(cfg[3], progress=False) == third   # and root reads nobody's
         assert trained == [path[1].stem, path[2].stem, path[3].stem]   # each run trained once
         assert {seed: path[seed].read_bytes() for seed in (1, 2)} == before
+
+        # Root's private run unfinished (its result gone): its mask file is root's too, and left alone.
+        path[2].unlink()
+        mask = path[2].with_suffix(".mask.pt")
+        with _user(other.pw_uid, other.pw_gid, 0o002), pytest.raises(Unreadable, match=re.escape(
+                f"cannot read {mask}: permission denied (owned by root)")):
+            run(cfg[2], progress=False)
+        assert mask.stat().st_uid == 0 and len(trained) == 3
         assert not list(folder.rglob("*.damaged")) and not _leftovers(folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_sweep_counts_the_runs_it_left_alone_as_not_ours(tmp_path, capsys):
+    from omegaconf import OmegaConf
+
+    from fishtune.harness.run import NOT_OURS, SweepEnd
+
+    for job, (run_id, owner) in enumerate((("a", "alice"), ("b", "bob"))):
+        write_json_atomic(tmp_path / str(job) / NOT_OURS, {"run": str(tmp_path / f"{run_id}.json"), "owner": owner})
+    SweepEnd().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    out = capsys.readouterr().out
+    assert "fishtune: sweep done: 0 runs left to other live sweeps\n" in out
+    assert "fishtune: 2 runs not ours: another user's file this user may not read (left alone):\n" \
+           "  a.json: owned by alice\n  b.json: owned by bob\n" in out
 
 
 def test_files_follow_the_umask():
