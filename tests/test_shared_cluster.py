@@ -44,8 +44,8 @@ needs_root = pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
 
 
 def _start(runs: Path, *overrides: str, env: dict | None = None, multirun: bool = False) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "fishtune.run", *(["-m"] if multirun else []), f"data.glue_dir={GLUE_FIXTURES}", f"paths.runs_dir={runs}", *QUICK,
-           *overrides]
+    cmd = [sys.executable, "-m", "fishtune.run", *(["-m"] if multirun else []), f"data.glue_dir={GLUE_FIXTURES}",
+           f"paths.runs_dir={runs}", *QUICK, *overrides]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **(env or {})})
@@ -107,7 +107,10 @@ def test_two_users_read_each_others_results_and_nothing_is_renamed_or_retrained(
     from fishtune.harness import train as train_module
     from fishtune.harness.run import plan, run
 
-    other = pwd.getpwnam("nobody")
+    try:
+        other = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no user `nobody` to be the second user")
     folder = Path(tempfile.mkdtemp(prefix="fishtune-shared-", dir="/tmp"))
     os.chmod(folder, 0o2777)   # a shared folder (group-setgid; here world-writable, as nobody is in no group of ours)
     trained = []
@@ -322,7 +325,8 @@ def test_a_checkpoint_that_does_not_fit_the_run_is_set_aside_and_the_run_starts_
     name = next(iter(state["trainable"]))
     wrong_shape = {**state, "run": checkpoint.name,
                    "trainable": {**state["trainable"], name: torch.zeros(3, *state["trainable"][name].shape)}}
-    for why, put in ((f"another run's checkpoint: {plan(other).path.stem}.ckpt.pt", lambda: shutil.copy(kept, checkpoint)),
+    for why, put in ((f"another run's checkpoint: {plan(other).path.stem}.ckpt.pt",
+                      lambda: shutil.copy(kept, checkpoint)),
                      (f"{name} has shape", lambda: torch.save(wrong_shape, checkpoint))):
         path.unlink()   # the run unfinished, with that checkpoint under its name
         put()

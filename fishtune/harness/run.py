@@ -31,8 +31,8 @@ from . import CONF_DIR
 from . import claims
 from . import data as glue
 from . import tracking
-from .results import (Diverged, NoSpace, RunFailure, RunResult, Unreadable, read_json, config_hash, git_commit, identity,
-                      json_safe, now_iso, package_versions, read_result, result_path, run_name, set_aside,
+from .results import (Diverged, NoSpace, RunFailure, RunResult, Unreadable, read_json, config_hash, git_commit,
+                      identity, json_safe, now_iso, package_versions, read_result, result_path, run_name, set_aside,
                       write_json_atomic)
 from .tasks import TaskSpec, get_task
 from .validate import HEAD_ONLY, ConfigError, check_config, check_hub, first_mask_mode
