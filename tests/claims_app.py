@@ -27,8 +27,8 @@ def train(*args, checkpoint=None, **kwargs):
     return _train(*args, checkpoint=checkpoint, **kwargs)
 
 
-def save_checkpoint(path, state):
-    _save_checkpoint(path, state)
+def save_checkpoint(path, state, guard=None):
+    _save_checkpoint(path, state, guard)
     Path(os.environ["CLAIMS_APP_HANG"]).write_text(str(path))
     time.sleep(3600)
 

@@ -10,7 +10,9 @@ fails.
 A sweep that finds a claim leaves the run to its owner while the owner lives, and takes the claim over
 when the owner is gone:
   * its own Slurm job, requeued (same job id and array task, the old process gone or on another node);
-  * on this host, a pid that no longer runs;
+  * on this host, a pid that no longer runs, or that runs but is another process: its start time (field 22
+    of /proc/<pid>/stat) or the kernel's boot id differs from the claim's (a restarted container reuses
+    hostname and pids);
   * on any host, no heartbeat for `claim.timeout_s` seconds (the only test across hosts: keep it well
     above the heartbeat and any clock skew between the nodes).
 A takeover is race-safe: of all the sweeps that judge one version of a claim stale, the one whose
@@ -18,10 +20,18 @@ exclusive create of that version's takeover file succeeds checks that the claim 
 and renames its own claim over it (a rename replaces atomically: there is never a moment without a
 claim in which a fresh create could slip in). Each takeover is logged on stderr.
 
+A claim is the right to write: its owner checks it at every training step (the heartbeat thread's last
+look) and reads it again just before it writes a checkpoint, a mask or the result. An owner that finds it
+gone or taken (it was stopped past the timeout, SIGSTOP, a frozen node) raises ClaimLost: it stops
+training at once, writes nothing, and says so in one line. Claim files follow the umask (0o666 & ~umask),
+so a group that shares a folder reads each other's claims.
+
 Torch-free: the reports read claims too (fishtune.sweep_summary, the results page).
 """
 from __future__ import annotations
 
+import errno
+import glob
 import hashlib
 import json
 import os
@@ -34,6 +44,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from .results import NoSpace, temp_writer
 
 CLAIM = ".claim"  # suffix of a claim file: <run>.claim beside <run>.json
 # The Slurm variables that name a job; a requeued job keeps them (SLURM_RESTART_COUNT grows).
@@ -93,6 +105,36 @@ def pid_running(pid: Any) -> bool:
         return True
 
 
+def process_start_time(pid: Any) -> str | None:
+    """When process `pid` started, in clock ticks since boot (field 22 of /proc/<pid>/stat); None without
+    /proc or without such a process. With the boot id it tells a process from a later one with its pid."""
+    try:
+        stat = Path(f"/proc/{int(pid)}/stat").read_text()
+        return stat[stat.rindex(")") + 2:].split()[19]   # fields from the 3rd on, after the command's ")"
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def boot_id() -> str | None:
+    """This kernel's boot id (a new one at every boot); None without /proc."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def _another_process(owner: dict) -> str | None:
+    """Why the live pid of a claim made on this host is not its owner (None while nothing says so): a
+    restarted container or machine has the same host name and reuses pids."""
+    pid, host = owner.get("pid"), owner.get("host")
+    if owner.get("boot_id") and boot_id() and owner["boot_id"] != boot_id():
+        return f"{host} has booted since (boot id {owner['boot_id'][:8]}... then, {boot_id()[:8]}... now)"
+    now = process_start_time(pid)
+    if owner.get("start_time") and now and str(owner["start_time"]) != now:
+        return f"pid {pid} on {host} is another process now (started at tick {now}, the owner at {owner['start_time']})"
+    return None
+
+
 def owner_gone(owner: dict | None, mtime: float, timeout_s: float, now: float | None = None) -> str | None:
     """Why the owner of a claim (its content, None when unreadable, and its file's mtime) is gone, or
     None while it counts as live."""
@@ -106,6 +148,8 @@ def owner_gone(owner: dict | None, mtime: float, timeout_s: float, now: float | 
                 return f"its own Slurm job {slurm_label(mine)}, requeued"
         if here and not pid_running(owner.get("pid")):
             return f"pid {owner.get('pid')} no longer runs on {owner.get('host')}"
+        if here and (why := _another_process(owner)):
+            return why
     # An unreadable claim is being written this instant, or its writer died mid-write: the timeout decides.
     age = (time.time() if now is None else now) - mtime
     if age > timeout_s:
@@ -130,13 +174,19 @@ class Seen:
 
 
 def look(path: Path) -> Seen | None:
-    """The claim file now, or None when there is none."""
+    """The claim file now, or None when there is none. A claim this user may not read (another user's,
+    under a private umask) is seen as unreadable: its mtime, the timeout, decides."""
     try:
         with open(path, "rb") as f:
             data = f.read()
             mtime_ns = os.fstat(f.fileno()).st_mtime_ns
     except FileNotFoundError:
         return None
+    except PermissionError:
+        try:
+            return Seen(path, b"", os.stat(path).st_mtime_ns)
+        except FileNotFoundError:
+            return None
     return Seen(path, data, mtime_ns)
 
 
@@ -159,6 +209,10 @@ class ClaimedElsewhere(RuntimeError):
         super().__init__(f"{self.result.name} is claimed by {busy.describe()}")
 
 
+class ClaimLost(RuntimeError):
+    """This process's claim on a run is gone or someone else's: it must stop the run and write nothing."""
+
+
 @dataclass
 class Claim:
     """A claim this process holds. `with claim:` beats in a daemon thread and releases at the end."""
@@ -171,20 +225,31 @@ class Claim:
     _thread: threading.Thread | None = field(default=None, repr=False)
 
     def beat(self, *_: Any) -> bool:
-        """Refresh the claim's mtime if it is still ours; False (and a warning, once) when it is not: it was
+        """Refresh the claim's mtime if it is still ours; False (and one line, once) when it is not: it was
         taken over after missing heartbeats, and the other owner may be training the run too."""
-        seen = look(self.path)
-        if seen is None or seen.data != self.data:
-            if not self.lost:
-                self.lost = True
-                print(f"fishtune: warning: lost the claim on {self.path.name} (no heartbeat for too long?); "
-                      f"now {describe(seen.owner) if seen else 'unclaimed'}", file=sys.stderr)
+        seen = look(self.path) if not self.lost else None
+        if self.lost or seen is None or seen.data != self.data:
+            self._lose(seen)
             return False
         try:
             os.utime(self.path)
         except FileNotFoundError:
+            self._lose(None)
             return False
         return True
+
+    def check(self, fresh: bool = True) -> None:
+        """Raise ClaimLost unless the claim is still ours: read again (`fresh`, before every write), or as
+        the heartbeat thread last found it (at every training step, at no cost)."""
+        if self.lost or (fresh and not self.beat()):
+            raise ClaimLost(f"lost the claim on {self.path.name}")
+
+    def _lose(self, seen: Seen | None) -> None:
+        if not self.lost:
+            self.lost = True
+            print(f"fishtune: warning: lost the claim on {self.path.name} (no heartbeat for too long?), now "
+                  f"{describe(seen.owner) if seen else 'unclaimed'}: this process stops the run and writes nothing "
+                  f"for it", file=sys.stderr)
 
     def release(self) -> None:
         """Stop the heartbeat and remove the claim, if it is still ours."""
@@ -212,19 +277,34 @@ def _owner_record(run_id: str, timeout_s: float, heartbeat_s: float) -> bytes:
     """A claim's content. Its timeout and heartbeat go with it, so that a summary judges it by them."""
     owner = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(), "slurm": slurm_job(),
              "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "timeout_s": timeout_s,
-             "heartbeat_s": heartbeat_s, "token": uuid.uuid4().hex}
+             "heartbeat_s": heartbeat_s, "token": uuid.uuid4().hex,
+             # what tells this process from a later one with its host name and pid (a restarted container)
+             "boot_id": boot_id(), "start_time": process_start_time(os.getpid())}
     return json.dumps(owner, indent=1).encode()
 
 
 def _create(path: Path, data: bytes) -> bool:
     """Create `path` holding `data` if no file is there (atomically, also on NFS); False if one is."""
     try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)   # the umask decides who reads it
     except FileExistsError:
         return False
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
+    except OSError as e:
+        _no_space(e, path)
+        raise
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+    except OSError as e:   # no half-made claim left: it would hold the run for a whole timeout
+        path.unlink(missing_ok=True)
+        _no_space(e, path)
+        raise
     return True
+
+
+def _no_space(error: OSError, path: Path) -> None:
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise NoSpace(path) from error
 
 
 def _take_over(seen: Seen, data: bytes) -> bool:
@@ -238,7 +318,7 @@ def _take_over(seen: Seen, data: bytes) -> bool:
     version = hashlib.sha1(seen.data + str(seen.mtime_ns).encode()).hexdigest()[:16]
     token = seen.path.with_name(f"{seen.path.name}.takeover-{version}")
     try:
-        fd = os.open(token, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        fd = os.open(token, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
     except FileExistsError:
         try:  # a takeover takes milliseconds: a file this old was left by a taker that died midway
             if time.time() - token.stat().st_mtime > ABANDONED_TAKEOVER_S:
@@ -283,6 +363,29 @@ def acquire(result: str | Path, timeout_s: float, heartbeat_s: float) -> Claim |
     seen = seen or look(path)
     age = time.time() - seen.mtime_ns / 1e9 if seen is not None else 0.0
     return Busy(path, seen.owner if seen is not None else None, age)
+
+
+def remove_abandoned_temps(result: str | Path, timeout_s: float) -> list[Path]:
+    """Remove the temporary files (results.temp_prefix) of the run whose result file is `result` that their
+    writers left: a writer on this host whose pid no longer runs, or any file older than `timeout_s`
+    (a killed process cannot remove its own). Called by the claim's holder, so no live owner is writing."""
+    result = Path(result)
+    names = [result.name, result.with_suffix(".ckpt.pt").name, result.with_suffix(".mask.pt").name,
+             result.with_suffix(".failed.json").name, result.with_suffix(".interrupted.json").name]
+    removed = []
+    for name in names:
+        target = result.with_name(name)
+        for temp in [*result.parent.glob(f".{glob.escape(name)}.*.tmp"), target.with_name(name + ".tmp")]:
+            writer = temp_writer(target, temp)
+            try:
+                age = time.time() - temp.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            dead = writer is not None and writer[1] == socket.gethostname() and not pid_running(writer[0])
+            if dead or age > timeout_s:
+                temp.unlink(missing_ok=True)
+                removed.append(temp)
+    return removed
 
 
 @dataclass

@@ -20,13 +20,22 @@ a required field) is never fatal: a run sets its own damaged result, mask or che
 
 The loaders return the types: `load_results` RunResults, `load_failures` RunFailures, each with the
 `path` it was read from; `finished_runs` is the one test of which results the reports count.
+
+Shared folders: every file a run writes (result, failure record, mask, checkpoint) is written to a temporary
+file of its own (`.<name>.<pid>@<host>.<random>.tmp`) and renamed into place, with the mode any file gets
+under the writer's umask (0o666 & ~umask: `umask 002` makes it group-writable). A file this user may not
+read (another user's, written under a private umask) is never taken for damage: `Unreadable` names it and
+its owner, and the run is left alone. A full disk (or quota) is `NoSpace`: "no space left on device: <path>".
 """
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -48,6 +57,30 @@ class Diverged(RuntimeError):
 
 class NotAResult(ValueError):
     """A JSON file that is no fishtune result at all (no known `schema`): a config dump, a failure record."""
+
+
+class Unreadable(PermissionError):
+    """A run's file that this user may not read (another user's, written under a private umask): never
+    set aside or retrained; the run is left to its owner."""
+
+    def __init__(self, path: str | Path):
+        self.path, self.owner = Path(path), file_owner(path)
+        super().__init__(errno.EACCES, f"cannot read {self.path}: permission denied (owned by {self.owner}); "
+                                       f"the run is left alone")
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+class NoSpace(OSError):
+    """A write found the disk (or the user's quota) full: the run fails with 'no space left on device: <path>'."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        super().__init__(errno.ENOSPC, f"no space left on device: {self.path}")
+
+    def __str__(self) -> str:
+        return self.strerror
 
 
 # The keys an adaptive run adds; absent (not null) in every other result file.
@@ -233,21 +266,97 @@ def result_path(runs_dir: str | Path, config: Mapping[str, Any], layers: int) ->
     return Path(runs_dir) / f"{run_name(config, layers)}-{config_hash(config)}.json"
 
 
-def write_json_atomic(path: str | Path, data: Mapping[str, Any]) -> None:
-    """Write to a temporary file beside `path`, then rename: a crash never leaves half a file.
-    NaN and infinity are refused (ValueError): they are not JSON, and no result may hold them."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def file_owner(path: str | Path) -> str:
+    """The user name of a file's owner (its uid when the name is unknown here; '?' when it cannot be seen)."""
+    import pwd
+
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, default=str, allow_nan=False)
+        uid = os.stat(path).st_uid
+    except OSError:
+        return "?"
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def current_umask() -> int:
+    """This process's umask (Linux reads it from /proc without changing it, elsewhere it is set and put back)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode of a new file under this process's umask, as `open` would give it: 0o666 & ~umask."""
+    return 0o666 & ~current_umask()
+
+
+def temp_prefix(path: str | Path) -> str:
+    """Start of the temporary files written for `path`: `.<name>.<pid>@<host>.`, then a random part and
+    `.tmp`. Each writer (process, and call) has its own, and the pid and host say whether it still runs."""
+    path = Path(path)
+    return f".{path.name}.{os.getpid()}@{socket.gethostname()}."
+
+
+def temp_writer(path: str | Path, temp: str | Path) -> tuple[int, str] | None:
+    """(pid, host) of the writer of a temporary file of `path` (named by temp_prefix), None if it is none."""
+    name, head = Path(temp).name, f".{Path(path).name}."
+    if not (name.startswith(head) and name.endswith(".tmp")):
+        return None
+    writer = name[len(head):-len(".tmp")].rsplit(".", 1)[0]
+    pid, _, host = writer.partition("@")
+    return (int(pid), host) if pid.isdigit() and host else None
+
+
+def write_atomic(path: str | Path, data: bytes | memoryview, guard: Callable[[], None] | None = None) -> None:
+    """Write `data` to a temporary file of this writer's own beside `path` (mode 0o666 & ~umask), then
+    rename it over `path`: a crash never leaves half a file, and writers never share a temporary file.
+    `guard` is called just before the rename: if it raises (the run's claim is lost), nothing is replaced.
+    The temporary file is removed whatever stops the write (an error, a signal's exception); a full disk
+    or quota raises NoSpace."""
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=".tmp")
+        os.fchmod(fd, file_mode())  # mkstemp makes it 0600: the group could not read the result
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if guard is not None:
+            guard()
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and not isinstance(e, NoSpace) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise NoSpace(path) from e
         raise
+
+
+def write_json_atomic(path: str | Path, data: Mapping[str, Any], guard: Callable[[], None] | None = None) -> None:
+    """Write JSON atomically (write_atomic). NaN and infinity are refused (ValueError) before any file is
+    made: they are not JSON, and no result may hold them."""
+    blob = json.dumps(data, indent=1, default=str, allow_nan=False).encode()
+    write_atomic(path, blob, guard)
+
+
+def save_torch_atomic(path: str | Path, obj: Any, guard: Callable[[], None] | None = None) -> None:
+    """torch.save, atomically (write_atomic). Serialised in memory first, so that a full disk is an OSError
+    of Python's own write (NoSpace), not torch's "unexpected pos" from inside its zip writer."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_atomic(path, buffer.getbuffer(), guard)
 
 
 def json_safe(value: Any) -> Any:
@@ -272,19 +381,34 @@ def set_aside(path: str | Path, why: str) -> Path:
     return aside
 
 
+def check_readable(path: str | Path) -> None:
+    """Raise Unreadable when this user may not read the file at `path` (one that is absent is no matter)."""
+    try:
+        with open(path, "rb"):
+            pass
+    except PermissionError:
+        raise Unreadable(path) from None
+    except FileNotFoundError:
+        pass
+
+
 def read_json(path: Path) -> tuple[Any, str | None]:
-    """(data, None), or (None, why) when the file cannot be read as JSON (truncated, not text)."""
+    """(data, None), or (None, why) when the file cannot be read as JSON (truncated, not text, or another
+    user's that this one may not read: 'permission denied (owned by NAME)')."""
     try:
         return json.loads(path.read_bytes()), None
+    except PermissionError:  # another user's file, not a damaged one
+        return None, f"permission denied (owned by {file_owner(path)})"
     except (OSError, UnicodeDecodeError, ValueError) as e:
         return None, f"{type(e).__name__}: {e}".splitlines()[0]
 
 
 def read_result(path: str | Path) -> dict | None:
     """The result file at `path` as the run returns it (RunResult.to_json(): the current schema's
-    dict), or None when it is damaged (unreadable, truncated, not a result, a required field missing):
-    then it is set aside with a warning and its run is to be redone."""
+    dict), or None when it is damaged (truncated, not a result, a required field missing): then it is set
+    aside with a warning and its run is to be redone. Unreadable when this user may not read it."""
     path = Path(path)
+    check_readable(path)
     data, why = read_json(path)
     if why is None:
         try:
@@ -344,13 +468,11 @@ def finished_runs(results: Iterable[RunResult], skipped: list[str] | None = None
 # A run's mask file (`<run>.mask.pt`): torch is imported only where a mask is read or written.
 
 def save_mask_file(path, masks: Mapping[str, Any], fisher_seconds: float = 0.0,
-                   zero_fisher_filled: int | None = None) -> None:
-    """A run's mask beside its result file, with what the Fisher cost and how many of its entries had a
-    zero Fisher score (a resumed run reports both)."""
-    import torch
-
-    torch.save({"masks": dict(masks), "fisher_seconds": float(fisher_seconds),
-                "zero_fisher_filled": zero_fisher_filled}, path)
+                   zero_fisher_filled: int | None = None, guard: Callable[[], None] | None = None) -> None:
+    """A run's mask beside its result file (atomically; `guard` as in write_atomic), with what the Fisher
+    cost and how many of its entries had a zero Fisher score (a resumed run reports both)."""
+    save_torch_atomic(path, {"masks": dict(masks), "fisher_seconds": float(fisher_seconds),
+                             "zero_fisher_filled": zero_fisher_filled}, guard)
 
 
 def read_mask_file(path: Path, like: Mapping[str, Any]) -> tuple[dict[str, Any], float, int | None] | None:
@@ -359,6 +481,7 @@ def read_mask_file(path: Path, like: Mapping[str, Any]) -> tuple[dict[str, Any],
     damaged one is set aside as `<name>.damaged` with a warning, and the run builds its mask again."""
     if not path.exists():
         return None
+    check_readable(path)
     try:
         saved = _mask_record(path)
         masks = saved["masks"]

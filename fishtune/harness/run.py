@@ -8,11 +8,14 @@ inside the functions that need them, so that a bad value never waits for them.
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -28,8 +31,9 @@ from . import CONF_DIR
 from . import claims
 from . import data as glue
 from . import tracking
-from .results import (Diverged, RunFailure, RunResult, read_json, config_hash, git_commit, identity, json_safe, now_iso,
-                      package_versions, read_result, result_path, run_name, set_aside, write_json_atomic)
+from .results import (Diverged, NoSpace, RunFailure, RunResult, Unreadable, read_json, config_hash, git_commit,
+                      identity, json_safe, now_iso, package_versions, read_result, result_path, run_name, set_aside,
+                      write_json_atomic)
 from .tasks import TaskSpec, get_task
 from .validate import HEAD_ONLY, ConfigError, check_config, check_hub, first_mask_mode, resolve_model
 
@@ -273,10 +277,11 @@ def build_model(p: Plan, tokenizer, device: str):
     return model, head, candidates
 
 
-def choose_mask(p: Plan, model, head: dict, candidates: dict, data: Data) -> tuple[dict, float, int | None]:
+def choose_mask(p: Plan, model, head: dict, candidates: dict, data: Data,
+                guard: Callable[[], None] | None = None) -> tuple[dict, float, int | None]:
     """(masks over the method's tensors, seconds the Fisher took, chosen entries whose Fisher score is
     zero: None without a Fisher). A resumed run keeps the mask file it started with; a new mask is saved
-    beside the result file before training."""
+    beside the result file before training (if `guard`, the run's claim check, lets it)."""
     import warnings
 
     import torch
@@ -309,7 +314,7 @@ def choose_mask(p: Plan, model, head: dict, candidates: dict, data: Data) -> tup
     masks = {n: masks[n] for n in candidates}  # the mask file keeps the method's entries; the head trains in full
     fisher_seconds = time.perf_counter() - t0 if batches is not None else 0.0
     zero_filled = (zero[0].message.filled if zero else 0) if batches is not None else None
-    save_mask_file(mask_file, masks, fisher_seconds, zero_filled)
+    save_mask_file(mask_file, masks, fisher_seconds, zero_filled, guard)
     return masks, fisher_seconds, zero_filled
 
 
@@ -320,10 +325,13 @@ def result_keys(p: Plan) -> dict[str, Any]:
             "rank": cfg["peft"].get("rank"), "mask": p.mode, "budget": int(cfg["budget"]), "seed": int(cfg["seed"])}
 
 
-def execute(p: Plan, progress: bool = True, on_epoch: Callable[[dict], Any] | None = None) -> dict:
+def execute(p: Plan, progress: bool = True, on_epoch: Callable[[dict], Any] | None = None,
+            claim: claims.Claim | None = None) -> dict:
     """Run the plan and write its result file; returns the result (RunResult.to_json()).
 
-    The steps: data, model, mask, train, write. `on_epoch` sees each epoch's record (a claim's heartbeat)."""
+    The steps: data, model, mask, train, write. `on_epoch` sees each epoch's record. With the run's `claim`,
+    it heartbeats after each epoch, training stops once the claim is lost (claims.ClaimLost), and the mask,
+    the checkpoints and the result are written only while the claim is still this process's."""
     import torch
     from transformers import set_seed
 
@@ -341,7 +349,8 @@ def execute(p: Plan, progress: bool = True, on_epoch: Callable[[dict], Any] | No
 
     data = load_data(p)
     model, head, candidates = build_model(p, data.tokenizer, device)
-    masks, fisher_seconds, zero_fisher_filled = choose_mask(p, model, head, candidates, data)
+    guard = claim.check if claim is not None else None
+    masks, fisher_seconds, zero_fisher_filled = choose_mask(p, model, head, candidates, data, guard)
     trainable = apply_masks(model, masks)
     freezer = None
     if p.mode == "adaptive":
@@ -357,7 +366,7 @@ def execute(p: Plan, progress: bool = True, on_epoch: Callable[[dict], Any] | No
                              device=device, bf16=bf16, progress=progress, head_lr=head_lr)
     keys = result_keys(p)
     tracker = tracking.start(cfg, keys, p.path.stem)
-    listeners = [f for f in (tracker[0] if tracker else None, on_epoch) if f is not None]
+    listeners = [f for f in (tracker[0] if tracker else None, on_epoch, claim and claim.beat) if f]
 
     def each_epoch(record: dict) -> None:
         for listener in listeners:
@@ -366,7 +375,7 @@ def execute(p: Plan, progress: bool = True, on_epoch: Callable[[dict], Any] | No
     checkpoint = p.path.with_suffix(".ckpt.pt")
     # A requeued (or rerun) job continues after the last epoch its checkpoint holds.
     outcome = train(model, data.train_loader, data.dev_loader, p.task, settings, masks, checkpoint=checkpoint,
-                    on_epoch=each_epoch if listeners else None, freezer=freezer)
+                    on_epoch=each_epoch if listeners else None, freezer=freezer, claim=claim)
 
     result = RunResult(
         run_id=p.path.stem, config_hash=config_hash(cfg), config=cfg, **keys,
@@ -396,15 +405,17 @@ def execute(p: Plan, progress: bool = True, on_epoch: Callable[[dict], Any] | No
         result.ratio_pct_final = 100 * (p.head + freezer.active_entries()) / p.total
         result.ratio_pct_mean = 100 * (p.head + sum(active) / max(len(active), 1)) / p.total
         result.active_ratio_history = [h["active_ratio"] for h in outcome.history]
-    return write_result(p, result, tracker)
+    return write_result(p, result, tracker, guard)
 
 
-def write_result(p: Plan, result: RunResult, tracker=None) -> dict:
-    """Write the result file (atomically), drop the run's checkpoint and any earlier failure record."""
+def write_result(p: Plan, result: RunResult, tracker=None, guard: Callable[[], None] | None = None) -> dict:
+    """Write the result file (atomically; only if `guard`, the claim's check, lets it), drop the run's
+    checkpoint and any earlier failure or interrupt record."""
     out = result.to_json()
-    write_json_atomic(p.path, out)
+    write_json_atomic(p.path, out, guard)
     p.path.with_suffix(".ckpt.pt").unlink(missing_ok=True)
     p.path.with_suffix(".failed.json").unlink(missing_ok=True)  # an earlier failure of this run is history
+    p.path.with_suffix(INTERRUPTED).unlink(missing_ok=True)
     if tracker:
         tracker[1](out)
     return out
@@ -424,7 +435,10 @@ def run(config: dict | DictConfig, progress: bool = True) -> dict:
     """Plan and execute one run, or return the existing result when its file is already there.
 
     The run is claimed while it trains (claim.enabled; fishtune/harness/claims.py): a run that another
-    live sweep has claimed raises claims.ClaimedElsewhere and is not touched."""
+    live sweep has claimed raises claims.ClaimedElsewhere and is not touched; a run whose claim is lost
+    while it trains raises claims.ClaimLost, having written nothing. A result, mask or checkpoint this user
+    may not read raises results.Unreadable (the run is left alone). Interrupted (SIGTERM, SIGINT under
+    `signals_interrupt`) leaves with the claim released and `run` set to the result path."""
     if isinstance(config, DictConfig):
         config = OmegaConf.to_container(config, resolve=True)
     p = plan(config)
@@ -432,7 +446,7 @@ def run(config: dict | DictConfig, progress: bool = True) -> dict:
         return existing
     settings = config["claim"]
     if not settings["enabled"]:
-        return execute(p, progress=progress)
+        return _execute_own(p, progress=progress)
     claim = claims.acquire(p.path, float(settings["timeout_s"]), float(settings["heartbeat_s"]))
     if isinstance(claim, claims.Busy):
         raise claims.ClaimedElsewhere(claim, p.path)
@@ -440,7 +454,78 @@ def run(config: dict | DictConfig, progress: bool = True) -> dict:
         # Another sweep may have finished the run between the look above and the claim.
         if (existing := finished(p)) is not None:
             return existing
-        return execute(p, progress=progress, on_epoch=claim.beat)
+        claims.remove_abandoned_temps(p.path, float(settings["timeout_s"]))  # of writers killed mid-write
+        return _execute_own(p, progress=progress, claim=claim)
+
+
+def _execute_own(p: Plan, **kwargs: Any) -> dict:
+    """execute, by the process whose run it is: an interrupt names the run (its interrupt is recorded)."""
+    try:
+        return execute(p, **kwargs)
+    except Interrupted as e:
+        e.run = p.path
+        raise
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT, raised in the main thread (signals_interrupt). A BaseException, so that no
+    `except Exception` on the way holds it up: every `with` and `finally` on the way out runs (the claim
+    is released, temporary files are removed)."""
+
+    def __init__(self, signum: int):
+        self.signum, self.run = signum, None   # run: the result path of the run it stopped, if ours
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def signals_interrupt():
+    """Within the block, SIGTERM and SIGINT raise Interrupted in the main thread. A signal that someone else
+    handles is left to them (submitit's handlers in a Slurm job requeue it), and so is any other thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    ours = (signal.SIG_DFL, signal.default_int_handler, _interrupt, _exit_at_once)
+    before = {s: signal.signal(s, _interrupt) for s in (signal.SIGTERM, signal.SIGINT) if signal.getsignal(s) in ours}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
+# Set once this process watches its parent, and the parent's pid then. (Module state that _hydra_main reads
+# only through functions: a parallel sweep pickles _hydra_main by value, with the globals it names.)
+_WATCHING_PARENT = threading.Event()
+_PARENT = [0]
+PARENT_POLL_S = 0.5
+
+
+def gone_launcher() -> int | None:
+    """The pid of this process's launcher when it watches it (watch_parent) and it is gone, else None."""
+    return _PARENT[0] if _WATCHING_PARENT.is_set() and _PARENT[0] != os.getppid() else None
+
+
+def watch_parent() -> None:
+    """In a worker process of a local parallel sweep: when the process that launched it goes (killed, even
+    with SIGKILL), its pid's parent changes; then SIGTERM this process, which stops its run cleanly
+    (Interrupted: claim released, temporary files removed), or, between runs, ends it."""
+    if _WATCHING_PARENT.is_set():
+        return
+    _WATCHING_PARENT.set()
+    parent = _PARENT[0] = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(60)    # a run on its way out releases its claim in well under a minute
+        os._exit(128 + signal.SIGTERM)
+
+    threading.Thread(target=watch, name="fishtune parent watch", daemon=True).start()
 
 
 def check_group_overrides(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
@@ -466,21 +551,35 @@ def check_group_overrides(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
 def failure_reason(error: BaseException) -> str:
     """One line saying why a run failed: bad input and divergence say it themselves, anything else is
     named by its type."""
-    text = str(error) if isinstance(error, (ConfigError, Diverged)) else f"{type(error).__name__}: {error}"
+    text = str(error) if isinstance(error, (ConfigError, Diverged, NoSpace, Interrupted)) \
+        else f"{type(error).__name__}: {error}"
     return text.strip().splitlines()[0] if text.strip() else type(error).__name__
 
 
-def record_failure(config: dict, error: BaseException) -> Path:
-    """Write `<run>.failed.json` (the reason, the error and its traceback) beside where the result would be."""
+def record_failure(config: dict, error: BaseException, path: Path | None = None) -> Path | None:
+    """Write `<run>.failed.json` (the reason, the error and its traceback) beside where the result would be;
+    an Interrupted run writes `<run>.interrupted.json` (status interrupted, no traceback: not a failure,
+    and no report counts it as one). None when the record cannot be written (a full disk)."""
+    interrupted = isinstance(error, Interrupted)
+    if path is None:
+        try:
+            path = plan(config).path
+        except ConfigError:
+            path = Path(config["paths"]["runs_dir"]) / f"invalid-{config_hash(config)}.json"
+    path = path.with_suffix(INTERRUPTED if interrupted else ".failed.json")
+    failure = RunFailure(status="interrupted" if interrupted else "failed", config=json_safe(config),
+                         reason=failure_reason(error), error=f"{type(error).__name__}: {error}",
+                         traceback=None if interrupted else traceback.format_exception(error),
+                         host=socket.gethostname(), slurm=slurm_ids(), finished_at=now_iso())
     try:
-        path = plan(config).path.with_suffix(".failed.json")
-    except ConfigError:
-        path = Path(config["paths"]["runs_dir"]) / f"invalid-{config_hash(config)}.failed.json"
-    failure = RunFailure(config=json_safe(config), reason=failure_reason(error), error=f"{type(error).__name__}: {error}",
-                         traceback=traceback.format_exception(error), host=socket.gethostname(), slurm=slurm_ids(),
-                         finished_at=now_iso())
-    write_json_atomic(path, failure.to_json())
+        write_json_atomic(path, failure.to_json())
+    except NoSpace:
+        return None
     return path
+
+
+def _details(path: Path | None) -> str:
+    return f"details in {path}" if path is not None else "no record written (no space left on device)"
 
 
 # An absolute config path: main() also works when called from Python (`from fishtune.run import main`),
@@ -496,14 +595,34 @@ def _hydra_main(cfg: DictConfig) -> None:
     if stop is not None and stop.exists():   # an earlier job found precisions about to mix: nothing more trains
         print(f"fishtune: skip, the sweep stopped: {json.loads(stop.read_text())['reason']}", file=sys.stderr)
         return
+    if in_sweep and "joblib" in str(HydraConfig.get().launcher.get("_target_", "")):
+        watch_parent()   # a worker of a local parallel sweep: it stops when its launcher is killed
     try:
-        result = run(config)
+        with signals_interrupt():
+            result = run(config)
     except claims.ClaimedElsewhere as e:  # not this sweep's to train: counted at the sweep's end (SweepEnd)
         print(f"fishtune: skip, claimed by another live sweep: {e.result} ({e.busy.describe()})")
         if in_sweep:
             write_json_atomic(Path(HydraConfig.get().runtime.output_dir) / LEFT_TO_OTHERS,
                               {"run": str(e.result), "owner": e.busy.describe()})
         return
+    except claims.ClaimLost:   # said in one line by the claim; the run is another owner's now
+        return
+    except Unreadable as e:   # another user's file: never taken for damage, never retrained
+        print(f"fishtune: skip, {e}", file=sys.stderr)
+        if in_sweep:
+            write_json_atomic(Path(HydraConfig.get().runtime.output_dir) / NOT_OURS,
+                              {"run": str(e.path), "owner": e.owner})
+        return
+    except Interrupted as e:   # the claim is released and the temporary files are gone by now
+        path = record_failure(config, e, e.run) if e.run is not None else None
+        why = f" (the sweep's launcher, pid {gone_launcher()}, is gone)" if gone_launcher() else ""
+        print(f"fishtune: {e}{why}: " + (f"{e.run.name} stopped and released its claim; {_details(path)}"
+                                         if e.run is not None else "no run was training"), file=sys.stderr)
+        sys.stderr.flush()
+        if gone_launcher():   # a parallel sweep's worker whose launcher is gone: nobody to report to
+            os._exit(128 + e.signum)
+        raise SystemExit(128 + e.signum) from None
     except MixedPrecisionError as e:   # the sweep stops: every later run would mix precisions the same way
         if stop is not None:
             write_json_atomic(stop, {"reason": str(e), "run": json_safe(config)})
@@ -514,14 +633,14 @@ def _hydra_main(cfg: DictConfig) -> None:
     except Exception as e:  # noqa: BLE001 - a sweep records every failure and goes on with the next run
         if in_sweep:
             path = record_failure(config, e)
-            print(f"fishtune: FAILED ({failure_reason(e)}); details in {path}", file=sys.stderr)
+            print(f"fishtune: FAILED ({failure_reason(e)}); {_details(path)}", file=sys.stderr)
             return
         if isinstance(e, ConfigError):
             print(f"fishtune: error: {e}", file=sys.stderr)
             sys.exit(2)
-        if isinstance(e, Diverged):  # not a bug: the run is recorded as failed, in one line
+        if isinstance(e, (Diverged, NoSpace)):  # not a bug: the run is recorded as failed, in one line
             path = record_failure(config, e)
-            print(f"fishtune: FAILED: {failure_reason(e)}; details in {path}", file=sys.stderr)
+            print(f"fishtune: FAILED: {failure_reason(e)}; {_details(path)}", file=sys.stderr)
             sys.exit(1)
         raise
     best = result["best"]
@@ -531,6 +650,10 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 # Written in a sweep job's Hydra folder when its run was left to another live sweep; SweepEnd counts them.
 LEFT_TO_OTHERS = "left_to_another_sweep.json"
+# Written in a sweep job's Hydra folder when its run's files are another user's that this one may not read.
+NOT_OURS = "not_ours_unreadable.json"
+# Beside the result file, instead of it, when a run was stopped by SIGTERM or SIGINT (record_failure).
+INTERRUPTED = ".interrupted.json"
 # Written in the sweep's folder when a run would mix precisions (MixedPrecisionError): later jobs skip.
 STOPPED = "stopped_mixed_precision.json"
 
@@ -546,6 +669,11 @@ class SweepEnd(Callback):
               + (" (python -m fishtune.sweep_summary shows them in progress):" if left else ""))
         for item in left:
             print(f"  {Path(item['run']).name}: {item['owner']}")
+        if not_ours := [json.loads(f.read_text()) for f in sorted(sweep_dir.rglob(NOT_OURS))]:
+            print(f"fishtune: {len(not_ours)} run{'' if len(not_ours) == 1 else 's'} not ours: another user's file "
+                  f"this user may not read (left alone):")
+            for item in not_ours:
+                print(f"  {Path(item['run']).name}: owned by {item['owner']}")
         if (sweep_dir / STOPPED).exists():
             print(f"fishtune: error: the sweep stopped: {json.loads((sweep_dir / STOPPED).read_text())['reason']}",
                   file=sys.stderr)
@@ -580,7 +708,20 @@ def main() -> None:
     except ConfigError as e:
         print(f"fishtune: error: {e}", file=sys.stderr)
         sys.exit(2)
+    # Outside a run (a sweep's launcher, Hydra composing): SIGTERM and SIGINT end the process at once, in one
+    # line. Not by an exception: joblib would kill a parallel sweep's workers on its way out (SIGKILL, claims
+    # left behind), whereas its workers, seeing their launcher gone, stop cleanly (watch_parent).
+    if threading.current_thread() is threading.main_thread():
+        for s in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(s, _exit_at_once)
     _hydra_main()
+
+
+def _exit_at_once(signum: int, frame: Any) -> None:
+    print(f"fishtune: interrupted by {signal.Signals(signum).name}", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(128 + signum)
 
 
 if __name__ == "__main__":

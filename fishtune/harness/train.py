@@ -27,7 +27,7 @@ from ..fisher import classification_loss
 from .methods import METHODS
 from .metrics import glue_metrics
 from ..optim import MaskedOptimizer
-from .results import Diverged, set_aside
+from .results import Diverged, check_readable, save_torch_atomic, set_aside
 from .tasks import TaskSpec
 
 
@@ -266,25 +266,52 @@ def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(path: Path, state: dict) -> None:
-    """Atomic: a crash while saving leaves the previous checkpoint intact."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+def save_checkpoint(path: Path, state: dict, guard: Callable[[], None] | None = None) -> None:
+    """Atomic, through a temporary file of this writer's own (results.write_atomic): a crash while saving
+    leaves the previous checkpoint intact, and concurrent writers never share a file. The checkpoint keeps
+    its file name (`run`), so that a file copied or renamed from another run is recognised. `guard` runs
+    just before the rename (a claim's check: a run that lost its claim writes nothing)."""
+    save_torch_atomic(path, {**state, "run": path.name}, guard)
 
 
-def load_checkpoint(path: Path | None) -> dict | None:
-    """The state save_checkpoint wrote, or None: no file, or a damaged one (truncated by a full disk, cut
-    in a copy), which is set aside as `<name>.damaged` with a warning so that the run starts over."""
+def load_checkpoint(path: Path | None, model: nn.Module | None = None, opt: MaskedOptimizer | None = None,
+                    freezer=None) -> dict | None:
+    """The state save_checkpoint wrote, or None: no file, or one that cannot be resumed, which is set aside
+    as `<name>.damaged` with a warning so that the run starts over: damaged (truncated by a full disk, cut
+    in a copy) or, given the run's `model`, `opt` and `freezer`, not this run's (another run's checkpoint,
+    other tensors or shapes). A file this user may not read raises results.Unreadable."""
     if path is None or not path.exists():
         return None
+    check_readable(path)
     try:
         state = torch.load(path, weights_only=False)
         int(state["epoch"]), state["trainable"], state["optimizer"], state["result"]
+        if model is not None:
+            check_fit(state, path, model, opt, freezer)
     except Exception as e:  # noqa: BLE001 - whatever torch.load makes of a broken file, it cannot be resumed
         set_aside(path, f"{type(e).__name__}: {e}".splitlines()[0][:200] + "; the run starts over")
         return None
     return state
+
+
+def check_fit(state: dict, path: Path, model: nn.Module, opt: MaskedOptimizer | None = None, freezer=None) -> None:
+    """ValueError naming the first thing in which checkpoint `state` (read from `path`) is not the run's:
+    checked before anything is restored, so that a model is never left half loaded."""
+    if state.get("run", path.name) != path.name:   # files from before `run` was kept: the tensors decide
+        raise ValueError(f"another run's checkpoint: {state['run']}")
+    ours = {n: tuple(p.shape) for n, p in model.named_parameters() if p.requires_grad}
+    theirs = {n: tuple(v.shape) for n, v in state["trainable"].items()}
+    if set(ours) != set(theirs):
+        names = sorted(set(ours) ^ set(theirs))
+        raise ValueError(f"not the run's trainable tensors ({len(names)} differ, e.g. {names[0]})")
+    if bad := [n for n in ours if ours[n] != theirs[n]]:
+        raise ValueError(f"{bad[0]} has shape {list(theirs[bad[0]])}, the run's {list(ours[bad[0]])}")
+    if opt is not None:
+        groups = [len(g["params"]) for g in opt.state_dict()["param_groups"]]
+        if [len(g["params"]) for g in state["optimizer"]["param_groups"]] != groups:
+            raise ValueError("its optimiser's parameter groups are not the run's")
+    if (state.get("freezer") is None) != (freezer is None):
+        raise ValueError("adaptive freezer state " + ("missing" if freezer is not None else "of another mask"))
 
 
 def training_state(model: nn.Module, opt: MaskedOptimizer, result: TrainResult, epoch: int, bad_epochs: int,
@@ -323,20 +350,22 @@ def resume(state: dict, model: nn.Module, opt: MaskedOptimizer, train_loader, fr
 
 def train(model: nn.Module, train_loader, dev_loader, task: TaskSpec, settings: TrainSettings,
           masks: Mapping[str, torch.Tensor] | None = None, checkpoint: Path | None = None,
-          on_epoch: Callable[[dict], None] | None = None, freezer=None) -> TrainResult:
+          on_epoch: Callable[[dict], None] | None = None, freezer=None, claim=None) -> TrainResult:
     """Train until early stopping or max_epochs; evaluate on dev after every epoch.
 
     With `checkpoint`, the trainable state, optimiser, epoch, early-stopping state and RNG are saved
     after every epoch, and an existing checkpoint is resumed: an interrupted run ends with the same
     result as an uninterrupted one (on CPU). `freezer` (mask=adaptive, fishtune.adaptive) sees every
-    gradient before the optimiser step and may freeze parameter groups.
+    gradient before the optimiser step and may freeze parameter groups. With `claim` (claims.Claim), training
+    stops (claims.ClaimLost) at the first step after the claim is found lost, and no checkpoint is written
+    unless the claim, read again just before, is still this process's.
     """
     model.to(settings.device)
     opt = masked_adam(model, masks or {}, settings)
     # No sentinel score (-inf would reach a result file if no epoch ended): the first epoch sets it.
     result = TrainResult(best={"score": None, "epoch": 0})
     bad_epochs, start_epoch = 0, 1
-    state = load_checkpoint(checkpoint)
+    state = load_checkpoint(checkpoint, model, opt, freezer)
     if state is not None:
         result, bad_epochs, start_epoch = resume(state, model, opt, train_loader, freezer)
 
@@ -353,6 +382,8 @@ def train(model: nn.Module, train_loader, dev_loader, task: TaskSpec, settings: 
             # Per-batch bars only on a terminal (disable=None): in a log file they would be thousands of lines.
             for step, batch in enumerate(tqdm(train_loader, desc=f"epoch {epoch}", leave=False,
                                               disable=None if settings.progress else True), start=1):
+                if claim is not None:
+                    claim.check(fresh=False)   # as the heartbeat last found it: stop at once, if lost
                 y = batch["labels"]
                 loss = _forward_backward(model, batch, task, settings).item()
                 # Before the step: a NaN or infinite loss would carry over into every parameter it reaches.
@@ -395,7 +426,7 @@ def train(model: nn.Module, train_loader, dev_loader, task: TaskSpec, settings: 
                 result.stop_reason = "early_stopping"
             if checkpoint is not None:
                 save_checkpoint(checkpoint, training_state(model, opt, result, epoch, bad_epochs, train_loader,
-                                                           freezer))
+                                                           freezer), claim.check if claim is not None else None)
             if stop:
                 break
     return result
