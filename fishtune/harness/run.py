@@ -30,7 +30,7 @@ from . import data as glue
 from . import tracking
 from .results import (Diverged, RunFailure, RunResult, read_json, config_hash, git_commit, identity, json_safe, now_iso,
                       package_versions, read_result, result_path, run_name, set_aside, write_json_atomic)
-from .tasks import TaskSpec, get_task
+from .tasks import TaskSpec
 from .validate import HEAD_ONLY, ConfigError, check_config, check_hub, first_mask_mode
 
 # Recorded in the result file when a run executes as a Slurm job (a requeued job keeps its ids).
@@ -83,13 +83,11 @@ def plan(config: dict) -> Plan:
 
     Raises ConfigError (one line: the key, the bad value, what is allowed) before any weights load."""
     check_config(config)  # every value, without torch
-    task = get_task(config["task"]["name"])
+    task = glue.prepare_task(config)  # the data read through and checked (GLUE's TSVs or your own files), without torch
+    if task.files is not None:  # your own data: its labels and its files' content are part of what the run computes
+        config = {**config, "task": {**config["task"], **task.recorded()}}
     model_cfg, peft_cfg, mask_cfg = config["model"], config["peft"], config["mask"]
     mode, family = mask_cfg["mode"], model_cfg["family"]
-    try:
-        glue.check_glue_files(task, config["data"]["glue_dir"])
-    except FileNotFoundError as e:
-        raise ConfigError(str(e)) from e
     check_hub(config)  # a hub model or dataset that cannot be had: before anything downloads or trains
     # Only a config that passed the checks above waits for torch, transformers, peft and adapters.
     import torch
@@ -107,6 +105,10 @@ def plan(config: dict) -> Plan:
         budget = int(config["budget"])
         tokenizer = load_tokenizer(model_cfg) if model_cfg["source"] == "tiny" else None
         conf = model_config(model_cfg, task.num_labels, tokenizer)
+        positions = getattr(conf, "max_position_embeddings", None)
+        if positions is not None and task.max_length > positions:   # a longer input would index past them
+            raise ConfigError(f"task.max_length={task.max_length}: {model_cfg['name']} reads at most {positions} "
+                              f"tokens")
         depth = conf.num_hidden_layers
         layers = run_layers(peft_cfg, mode, budget, depth)
         check_layers(peft_cfg["name"], layers, depth, model_cfg["name"])  # before counting: the model's name in it
@@ -446,10 +448,15 @@ def check_group_overrides(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
         overrides = OverridesParser.create().parse_overrides([a for a in argv if not a.startswith("-")])
     except Exception:
         return  # Hydra reports malformed overrides itself
+    given: dict[str, str] = {}
     for o in overrides:
         group = conf_dir / o.key_or_group
         if o.key_or_group not in OWN_GROUPS or o.package is not None or o.is_delete():
             continue
+        if o.key_or_group in given:  # Hydra would take the last one without a word
+            raise ConfigError(f"{o.key_or_group} is given twice ({given[o.key_or_group]} and {o.input_line}); give it "
+                              f"once (several values: {o.key_or_group}=a,b with -m)")
+        given[o.key_or_group] = o.input_line
         allowed = sorted(f.stem for f in group.glob("*.yaml"))
         values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
         for v in values:
