@@ -55,7 +55,14 @@ def prepare_task(config: Mapping[str, Any]) -> TaskSpec:
     are the hub's). A file task is built from config["task"] and its files (`file_task`). Anything wrong
     with the data raises ConfigError: one line naming the file and what is wrong with it."""
     if is_file_task(config["task"]):
-        return file_task(config["task"])
+        task = file_task(config["task"])
+        # A config that records them already (a result file's, run again) must be about these files as they are.
+        for key, found in task.recorded().items():
+            given = config["task"].get(key, found)
+            if given != found:
+                raise ConfigError(f"task.{key}={given}: the files now give {found} (changed since this config was "
+                                  f"recorded?)")
+        return task
     task = get_task(config["task"]["name"])
     glue_dir = config["data"]["glue_dir"]
     if glue_dir is not None:

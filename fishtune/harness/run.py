@@ -2,7 +2,8 @@
 
 config -> task -> data -> model -> PEFT method on layers -> Fisher -> mask -> masked Adam -> result file.
 Everything that can be wrong with a config is checked in `plan()` before any weights are loaded: first
-every value without torch (fishtune/harness/validate.py, about a second after the command starts), then what
+every value without torch (fishtune/harness/validate.py, about a second after the command starts), then the
+task's data, still without torch (fishtune/harness/data.py: GLUE's TSVs or your own files), then what
 needs the model's architecture. torch, transformers, peft and adapters (~7 s to import) are imported
 inside the functions that need them, so that a bad value never waits for them.
 """

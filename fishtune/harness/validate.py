@@ -3,7 +3,8 @@
 `check_config(config)` is the first thing `fishtune.run.plan()` does. It imports nothing heavy, so
 a bad value is reported about a second after the command starts, not after the 7 s that torch,
 transformers, peft and adapters take to import. What needs a model's architecture (layer counts, a
-budget k, a rank above the hidden size) or a GPU is checked in plan() after it. `check_hub(config)`
+budget k, a rank above the hidden size) or a GPU is checked in plan() after it, and so is what a task's
+files hold (fishtune.harness.data.prepare_task, still without torch). `check_hub(config)`
 finds a hub model or dataset that cannot be had (offline, not cached, gated) before training starts.
 
 The model sources live here; the model families and what each knows (its heads, layers, default
