@@ -152,3 +152,15 @@ def test_glue_labels_come_from_the_task_table():
     # the ids the hub uses: a label's position in TaskSpec.labels (RTE's words, the others' 0 / 1)
     assert get_task("rte").labels == ("entailment", "not_entailment") and get_task("cola").labels == ("0", "1")
     assert get_task("stsb").labels is None and get_task("stsb").num_labels == 1 and get_task("mrpc").num_labels == 2
+
+
+def test_a_file_task_prompts_a_decoder_with_the_generic_template(tmp_path):
+    task = data.file_task(_own(tmp_path, "text,other,label\nThe cat sat.,A cat sat.,yes\nx,y,no\n",
+                               "text,other,label\nx,y,no\n", text=["text", "other"]))
+    assert task.template == 'For the text pair "{text_a}" and "{text_b}", what is their label?'
+    tok = load_tokenizer(model_cfg("tiny_llama"))
+    enc = data.encode(data.load_split(task, "train")[:1], tok, task, use_template=True)[0]
+    # the tiny models' tokenizer is uncased: the prompt comes back lower-cased, its punctuation spaced
+    assert tok.decode(enc["input_ids"], skip_special_tokens=True) == \
+        'for the text pair " the cat sat. " and " a cat sat. ", what is their label?'
+    assert enc["labels"] == 1   # yes, after no
