@@ -17,6 +17,8 @@ from conftest import GLUE_FIXTURES, ROOT
 from fishtune.harness import run as run_module
 from fishtune.harness.validate import ConfigError, check_config
 
+OWN = ROOT / "tests" / "fixtures" / "own"
+
 
 @pytest.fixture
 def cli(tmp_path, monkeypatch, capsys):
@@ -29,8 +31,10 @@ def cli(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(fishtune.harness.models, "load_model", refuse)
 
     def call(*overrides: str, glue=GLUE_FIXTURES, model: str | None = "tiny_bert") -> tuple[int, list[str]]:
-        argv = [*([f"model={model}"] if model else []), f"data.glue_dir={glue}", f"paths.runs_dir={tmp_path / 'runs'}",
-                *overrides]
+        # tiny_bert unless a case names its model (a group given twice is itself refused)
+        named = any(o.startswith("model=") for o in overrides)
+        argv = [*([f"model={model}"] if model and not named else []), f"data.glue_dir={glue}",
+                f"paths.runs_dir={tmp_path / 'runs'}", *overrides]
         monkeypatch.setattr(sys, "argv", ["fishtune.run", *argv])
         GlobalHydra.instance().clear()
         capsys.readouterr()
@@ -45,7 +49,7 @@ def cli(tmp_path, monkeypatch, capsys):
 # (overrides, a fragment of the one line: the bad value and what is allowed)
 BAD = [
     # the eight that worked before
-    (["task=foo"], "unknown task 'foo'; choose one of: cola, mrpc, rte, sst2, stsb, wnli"),
+    (["task=foo"], "unknown task 'foo'; choose one of: cola, file, mrpc, rte, sst2, stsb, wnli"),
     (["model=gpt9"], "unknown model 'gpt9'; choose one of: "),
     (["peft=bitfit"], "unknown peft 'bitfit'; choose one of: "),
     (["mask=best"], "unknown mask 'best'; choose one of: adaptive, adaptive_fish, fish, fish_shuffled, fish_spread, head_only, none, rand, rev"),
@@ -107,10 +111,19 @@ BAD = [
     (["claim.heartbeat_s=-5"], "claim.heartbeat_s=-5: must be a finite number > 0"),
     (["claim.timeout_s=90", "claim.heartbeat_s=60"], "claim.timeout_s=90: must be at least twice claim.heartbeat_s=60"),
     (["claim.enabled=maybe"], "claim.enabled='maybe': must be true or false"),
+    # a group given twice: Hydra would take the last one without a word
+    (["task=rte", "task=sst2"], "task is given twice (task=rte and task=sst2); give it once (several values: "
+                                "task=a,b with -m)"),
+    (["peft=lora", "mask=fish", "peft=ia3"], "peft is given twice (peft=lora and peft=ia3)"),
+    # a task's max_length past the model's positions would index past its position embeddings
+    (["task=file", f"task.train={OWN}/three_class_train.csv", f"task.dev={OWN}/three_class_dev.csv",
+      "task.text=review", "task.label=sentiment", "task.max_length=600"],
+     "task.max_length=600: tiny_bert reads at most 512 tokens"),
 ]
 
 
-@pytest.mark.parametrize("overrides,message", BAD, ids=[" ".join(o) for o, _ in BAD])
+# (ids without this machine's paths: pytest keeps them in .pytest_cache, where test_api looks for such paths)
+@pytest.mark.parametrize("overrides,message", BAD, ids=[" ".join(o).replace(f"{ROOT}/", "") for o, _ in BAD])
 def test_bad_value_is_one_line_and_exit_2(cli, overrides, message):
     code, lines = cli(*overrides)
     assert code == 2 and len(lines) == 1, lines
@@ -165,13 +178,24 @@ GOOD_TSV = "index\tsentence1\tsentence2\tlabel\n0\tA man runs.\tSomeone moves.\t
     ("rte", "index\tsentence1\tsentence2\tlabel\n", "RTE/train.tsv: no examples (an empty split)"),
     ("rte", "", "RTE/train.tsv: no examples (an empty split)"),
     ("sst2", "text\tlabel\nfine\t1\n", "SST-2/train.tsv:1: the header lacks column 'sentence' (has: text, label)"),
+    # issue 40: each of these was a traceback after torch, the claim and tokenising (8-17 s)
+    ("rte", GOOD_TSV.encode("utf-16"), "RTE/train.tsv: not UTF-8 text: byte 0xff at offset 0 (a UTF-16 file: "
+                                       "save it as UTF-8); GLUE files are UTF-8 TSV"),
+    ("rte", b"PK\x03\x04\x14\x00\x08\x00\x08\x00\xa4\x8b\x00\x00", "RTE/train.tsv: not UTF-8 text: byte 0xa4 at "
+                                                                 "offset 10; GLUE files are UTF-8 TSV"),
+    ("rte", GOOD_TSV + "1\t" + "x" * 131_073 + "\tB.\tentailment\n",
+     "RTE/train.tsv:3: a field longer than 131,072 characters (Python csv's limit): no GLUE TSV has one"),
+    ("rte", "index\tsentence1\tsentence1\tsentence2\tlabel\n0\tA.\tA.\tB.\tentailment\n",
+     "RTE/train.tsv:1: the header names column 'sentence1' twice (has: index, sentence1, sentence1, sentence2, label)"),
+    ("stsb", "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+             "0\tg\tf\t2012\t1\tn\tn\tA plane.\tA jet.\t7\n", "STS-B/train.tsv:2: score '7' is outside stsb's range 0..5"),
 ])
 def test_malformed_glue_file_is_path_line_and_exit_2(cli, tmp_path, task, train, message):
     from fishtune.harness.tasks import get_task
 
     folder = tmp_path / "glue" / get_task(task).glue_name
     folder.mkdir(parents=True)
-    (folder / "train.tsv").write_text(train)
+    (folder / "train.tsv").write_bytes(train if isinstance(train, bytes) else train.encode())
     (folder / "dev.tsv").write_text((GLUE_FIXTURES / get_task(task).glue_name / "dev.tsv").read_text())
     code, lines = cli(f"task={task}", glue=tmp_path / "glue")
     assert code == 2 and len(lines) == 1, lines
@@ -184,10 +208,13 @@ def test_every_option_in_conf_passes(tmp_path):
 
     (tmp_path / "own").mkdir()  # model=custom needs a checkpoint: its config.json is all the checks read
     (tmp_path / "own" / "config.json").write_text(json.dumps({"model_type": "roberta"}))
+    # task=file needs its files and columns (conf/task/file.yaml)
+    own = {("model", "custom"): [f"model.path={tmp_path / 'own'}"],
+           ("task", "file"): [f"task.train={OWN}/three_class_train.csv", f"task.dev={OWN}/three_class_dev.csv",
+                              "task.text=review", "task.label=sentiment"]}
     for group in ("model", "peft", "mask", "task", "profile"):
         for option in sorted(f.stem for f in (CONF / group).glob("*.yaml")):
-            path = [f"model.path={tmp_path / 'own'}"] if (group, option) == ("model", "custom") else []
-            check_config(run_config(tmp_path, f"{group}={option}", *path))
+            check_config(run_config(tmp_path, f"{group}={option}", *own.get((group, option), [])))
     check_config(run_config(tmp_path, "model=tiny_modernbert", "peft=dora", "mask=adaptive", "mask.start=fish"))
 
 
@@ -204,12 +231,12 @@ _MAIN = ("import atexit, sys; atexit.register(lambda: print('heavy imported:', "
          "sys.argv[0] = 'fishtune.run'; from fishtune.harness.run import main; main()")
 
 
-def _cli_process(tmp_path, *overrides, **env):
+def _cli_process(tmp_path, *overrides, glue=GLUE_FIXTURES, **env):
     import os
 
     # An empty hub cache: the hub cases must not depend on what this machine has cached.
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", **env}
-    return subprocess.run([sys.executable, "-c", _MAIN, f"data.glue_dir={GLUE_FIXTURES}",
+    return subprocess.run([sys.executable, "-c", _MAIN, f"data.glue_dir={glue}",
                            f"paths.runs_dir={tmp_path / 'runs'}", *overrides],
                           cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
 
@@ -237,6 +264,27 @@ def test_cli_process_reports_before_loading_anything(tmp_path, overrides, messag
     assert line.startswith(message), line
     if heavy is not None:  # datasets (for the hub dataset check) may pull torch in; no model either way
         assert f"heavy imported: {heavy}" in out.stdout, out.stdout
+
+
+def test_bad_glue_content_is_one_line_before_torch(tmp_path):
+    """Issue 40: a GLUE file's content is read in the plan, before torch, a claim and tokenising (it came
+    8-17 s after the command, as a traceback)."""
+    import time
+
+    folder = tmp_path / "glue" / "STS-B"
+    folder.mkdir(parents=True)
+    dev = (GLUE_FIXTURES / "STS-B" / "dev.tsv").read_text()
+    (folder / "dev.tsv").write_text(dev)
+    (folder / "train.tsv").write_text(dev.replace("\t5.000\n", "\t7\n", 1))
+    start = time.perf_counter()
+    out = _cli_process(tmp_path, "model=tiny_bert", "task=stsb", glue=tmp_path / "glue")
+    seconds = time.perf_counter() - start
+    assert out.returncode == 2, out.stderr
+    [line] = out.stderr.strip().splitlines()
+    assert line.startswith(f"fishtune: error: {folder / 'train.tsv'}:") and line.endswith(
+        "score '7' is outside stsb's range 0..5"), line
+    assert "heavy imported: []" in out.stdout, out.stdout
+    print(f"bad STS-B file reported in {seconds:.1f} s")
 
 
 def test_gated_hub_model_names_the_fix(monkeypatch):

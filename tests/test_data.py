@@ -88,3 +88,79 @@ def test_subsample_is_seeded_and_ordered():
     a, b, c = (data.subsample(rows, 10, s) for s in (1, 1, 2))
     assert a == b and a != c and [r["i"] for r in a] == sorted(r["i"] for r in a)
     assert data.subsample(rows, None, 0) is rows
+
+
+# --- your own data (task=file): read with `datasets`, labels ordered, cells as written ---------------
+
+def _own(tmp_path, train, dev, suffix=".csv", **cfg):
+    (tmp_path / f"train{suffix}").write_text(train)
+    (tmp_path / f"dev{suffix}").write_text(dev)
+    return {"name": "own", "train": str(tmp_path / f"train{suffix}"), "dev": str(tmp_path / f"dev{suffix}"),
+            "text": "text", "label": "label", "kind": "classification", "metric": None, "max_length": 64,
+            "template": None, "lr": 5e-5, **cfg}
+
+
+def test_file_task_orders_numeric_labels_by_value_and_text_alphabetically(tmp_path):
+    cfg = _own(tmp_path, "text,label\na,10\nb,2\nc,1\nd,2\n", "text,label\ne,1\nf,10\n")
+    task = data.file_task(cfg)
+    assert task.labels == (1, 2, 10) and task.num_labels == 3 and task.metric == "accuracy"
+    assert [e["label"] for e in data.load_split(task, "train")] == [2, 1, 0, 1]
+    assert [e["label"] for e in data.load_split(task, "dev")] == [0, 2]
+    (tmp_path / "words").mkdir()
+    words = data.file_task(_own(tmp_path / "words", "text,label\na,pos\nb,neg\nc,Neutral\n", "text,label\nd,neg\n"))
+    assert words.labels == ("Neutral", "neg", "pos")   # Python's order of text: capitals first
+    assert data.load_split(words, "dev") == [{"text_a": "d", "text_b": None, "label": 1}]
+
+
+def test_file_task_keeps_each_cell_as_written(tmp_path):
+    # TSV: a quote is text (no quoting, as in GLUE's files); "NA", "null", "" and "01.50" stay the texts they are
+    tsv = 'text\tother\tlabel\n"quoted start\tx\t1\nNA\tnull\t0\n01.50\t\t1\n\t2\t0\n'
+    task = data.file_task(_own(tmp_path, tsv, tsv, suffix=".tsv", text=["text", "other"]))
+    assert task.is_pair and task.sha256[0] == task.sha256[1]
+    assert data.load_split(task, "train") == [
+        {"text_a": '"quoted start', "text_b": "x", "label": 1}, {"text_a": "NA", "text_b": "null", "label": 0},
+        {"text_a": "01.50", "text_b": "", "label": 1}, {"text_a": "", "text_b": "2", "label": 0}]
+
+
+def test_regression_labels_are_floats_and_the_template_defaults(tmp_path):
+    jsonl = '{"text": "a", "label": 3}\n{"text": "b", "label": 1.5}\n{"text": "c", "label": "2"}\n'
+    task = data.file_task(_own(tmp_path, jsonl, jsonl, suffix=".jsonl", kind="regression", metric="spearman"))
+    assert task.is_regression and task.num_labels == 1 and task.metric == "spearman"
+    labels = [e["label"] for e in data.load_split(task, "dev")]
+    assert labels == [3.0, 1.5, 2.0] and all(type(x) is float for x in labels)   # MSE wants floats
+    assert task.template == 'For the text "{text_a}", what is its score?'
+    assert task.recorded() == {"labels": None, "sha256": {"train": task.sha256[0], "dev": task.sha256[1]}}
+
+
+def test_content_hash_of_a_file_and_of_a_folder(tmp_path):
+    import hashlib
+
+    (tmp_path / "f.csv").write_bytes(b"text,label\na,1\n")
+    assert data.content_sha256(tmp_path / "f.csv") == hashlib.sha256(b"text,label\na,1\n").hexdigest()
+    folder = tmp_path / "ds"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.arrow").write_bytes(b"1")
+    (folder / "sub" / "b.json").write_bytes(b"2")
+    before = data.content_sha256(folder)
+    (folder / "sub" / "b.json").write_bytes(b"3")
+    assert data.content_sha256(folder) != before
+    (folder / "sub" / "b.json").write_bytes(b"2")
+    assert data.content_sha256(folder) == before
+
+
+def test_glue_labels_come_from_the_task_table():
+    # the ids the hub uses: a label's position in TaskSpec.labels (RTE's words, the others' 0 / 1)
+    assert get_task("rte").labels == ("entailment", "not_entailment") and get_task("cola").labels == ("0", "1")
+    assert get_task("stsb").labels is None and get_task("stsb").num_labels == 1 and get_task("mrpc").num_labels == 2
+
+
+def test_a_file_task_prompts_a_decoder_with_the_generic_template(tmp_path):
+    task = data.file_task(_own(tmp_path, "text,other,label\nThe cat sat.,A cat sat.,yes\nx,y,no\n",
+                               "text,other,label\nx,y,no\n", text=["text", "other"]))
+    assert task.template == 'For the text pair "{text_a}" and "{text_b}", what is their label?'
+    tok = load_tokenizer(model_cfg("tiny_llama"))
+    enc = data.encode(data.load_split(task, "train")[:1], tok, task, use_template=True)[0]
+    # the tiny models' tokenizer is uncased: the prompt comes back lower-cased, its punctuation spaced
+    assert tok.decode(enc["input_ids"], skip_special_tokens=True) == \
+        'for the text pair " the cat sat. " and " a cat sat. ", what is their label?'
+    assert enc["labels"] == 1   # yes, after no

@@ -105,3 +105,63 @@ def test_resampled_scores_equal_glue_metrics_on_each_draw(task_name):
     counts = np.stack([np.bincount(i, minlength=n) for i in idx])
     want = [glue_metrics(task, preds[i], labels[i])["score"] for i in idx]
     np.testing.assert_allclose(resampled_scores(task, preds, labels, counts), want, rtol=1e-10, atol=1e-10)
+
+
+# --- the metrics your own data may pick (conf/task/file.yaml): each formula against scikit-learn / scipy ---
+
+def _file_task(metric, labels=("a", "b", "c")):
+    from fishtune.harness.tasks import TaskSpec
+
+    return TaskSpec("own", ("text", None), labels, metric, 128, "{text_a}")
+
+
+def test_f1_is_binary_for_two_classes_and_macro_for_more():
+    rng = np.random.default_rng(5)
+    labels, preds = rng.integers(0, 3, 60), rng.integers(0, 3, 60)
+    out = glue_metrics(_file_task("f1"), preds, labels)
+    assert out == {"f1": pytest.approx(100 * f1_score(labels, preds, average="macro")), "score": out["f1"]}
+    # by hand: the unweighted mean of each class's 2TP / (2TP + FP + FN)
+    per_class = [2 * np.sum((preds == c) & (labels == c)) / (np.sum(preds == c) + np.sum(labels == c)) for c in range(3)]
+    assert out["f1"] == pytest.approx(100 * np.mean(per_class))
+    two = glue_metrics(_file_task("f1", ("no", "yes")), PREDS, LABELS)["f1"]
+    assert two == pytest.approx(100 * f1_score(LABELS, PREDS)) == glue_metrics(get_task("mrpc"), PREDS, LABELS)["f1"]
+    assert glue_metrics(_file_task("f1", ("no", "yes")), np.zeros(4), np.zeros(4))["f1"] == 0.0   # no positive
+
+
+def test_multiclass_matthews_accuracy_and_f1_acc_against_sklearn():
+    rng = np.random.default_rng(6)
+    labels = rng.integers(0, 4, 80)
+    preds = np.where(rng.random(80) < 0.6, labels, rng.integers(0, 4, 80))
+    task = _file_task("matthews", ("w", "x", "y", "z"))
+    assert glue_metrics(task, preds, labels)["matthews"] == pytest.approx(100 * matthews_corrcoef(labels, preds))
+    out = glue_metrics(_file_task("f1_acc", ("w", "x", "y", "z")), preds, labels)
+    assert out["accuracy"] == pytest.approx(100 * accuracy_score(labels, preds))
+    assert out["f1"] == pytest.approx(100 * f1_score(labels, preds, average="macro"))
+    assert out["score"] == pytest.approx((out["f1"] + out["accuracy"]) / 2)
+    assert glue_metrics(task, np.full(80, 2), labels)["matthews"] == 0.0   # one class predicted: 0, not NaN
+
+
+@pytest.mark.parametrize("metric", ["pearson", "spearman"])
+def test_a_single_correlation(metric):
+    rng = np.random.default_rng(2)
+    labels = rng.uniform(0, 1, 40)
+    preds = labels ** 3 + rng.normal(0, 0.1, 40)
+    reference = {"pearson": pearsonr, "spearman": spearmanr}[metric](preds, labels)[0]
+    assert glue_metrics(_file_task(metric, None), preds, labels) == {metric: pytest.approx(100 * reference),
+                                                                    "score": pytest.approx(100 * reference)}
+
+
+def test_each_glue_task_reports_its_own_numbers_in_order():
+    got = {name: list(glue_metrics(get_task(name), PREDS, LABELS)) for name in ("cola", "mrpc", "sst2", "rte", "wnli")}
+    assert got == {"cola": ["matthews", "score"], "mrpc": ["f1", "accuracy", "score"], "sst2": ["accuracy", "score"],
+                   "rte": ["accuracy", "score"], "wnli": ["accuracy", "score"]}
+    assert list(glue_metrics(get_task("stsb"), np.arange(5.0), np.arange(5.0))) == ["pearson", "spearman", "score"]
+
+
+def test_metric_names_and_the_mcc_alias():
+    from fishtune.harness.metrics import metric_name
+
+    assert metric_name("mcc") == "matthews" and metric_name("f1") == "f1"
+    with pytest.raises(ValueError, match="unknown metric 'auc'; choose one of: accuracy, f1, matthews, f1_acc, "
+                                         "pearson, spearman, pearson_spearman, mcc"):
+        metric_name("auc")

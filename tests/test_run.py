@@ -153,7 +153,7 @@ def test_schedules_deeper_than_the_model_scale_down(tmp_path):
 
 
 @pytest.mark.parametrize("override,message", [
-    ("task=qnli", "unknown task 'qnli'; choose one of: cola, mrpc, rte, sst2, stsb, wnli"),
+    ("task=qnli", "unknown task 'qnli'; choose one of: cola, file, mrpc, rte, sst2, stsb, wnli"),
     ("model=gpt9", "unknown model 'gpt9'; choose one of: "),
     ("peft=bitfit", "unknown peft 'bitfit'; choose one of: "),
     ("mask=best", "unknown mask 'best'; choose one of: adaptive, adaptive_fish, fish, fish_shuffled, fish_spread, head_only, none, rand, rev"),
@@ -175,7 +175,7 @@ def test_cli_error_exits_nonzero_with_one_line():
                          text=True, timeout=120)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
-        "fishtune: error: unknown task 'qnli'; choose one of: cola, mrpc, rte, sst2, stsb, wnli"]
+        "fishtune: error: unknown task 'qnli'; choose one of: cola, file, mrpc, rte, sst2, stsb, wnli"]
 
 
 @pytest.fixture

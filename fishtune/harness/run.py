@@ -2,7 +2,8 @@
 
 config -> task -> data -> model -> PEFT method on layers -> Fisher -> mask -> masked Adam -> result file.
 Everything that can be wrong with a config is checked in `plan()` before any weights are loaded: first
-every value without torch (fishtune/harness/validate.py, about a second after the command starts), then what
+every value without torch (fishtune/harness/validate.py, about a second after the command starts), then the
+task's data, still without torch (fishtune/harness/data.py: GLUE's TSVs or your own files), then what
 needs the model's architecture. torch, transformers, peft and adapters (~7 s to import) are imported
 inside the functions that need them, so that a bad value never waits for them.
 """
@@ -34,7 +35,7 @@ from . import tracking
 from .results import (Diverged, NoSpace, RunFailure, RunResult, Unreadable, read_json, config_hash, git_commit,
                       identity, json_safe, now_iso, package_versions, read_result, result_path, run_name, set_aside,
                       write_json_atomic)
-from .tasks import TaskSpec, get_task
+from .tasks import TaskSpec
 from .validate import HEAD_ONLY, ConfigError, check_config, check_hub, first_mask_mode, resolve_model
 
 # Recorded in the result file when a run executes as a Slurm job (a requeued job keeps its ids).
@@ -90,13 +91,11 @@ def plan(config: dict) -> Plan:
     # config itself, so that the run's name, identity and result file say which model it trained.
     config["model"] = resolve_model(config["model"])
     check_config(config)  # every value, without torch
-    task = get_task(config["task"]["name"])
+    task = glue.prepare_task(config)  # the data read through and checked (GLUE's TSVs or your own files), without torch
+    if task.files is not None:  # your own data: its labels and its files' content are part of what the run computes
+        config = {**config, "task": {**config["task"], **task.recorded()}}
     model_cfg, peft_cfg, mask_cfg = config["model"], config["peft"], config["mask"]
     mode, family = mask_cfg["mode"], model_cfg["family"]
-    try:
-        glue.check_glue_files(task, config["data"]["glue_dir"])
-    except FileNotFoundError as e:
-        raise ConfigError(str(e)) from e
     check_hub(config)  # a hub model or dataset that cannot be had: before anything downloads or trains
     # Only a config that passed the checks above waits for torch, transformers, peft and adapters.
     import torch
@@ -117,6 +116,10 @@ def plan(config: dict) -> Plan:
         if model_cfg["source"] == "tiny" and conf.hidden_size % conf.num_attention_heads:
             raise ConfigError(f"model.tiny: hidden size {conf.hidden_size} is not a multiple of the "
                               f"{conf.num_attention_heads} attention heads")
+        positions = getattr(conf, "max_position_embeddings", None)
+        if positions is not None and task.max_length > positions:   # a longer input would index past them
+            raise ConfigError(f"task.max_length={task.max_length}: {model_cfg['name']} reads at most {positions} "
+                              f"tokens")
         depth = conf.num_hidden_layers
         layers = run_layers(peft_cfg, mode, budget, depth)
         check_layers(peft_cfg["name"], layers, depth, model_cfg["name"])  # before counting: the model's name in it
@@ -537,10 +540,15 @@ def check_group_overrides(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
         overrides = OverridesParser.create().parse_overrides([a for a in argv if not a.startswith("-")])
     except Exception:
         return  # Hydra reports malformed overrides itself
+    given: dict[str, str] = {}
     for o in overrides:
         group = conf_dir / o.key_or_group
         if o.key_or_group not in OWN_GROUPS or o.package is not None or o.is_delete():
             continue
+        if o.key_or_group in given:  # Hydra would take the last one without a word
+            raise ConfigError(f"{o.key_or_group} is given twice ({given[o.key_or_group]} and {o.input_line}); give it "
+                              f"once (several values: {o.key_or_group}=a,b with -m)")
+        given[o.key_or_group] = o.input_line
         allowed = sorted(f.stem for f in group.glob("*.yaml"))
         values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
         for v in values:

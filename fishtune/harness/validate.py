@@ -3,7 +3,8 @@
 `check_config(config)` is the first thing `fishtune.run.plan()` does. It imports nothing heavy, so
 a bad value is reported about a second after the command starts, not after the 7 s that torch,
 transformers, peft and adapters take to import. What needs a model's architecture (layer counts, a
-budget k, a rank above the hidden size) or a GPU is checked in plan() after it. `check_hub(config)`
+budget k, a rank above the hidden size) or a GPU is checked in plan() after it, and so is what a task's
+files hold (fishtune.harness.data.prepare_task, still without torch). `check_hub(config)`
 finds a hub model or dataset that cannot be had (offline, not cached, gated) before training starts.
 
 The model sources live here; the model families and what each knows (its heads, layers, default
@@ -16,6 +17,7 @@ import math
 import os
 import re
 import socket
+import string
 from typing import Any, Mapping
 from urllib.parse import urlparse
 
@@ -23,7 +25,7 @@ from ..modes import FISHER_MODES, check_mode  # the library's modes; mask.mode a
 from ..families import FAMILIES, MODEL_TYPES, families_by_head
 from .checks import ABSENT, ConfigError, as_int, check_choice, check_float, check_int, get, show
 from .methods import check_method
-from .tasks import get_task
+from .tasks import TASKS, get_task, is_file_task
 
 # embedded: files shipped in a package (models.EMBEDDED); hub: a checkpoint, `path` a hub id or a local
 # folder (what from_pretrained reads); tiny: random weights of `tiny`'s config, for tests.
@@ -162,10 +164,7 @@ def uses_fisher(config: Mapping[str, Any]) -> bool:
 def check_config(config: Mapping[str, Any]) -> None:
     """Check every value of a resolved run config that needs no model; raise ConfigError on the first
     bad one, naming the key, the value and what is allowed."""
-    try:
-        get_task(get(config, "task.name"))
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    check_task(config)
     model, peft = resolve_model(get(config, "model")), get(config, "peft")
     check_model_config(model)
     mode = get(config, "mask.mode")
@@ -230,6 +229,71 @@ def check_config(config: Mapping[str, Any]) -> None:
         why = f" (mask={mode} ranks entries by a Fisher estimated on that many training samples)"
         check_int(config, "fisher.samples", 1, why=why)
         check_int(config, "fisher.chunk_size", 1, why=" (samples per backward pass of the Fisher)")
+
+
+def check_task(config: Mapping[str, Any]) -> None:
+    """task.*: a GLUE task's name, or a file task's keys (conf/task/file.yaml): a name of its own, two
+    files of a known kind that exist, one or two text columns and a label column, the kind, a metric for
+    that kind, max_length, the template's fields, lr. What is in the files is read in the run's plan
+    (fishtune.harness.data.prepare_task), before torch."""
+    from .data import FILE_FORMATS, file_format
+    from .metrics import ALIASES, METRICS, REGRESSION_METRICS
+
+    task = get(config, "task")
+    if not is_file_task(task):
+        try:
+            get_task(get(config, "task.name"))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        return
+    name = task.get("name")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_]+", name):
+        raise ConfigError(f"task.name={show(name)}: must be letters, digits and _ (it is part of each result "
+                          f"file's name)")
+    if name in TASKS:
+        raise ConfigError(f"task.name={name!r} is a GLUE task's name: the tables would take your data for "
+                          f"GLUE's; choose another")
+    kinds = f"{', '.join(FILE_FORMATS)} or a datasets.save_to_disk folder"
+    for key, what in (("train", "training"), ("dev", "dev")):
+        path = task.get(key)
+        if not isinstance(path, str) or not path:
+            raise ConfigError(f"task.{key}={show(path)}: give the {what} data: a path to a {kinds}")
+        if not os.path.exists(path):
+            raise ConfigError(f"task.{key}={path!r}: no such file or folder")
+        if file_format(path) is None:
+            raise ConfigError(f"task.{key}={path!r}: unknown kind of file; use {kinds}")
+    text = task.get("text")
+    texts = [text] if isinstance(text, str) else text
+    if not (isinstance(texts, list) and 1 <= len(texts) <= 2 and all(isinstance(t, str) and t for t in texts)):
+        raise ConfigError(f"task.text={show(text)}: one column name, or a list of two ([premise,hypothesis])")
+    if len(texts) == 2 and texts[0] == texts[1]:
+        raise ConfigError(f"task.text={texts}: names column {texts[0]!r} twice")
+    label = task.get("label")
+    if not isinstance(label, str) or not label:
+        raise ConfigError(f"task.label={show(label)}: must be the label column's name")
+    if label in texts:
+        raise ConfigError(f"task.label={label!r} is also a text column (task.text)")
+    kind = check_choice(config, "task.kind", ("classification", "regression"))
+    metric = task.get("metric")
+    allowed = [m for m in [*METRICS, *ALIASES] if (ALIASES.get(m, m) in REGRESSION_METRICS) == (kind == "regression")]
+    if metric is not None and metric not in allowed:
+        other = " (a metric of the other task.kind)" if metric in METRICS or metric in ALIASES else ""
+        raise ConfigError(f"task.metric={show(metric)}{other}: a {kind} takes one of: {', '.join(allowed)}, "
+                          f"or null ({'pearson_spearman' if kind == 'regression' else 'accuracy'})")
+    check_int(config, "task.max_length", 1, why=" (tokens per example; longer ones are cut)")
+    template = task.get("template")
+    if template is not None:
+        fields = {"text_a", "text_b"} if len(texts) == 2 else {"text_a"}
+        try:
+            used = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None} \
+                if isinstance(template, str) else None
+        except ValueError:
+            used = None
+        if used is None or not used <= fields or "text_a" not in used:
+            raise ConfigError(f"task.template={show(template)}: a text with {{text_a}}"
+                              f"{' and {text_b}' if len(texts) == 2 else ''} and no other {{field}} "
+                              f"(write a literal brace twice), or null (the generic prompt)")
+    check_float(config, "task.lr", 0, above=True)
 
 
 def check_claim(config: Mapping[str, Any]) -> None:
@@ -328,7 +392,7 @@ def check_hub(config: Mapping[str, Any]) -> None:
         check_hub_model(model["path"])
     if model.get("tokenizer") and not os.path.isdir(str(model["tokenizer"])):
         check_hub_model(model["tokenizer"], key="model.tokenizer")
-    if config["data"]["glue_dir"] is None:
+    if config["data"]["glue_dir"] is None and not is_file_task(config["task"]):
         from .data import HUB_DATASET
 
         check_hub_dataset(HUB_DATASET, config["task"]["name"])
