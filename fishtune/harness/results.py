@@ -27,13 +27,18 @@ import hashlib
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import tempfile
+import types
+import typing
+from collections import defaultdict
 from dataclasses import MISSING, dataclass, field, fields
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 SCHEMA = 2                # what new result files are written with
 SCHEMAS = (1, 2)          # what loads (RunResult.from_json)
@@ -136,12 +141,19 @@ class RunResult:
         return {**out, **self.extra}
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any], path: str | Path | None = None) -> RunResult:
+    def from_json(cls, data: Any, path: str | Path | None = None) -> RunResult:
         """A result file's content as a RunResult, for every schema in SCHEMAS: NotAResult when it is no
-        fishtune result, ValueError when it lacks a required field. What older files lack is filled in
+        fishtune result (a list, an unknown schema), ValueError when it breaks the schema (a required field
+        missing, a field of the wrong type, a null or empty `best`, a score that is no finite number, NaN
+        anywhere, a best score that is not its epoch's in the history). What older files lack is filled in
         here, and only here."""
-        if not isinstance(data, Mapping) or data.get("schema") not in SCHEMAS:
-            raise NotAResult("not a fishtune result")
+        if not isinstance(data, Mapping):
+            raise NotAResult(f"not a fishtune result: a JSON {_json_kind(data)}")
+        if "schema" not in data:
+            raise NotAResult("not a fishtune result: no `schema`")
+        if data["schema"] not in SCHEMAS:
+            raise NotAResult(f"unknown schema {data['schema']!r} (this fishtune reads "
+                             f"{', '.join(map(str, SCHEMAS))})")
         data = dict(data)
         for key in ("model", "method", "mask"):  # the earliest files stored the config node
             if isinstance(data.get(key), Mapping):
@@ -149,8 +161,81 @@ class RunResult:
         # Files from before budget_ratio_pct had one ratio, over the run's own model.
         if "ratio_pct" in data:
             data.setdefault("budget_ratio_pct", data["ratio_pct"])
-        return cls(**_known(cls, data, FILE_KEYS), path=None if path is None else str(path),
-                   extra={k: v for k, v in data.items() if k not in FILE_KEYS and not k.startswith("_")})
+        result = cls(**_known(cls, data, FILE_KEYS), path=None if path is None else str(path),
+                     extra={k: v for k, v in data.items() if k not in FILE_KEYS and not k.startswith("_")})
+        result.check()
+        return result
+
+    def check(self) -> None:
+        """ValueError naming the first thing that breaks the schema: a field of the wrong type (the
+        annotations above), a number that is not finite, a `best` without a score, or a best score that is
+        not the score its epoch has in the history (edited by hand)."""
+        hints = _field_types()
+        for f in fields(self):
+            if f.name in FILE_KEYS and not _is_a(getattr(self, f.name), hints[f.name]):
+                raise ValueError(f"{f.name} is {_shown(getattr(self, f.name))}, not {f.type}")
+        if (where := _not_finite(self.to_json())) is not None:
+            raise ValueError(f"{where} is not a finite number (NaN or infinite)")
+        if "score" not in self.best:
+            raise ValueError("best has no score")
+        score = self.best["score"]
+        if score is None:
+            return   # no best epoch: finished_runs leaves it out and says so
+        if not _is_a(score, float):
+            raise ValueError(f"best.score is {_shown(score)}, not a number")
+        epoch = [h for h in self.history if isinstance(h, Mapping) and h.get("epoch") == self.best.get("epoch")]
+        if len(epoch) != 1 or epoch[0].get("score") != score:
+            said = f"{epoch[0].get('score')!r}" if len(epoch) == 1 else "nothing"
+            raise ValueError(f"best.score {score!r} is not what its history says of epoch "
+                             f"{self.best.get('epoch')!r} ({said}): edited by hand?")
+
+
+def _json_kind(value: Any) -> str:
+    return {list: "list", str: "string", bool: "boolean", int: "number", float: "number"}.get(type(value), "null")
+
+
+def _shown(value: Any) -> str:
+    text = "null" if value is None else json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+@lru_cache(maxsize=1)
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(RunResult)
+
+
+def _is_a(value: Any, hint: Any) -> bool:
+    """Whether a value read from JSON fits a field's annotation (int | None, list[dict], float, ...); a
+    float field takes an int (JSON writes 0.0 as 0 in some writers), no number field takes a bool."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_is_a(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    hint = typing.get_origin(hint) or hint
+    if hint is Any:
+        return True
+    if isinstance(value, bool) and hint in (int, float):
+        return False
+    if hint is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, hint)
+
+
+def _not_finite(value: Any, where: str = "") -> str | None:
+    """The key path of the first NaN or infinity in `value` (a JSON document), or None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (where or "the value")
+    if isinstance(value, Mapping):
+        items = value.items()
+    elif isinstance(value, list):
+        items = ((f"[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    for k, v in items:
+        found = _not_finite(v, f"{where}{k}" if str(k).startswith("[") or not where else f"{where}.{k}")
+        if found is not None:
+            return found
+    return None
 
 
 # The keys a result file may hold, in file order (RunResult's fields but the two that are not in it).
@@ -201,8 +286,101 @@ class RunFailure:
         return cls(**_known(cls, data, keys), path=None if path is None else str(path))
 
 
-def identity(config: Mapping[str, Any]) -> dict:
-    """The part of a run's config that decides what it computes (not where files go or are read from)."""
+# --- identity: what a run computes ------------------------------------------------------------------
+#
+# A run's identity is its config less what does not change what it computes, with every value in the type
+# conf/ gives its key: `seed='42'` (a quoted number, an environment variable) and `seed=42` are one run, and
+# so are `train.lr_scale=2` and `2.0`. The types come from conf/ itself (the values its files give each key);
+# keys that conf/ leaves null everywhere and the checks read as numbers are named below. Normalising never
+# changes the hash of a config whose values already have their types, which every run's config had before.
+
+# Keys conf/ only ever sets to null, with the type the checks (validate.py, methods.py) read them as.
+NULL_DEFAULT_TYPES = {"train.lr": float, "train.head_lr_scale": float, "peft.alpha": float, "mask.k": int}
+
+
+@lru_cache(maxsize=1)
+def conf_types() -> dict[str, frozenset[type]]:
+    """key path ('peft.rank'; a list's items as 'peft.budget_layers[]') -> the types of the values conf/'s
+    files give it (null left out); hydra/ and `defaults` lists are no part of a run's config."""
+    import yaml
+
+    from . import CONF_DIR
+
+    found: dict[str, set[type]] = defaultdict(set)
+
+    def walk(node: Mapping, prefix: str) -> None:
+        for k, v in node.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, Mapping):
+                walk(v, key + ".")
+            elif isinstance(v, list):
+                found[key + "[]"].update(type(x) for x in v if x is not None and not isinstance(x, (dict, list)))
+            elif v is not None:
+                found[key].add(type(v))
+
+    for f in sorted(CONF_DIR.rglob("*.yaml")):
+        rel = f.relative_to(CONF_DIR)
+        if rel.parts[0] == "hydra":
+            continue
+        text = f.read_text()
+        data = yaml.safe_load(text) or {}
+        header = [line for line in text.splitlines() if line.startswith("#")][:3]
+        package = "" if len(rel.parts) == 1 or any("@package _global_" in line for line in header) \
+            else ".".join(rel.parts[:-1]) + "."
+        walk({k: v for k, v in data.items() if k not in ("defaults", "hydra")}, package)
+    for key, kind in NULL_DEFAULT_TYPES.items():
+        found.setdefault(key, {kind})
+    return {k: frozenset(v) for k, v in found.items()}
+
+
+def _number(text: str) -> int | float | None:
+    """A string as the number Hydra would have read had it not been quoted ('42' -> 42, '5e-5' -> 5e-05);
+    None when it is none (or not finite)."""
+    text = text.strip()
+    if re.fullmatch(r"[+-]?\d+", text):
+        return int(text)
+    try:
+        x = float(text)
+    except ValueError:
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _typed(value: Any, kinds: frozenset[type] | None) -> Any:
+    """`value` in the type its key has in conf/ (`kinds`), where it is that value written another way."""
+    if value is None or isinstance(value, bool) or (kinds and not kinds <= {int, float, bool}):
+        return value   # a string key, or a key conf/ gives mixed kinds: as given
+    if kinds == {bool}:
+        return {"true": True, "false": False}.get(value.strip().lower(), value) if isinstance(value, str) else value
+    if isinstance(value, str):
+        number = _number(value)
+        if number is None:
+            return value
+        value = number
+    if kinds == {float} and isinstance(value, int):
+        return float(value)
+    if kinds == {int} and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def normalise(config: Mapping[str, Any], prefix: str = "") -> dict:
+    """`config` with each value in the type conf/ gives its key (conf_types): seed='42' -> 42,
+    train.lr_scale=2 -> 2.0, a quoted '5e-5' -> 5e-05. Values of other keys are left as they are."""
+    kinds = conf_types()
+    out = {}
+    for k, v in config.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out[k] = normalise(v, key + ".")
+        elif isinstance(v, list):
+            out[k] = [_typed(x, kinds.get(key + "[]")) for x in v]
+        else:
+            out[k] = _typed(v, kinds.get(key))
+    return out
+
+
+def _identity_of(config: Mapping[str, Any]) -> dict:
     out = {k: v for k, v in config.items() if k not in _NOT_IDENTITY}
     # The pooler head is what every run had before `model.head` existed: naming it keeps their identity.
     if isinstance(out.get("model"), Mapping) and out["model"].get("head") == "pooler":
@@ -215,18 +393,52 @@ def identity(config: Mapping[str, Any]) -> dict:
     return out
 
 
+def identity(config: Mapping[str, Any]) -> dict:
+    """The part of a run's config that decides what it computes (not where files go or are read from),
+    its values normalised to their types (`normalise`)."""
+    return _identity_of(normalise(config))
+
+
+def _digest(ident: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
 def config_hash(config: Mapping[str, Any]) -> str:
-    blob = json.dumps(identity(config), sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+    """The 10 hex digits that name what a run computes: the hash of its identity."""
+    return _digest(identity(config))
 
 
 def run_name(config: Mapping[str, Any], layers: int) -> str:
     """Readable part of a run's file name; the config hash keeps two configs from sharing one."""
+    config = normalise(config)
     mask = config["mask"]["mode"]
     budget = f"-b{config['budget']}" if mask != "none" else ""
     rank = config["peft"].get("rank")
     return (f"{config['model']['name']}-{config['task']['name']}-{config['peft']['name']}"
             f"-L{layers}{f'-r{rank}' if rank is not None else ''}-{mask}{budget}-s{config['seed']}")
+
+
+_NAME_HASH = re.compile(r"-([0-9a-f]{10})$")
+
+
+def identity_problem(result: RunResult, path: str | Path) -> tuple[str, str | None]:
+    """(the config hash of what `result` computed, why the file at `path` cannot stand for it or None).
+    A result's file is named `<run_id>.json`, its run_id ends in the hash of its config, and it records
+    that hash: a file renamed, copied onto another run's name, or whose config was edited breaks one of
+    them. Files written before values were normalised keep the hash of their config as it was written."""
+    path = Path(path)
+    ours = config_hash(result.config)
+    as_written = _digest(_identity_of(result.config))   # the same unless the config holds '42' for 42
+    if result.config_hash not in (ours, as_written):
+        return ours, (f"its config_hash {result.config_hash} is not the hash of its config ({ours}): "
+                      f"the config or the hash was edited")
+    if path.stem != result.run_id:
+        return ours, f"its name is not its run_id {result.run_id}: renamed or copied onto another run's name"
+    named = _NAME_HASH.search(path.stem)
+    if named and named.group(1) != result.config_hash:
+        return ours, (f"its name's hash {named.group(1)} is not its config's ({result.config_hash}): "
+                      f"copied onto another run's name")
+    return ours, None
 
 
 def result_path(runs_dir: str | Path, config: Mapping[str, Any], layers: int) -> Path:
@@ -282,50 +494,92 @@ def read_json(path: Path) -> tuple[Any, str | None]:
 
 def read_result(path: str | Path) -> dict | None:
     """The result file at `path` as the run returns it (RunResult.to_json(): the current schema's
-    dict), or None when it is damaged (unreadable, truncated, not a result, a required field missing):
-    then it is set aside with a warning and its run is to be redone."""
+    dict), or None when it cannot stand for its run: unreadable, truncated, not a result, against the
+    schema (RunResult.from_json), or not this computation's (identity_problem: renamed, copied onto
+    another run's name, its config edited). Then it is set aside with a warning and its run is redone."""
     path = Path(path)
     data, why = read_json(path)
     if why is None:
         try:
-            if isinstance(data, dict) and "best" in data:
-                return RunResult.from_json(data).to_json()
-            why = "not a fishtune result"
-        except ValueError as e:
+            result = RunResult.from_json(data, path)
+            _, why = identity_problem(result, path)
+            if why is None:
+                return result.to_json()
+        except (TypeError, ValueError) as e:
             why = str(e)
     set_aside(path, f"{why}; the run is redone")
     return None
 
 
+# Folders of a runs folder that hold no records of runs: Hydra's and wandb's own files, hidden ones
+# (.submitit, .hydra). Every other *.json under a runs folder is a result, or is named as skipped.
+_NOT_RECORDS = ("hydra", "wandb")
+
+
+def record_files(runs_dir: str | Path, pattern: str) -> list[Path]:
+    """The files matching `pattern` under `runs_dir` (recursively) that records of runs may be: not in
+    Hydra's, wandb's or hidden folders."""
+    runs_dir = Path(runs_dir)
+    return [p for p in sorted(runs_dir.rglob(pattern))
+            if not any(part in _NOT_RECORDS or part.startswith(".") for part in p.relative_to(runs_dir).parts[:-1])]
+
+
 def load_results(runs_dir: str | Path, damaged: list[str] | None = None) -> list[RunResult]:
-    """Every result file under `runs_dir` (recursively) as a RunResult (in the current schema's shape,
-    whatever schema wrote it) with its `path`. A file that cannot be read, or a result that lacks a
-    required field, is skipped; with `damaged`, 'path: why' is appended to it for each. JSON files of
-    other kinds (no result schema: a config dump) are passed over."""
-    paths = [p for p in sorted(Path(runs_dir).rglob("*.json")) if not p.name.endswith(".failed.json")]
-    return _load_each(paths, RunResult.from_json, damaged)
-
-
-def load_failures(runs_dir: str | Path, damaged: list[str] | None = None) -> list[RunFailure]:
-    """The `*.failed.json` records of runs that failed as RunFailures (reason, error and traceback);
-    unreadable ones are skipped and, with `damaged`, listed as for load_results."""
-    return _load_each(sorted(Path(runs_dir).rglob("*.failed.json")), RunFailure.from_json, damaged)
-
-
-def _load_each(paths: Iterable[Path], parse: Callable[[Any, Path], Any], damaged: list[str] | None) -> list:
-    out = []
+    """Every result file under `runs_dir` (recursively, record_files) as a RunResult (in the current
+    schema's shape, whatever schema wrote it) with its `path`. Skipped, each with 'path: why' appended to
+    `damaged` (or, without it, a warning on stderr): a file that cannot be read, is no result (a list, a
+    config dump, an unknown schema) or breaks the schema (RunResult.from_json); a file that does not stand
+    for the computation its config names (identity_problem); and every file but one of a computation that
+    has several in one folder (the one whose name its config gives, else the newest), so that no run is
+    counted twice."""
+    paths = [p for p in record_files(runs_dir, "*.json") if not p.name.endswith(".failed.json")]
+    problems: list[str] = []
+    found: dict[tuple, list[RunResult]] = defaultdict(list)
     for path in paths:
         data, why = read_json(path)
         if why is None:
             try:
-                out.append(parse(data, path))
-                continue
-            except NotAResult:
+                result = RunResult.from_json(data, path)
+                ours, why = identity_problem(result, path)
+                if why is None:
+                    found[(path.parent, ours)].append(result)
+                    continue
+            except (TypeError, ValueError) as e:
+                why = str(e)
+        problems.append(f"{path}: {why}")
+    out = []
+    for (_, ours), group in found.items():
+        # the file named by its config's normalised hash, else the newest
+        group.sort(key=lambda r: (Path(r.path).stem.endswith(ours), str(r.finished_at)))
+        out.append(group[-1])
+        problems += [f"{r.path}: the same computation (config hash {ours}) as {Path(group[-1].path).name}: "
+                     f"not counted twice" for r in group[:-1]]
+    _tell(problems, damaged)
+    return sorted(out, key=lambda r: str(r.path))
+
+
+def _tell(problems: list[str], damaged: list[str] | None) -> None:
+    if damaged is not None:
+        damaged.extend(sorted(problems))
+    else:
+        for line in sorted(problems):
+            print(f"fishtune: warning: skipped {line}", file=sys.stderr)
+
+
+def load_failures(runs_dir: str | Path, damaged: list[str] | None = None) -> list[RunFailure]:
+    """The `*.failed.json` records of runs that failed as RunFailures (reason, error and traceback);
+    unreadable ones are skipped and named, as for load_results."""
+    out, problems = [], []
+    for path in record_files(runs_dir, "*.failed.json"):
+        data, why = read_json(path)
+        if why is None:
+            try:
+                out.append(RunFailure.from_json(data, path))
                 continue
             except (TypeError, ValueError) as e:
                 why = str(e)
-        if damaged is not None:
-            damaged.append(f"{path}: {why}")
+        problems.append(f"{path}: {why}")
+    _tell(problems, damaged)
     return out
 
 
