@@ -174,10 +174,20 @@ def test_failed_runs_are_listed_with_their_error(tmp_path, capsys):
     assert "1 failure records" in capsys.readouterr().out
 
 
-def test_empty_runs_dir_does_not_crash(tmp_path):
-    out = aggregate(tmp_path / "nothing", tmp_path / "res", ["all"], verbose=False)
-    assert len(out["missing"]) == sum(len(table_rows(n)) for n in range(1, 6)) + 12
-    assert (tmp_path / "res" / "table2.tex").exists() and not (tmp_path / "res" / "figure3.png").exists()
+def test_a_missing_or_empty_runs_dir_writes_nothing(tmp_path):
+    """A mistyped --runs-dir or a folder without a finished result is refused; the tables already in the
+    out folder stay as they were."""
+    from fishtune.harness.checks import ConfigError
+
+    res = tmp_path / "res"
+    res.mkdir()
+    (res / "table2.csv").write_text("the real table")
+    with pytest.raises(ConfigError, match="no such folder"):
+        aggregate(tmp_path / "nothing", res, ["all"], verbose=False)
+    (tmp_path / "empty").mkdir()
+    out = aggregate(tmp_path / "empty", res, ["all"], verbose=False)
+    assert "holds no finished result files" in out["nothing_written"]
+    assert sorted(p.name for p in res.iterdir()) == ["table2.csv"] and (res / "table2.csv").read_text() == "the real table"
 
 
 def _load(runs):
