@@ -33,7 +33,8 @@ def fake_result(runs_dir, *, model="bert_base", method="lora", task="rte", mask=
         config["peft"].update(budget_layers=list(schedule[0]), fish_layers=schedule[1])
     history = [{"epoch": e + 1, "train_loss": l + 0.1, "dev_loss": l, "metrics": {"accuracy": score}, "score": score}
                for e, l in enumerate(losses)]
-    return write_result(result_path(runs_dir, config, layers), run_id="x", config=config, model=model, task=task,
+    path = result_path(runs_dir, config, layers)   # named as fishtune.run names it: its run_id, its config's hash
+    return write_result(path, run_id=path.stem, config=config, model=model, task=task,
                         method=method, layers=layers, rank=rank, mask=mask, budget=budget, seed=seed, trainable=6146,
                         total=109_489_538, ratio_pct=0.0056, budget_ratio_pct=0.0056, history=history,
                         best={"epoch": len(losses), "score": score, "metrics": {}, "dev_loss": losses[-1]},

@@ -170,10 +170,10 @@ class RunResult:
         """ValueError naming the first thing that breaks the schema: a field of the wrong type (the
         annotations above), a number that is not finite, a `best` without a score, or a best score that is
         not the score its epoch has in the history (edited by hand)."""
-        hints = _field_types()
-        for f in fields(self):
-            if f.name in FILE_KEYS and not _is_a(getattr(self, f.name), hints[f.name]):
-                raise ValueError(f"{f.name} is {_shown(getattr(self, f.name))}, not {f.type}")
+        hints, types_of = _field_types(), {f.name: f.type for f in fields(self)}
+        for name in TYPED_KEYS:
+            if not _is_a(getattr(self, name), hints[name]):
+                raise ValueError(f"{name} is {_shown(getattr(self, name))}, not {types_of[name]}")
         if (where := _not_finite(self.to_json())) is not None:
             raise ValueError(f"{where} is not a finite number (NaN or infinite)")
         if "score" not in self.best:
@@ -183,11 +183,13 @@ class RunResult:
             return   # no best epoch: finished_runs leaves it out and says so
         if not _is_a(score, float):
             raise ValueError(f"best.score is {_shown(score)}, not a number")
-        epoch = [h for h in self.history if isinstance(h, Mapping) and h.get("epoch") == self.best.get("epoch")]
-        if len(epoch) != 1 or epoch[0].get("score") != score:
-            said = f"{epoch[0].get('score')!r}" if len(epoch) == 1 else "nothing"
+        # every run records each epoch's score in its history: a best score its epoch does not have was edited
+        said = [h["score"] for h in self.history if isinstance(h, Mapping) and h.get("epoch") == self.best.get("epoch")
+                and _is_a(h.get("score"), float)]
+        if said and not math.isclose(said[0], score, rel_tol=1e-9, abs_tol=1e-9):
+            said = said[0]
             raise ValueError(f"best.score {score!r} is not what its history says of epoch "
-                             f"{self.best.get('epoch')!r} ({said}): edited by hand?")
+                             f"{self.best.get('epoch')!r} ({said!r}): edited by hand?")
 
 
 def _json_kind(value: Any) -> str:
@@ -237,6 +239,11 @@ def _not_finite(value: Any, where: str = "") -> str | None:
             return found
     return None
 
+
+# The fields whose type RunResult.check checks: what a run is, and what every report reads of it. Cost
+# and bookkeeping fields are left as found (files of schema 1 hold null where a key came later).
+SLICE_KEYS = ("model", "task", "method", "layers", "rank", "mask", "budget", "seed")   # what tables slice by
+TYPED_KEYS = ("schema", "run_id", "config_hash", "config", *SLICE_KEYS, "history", "best")
 
 # The keys a result file may hold, in file order (RunResult's fields but the two that are not in it).
 FILE_KEYS = tuple(f.name for f in fields(RunResult) if f.name not in ("extra", "path"))
@@ -288,14 +295,13 @@ class RunFailure:
 
 # --- identity: what a run computes ------------------------------------------------------------------
 #
-# A run's identity is its config less what does not change what it computes, with every value in the type
-# conf/ gives its key: `seed='42'` (a quoted number, an environment variable) and `seed=42` are one run, and
-# so are `train.lr_scale=2` and `2.0`. The types come from conf/ itself (the values its files give each key);
-# keys that conf/ leaves null everywhere and the checks read as numbers are named below. Normalising never
-# changes the hash of a config whose values already have their types, which every run's config had before.
-
-# Keys conf/ only ever sets to null, with the type the checks (validate.py, methods.py) read them as.
-NULL_DEFAULT_TYPES = {"train.lr": float, "train.head_lr_scale": float, "peft.alpha": float, "mask.k": int}
+# A run's identity is its config less what does not change what it computes, each value as Hydra would
+# have read it unquoted: `seed='42'` (quoted, or from an environment variable) and `seed=42` are one run.
+# A string stays a string where conf/ gives its key strings (task.name, model.path); elsewhere a string
+# that is a number becomes that number, and 'true'/'false' a bool where conf/ gives the key bools.
+# Numbers keep their kind: 400 and 400.0 are one value to Python but not to the hash, and the committed
+# runs were named with whichever Hydra read (train.head_lr_scale: 400 in the study's sweeps), so turning
+# one into the other would rename them. A config whose values already have their types hashes as before.
 
 
 @lru_cache(maxsize=1)
@@ -328,8 +334,6 @@ def conf_types() -> dict[str, frozenset[type]]:
         package = "" if len(rel.parts) == 1 or any("@package _global_" in line for line in header) \
             else ".".join(rel.parts[:-1]) + "."
         walk({k: v for k, v in data.items() if k not in ("defaults", "hydra")}, package)
-    for key, kind in NULL_DEFAULT_TYPES.items():
-        found.setdefault(key, {kind})
     return {k: frozenset(v) for k, v in found.items()}
 
 
@@ -347,26 +351,19 @@ def _number(text: str) -> int | float | None:
 
 
 def _typed(value: Any, kinds: frozenset[type] | None) -> Any:
-    """`value` in the type its key has in conf/ (`kinds`), where it is that value written another way."""
-    if value is None or isinstance(value, bool) or (kinds and not kinds <= {int, float, bool}):
-        return value   # a string key, or a key conf/ gives mixed kinds: as given
+    """A string `value` as Hydra would have read it unquoted, for a key whose values in conf/ are of
+    `kinds` (none: conf/ leaves it null or lacks it); any other value as it is."""
+    if not isinstance(value, str) or (kinds and str in kinds):
+        return value
     if kinds == {bool}:
-        return {"true": True, "false": False}.get(value.strip().lower(), value) if isinstance(value, str) else value
-    if isinstance(value, str):
-        number = _number(value)
-        if number is None:
-            return value
-        value = number
-    if kinds == {float} and isinstance(value, int):
-        return float(value)
-    if kinds == {int} and isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
+        return {"true": True, "false": False}.get(value.strip().lower(), value)
+    number = _number(value)
+    return value if number is None else number
 
 
 def normalise(config: Mapping[str, Any], prefix: str = "") -> dict:
-    """`config` with each value in the type conf/ gives its key (conf_types): seed='42' -> 42,
-    train.lr_scale=2 -> 2.0, a quoted '5e-5' -> 5e-05. Values of other keys are left as they are."""
+    """`config` with each string value that Hydra would have read unquoted as a number (or a bool) made
+    that value (_typed): seed='42' -> 42, train.lr='5e-5' -> 5e-05, but task.name stays a string."""
     kinds = conf_types()
     out = {}
     for k, v in config.items():
@@ -541,14 +538,14 @@ def load_results(runs_dir: str | Path, damaged: list[str] | None = None) -> list
             try:
                 result = RunResult.from_json(data, path)
                 ours, why = identity_problem(result, path)
-                if why is None:
-                    found[(path.parent, ours)].append(result)
+                if why is None:   # one computation: its config's identity and what it is reported as
+                    found[(path.parent, ours, *(getattr(result, k) for k in SLICE_KEYS))].append(result)
                     continue
             except (TypeError, ValueError) as e:
                 why = str(e)
         problems.append(f"{path}: {why}")
     out = []
-    for (_, ours), group in found.items():
+    for (_, ours, *_), group in found.items():
         # the file named by its config's normalised hash, else the newest
         group.sort(key=lambda r: (Path(r.path).stem.endswith(ours), str(r.finished_at)))
         out.append(group[-1])
