@@ -306,8 +306,9 @@ class RunFailure:
 
 @lru_cache(maxsize=1)
 def conf_types() -> dict[str, frozenset[type]]:
-    """key path ('peft.rank'; a list's items as 'peft.budget_layers[]') -> the types of the values conf/'s
-    files give it (null left out); hydra/ and `defaults` lists are no part of a run's config."""
+    """Every key of a run's config that conf/'s files hold ('peft.rank'; a list's items as
+    'peft.budget_layers[]') -> the types of the values they give it (null left out: train.lr has none);
+    hydra/ and `defaults` lists are no part of a run's config."""
     import yaml
 
     from . import CONF_DIR
@@ -321,8 +322,8 @@ def conf_types() -> dict[str, frozenset[type]]:
                 walk(v, key + ".")
             elif isinstance(v, list):
                 found[key + "[]"].update(type(x) for x in v if x is not None and not isinstance(x, (dict, list)))
-            elif v is not None:
-                found[key].add(type(v))
+            else:   # a key conf/ leaves null is known too, of no kind
+                found[key].update([type(v)] if v is not None else [])
 
     for f in sorted(CONF_DIR.rglob("*.yaml")):
         rel = f.relative_to(CONF_DIR)

@@ -489,12 +489,14 @@ def check_keys(argv: list[str]) -> None:
         key = o.key_or_group
         if o.is_hydra_override() or o.package is not None or key in known or "/" in key:
             continue
-        close = difflib.get_close_matches(key, sorted(keys), n=1, cutoff=0.75)
-        parent, _, _ = key.rpartition(".")
-        under = sorted(k[len(parent) + 1:] for k in keys if parent and k.startswith(parent + ".") and "." not in
-                       k[len(parent) + 1:])
-        hint = (f"did you mean {close[0]}?" if close else f"{parent} has: {', '.join(under)}" if under
-                else "conf/config.yaml and its groups list the keys")
+        # a known parent (train.lrr): the closest of its own keys, else all of them; else the closest key
+        parent = key.rpartition(".")[0]
+        under = sorted(k[len(parent) + 1:] for k in keys if parent and k.startswith(parent + ".")
+                       and "." not in k[len(parent) + 1:])
+        close = difflib.get_close_matches(key.rpartition(".")[2], under, n=1) if under else \
+            difflib.get_close_matches(key, sorted(keys), n=1)
+        hint = (f"did you mean {f'{parent}.' if under else ''}{close[0]}?" if close
+                else f"{parent} has: {', '.join(under)}" if under else "conf/config.yaml and its groups list the keys")
         added = " (+ adds a key that fishtune never reads)" if o.is_add() or o.is_force_add() else ""
         raise ConfigError(f"unknown key {key!r}{added}; {hint}")
 
@@ -527,7 +529,7 @@ def check_runs_dir(argv: list[str]) -> list[str]:
                               f"empty would write result files into the current folder")
         for folder in (Path(runs_dir), *Path(runs_dir).parents):
             if folder.exists() and not folder.is_dir():
-                raise ConfigError(f"paths.runs_dir={runs_dir}: {folder} is a file, not a folder")
+                raise ConfigError(f"paths.runs_dir={runs_dir}: {folder} is a file, not a folder (choose a folder path)")
     if any(o.key_or_group in ("hydra.run.dir", "hydra.sweep.dir") for o in overrides) \
             or all(_writable(Path(d) / "hydra") for d in runs_dirs):
         return []
