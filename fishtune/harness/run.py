@@ -451,7 +451,9 @@ def parse_overrides(argv: list[str]) -> list:
             out += parser.parse_overrides([text])
         except Exception as e:  # noqa: BLE001 - Hydra's OverrideParseException and the lexer's own
             why = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
-            raise ConfigError(f"cannot read the override {text!r}: {why.removeprefix('LexerNoViableAltException: ')} "
+            if why.startswith("LexerNoViableAltException"):   # the lexer repeats the text and points at it
+                why = "a key must be a dotted name (letters, digits, _ . / -)"
+            raise ConfigError(f"cannot read the override {text!r}: {why} "
                               f"(Hydra's override grammar: key=value, group=option, +key=value, ~key; "
                               f"a value with spaces or commas in quotes)") from None
     return out
