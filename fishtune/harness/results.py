@@ -14,9 +14,20 @@ default is required: a file that lacks one is damaged, never read with a None in
 
 A run that fails writes `<run>.failed.json` instead (`RunFailure`, fishtune.harness.run.record_failure):
 status, config, `reason` (one line, e.g. "diverged: non-finite loss at epoch 3, step 7"), error,
-traceback, host, slurm, finished_at. A file that cannot be read (truncated, not JSON, a result without
-a required field) is never fatal: a run sets its own damaged result, mask or checkpoint aside as
-`<name>.damaged` and runs again; the loaders here skip damaged files and say which.
+traceback, host, slurm, finished_at.
+
+Identity. A result file is named `<run_name>-<config hash>.json` and records that name as its run_id and
+the hash as its config_hash; the hash is that of what the run computes (`identity`: the config less where
+files go, values as Hydra reads them unquoted, so seed='42' and seed=42 are one run). Every read checks
+the three against each other and against the config inside (`identity_problem`).
+
+A file that cannot stand for its run is never fatal and never counted: unreadable or truncated, no
+result (a JSON list, a config dump, an unknown schema), against the schema (a required field missing,
+a null or empty `best`, a score that is a string or NaN, a best score its history does not have:
+RunResult.check), or not its computation's (renamed, copied onto another run's name, its config
+edited). A run sets its own such result, mask or checkpoint aside as `<name>.damaged`, with the reason,
+and runs again (read_result); the loaders here, which the reports read through, skip each one and name
+it with why, and count one file per computation per folder.
 
 The loaders return the types: `load_results` RunResults, `load_failures` RunFailures, each with the
 `path` it was read from; `finished_runs` is the one test of which results the reports count.
@@ -184,12 +195,12 @@ class RunResult:
         if not _is_a(score, float):
             raise ValueError(f"best.score is {_shown(score)}, not a number")
         # every run records each epoch's score in its history: a best score its epoch does not have was edited
-        said = [h["score"] for h in self.history if isinstance(h, Mapping) and h.get("epoch") == self.best.get("epoch")
-                and _is_a(h.get("score"), float)]
+        epoch = self.best.get("epoch")
+        said = [h["score"] for h in self.history
+                if isinstance(h, Mapping) and h.get("epoch") == epoch and _is_a(h.get("score"), float)]
         if said and not math.isclose(said[0], score, rel_tol=1e-9, abs_tol=1e-9):
-            said = said[0]
-            raise ValueError(f"best.score {score!r} is not what its history says of epoch "
-                             f"{self.best.get('epoch')!r} ({said!r}): edited by hand?")
+            raise ValueError(f"best.score {score!r} is not what its history says of epoch {epoch!r} "
+                             f"({said[0]!r}): edited by hand?")
 
 
 def _json_kind(value: Any) -> str:
@@ -197,7 +208,8 @@ def _json_kind(value: Any) -> str:
 
 
 def _shown(value: Any) -> str:
-    text = "null" if value is None else json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
+    """A value for a one-line message: JSON's spelling (a string quoted as Python does), cut at 40."""
+    text = repr(value) if isinstance(value, str) else json.dumps(value, default=str)
     return text if len(text) <= 40 else text[:37] + "..."
 
 
