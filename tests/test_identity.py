@@ -89,6 +89,8 @@ def test_renamed_copied_and_hand_edited_results_are_named_and_not_counted(tmp_pa
     shutil.copy(good, runs / "renamed.json")                                   # renamed
     copied = other.with_name(other.name.replace("-s2-", "-s3-"))
     shutil.copy(good, copied)                                                   # copied onto another run's name
+    relabelled = good.with_name(good.name.replace("-s1-", "-s9-"))
+    shutil.copy(good, relabelled)                                               # its hash kept, its seed changed
     edited = named(runs, seed=4)
     data = json.loads(edited.read_text())
     data["config"]["seed"] = 5                                                  # its config edited by hand
@@ -99,8 +101,9 @@ def test_renamed_copied_and_hand_edited_results_are_named_and_not_counted(tmp_pa
     write_json_atomic(rescored, data)
 
     reasons = {
-        runs / "renamed.json": "its name is not its run_id",
-        copied: "its name is not its run_id",
+        runs / "renamed.json": f"the same computation (config hash {good.stem[-10:]}) as {good.name}: not counted twice",
+        copied: f"its name's hash {other.stem[-10:]} is not its config's ({good.stem[-10:]}): copied onto another",
+        relabelled: "its name is not its run_id",
         edited: "is not the hash of its config",
         rescored: "best.score 99.0 is not what its history says of epoch 1 (70.0): edited by hand?",
     }

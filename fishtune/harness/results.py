@@ -254,7 +254,7 @@ def _not_finite(value: Any, where: str = "") -> str | None:
 
 # The fields whose type RunResult.check checks: what a run is, and what every report reads of it. Cost
 # and bookkeeping fields are left as found (files of schema 1 hold null where a key came later).
-SLICE_KEYS = ("model", "task", "method", "layers", "rank", "mask", "budget", "seed")   # what tables slice by
+SLICE_KEYS = ("model", "task", "method", "layers", "rank", "mask", "budget", "seed", "lr")   # what reports slice by
 TYPED_KEYS = ("schema", "run_id", "config_hash", "config", *SLICE_KEYS, "history", "best")
 
 # The keys a result file may hold, in file order (RunResult's fields but the two that are not in it).
@@ -433,21 +433,23 @@ _NAME_HASH = re.compile(r"-([0-9a-f]{10})$")
 
 def identity_problem(result: RunResult, path: str | Path) -> tuple[str, str | None]:
     """(the config hash of what `result` computed, why the file at `path` cannot stand for it or None).
-    A result's file is named `<run_id>.json`, its run_id ends in the hash of its config, and it records
-    that hash: a file renamed, copied onto another run's name, or whose config was edited breaks one of
-    them. Files written before values were normalised keep the hash of their config as it was written."""
+    A run records the hash of its config and names its file `<run_id>.json`, its run_id ending in that
+    hash: a config edited after the run, or a file renamed or copied onto another run's name, breaks one
+    of them. (A file under a name fishtune never gives, without a hash, is left to the loaders: a copy
+    beside its original is a second file of one computation.) Files written before values were
+    normalised keep the hash of their config as it was written."""
     path = Path(path)
     ours = config_hash(result.config)
     as_written = _digest(_identity_of(result.config))   # the same unless the config holds '42' for 42
     if result.config_hash not in (ours, as_written):
         return ours, (f"its config_hash {result.config_hash} is not the hash of its config ({ours}): "
                       f"the config or the hash was edited")
-    if path.stem != result.run_id:
-        return ours, f"its name is not its run_id {result.run_id}: renamed or copied onto another run's name"
     named = _NAME_HASH.search(path.stem)
     if named and named.group(1) != result.config_hash:
         return ours, (f"its name's hash {named.group(1)} is not its config's ({result.config_hash}): "
                       f"copied onto another run's name")
+    if named and path.stem != result.run_id:
+        return ours, f"its name is not its run_id {result.run_id}: renamed or copied onto another run's name"
     return ours, None
 
 
