@@ -485,11 +485,26 @@ def check_keys(argv: list[str]) -> None:
 
     from .results import conf_types
 
+    from hydra._internal.utils import get_args_parser
+
+    flags = get_args_parser().parse_known_args(argv)[0]
+    if flags.config_path or flags.config_name:
+        return   # another primary config: its keys are its own
+    overrides = parse_overrides(argv)
+    # the user's own config folders (--config-dir, hydra.searchpath=[file://...]) add groups of theirs
+    folders = [Path(flags.config_dir)] if flags.config_dir else []
+    for o in overrides:
+        if o.key_or_group == "hydra.searchpath":
+            entries = o.value() if isinstance(o.value(), list) else [o.value()]
+            if any(not str(e).startswith("file://") for e in entries):
+                return   # a package's configs: not looked into here
+            folders += [Path(str(e).removeprefix("file://")) for e in entries]
     keys = {k.removesuffix("[]") for k in conf_types()}
     known = keys | {".".join(k.split(".")[:i]) for k in keys for i in range(1, k.count(".") + 1)} | set(OWN_GROUPS)
-    for o in parse_overrides(argv):
+    for o in overrides:
         key = o.key_or_group
-        if o.is_hydra_override() or o.package is not None or key in known or "/" in key:
+        if o.is_hydra_override() or o.package is not None or key in known or "/" in key \
+                or any((folder / key.split(".")[0]).is_dir() for folder in folders):
             continue
         # a known parent (train.lrr): the closest of its own keys, else all of them; else the closest key
         parent = key.rpartition(".")[0]
