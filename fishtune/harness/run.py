@@ -483,9 +483,9 @@ def check_keys(argv: list[str]) -> None:
     change the run's identity). Keys of Hydra's own config (hydra.*) are Hydra's to check."""
     import difflib
 
-    from .results import conf_types
-
     from hydra._internal.utils import get_args_parser
+
+    from .results import conf_types
 
     flags = get_args_parser().parse_known_args(argv)[0]
     if flags.config_path or flags.config_name:
