@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fishtune.reports.aggregate import aggregate, build_table, parse_model_map, RunIndex, table_rows
+from fishtune.reports.aggregate import aggregate, build_table, parse_model_map, RunIndex
 from fishtune.reports.paper import paper_wide
 from fishtune.harness.results import result_path
 from results_factory import write_failure, write_result
