@@ -185,8 +185,10 @@ class RunResult:
         for name in TYPED_KEYS:
             if not _is_a(getattr(self, name), hints[name]):
                 raise ValueError(f"{name} is {_shown(getattr(self, name))}, not {types_of[name]}")
-        if (where := _not_finite(self.to_json())) is not None:
-            raise ValueError(f"{where} is not a finite number (NaN or infinite)")
+        try:   # json's C encoder finds a NaN quickly; only then is it looked for, to name where it is
+            json.dumps(self.to_json(), allow_nan=False, default=str)
+        except ValueError:
+            raise ValueError(f"{_not_finite(self.to_json())} is not a finite number (NaN or infinite)") from None
         if "score" not in self.best:
             raise ValueError("best has no score")
         score = self.best["score"]
@@ -239,7 +241,7 @@ def _not_finite(value: Any, where: str = "") -> str | None:
     """The key path of the first NaN or infinity in `value` (a JSON document), or None."""
     if isinstance(value, float):
         return None if math.isfinite(value) else (where or "the value")
-    if isinstance(value, Mapping):
+    if isinstance(value, dict):
         items = value.items()
     elif isinstance(value, list):
         items = ((f"[{i}]", v) for i, v in enumerate(value))
