@@ -295,7 +295,7 @@ REPORT ?= results/study/index.html
 REPORT_RUNS = $(if $(filter file,$(origin RUNS_DIR)),$(STUDY_RUNS),$(RUNS_DIR))
 .PHONY: report test-browser
 report: setup
-	$(BIN)/python -m fishtune.report $(REPORT_RUNS) --out $(REPORT)
+	$(BIN)/python -m fishtune.report '$(subst ','\'',$(REPORT_RUNS))' --out '$(subst ','\'',$(REPORT))'
 
 # The page in headless Chromium (tests/test_report.py, marker browser): Debian's chromium and
 # chromium-driver, installed with apt when missing and this is root (browser-deps; .ci/run calls it before

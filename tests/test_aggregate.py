@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fishtune.reports.aggregate import aggregate, build_table, parse_model_map, RunIndex, table_rows
+from fishtune.reports.aggregate import aggregate, build_table, parse_model_map, RunIndex
 from fishtune.reports.paper import paper_wide
 from fishtune.harness.results import result_path
 from results_factory import write_failure, write_result
@@ -33,7 +33,8 @@ def fake_result(runs_dir, *, model="bert_base", method="lora", task="rte", mask=
         config["peft"].update(budget_layers=list(schedule[0]), fish_layers=schedule[1])
     history = [{"epoch": e + 1, "train_loss": l + 0.1, "dev_loss": l, "metrics": {"accuracy": score}, "score": score}
                for e, l in enumerate(losses)]
-    return write_result(result_path(runs_dir, config, layers), run_id="x", config=config, model=model, task=task,
+    path = result_path(runs_dir, config, layers)   # named as fishtune.run names it: its run_id, its config's hash
+    return write_result(path, run_id=path.stem, config=config, model=model, task=task,
                         method=method, layers=layers, rank=rank, mask=mask, budget=budget, seed=seed, trainable=6146,
                         total=109_489_538, ratio_pct=0.0056, budget_ratio_pct=0.0056, history=history,
                         best={"epoch": len(losses), "score": score, "metrics": {}, "dev_loss": losses[-1]},
@@ -174,10 +175,20 @@ def test_failed_runs_are_listed_with_their_error(tmp_path, capsys):
     assert "1 failure records" in capsys.readouterr().out
 
 
-def test_empty_runs_dir_does_not_crash(tmp_path):
-    out = aggregate(tmp_path / "nothing", tmp_path / "res", ["all"], verbose=False)
-    assert len(out["missing"]) == sum(len(table_rows(n)) for n in range(1, 6)) + 12
-    assert (tmp_path / "res" / "table2.tex").exists() and not (tmp_path / "res" / "figure3.png").exists()
+def test_a_missing_or_empty_runs_dir_writes_nothing(tmp_path):
+    """A mistyped --runs-dir or a folder without a finished result is refused; the tables already in the
+    out folder stay as they were."""
+    from fishtune.harness.checks import ConfigError
+
+    res = tmp_path / "res"
+    res.mkdir()
+    (res / "table2.csv").write_text("the real table")
+    with pytest.raises(ConfigError, match="no such folder"):
+        aggregate(tmp_path / "nothing", res, ["all"], verbose=False)
+    (tmp_path / "empty").mkdir()
+    out = aggregate(tmp_path / "empty", res, ["all"], verbose=False)
+    assert "holds no finished result files" in out["nothing_written"]
+    assert sorted(p.name for p in res.iterdir()) == ["table2.csv"] and (res / "table2.csv").read_text() == "the real table"
 
 
 def _load(runs):

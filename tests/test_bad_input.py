@@ -119,6 +119,20 @@ BAD = [
     (["task=file", f"task.train={OWN}/three_class_train.csv", f"task.dev={OWN}/three_class_dev.csv",
       "task.text=review", "task.label=sentiment", "task.max_length=600"],
      "task.max_length=600: tiny_bert reads at most 512 tokens"),
+    # issue 40 (identity): the command line checked before Hydra: unknown keys with the closest known one,
+    # malformed overrides, a runs folder that cannot be one
+    (["trian.lr=1"], "unknown key 'trian.lr'; did you mean train.lr?"),
+    (["train.lrr=0.1"], "unknown key 'train.lrr'; did you mean train.lr?"),
+    (["+train.lrr=0.1"], "unknown key 'train.lrr' (+ adds a key that fishtune never reads); did you mean train.lr?"),
+    (["+train.foo=1"], "unknown key 'train.foo' (+ adds a key that fishtune never reads); train has: batch_size, "),
+    (["peft.rnak=2"], "unknown key 'peft.rnak'; did you mean peft.rank?"),
+    (["sed=1"], "unknown key 'sed'; did you mean seed?"),
+    (["~train.lrx"], "unknown key 'train.lrx'; did you mean train.lr?"),
+    (["seed=["], "cannot read the override 'seed=[': no viable alternative at input '['"),
+    (["task=rte,"], "cannot read the override 'task=rte,': mismatched input '<EOF>'"),
+    (["train lr=1"], "cannot read the override 'train lr=1': a key must be a dotted name"),
+    (["paths.runs_dir="], "paths.runs_dir='': must be a folder path (e.g. paths.runs_dir=runs)"),
+    (["paths.runs_dir=/dev/null/runs"], "paths.runs_dir=/dev/null/runs: /dev/null is a file, not a folder"),
 ]
 
 

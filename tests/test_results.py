@@ -39,10 +39,12 @@ def test_a_result_without_a_required_field_is_damaged_not_filled_in(tmp_path):
     cut = make_result(seed=2).to_json()
     del cut["train_seconds"]
     write_json_atomic(tmp_path / "cut.json", cut)
-    write_json_atomic(tmp_path / "config.json", {"seed": 3})   # no result schema: some other file, passed over
+    write_json_atomic(tmp_path / "config.json", {"seed": 3})   # no result schema: some other file, named
+    write_json_atomic(tmp_path / "hydra" / "x" / "left.json", {"run": "a"})   # Hydra's folder holds no results
     damaged = []
     assert load_results(tmp_path, damaged) == [whole]
-    assert damaged == [f"{tmp_path / 'cut.json'}: lacks required field(s) train_seconds"]
+    assert damaged == [f"{tmp_path / 'config.json'}: not a fishtune result: no `schema`",
+                       f"{tmp_path / 'cut.json'}: lacks required field(s) train_seconds"]
     assert "train_seconds" in required_keys(RunResult) and "tokens_per_second" not in required_keys(RunResult)
     assert read_result(tmp_path / "cut.json") is None and (tmp_path / "cut.json.damaged").exists()
 
@@ -62,12 +64,16 @@ def test_schema_1_and_2_load_and_others_do_not(tmp_path):
     [first] = STUDY_200[:1]
     data = json.loads(first.read_text())
     assert SCHEMA == 2 and data["schema"] == 1
-    write_json_atomic(tmp_path / "one.json", data)
-    write_json_atomic(tmp_path / "two.json", {**data, "schema": 2})
-    write_json_atomic(tmp_path / "three.json", {**data, "schema": 3})
-    assert sorted(r.schema for r in load_results(tmp_path)) == [1, 2]
-    assert read_result(tmp_path / "one.json")["run_id"] == data["run_id"]
-    assert read_result(tmp_path / "three.json") is None and (tmp_path / "three.json.damaged").exists()
+    # each under its own name (a result's name is its run_id), in folders of their own
+    one, two, three = (tmp_path / n / first.name for n in ("one", "two", "three"))
+    write_json_atomic(one, data)
+    write_json_atomic(two, {**data, "schema": 2})
+    write_json_atomic(three, {**data, "schema": 3})
+    damaged = []
+    assert sorted(r.schema for r in load_results(tmp_path, damaged)) == [1, 2]
+    assert damaged == [f"{three}: unknown schema 3 (this fishtune reads 1, 2)"]
+    assert read_result(one)["run_id"] == data["run_id"]
+    assert read_result(three) is None and three.with_name(three.name + ".damaged").exists()
 
 
 def test_from_json_fills_in_what_the_earliest_files_lack():

@@ -14,9 +14,20 @@ default is required: a file that lacks one is damaged, never read with a None in
 
 A run that fails writes `<run>.failed.json` instead (`RunFailure`, fishtune.harness.run.record_failure):
 status, config, `reason` (one line, e.g. "diverged: non-finite loss at epoch 3, step 7"), error,
-traceback, host, slurm, finished_at. A file that cannot be read (truncated, not JSON, a result without
-a required field) is never fatal: a run sets its own damaged result, mask or checkpoint aside as
-`<name>.damaged` and runs again; the loaders here skip damaged files and say which.
+traceback, host, slurm, finished_at.
+
+Identity. A result file is named `<run_name>-<config hash>.json` and records that name as its run_id and
+the hash as its config_hash; the hash is that of what the run computes (`identity`: the config less where
+files go, values as Hydra reads them unquoted, so seed='42' and seed=42 are one run). Every read checks
+the three against each other and against the config inside (`identity_problem`).
+
+A file that cannot stand for its run is never fatal and never counted: unreadable or truncated, no
+result (a JSON list, a config dump, an unknown schema), against the schema (a required field missing,
+a null or empty `best`, a score that is a string or NaN, a best score its history does not have:
+RunResult.check), or not its computation's (renamed, copied onto another run's name, its config
+edited). A run sets its own such result, mask or checkpoint aside as `<name>.damaged`, with the reason,
+and runs again (read_result); the loaders here, which the reports read through, skip each one and name
+it with why, and count one file per computation per folder.
 
 The loaders return the types: `load_results` RunResults, `load_failures` RunFailures, each with the
 `path` it was read from; `finished_runs` is the one test of which results the reports count.
@@ -35,14 +46,19 @@ import io
 import json
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
 import tempfile
+import types
+import typing
+from collections import defaultdict
 from dataclasses import MISSING, dataclass, field, fields
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 SCHEMA = 2                # what new result files are written with
 SCHEMAS = (1, 2)          # what loads (RunResult.from_json)
@@ -169,12 +185,19 @@ class RunResult:
         return {**out, **self.extra}
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any], path: str | Path | None = None) -> RunResult:
+    def from_json(cls, data: Any, path: str | Path | None = None) -> RunResult:
         """A result file's content as a RunResult, for every schema in SCHEMAS: NotAResult when it is no
-        fishtune result, ValueError when it lacks a required field. What older files lack is filled in
+        fishtune result (a list, an unknown schema), ValueError when it breaks the schema (a required field
+        missing, a field of the wrong type, a null or empty `best`, a score that is no finite number, NaN
+        anywhere, a best score that is not its epoch's in the history). What older files lack is filled in
         here, and only here."""
-        if not isinstance(data, Mapping) or data.get("schema") not in SCHEMAS:
-            raise NotAResult("not a fishtune result")
+        if not isinstance(data, Mapping):
+            raise NotAResult(f"not a fishtune result: a JSON {_json_kind(data)}")
+        if "schema" not in data:
+            raise NotAResult("not a fishtune result: no `schema`")
+        if data["schema"] not in SCHEMAS:
+            raise NotAResult(f"unknown schema {data['schema']!r} (this fishtune reads "
+                             f"{', '.join(map(str, SCHEMAS))})")
         data = dict(data)
         for key in ("model", "method", "mask"):  # the earliest files stored the config node
             if isinstance(data.get(key), Mapping):
@@ -182,9 +205,92 @@ class RunResult:
         # Files from before budget_ratio_pct had one ratio, over the run's own model.
         if "ratio_pct" in data:
             data.setdefault("budget_ratio_pct", data["ratio_pct"])
-        return cls(**_known(cls, data, FILE_KEYS), path=None if path is None else str(path),
-                   extra={k: v for k, v in data.items() if k not in FILE_KEYS and not k.startswith("_")})
+        result = cls(**_known(cls, data, FILE_KEYS), path=None if path is None else str(path),
+                     extra={k: v for k, v in data.items() if k not in FILE_KEYS and not k.startswith("_")})
+        result.check()
+        return result
 
+    def check(self) -> None:
+        """ValueError naming the first thing that breaks the schema: a field of the wrong type (the
+        annotations above), a number that is not finite, a `best` without a score, or a best score that is
+        not the score its epoch has in the history (edited by hand)."""
+        hints, types_of = _field_types(), {f.name: f.type for f in fields(self)}
+        for name in TYPED_KEYS:
+            if not _is_a(getattr(self, name), hints[name]):
+                raise ValueError(f"{name} is {_shown(getattr(self, name))}, not {types_of[name]}")
+        try:   # json's C encoder finds a NaN quickly; only then is it looked for, to name where it is
+            json.dumps(self.to_json(), allow_nan=False, default=str)
+        except ValueError:
+            raise ValueError(f"{_not_finite(self.to_json())} is not a finite number (NaN or infinite)") from None
+        if "score" not in self.best:
+            raise ValueError("best has no score")
+        score = self.best["score"]
+        if score is None:
+            return   # no best epoch: finished_runs leaves it out and says so
+        if not _is_a(score, float):
+            raise ValueError(f"best.score is {_shown(score)}, not a number")
+        # every run records each epoch's score in its history: a best score its epoch does not have was edited
+        epoch = self.best.get("epoch")
+        said = [h["score"] for h in self.history
+                if isinstance(h, Mapping) and h.get("epoch") == epoch and _is_a(h.get("score"), float)]
+        if said and not math.isclose(said[0], score, rel_tol=1e-9, abs_tol=1e-9):
+            raise ValueError(f"best.score {score!r} is not what its history says of epoch {epoch!r} "
+                             f"({said[0]!r}): edited by hand?")
+
+
+def _json_kind(value: Any) -> str:
+    return {list: "list", str: "string", bool: "boolean", int: "number", float: "number"}.get(type(value), "null")
+
+
+def _shown(value: Any) -> str:
+    """A value for a one-line message: JSON's spelling (a string quoted as Python does), cut at 40."""
+    text = repr(value) if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+@lru_cache(maxsize=1)
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(RunResult)
+
+
+def _is_a(value: Any, hint: Any) -> bool:
+    """Whether a value read from JSON fits a field's annotation (int | None, list[dict], float, ...); a
+    float field takes an int (JSON writes 0.0 as 0 in some writers), no number field takes a bool."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_is_a(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    hint = typing.get_origin(hint) or hint
+    if hint is Any:
+        return True
+    if isinstance(value, bool) and hint in (int, float):
+        return False
+    if hint is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, hint)
+
+
+def _not_finite(value: Any, where: str = "") -> str | None:
+    """The key path of the first NaN or infinity in `value` (a JSON document), or None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (where or "the value")
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = ((f"[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    for k, v in items:
+        found = _not_finite(v, f"{where}{k}" if str(k).startswith("[") or not where else f"{where}.{k}")
+        if found is not None:
+            return found
+    return None
+
+
+# The fields whose type RunResult.check checks: what a run is, and what every report reads of it. Cost
+# and bookkeeping fields are left as found (files of schema 1 hold null where a key came later).
+SLICE_KEYS = ("model", "task", "method", "layers", "rank", "mask", "budget", "seed", "lr")   # what reports slice by
+TYPED_KEYS = ("schema", "run_id", "config_hash", "config", *SLICE_KEYS, "history", "best")
 
 # The keys a result file may hold, in file order (RunResult's fields but the two that are not in it).
 FILE_KEYS = tuple(f.name for f in fields(RunResult) if f.name not in ("extra", "path"))
@@ -234,8 +340,92 @@ class RunFailure:
         return cls(**_known(cls, data, keys), path=None if path is None else str(path))
 
 
-def identity(config: Mapping[str, Any]) -> dict:
-    """The part of a run's config that decides what it computes (not where files go or are read from)."""
+# --- identity: what a run computes ------------------------------------------------------------------
+#
+# A run's identity is its config less what does not change what it computes, each value as Hydra would
+# have read it unquoted: `seed='42'` (quoted, or from an environment variable) and `seed=42` are one run.
+# A string stays a string where conf/ gives its key strings (task.name, model.path); elsewhere a string
+# that is a number becomes that number, and 'true'/'false' a bool where conf/ gives the key bools.
+# Numbers keep their kind: 400 and 400.0 are one value to Python but not to the hash, and the committed
+# runs were named with whichever Hydra read (train.head_lr_scale: 400 in the study's sweeps), so turning
+# one into the other would rename them. A config whose values already have their types hashes as before.
+
+
+@lru_cache(maxsize=1)
+def conf_types() -> dict[str, frozenset[type]]:
+    """Every key of a run's config that conf/'s files hold ('peft.rank'; a list's items as
+    'peft.budget_layers[]') -> the types of the values they give it (null left out: train.lr has none);
+    hydra/ and `defaults` lists are no part of a run's config."""
+    import yaml
+
+    from . import CONF_DIR
+
+    found: dict[str, set[type]] = defaultdict(set)
+
+    def walk(node: Mapping, prefix: str) -> None:
+        for k, v in node.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, Mapping):
+                walk(v, key + ".")
+            elif isinstance(v, list):
+                found[key + "[]"].update(type(x) for x in v if x is not None and not isinstance(x, (dict, list)))
+            else:   # a key conf/ leaves null is known too, of no kind
+                found[key].update([type(v)] if v is not None else [])
+
+    for f in sorted(CONF_DIR.rglob("*.yaml")):
+        rel = f.relative_to(CONF_DIR)
+        if rel.parts[0] == "hydra":
+            continue
+        text = f.read_text()
+        data = yaml.safe_load(text) or {}
+        header = [line for line in text.splitlines() if line.startswith("#")][:3]
+        package = "" if len(rel.parts) == 1 or any("@package _global_" in line for line in header) \
+            else ".".join(rel.parts[:-1]) + "."
+        walk({k: v for k, v in data.items() if k not in ("defaults", "hydra")}, package)
+    return {k: frozenset(v) for k, v in found.items()}
+
+
+def _number(text: str) -> int | float | None:
+    """A string as the number Hydra would have read had it not been quoted ('42' -> 42, '5e-5' -> 5e-05);
+    None when it is none (or not finite)."""
+    text = text.strip()
+    if re.fullmatch(r"[+-]?\d+", text):
+        return int(text)
+    try:
+        x = float(text)
+    except ValueError:
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _typed(value: Any, kinds: frozenset[type] | None) -> Any:
+    """A string `value` as Hydra would have read it unquoted, for a key whose values in conf/ are of
+    `kinds` (none: conf/ leaves it null or lacks it); any other value as it is."""
+    if not isinstance(value, str) or (kinds and str in kinds):
+        return value
+    if kinds == {bool}:
+        return {"true": True, "false": False}.get(value.strip().lower(), value)
+    number = _number(value)
+    return value if number is None else number
+
+
+def normalise(config: Mapping[str, Any], prefix: str = "") -> dict:
+    """`config` with each string value that Hydra would have read unquoted as a number (or a bool) made
+    that value (_typed): seed='42' -> 42, train.lr='5e-5' -> 5e-05, but task.name stays a string."""
+    kinds = conf_types()
+    out = {}
+    for k, v in config.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out[k] = normalise(v, key + ".")
+        elif isinstance(v, list):
+            out[k] = [_typed(x, kinds.get(key + "[]")) for x in v]
+        else:
+            out[k] = _typed(v, kinds.get(key))
+    return out
+
+
+def _identity_of(config: Mapping[str, Any]) -> dict:
     out = {k: v for k, v in config.items() if k not in _NOT_IDENTITY}
     # The pooler head is what every run had before `model.head` existed: naming it keeps their identity.
     if isinstance(out.get("model"), Mapping) and out["model"].get("head") == "pooler":
@@ -248,18 +438,54 @@ def identity(config: Mapping[str, Any]) -> dict:
     return out
 
 
+def identity(config: Mapping[str, Any]) -> dict:
+    """The part of a run's config that decides what it computes (not where files go or are read from),
+    its values normalised to their types (`normalise`)."""
+    return _identity_of(normalise(config))
+
+
+def _digest(ident: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
 def config_hash(config: Mapping[str, Any]) -> str:
-    blob = json.dumps(identity(config), sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+    """The 10 hex digits that name what a run computes: the hash of its identity."""
+    return _digest(identity(config))
 
 
 def run_name(config: Mapping[str, Any], layers: int) -> str:
     """Readable part of a run's file name; the config hash keeps two configs from sharing one."""
+    config = normalise(config)
     mask = config["mask"]["mode"]
     budget = f"-b{config['budget']}" if mask != "none" else ""
     rank = config["peft"].get("rank")
     return (f"{config['model']['name']}-{config['task']['name']}-{config['peft']['name']}"
             f"-L{layers}{f'-r{rank}' if rank is not None else ''}-{mask}{budget}-s{config['seed']}")
+
+
+_NAME_HASH = re.compile(r"-([0-9a-f]{10})$")
+
+
+def identity_problem(result: RunResult, path: str | Path) -> tuple[str, str | None]:
+    """(the config hash of what `result` computed, why the file at `path` cannot stand for it or None).
+    A run records the hash of its config and names its file `<run_id>.json`, its run_id ending in that
+    hash: a config edited after the run, or a file renamed or copied onto another run's name, breaks one
+    of them. (A file under a name fishtune never gives, without a hash, is left to the loaders: a copy
+    beside its original is a second file of one computation.) Files written before values were
+    normalised keep the hash of their config as it was written."""
+    path = Path(path)
+    ours = config_hash(result.config)
+    as_written = _digest(_identity_of(result.config))   # the same unless the config holds '42' for 42
+    if result.config_hash not in (ours, as_written):
+        return ours, (f"its config_hash {result.config_hash} is not the hash of its config ({ours}): "
+                      f"the config or the hash was edited")
+    named = _NAME_HASH.search(path.stem)
+    if named and named.group(1) != result.config_hash:
+        return ours, (f"its name's hash {named.group(1)} is not its config's ({result.config_hash}): "
+                      f"copied onto another run's name")
+    if named and path.stem != result.run_id:
+        return ours, f"its name is not its run_id {result.run_id}: renamed or copied onto another run's name"
+    return ours, None
 
 
 def result_path(runs_dir: str | Path, config: Mapping[str, Any], layers: int) -> Path:
@@ -405,51 +631,94 @@ def read_json(path: Path) -> tuple[Any, str | None]:
 
 def read_result(path: str | Path) -> dict | None:
     """The result file at `path` as the run returns it (RunResult.to_json(): the current schema's
-    dict), or None when it is damaged (truncated, not a result, a required field missing): then it is set
-    aside with a warning and its run is to be redone. Unreadable when this user may not read it."""
+    dict), or None when it cannot stand for its run: truncated, not a result, against the schema
+    (RunResult.from_json), or not this computation's (identity_problem: renamed, copied onto another run's
+    name, its config edited). Then it is set aside with a warning and its run is redone. Unreadable when
+    this user may not read it (never set aside: another user's file)."""
     path = Path(path)
     check_readable(path)
     data, why = read_json(path)
     if why is None:
         try:
-            if isinstance(data, dict) and "best" in data:
-                return RunResult.from_json(data).to_json()
-            why = "not a fishtune result"
-        except ValueError as e:
+            result = RunResult.from_json(data, path)
+            _, why = identity_problem(result, path)
+            if why is None:
+                return result.to_json()
+        except (TypeError, ValueError) as e:
             why = str(e)
     set_aside(path, f"{why}; the run is redone")
     return None
 
 
+# Folders of a runs folder that hold no records of runs: Hydra's and wandb's own files, hidden ones
+# (.submitit, .hydra). Every other *.json under a runs folder is a result, or is named as skipped.
+_NOT_RECORDS = ("hydra", "wandb")
+
+
+def record_files(runs_dir: str | Path, pattern: str) -> list[Path]:
+    """The files matching `pattern` under `runs_dir` (recursively) that records of runs may be: not in
+    Hydra's, wandb's or hidden folders."""
+    runs_dir = Path(runs_dir)
+    return [p for p in sorted(runs_dir.rglob(pattern))
+            if not any(part in _NOT_RECORDS or part.startswith(".") for part in p.relative_to(runs_dir).parts[:-1])]
+
+
 def load_results(runs_dir: str | Path, damaged: list[str] | None = None) -> list[RunResult]:
-    """Every result file under `runs_dir` (recursively) as a RunResult (in the current schema's shape,
-    whatever schema wrote it) with its `path`. A file that cannot be read, or a result that lacks a
-    required field, is skipped; with `damaged`, 'path: why' is appended to it for each. JSON files of
-    other kinds (no result schema: a config dump) are passed over."""
-    paths = [p for p in sorted(Path(runs_dir).rglob("*.json")) if not p.name.endswith(".failed.json")]
-    return _load_each(paths, RunResult.from_json, damaged)
-
-
-def load_failures(runs_dir: str | Path, damaged: list[str] | None = None) -> list[RunFailure]:
-    """The `*.failed.json` records of runs that failed as RunFailures (reason, error and traceback);
-    unreadable ones are skipped and, with `damaged`, listed as for load_results."""
-    return _load_each(sorted(Path(runs_dir).rglob("*.failed.json")), RunFailure.from_json, damaged)
-
-
-def _load_each(paths: Iterable[Path], parse: Callable[[Any, Path], Any], damaged: list[str] | None) -> list:
-    out = []
+    """Every result file under `runs_dir` (recursively, record_files) as a RunResult (in the current
+    schema's shape, whatever schema wrote it) with its `path`. Skipped, each with 'path: why' appended to
+    `damaged` (or, without it, a warning on stderr): a file that cannot be read, is no result (a list, a
+    config dump, an unknown schema) or breaks the schema (RunResult.from_json); a file that does not stand
+    for the computation its config names (identity_problem); and every file but one of a computation that
+    has several in one folder (the one whose name its config gives, else the newest), so that no run is
+    counted twice."""
+    paths = [p for p in record_files(runs_dir, "*.json") if not p.name.endswith(".failed.json")]
+    problems: list[str] = []
+    found: dict[tuple, list[RunResult]] = defaultdict(list)
     for path in paths:
         data, why = read_json(path)
         if why is None:
             try:
-                out.append(parse(data, path))
-                continue
-            except NotAResult:
+                result = RunResult.from_json(data, path)
+                ours, why = identity_problem(result, path)
+                if why is None:   # one computation: its config's identity and what it is reported as
+                    found[(path.parent, ours, *(getattr(result, k) for k in SLICE_KEYS))].append(result)
+                    continue
+            except (TypeError, ValueError) as e:
+                why = str(e)
+        problems.append(f"{path}: {why}")
+    out = []
+    for (_, ours, *_), group in found.items():
+        # the file named by its config's normalised hash, else the newest
+        group.sort(key=lambda r: (Path(r.path).stem.endswith(ours), str(r.finished_at)))
+        out.append(group[-1])
+        problems += [f"{r.path}: the same computation (config hash {ours}) as {Path(group[-1].path).name}: "
+                     f"not counted twice" for r in group[:-1]]
+    _tell(problems, damaged)
+    return sorted(out, key=lambda r: str(r.path))
+
+
+def _tell(problems: list[str], damaged: list[str] | None) -> None:
+    if damaged is not None:
+        damaged.extend(sorted(problems))
+    else:
+        for line in sorted(problems):
+            print(f"fishtune: warning: skipped {line}", file=sys.stderr)
+
+
+def load_failures(runs_dir: str | Path, damaged: list[str] | None = None) -> list[RunFailure]:
+    """The `*.failed.json` records of runs that failed as RunFailures (reason, error and traceback);
+    unreadable ones are skipped and named, as for load_results."""
+    out, problems = [], []
+    for path in record_files(runs_dir, "*.failed.json"):
+        data, why = read_json(path)
+        if why is None:
+            try:
+                out.append(RunFailure.from_json(data, path))
                 continue
             except (TypeError, ValueError) as e:
                 why = str(e)
-        if damaged is not None:
-            damaged.append(f"{path}: {why}")
+        problems.append(f"{path}: {why}")
+    _tell(problems, damaged)
     return out
 
 

@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -531,15 +532,34 @@ def watch_parent() -> None:
     threading.Thread(target=watch, name="fishtune parent watch", daemon=True).start()
 
 
+def parse_overrides(argv: list[str]) -> list:
+    """The Hydra overrides on a command line (Hydra's own flags, -m or --cfg job, left out), parsed with
+    Hydra's grammar; a malformed one is one line (ConfigError) naming it and what is wrong."""
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    out = []
+    for text in get_args_parser().parse_known_args(argv)[0].overrides or []:
+        try:
+            out += parser.parse_overrides([text])
+        except Exception as e:  # noqa: BLE001 - Hydra's OverrideParseException and the lexer's own
+            why = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+            if why.startswith("LexerNoViableAltException"):   # the lexer repeats the text and points at it
+                why = "a key must be a dotted name (letters, digits, _ . / -)"
+            raise ConfigError(f"cannot read the override {text!r}: {why} "
+                              f"(Hydra's override grammar: key=value, group=option, +key=value, ~key; "
+                              f"a value with spaces or commas in quotes)") from None
+    return out
+
+
 def check_group_overrides(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
     """Reject an unknown option of a config group (task=foo) with one line naming the allowed ones,
     before Hydra composes anything."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     try:
-        overrides = OverridesParser.create().parse_overrides([a for a in argv if not a.startswith("-")])
-    except Exception:
-        return  # Hydra reports malformed overrides itself
+        overrides = parse_overrides(argv)
+    except ConfigError:
+        return  # check_keys says it
     given: dict[str, str] = {}
     for o in overrides:
         group = conf_dir / o.key_or_group
@@ -554,6 +574,88 @@ def check_group_overrides(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
         for v in values:
             if v not in allowed:
                 raise ConfigError(f"unknown {o.key_or_group} {v!r}; choose one of: {', '.join(allowed)}")
+
+
+def check_keys(argv: list[str]) -> None:
+    """Reject, in one line naming the closest known key, an override of a key that no file of conf/ has
+    (a typo, `trian.lr=1`; `+train.foo=1`, which Hydra would add and the run never read, yet it would
+    change the run's identity). Keys of Hydra's own config (hydra.*) are Hydra's to check."""
+    import difflib
+
+    from hydra._internal.utils import get_args_parser
+
+    from .results import conf_types
+
+    flags = get_args_parser().parse_known_args(argv)[0]
+    if flags.config_path or flags.config_name:
+        return   # another primary config: its keys are its own
+    overrides = parse_overrides(argv)
+    # the user's own config folders (--config-dir, hydra.searchpath=[file://...]) add groups of theirs
+    folders = [Path(flags.config_dir)] if flags.config_dir else []
+    for o in overrides:
+        if o.key_or_group == "hydra.searchpath":
+            entries = o.value() if isinstance(o.value(), list) else [o.value()]
+            if any(not str(e).startswith("file://") for e in entries):
+                return   # a package's configs: not looked into here
+            folders += [Path(str(e).removeprefix("file://")) for e in entries]
+    keys = {k.removesuffix("[]") for k in conf_types()}
+    known = keys | {".".join(k.split(".")[:i]) for k in keys for i in range(1, k.count(".") + 1)} | set(OWN_GROUPS)
+    for o in overrides:
+        key = o.key_or_group
+        if o.is_hydra_override() or o.package is not None or key in known or "/" in key \
+                or any((folder / key.split(".")[0]).is_dir() for folder in folders):
+            continue
+        # a known parent (train.lrr): the closest of its own keys, else all of them; else the closest key
+        parent = key.rpartition(".")[0]
+        under = sorted(k[len(parent) + 1:] for k in keys if parent and k.startswith(parent + ".")
+                       and "." not in k[len(parent) + 1:])
+        close = difflib.get_close_matches(key.rpartition(".")[2], under, n=1) if under else \
+            difflib.get_close_matches(key, sorted(keys), n=1)
+        hint = (f"did you mean {f'{parent}.' if under else ''}{close[0]}?" if close
+                else f"{parent} has: {', '.join(under)}" if under else "conf/config.yaml and its groups list the keys")
+        added = " (+ adds a key that fishtune never reads)" if o.is_add() or o.is_force_add() else ""
+        raise ConfigError(f"unknown key {key!r}{added}; {hint}")
+
+
+def _default_runs_dir() -> str:
+    import yaml
+
+    return str(yaml.safe_load((CONF_DIR / "config.yaml").read_text())["paths"]["runs_dir"])
+
+
+def _writable(folder: Path) -> bool:
+    """Whether `folder` can be written, or created: the nearest folder of it that exists can be written."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder.is_dir() and os.access(folder, os.W_OK)
+
+
+def check_runs_dir(argv: list[str]) -> list[str]:
+    """Check paths.runs_dir as typed (one line, ConfigError: empty, or under a file), and return the
+    overrides that keep Hydra's own files out of a runs folder that cannot be written (a read-only
+    checkout whose runs are all finished still rebuilds and skips): Hydra's run and sweep folders go to
+    ~/.cache/fishtune/hydra (else a temporary folder). Nothing when the user set Hydra's folders."""
+    overrides = parse_overrides(argv)
+    chosen = [str(v) for o in overrides if o.key_or_group == "paths.runs_dir" and not o.is_delete()
+              for v in (o.sweep_string_iterator() if o.is_sweep_override() else [o.value()])]
+    runs_dirs = chosen or [_default_runs_dir()]
+    for runs_dir in runs_dirs:
+        if not runs_dir.strip():
+            raise ConfigError(f"paths.runs_dir={runs_dir!r}: must be a folder path (e.g. paths.runs_dir=runs); "
+                              f"empty would write result files into the current folder")
+        for folder in (Path(runs_dir), *Path(runs_dir).parents):
+            if folder.exists() and not folder.is_dir():
+                raise ConfigError(f"paths.runs_dir={runs_dir}: {folder} is a file, not a folder (choose a folder path)")
+    if any(o.key_or_group in ("hydra.run.dir", "hydra.sweep.dir") for o in overrides) \
+            or all(_writable(Path(d) / "hydra") for d in runs_dirs):
+        return []
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fishtune" / "hydra"
+    base = cache if _writable(cache) else Path(tempfile.gettempdir()) / f"fishtune-hydra-{os.getuid()}"
+    print(f"fishtune: note: {', '.join(runs_dirs)} cannot be written; Hydra's own files go to {base}",
+          file=sys.stderr)
+    quoted = "'" + str(base).replace("\\", "\\\\").replace("'", "\\'")
+    return [f"hydra.run.dir={quoted}/${{now:%Y-%m-%d_%H-%M-%S}}'",
+            f"hydra.sweep.dir={quoted}/multirun_${{now:%Y-%m-%d_%H-%M-%S-%f}}'"]
 
 
 def failure_reason(error: BaseException) -> str:
@@ -709,10 +811,16 @@ def with_custom_model(argv: list[str]) -> list[str]:
 
 
 def main() -> None:
+    """`python -m fishtune.run OVERRIDES`: the command line is checked before Hydra starts (a malformed
+    override, an unknown key or group option, an experiment without -m, a runs folder that cannot be one:
+    one line, exit 2), then Hydra runs the run or the sweep."""
     sys.argv[1:] = with_custom_model(sys.argv[1:])
     try:
-        check_experiment_is_a_sweep(sys.argv[1:])
-        check_group_overrides(sys.argv[1:])
+        argv = sys.argv[1:]
+        check_experiment_is_a_sweep(argv)
+        check_keys(argv)
+        check_group_overrides(argv)
+        sys.argv += check_runs_dir(argv)
     except ConfigError as e:
         print(f"fishtune: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -17,8 +17,11 @@ other data settings in the same runs dir) keep the newest and are reported. Avg 
 task columns shown, blank unless every task of the row is there; its std is that of the per-seed
 averages over the seeds that have every task. A missing run leaves its cell blank and is listed, with
 the reason of its failure record (`*.failed.json`, written by fishtune.run) when there is one, e.g.
-"diverged: non-finite loss at epoch 2, step 5". Files that cannot be read (a truncated result) are
-skipped and listed, and so are the files runs set aside as damaged (`*.damaged`).
+"diverged: non-finite loss at epoch 2, step 5". Files that are not counted are listed, each with why
+(fishtune.harness.results.load_results: unreadable, no result, against the schema, not the computation
+its name or config says, a second file of one computation), and so are the files runs set aside as
+damaged (`*.damaged`). A runs folder that does not exist or holds no finished result is refused (exit 2,
+one line) and nothing is written: tables already there are never replaced by blank ones.
 
 CSV (results/tableN.csv): one line per paper row: table, model, method, budget, row, layers, rank, label,
 ratio_pct (the budget row's ratio, median over the row's runs: STS-B's one-output head makes its ratio a little lower), then per
@@ -35,6 +38,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +50,7 @@ import pandas as pd
 from . import row_mode
 from .paper import TABLES, TASK_TITLES, paper_tasks, paper_wide
 from .stats import baselines_from, on_trivial_baseline, t_interval
+from ..harness.checks import ConfigError
 from ..harness.methods import METHODS
 from ..harness.results import RunFailure, RunResult, finished_runs, load_failures, load_results, set_aside_files
 from ..harness.schedules import run_layers
@@ -419,19 +424,23 @@ def aggregate(runs_dir: str | Path = "runs", out: str | Path = "results", tables
     say = print if verbose else (lambda *a, **k: None)
     out = Path(out)
     chosen = parse_tables(",".join(tables))
-    exists = Path(runs_dir).exists()
+    if not Path(runs_dir).is_dir():   # a mistyped folder must not write blank tables over real ones
+        raise ConfigError(f"--runs-dir {runs_dir}: no such folder; nothing written")
     unreadable: list[str] = []
-    results = load_results(runs_dir, unreadable) if exists else []
-    failures = load_failures(runs_dir, unreadable) if exists else []
-    set_aside = set_aside_files(runs_dir) if exists else []
+    results = load_results(runs_dir, unreadable)
+    failures = load_failures(runs_dir, unreadable)
+    set_aside = set_aside_files(runs_dir)
     index = RunIndex(results, failures)
     say(f"fishtune.aggregate: {len(results)} result files, {len(failures)} failure records under {runs_dir}")
     for s in index.skipped:
         say(f"  skipped {s}")
-    for s in unreadable:
+    for s in unreadable:   # each file not counted, and why (unreadable, no result, not its computation's)
         say(f"  skipped unreadable {s}")
     for path in set_aside:
         say(f"  set aside as damaged by its run (which started over): {path}")
+    if not index.by_key:   # nothing to count: the tables already in `out` stay as they are
+        return {"missing": [], "unreadable": unreadable, "set_aside": [str(p) for p in set_aside],
+                "nothing_written": f"{runs_dir} holds no finished result files; nothing written to {out}"}
     if model_map:
         say("  stand-in models: " + ", ".join(f"{k} -> {v}" for k, v in model_map.items()))
     done: dict[str, Any] = {}
@@ -484,10 +493,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--figure-budget", type=int, default=1, help="budget level of Figure 3 (default 1)")
     args = ap.parse_args(argv)
     try:
-        aggregate(args.runs_dir, args.out, [args.tables], args.paper, parse_model_map(args.model_map),
-                  args.figure_budget)
+        done = aggregate(args.runs_dir, args.out, [args.tables], args.paper, parse_model_map(args.model_map),
+                         args.figure_budget)
+    except ConfigError as e:
+        print(f"fishtune.aggregate: error: {e}", file=sys.stderr)
+        sys.exit(2)
     except ValueError as e:
         ap.error(str(e))
+    if "nothing_written" in done:
+        print(f"fishtune.aggregate: error: {done['nothing_written']}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -374,21 +374,25 @@ def problem_views(runs_dir: Path, damaged: list[str]) -> list[dict]:
 
 
 def build_page(runs_dir: str | Path, n_resamples: int = DEFAULT_RESAMPLES, title: str | None = None,
-               table1_runs: Sequence[str | Path] = ()) -> str:
+               table1_runs: Sequence[str | Path] = (), skipped: list[str] | None = None) -> str:
     """The page's HTML for the result files under `runs_dir`. The finished runs under `table1_runs` join
     Table 1's layout only (the methods study's LoRA rows are the core arm's), so that its cells and its
-    Holm family are those of `fishtune.reports.methods_study` over the same folders."""
+    Holm family are those of `fishtune.reports.methods_study` over the same folders. Every file not
+    counted ('path: why': unreadable, no result, not its computation's, no best score; load_results and
+    finished_runs) is on the page and, with `skipped`, appended to it."""
     runs_dir = Path(runs_dir)
     damaged: list[str] = []
-    results = finished_runs(load_results(runs_dir, damaged))
+    results = finished_runs(load_results(runs_dir, damaged), damaged)
     results.sort(key=lambda r: (r.model, r.method, r.task, str(r.mask), r.budget, r.seed))
     runs = [run_record(r, runs_dir) for r in results]
     baselines = baselines_from(results)
-    table1 = results + [r for folder in table1_runs for r in finished_runs(load_results(Path(folder), []))]
+    table1 = results + [r for folder in table1_runs for r in finished_runs(load_results(Path(folder), damaged), damaged)]
     views = [*methods_views(table1, baselines), *study_views(results, runs_dir, baselines, n_resamples)] if results else []
     if runs:
         views += [cells_view(runs, baselines), runs_view(runs), placement_view(runs), cost_view(runs)]
     views += [in_progress_view(runs_dir), *problem_views(runs_dir, damaged)]
+    if skipped is not None:
+        skipped += damaged
     data = {"title": title or f"fishtune results: {runs_dir}", "runs_dir": str(runs_dir), "runs": runs,
             # No build time: the same result files give the same page, byte for byte.
             "latest": max((r.finished_at or "" for r in results), default=""), "views": views,
@@ -403,12 +407,14 @@ def build_page(runs_dir: str | Path, n_resamples: int = DEFAULT_RESAMPLES, title
 
 
 def write_report(runs_dir: str | Path, out: str | Path, n_resamples: int = DEFAULT_RESAMPLES,
-                 title: str | None = None, table1_runs: Sequence[str | Path] = ()) -> Path:
-    """Write the page for `runs_dir` (and `table1_runs`, as in build_page) to `out` (its folder is created);
-    returns `out`."""
+                 title: str | None = None, table1_runs: Sequence[str | Path] = (),
+                 skipped: list[str] | None = None) -> Path:
+    """Write the page for `runs_dir` (and `table1_runs`, `skipped`, as in build_page) to `out` (its folder
+    is created); returns `out`."""
     out = Path(out)
+    page = build_page(runs_dir, n_resamples, title, table1_runs, skipped)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(build_page(runs_dir, n_resamples, title, table1_runs), encoding="utf-8")
+    out.write_text(page, encoding="utf-8")
     return out
 
 
@@ -425,8 +431,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     for folder in (args.runs_dir, *args.table1_runs):
         if not Path(folder).is_dir():
             ap.error(f"{folder} is not a folder")
-    out = write_report(args.runs_dir, args.out, args.resamples, args.title, args.table1_runs)
+    skipped: list[str] = []
+    out = write_report(args.runs_dir, args.out, args.resamples, args.title, args.table1_runs, skipped)
     print(f"fishtune.report: wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
+    if skipped:
+        print(f"fishtune.report: {len(skipped)} file(s) not counted (on the page under 'Damaged or unreadable "
+              f"files'):")
+        for line in skipped:
+            print(f"  skipped {line}")
 
 
 if __name__ == "__main__":

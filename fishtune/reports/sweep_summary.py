@@ -13,8 +13,10 @@ Lists, for every run under RUNS_DIR (any launcher, any number of sweeps):
   in progress     runs claimed by a sweep that trains them (`<run>.claim`, fishtune/harness/claims.py):
                   the owner (host, pid, Slurm job), its last heartbeat, and whether it is live or
                   stale (its owner is gone: the next sweep over the folder takes the run over)
-  damaged         result or failure files that cannot be read (skipped), and files runs set aside
-                  as `*.damaged` (a truncated checkpoint, mask or result; the run started over)
+  damaged         result or failure files not counted, each with why (fishtune.harness.results.
+                  load_results: unreadable, no result, against the schema, not the computation its name
+                  or config says, a second file of one computation), and files runs set aside as
+                  `*.damaged` (a truncated checkpoint, mask or result; the run started over)
 
 Exit status 0 when every run found has finished, 1 when any failed, has no result, is still in
 progress or a file is unreadable, 2 when RUNS_DIR is missing. `summarize()` returns the same as a dict (what --json prints).
