@@ -241,6 +241,14 @@ def test_a_read_only_runs_folder_skips_finished_runs_and_rebuilds_the_page(tmp_p
         assert f"fishtune: note: {runs} cannot be written; Hydra's own files go to {tmp_path / 'cache'}" \
             in sweep.stderr
         assert list((tmp_path / "cache" / "fishtune" / "hydra").glob("multirun_*"))
+        # A run still to train cannot be written there: one line, exit 2, nothing trained.
+        new = _cli("-m", "fishtune.run", "model=tiny_bert", f"data.glue_dir={GLUE_FIXTURES}", f"paths.runs_dir={runs}",
+                   "seed=3", *QUICK, cwd=tmp_path, XDG_CACHE_HOME=str(tmp_path / "cache"))
+        assert new.returncode == 2 and "epochs:" not in new.stderr, new.stderr[-3000:]
+        assert [line for line in new.stderr.splitlines() if line.startswith("fishtune: error")] == [
+            f"fishtune: error: paths.runs_dir: {runs} is not writable, and "
+            f"{run_module.plan(run_config(runs, 'seed=3', *QUICK)).path.name} is not finished there "
+            f"(a read-only runs folder serves only finished runs)"]
         page = _cli("-m", "fishtune.report", str(runs), "--out", str(tmp_path / "page.html"), cwd=tmp_path)
         assert page.returncode == 0 and (tmp_path / "page.html").stat().st_size > 0, page.stderr
     finally:

@@ -448,6 +448,11 @@ def run(config: dict | DictConfig, progress: bool = True) -> dict:
     p = plan(config)
     if (existing := finished(p)) is not None:
         return existing
+    # A read-only runs folder serves finished runs; one still to train cannot be written there.
+    folder = next((d for d in (p.path.parent, *p.path.parents) if d.exists()), None)
+    if folder is not None and not os.access(folder, os.W_OK):
+        raise ConfigError(f"paths.runs_dir: {folder} is not writable, and {p.path.name} is not finished there "
+                          f"(a read-only runs folder serves only finished runs)")
     settings = config["claim"]
     if not settings["enabled"]:
         return _execute_own(p, progress=progress)
@@ -683,13 +688,13 @@ def record_failure(config: dict, error: BaseException, path: Path | None = None)
                          host=socket.gethostname(), slurm=slurm_ids(), finished_at=now_iso())
     try:
         write_json_atomic(path, failure.to_json())
-    except NoSpace:
+    except OSError:   # NoSpace among them, or a read-only runs folder: the line printed says it
         return None
     return path
 
 
 def _details(path: Path | None) -> str:
-    return f"details in {path}" if path is not None else "no record written (no space left on device)"
+    return f"details in {path}" if path is not None else "no record written (a full disk or a read-only folder)"
 
 
 # An absolute config path: main() also works when called from Python (`from fishtune.run import main`),
