@@ -124,3 +124,28 @@ def test_2x2_effects_lr_and_converged_tables_equal_an_independent_computation(tm
     assert place[("rand", 1, "layer", "4")] == pytest.approx(0.5)
     summary = (tmp_path / "out" / "summary.md").read_text()
     assert "| sst2 | 1 |" in summary and "fish - rand" in summary and "Preferred lr" in summary
+
+
+def test_placement_reads_the_2x2_runs_not_the_converged_or_lr_arms(tmp_path):
+    """placement.csv describes the masks of the study's cells: a converged run (other training data, so
+    another Fisher) or an lr-arm run must not enter the shares or the run counts."""
+    def put(folder, mode, seed, query, lr=0.005):
+        write_result(folder, run_id=f"{folder.name}-{mode}-{seed}-{lr}", task="stsb", mask=mode, budget=1, seed=seed,
+                     lr=lr, best={"epoch": 3, "score": 50.0}, history=[{}] * 3, precision="fp32",
+                     config={"train": {"max_epochs": 3}, "data": {"train_samples": 1000}}, stop_reason="max_epochs",
+                     train_seconds=1.0, placement=[{"name": "q", "layer": 0, "module": "query.lora_A", "chosen": query,
+                                                    "entries": 8},
+                                                   {"name": "v", "layer": 4, "module": "value.lora_A", "chosen": 1,
+                                                    "entries": 8}])
+    study, arms = tmp_path / "study", tmp_path / "why"
+    for seed in (1, 2):
+        put(study, "fish", seed, query=3)               # 3 of 4 entries on query in the study's cells
+        put(study, "rand", seed, query=1)
+        put(arms / "mechanism", "fish_shuffled", seed, query=3)
+        put(arms / "converged", "fish", seed, query=7)  # 7 of 8: must not move fish's share
+        put(arms / "lr", "fish", seed, query=1, lr=0.02)
+    tables = report(study, arms, tmp_path / "out", verbose=False)
+    place = tables["placement"].set_index(["mode", "budget", "by", "value"])
+    assert place.loc[("fish", 1, "module", "query"), "share_mean"] == pytest.approx(0.75)
+    assert place.loc[("fish", 1, "module", "query"), "runs"] == 2
+    assert place.loc[("fish_shuffled", 1, "module", "query"), "runs"] == 2

@@ -22,7 +22,9 @@ Three arms, each in its own folder of result files under `--runs-dir`, read with
               each mode's mean, interval, best epoch and how many runs stopped by patience;
               fish - rand, fish - original and rand - original paired over seeds (Holm over the table).
 placement.csv: per mode, the share of the method's chosen entries per module and per layer, from the
-result files that record `placement` (every run since the mechanism arm).
+study's runs and the mechanism arm's that record `placement` (every run since the mechanism arm): the
+2 x 2's runs, at the study's settings. The lr arm's masks repeat the study's (the mask does not depend
+on the rate) and the converged arm's come from other training data, so neither is mixed in.
 summary.md: all of it in Markdown, for the README.
 """
 from __future__ import annotations
@@ -235,7 +237,8 @@ def report(study_runs: str | Path, runs_dir: str | Path, out: str | Path, verbos
     lr = pd.concat([lr_runs, same_cells(lr_runs)])
     tables = {"mechanism": mechanism_table(mechanism), "lr": lr_table(lr),
               "converged": converged_table(conv_runs, baselines_from(arms["converged"])),
-              "placement": placement_table([r for rs in (study, *arms.values()) for r in rs])}
+              # the 2 x 2's runs only: converged masks come from other data, the lr arm's repeat the study's
+              "placement": placement_table([*study, *arms["mechanism"]])}
     out.mkdir(parents=True, exist_ok=True)
     for name, table in tables.items():
         table.to_csv(out / f"{name}.csv", index=False, float_format="%.6g")
