@@ -750,7 +750,7 @@ def test_slurm_record_keeps_the_gpu_the_run_saw(monkeypatch, tmp_path, capsys):
 
     assert ("gpu_name" in ids) == torch.cuda.is_available()
     _fake_result(tmp_path, "a-none", slurm={**ids, "gpu_name": "NVIDIA H100 80GB HBM3"})
-    _fake_result(tmp_path, "b-none", slurm={"job_id": "13", "cuda_visible_devices": "1"})
+    _fake_result(tmp_path, "b-none", seed=2, slurm={"job_id": "13", "cuda_visible_devices": "1"})  # another computation
     assert sweep_summary.main([str(tmp_path)]) == 0
     text = capsys.readouterr().out
     assert "slurm 12 on node7, GPU 3 (NVIDIA H100 80GB HBM3), 1 shard\n" in text, text
