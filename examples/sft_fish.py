@@ -13,8 +13,8 @@ LoRA (rank --rank, alpha 2 x rank, PiSSA init) on W_O (o_proj, the LLaMA family'
 --fish-layers layers. The budget k is what LoRA on the bottom --budget-layers layers trains (or --k);
 fishtune.fish_masks keeps exactly k entries trainable, those with the largest empirical Fisher of the
 answer's log-likelihood, -log p(answer | prompt), on --fisher-samples training examples; FishMaskCallback
-keeps every other entry fixed while the Trainer trains. Dev accuracy is that of greedy answers (the reply's
-first word), before and after training. About 3 minutes on 2 CPU cores with --train-samples 128
+keeps every other entry fixed while the Trainer trains. Dev accuracy is that of greedy answers (the first
+answer word the reply names), before and after training. About 3 minutes on 2 CPU cores with --train-samples 128
 --dev-samples 64 --epochs 1.
 """
 from __future__ import annotations
@@ -98,8 +98,9 @@ def collate(pad_id: int):
 
 @torch.no_grad()
 def answer_accuracy(model, tok, task_name: str, examples: list[dict], batch_size: int = 32) -> float:
-    """Percent of examples whose greedy reply starts with the right answer word (a reply that names no
-    allowed answer first counts as wrong)."""
+    """Percent of examples whose greedy reply names the right answer first: the first of the reply's words
+    that is an allowed answer (the untrained instruct model answers in a sentence, "The sentiment in this
+    sentence is negative."; a reply that names no allowed answer counts as wrong)."""
     model.eval()
     side, tok.padding_side = tok.padding_side, "left"  # generation continues from each prompt's last token
     correct = 0
@@ -109,10 +110,10 @@ def answer_accuracy(model, tok, task_name: str, examples: list[dict], batch_size
             texts = [tok.apply_chat_template(prompt(task_name, ex), add_generation_prompt=True, tokenize=False)
                      for ex in chunk]
             enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-            out = model.generate(**enc, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
+            out = model.generate(**enc, max_new_tokens=10, do_sample=False, pad_token_id=tok.pad_token_id)
             for ex, reply in zip(chunk, tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)):
-                words = re.findall(r"[a-z]+", reply.lower())
-                correct += bool(words) and words[0] == ANSWERS[task_name][ex["label"]]
+                named = [w for w in re.findall(r"[a-z]+", reply.lower()) if w in ANSWERS[task_name]]
+                correct += bool(named) and named[0] == ANSWERS[task_name][ex["label"]]
     finally:
         tok.padding_side = side
     return 100 * correct / len(examples)
