@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
             output_dir=out, per_device_train_batch_size=args.batch_size, learning_rate=args.lr,
             lr_scheduler_type="constant", weight_decay=0.0, num_train_epochs=args.epochs, save_strategy="no",
             logging_steps=max(1, len(train) // args.batch_size // 4), report_to=[], seed=args.seed,
-            disable_tqdm=True, remove_unused_columns=False)
+            disable_tqdm=True, remove_unused_columns=False, dataloader_pin_memory=False)
         trainer = Trainer(model=model, args=targs, train_dataset=train, data_collator=pad,
                           callbacks=[fishtune.FishMaskCallback(masks)])
         result = trainer.train()

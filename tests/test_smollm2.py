@@ -170,3 +170,35 @@ def test_harness_methods_train_a_step_on_smollm2(method):
     moved = [n for n, p in trainable.items() if not torch.equal(p, before[n])]
     assert any("score" not in n for n in moved), f"only the head moved: {moved}"
     assert models.EMBEDDED["smollm2"] is smollm2.path
+
+
+# ---- examples/sft_fish.py --------------------------------------------------------------------------
+
+@real
+@pytest.mark.skipif(not hasattr(__import__("fishtune"), "default_loss"),
+                    reason="fish_masks' causal-LM default loss (fishtune.default_loss) is not in this tree yet")
+def test_sft_example_trains_exactly_k_entries_of_a_tiny_llama(tmp_path):
+    """The example end to end on a tiny random LLaMA with SmolLM2's tokenizer and the GLUE fixtures: exactly
+    k = LoRA r2 on one layer's W_O (2 x (16 + 16)) trainable, accuracies in range, labels only on the reply."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from conftest import GLUE_FIXTURES
+
+    sys.path.insert(0, str(ROOT / "examples"))
+    import sft_fish
+
+    tok = AutoTokenizer.from_pretrained(smollm2.path())
+    torch.manual_seed(0)
+    tiny = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=3,
+                                        num_attention_heads=2, num_key_value_heads=1, pad_token_id=tok.pad_token_id,
+                                        tie_word_embeddings=True))
+    tiny.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    rows = sft_fish.encode(tok, "sst2", [{"text_a": "a fine film", "text_b": None, "label": 1}])
+    answer = [t for t, lab in zip(rows[0]["input_ids"], rows[0]["labels"]) if lab != -100]
+    assert tok.decode(answer) == "positive<|im_end|>" and rows[0]["labels"][-len(answer):] == answer
+    out = sft_fish.main(["--model", str(tmp_path), "--glue-dir", str(GLUE_FIXTURES), "--train-samples", "16",
+                         "--dev-samples", "8", "--epochs", "1", "--batch-size", "8", "--fisher-samples", "8",
+                         "--rank", "2", "--fish-layers", "3"])
+    assert out["trainable"] == out["k"] == 2 * (16 + 16)
+    assert 0 <= out["before"] <= 100 and 0 <= out["accuracy"] <= 100 and out["steps"] == 2
