@@ -71,9 +71,9 @@ run: setup
 # The two example scripts (README "FISH masks in your own code") on small sizes: the embedded
 # MiniLM, SST-2 from $$GLUE_DIR, offline; about 3 minutes of CPU time. Without sizes they train on 2,000 examples.
 # Then examples/sft_fish.py: the embedded SmolLM2 as a causal LM answering SST-2 prompts (converted into
-# $$FISHTUNE_CACHE on first use, about a minute); SFT_SIZES about 3 minutes more.
+# $$FISHTUNE_CACHE on first use, one to two minutes); SFT_SIZES about 6 minutes more of CPU time (docs/SMOLLM2.md).
 EXAMPLE_SIZES ?= --train-samples 256 --dev-samples 256 --epochs 1
-SFT_SIZES ?= --train-samples 128 --dev-samples 64 --epochs 1 --fisher-samples 32
+SFT_SIZES ?= --train-samples 48 --dev-samples 32 --epochs 1 --fisher-samples 16
 examples: setup
 	$(BIN)/python examples/trainer_fish.py $(EXAMPLE_SIZES)
 	$(BIN)/python examples/plain_loop.py $(EXAMPLE_SIZES)
