@@ -4,7 +4,7 @@
     python examples/sft_fish.py --train-samples 48 --dev-samples 32 --fisher-samples 16
 
 Supervised fine-tuning: each example is a chat turn whose user message is the task's prompt template
-(fishtune's task table, Zhong et al. 2023) plus "Answer with one word: positive or negative." and whose
+(fishtune's task table, Zhong et al. 2023) plus "Answer with one word: negative or positive." and whose
 assistant reply is the answer word ("positive" / "negative" for SST-2). The loss is the causal LM's on the
 reply alone: labels are -100 on the prompt and on padding. The model is the embedded SmolLM2 (4-bit Q4_1
 weights dequantised to fp32, converted once into a cache folder: docs/SMOLLM2.md), as a LlamaForCausalLM.
