@@ -58,3 +58,22 @@ def run_config(tmp_path, *overrides: str) -> dict:
         cfg = compose("config", overrides=[f"data.glue_dir={GLUE_FIXTURES}", f"paths.runs_dir={tmp_path}",
                                            "model=tiny_bert", *overrides])
     return OmegaConf.to_container(cfg, resolve=True)
+
+
+def run_cli(monkeypatch, capsys, argv: list[str]) -> tuple[int, list[str]]:
+    """(exit code, stderr lines) of `python -m fishtune.run ARGV` called in this process (the CLI's own path:
+    its checks, Hydra's composition, the run); a traceback on stderr fails the test."""
+    import sys
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from fishtune.harness import run as run_module
+
+    monkeypatch.setattr(sys, "argv", ["fishtune.run", *argv])
+    GlobalHydra.instance().clear()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        run_module.main()
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    return stop.value.code, err.strip().splitlines()

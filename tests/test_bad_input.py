@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from conftest import GLUE_FIXTURES, ROOT
+from conftest import GLUE_FIXTURES, ROOT, run_cli
 from fishtune.harness import run as run_module
 from fishtune.harness.validate import ConfigError, check_config
 
@@ -24,7 +24,6 @@ OWN = ROOT / "tests" / "fixtures" / "own"
 def cli(tmp_path, monkeypatch, capsys):
     """cli(*overrides) -> (exit code, stderr lines) of `python -m fishtune.run` on tiny_bert and the fixtures."""
     import fishtune.harness.models
-    from hydra.core.global_hydra import GlobalHydra
 
     def refuse(*a, **k):
         raise AssertionError("a model was loaded although the input was bad")
@@ -35,14 +34,7 @@ def cli(tmp_path, monkeypatch, capsys):
         named = any(o.startswith("model=") for o in overrides)
         argv = [*([f"model={model}"] if model and not named else []), f"data.glue_dir={glue}",
                 f"paths.runs_dir={tmp_path / 'runs'}", *overrides]
-        monkeypatch.setattr(sys, "argv", ["fishtune.run", *argv])
-        GlobalHydra.instance().clear()
-        capsys.readouterr()
-        with pytest.raises(SystemExit) as stop:
-            run_module.main()
-        err = capsys.readouterr().err
-        assert "Traceback" not in err, err
-        return stop.value.code, err.strip().splitlines()
+        return run_cli(monkeypatch, capsys, argv)
     return call
 
 

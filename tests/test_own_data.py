@@ -11,8 +11,7 @@ import pytest
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-from conftest import ROOT, run_config
-from fishtune.harness import run as run_module
+from conftest import ROOT, run_config, run_cli
 from fishtune.harness.run import plan, run
 
 OWN = ROOT / "tests" / "fixtures" / "own"
@@ -127,7 +126,6 @@ def test_identity_holds_the_files_paths_and_content(tmp_path):
 def cli(tmp_path, monkeypatch, capsys):
     """cli(*overrides) -> (exit code, stderr lines) of `python -m fishtune.run model=tiny_bert ...`."""
     import fishtune.harness.models
-    from hydra.core.global_hydra import GlobalHydra
 
     def refuse(*a, **k):
         raise AssertionError("a model was loaded although the input was bad")
@@ -135,15 +133,7 @@ def cli(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)   # the cases' files are relative paths in tmp_path
 
     def call(*overrides: str) -> tuple[int, list[str]]:
-        monkeypatch.setattr(sys, "argv", ["fishtune.run", "model=tiny_bert", f"paths.runs_dir={tmp_path / 'runs'}",
-                                          *overrides])
-        GlobalHydra.instance().clear()
-        capsys.readouterr()
-        with pytest.raises(SystemExit) as stop:
-            run_module.main()
-        err = capsys.readouterr().err
-        assert "Traceback" not in err, err
-        return stop.value.code, err.strip().splitlines()
+        return run_cli(monkeypatch, capsys, ["model=tiny_bert", f"paths.runs_dir={tmp_path / 'runs'}", *overrides])
     return call
 
 

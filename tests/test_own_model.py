@@ -17,7 +17,7 @@ import torch
 import transformers
 from safetensors.torch import load_file, save_file
 
-from conftest import GLUE_FIXTURES, model_cfg, run_config
+from conftest import GLUE_FIXTURES, model_cfg, run_config, run_cli
 from fishtune.families import FAMILIES
 from fishtune.harness import run as run_module
 from fishtune.harness.checks import ConfigError
@@ -56,7 +56,6 @@ def cli(tmp_path, monkeypatch, capsys):
     """cli(*overrides) -> (exit code, stderr lines) of `python -m fishtune.run` on the GLUE fixtures; training
     fails the test."""
     import fishtune.harness.train
-    from hydra.core.global_hydra import GlobalHydra
 
     def refuse(*a, **k):
         raise AssertionError("training started although the input was bad")
@@ -64,14 +63,7 @@ def cli(tmp_path, monkeypatch, capsys):
 
     def call(*overrides: str) -> tuple[int, list[str]]:
         argv = [f"data.glue_dir={GLUE_FIXTURES}", f"paths.runs_dir={tmp_path / 'runs'}", *QUICK, *overrides]
-        monkeypatch.setattr(sys, "argv", ["fishtune.run", *argv])
-        GlobalHydra.instance().clear()
-        capsys.readouterr()
-        with pytest.raises(SystemExit) as stop:
-            run_module.main()
-        err = capsys.readouterr().err
-        assert "Traceback" not in err, err
-        return stop.value.code, err.strip().splitlines()
+        return run_cli(monkeypatch, capsys, argv)
     return call
 
 
