@@ -28,8 +28,10 @@ activations saved for backward at batch `gpu_batch` and the task's max length. T
 sample at the max length (act_mb_per_sample: every tensor autograd saves in one forward pass, counted once
 per storage, parameters left out) and scaled linearly in the batch, which is exact (no sample's
 activations depend on another's); no length scaling is needed. attn_quadratic_mb_per_sample is the part of
-it shaped (..., L, L): attention probabilities that an eager attention saves (LLaMA's prefix methods run
-eager, families.py); sdpa saves none, on CPU as with the GPU's flash / memory-efficient kernels.
+it shaped (..., L, L): attention probabilities (and their dropout masks) that eager attention saves, and
+CPU sdpa too where it falls back to its math kernel (BERT's attention dropout). The estimate assumes the
+GPU's sdpa kernels (flash, memory-efficient), which save no L x L tensor: it leaves that part out unless
+the model runs eager attention (LLaMA's prefix methods, families.py), where it is kept.
 Not counted: the transient gradients of the activations during backward (about one layer's worth),
 the CUDA context (~0.5 GB) and the allocator's fragmentation.
 """
@@ -152,6 +154,13 @@ def saved_activation_bytes(model, batch: dict, device: str) -> tuple[int, int]:
     return sum(b for b, _ in seen.values()), sum(b for b, q in seen.values() if q)
 
 
+def gpu_estimate(weights: int, state: int, act: int, act_quadratic: int, attention: str | None, batch: int) -> int:
+    """Bytes a GPU run at `batch` (and the measured length) needs: weights + training state + batch x the
+    activations of one sample. The (..., L, L) part counts only under eager attention: the GPU's sdpa
+    kernels (flash, memory-efficient) save no L x L tensor, whatever CPU sdpa saved."""
+    return weights + state + batch * (act - (act_quadratic if attention != "eager" else 0))
+
+
 def one(model_name: str, method: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Dry-run one model x method in this process; returns its CSV row."""
     t_start = time.perf_counter()
@@ -168,6 +177,7 @@ def one(model_name: str, method: str, args: argparse.Namespace, work: Path) -> d
     from .ratios import PAPER_RATIOS
 
     device = "cpu"
+    torch.set_num_threads(args.threads)
     source = reset_peak_memory(device)
     model_cfg = model_folder(_model_yaml(model_name), work / "model")
     config = compose_run([f"model={model_name}", f"peft={method}", "mask=fish", "budget=1", f"task={args.task}",
@@ -214,6 +224,7 @@ def one(model_name: str, method: str, args: argparse.Namespace, work: Path) -> d
     outcome = train(model, data.train_loader, data.dev_loader, p.task, settings, masks)
     train_call = time.perf_counter() - t0
 
+    attention = getattr(model.config, "_attn_implementation", None)
     weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     state = 3 * sum(q.numel() * q.element_size() for q in model.parameters() if q.requires_grad) \
         + sum(m.numel() * m.element_size() for m in masks.values())
@@ -231,8 +242,9 @@ def one(model_name: str, method: str, args: argparse.Namespace, work: Path) -> d
         "peak_rss_mb": round(peak_memory(device, source)["peak_rss_mb"]), "weights_mb": round(weights / MB),
         "train_state_mb": round(state / MB, 1), "act_mb_per_sample": round(act / MB, 1),
         "attn_quadratic_mb_per_sample": round(act_quadratic / MB, 1),
-        "attn_implementation": getattr(model.config, "_attn_implementation", None),
-        "gpu_batch": args.gpu_batch, "gpu_est_mb": round((weights + state + args.gpu_batch * act) / MB),
+        "attn_implementation": attention,
+        "gpu_batch": args.gpu_batch, "gpu_est_mb": round(gpu_estimate(weights, state, act, act_quadratic, attention,
+                                                                      args.gpu_batch) / MB),
         "threads": torch.get_num_threads(), "wall_seconds": round(time.perf_counter() - t_start, 1),
     }
 
@@ -294,6 +306,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=4, help="batch size of the steps")
     ap.add_argument("--eval", type=int, default=16, help="dev examples evaluated")
     ap.add_argument("--gpu-batch", type=int, default=32, help="batch size of the GPU memory estimate (the paper's)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (default 1: on a busy shared machine more threads spin and run slower)")
     ap.add_argument("--timeout", type=float, default=None, help="seconds one combination may take")
     ap.add_argument("--in-process", action="store_true",
                     help="run every combination in this process (tests): peak RSS then is not each one's own")
@@ -305,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ..harness.tasks import get_task
 
         get_task(args.task)
-        for key in ("fisher_samples", "steps", "batch", "eval", "gpu_batch"):
+        for key in ("fisher_samples", "steps", "batch", "eval", "gpu_batch", "threads"):
             if getattr(args, key) < 1:
                 raise ConfigError(f"--{key.replace('_', '-')}={getattr(args, key)}: must be an integer >= 1")
         todo = [tuple(args.only.split(":"))] if args.only else \
