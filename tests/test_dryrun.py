@@ -68,32 +68,42 @@ def test_a_combination_in_its_own_process(tmp_path):
     assert row.peak_rss_mb > 100   # the interpreter with torch loaded, at least
 
 
-def test_saved_activation_bytes_counts_what_backward_keeps():
-    """An independent reference, counted by hand: trainable Linear a (4 -> 16) saves its input x (L x 4);
-    GELU saves its input h (L x 16); g @ g^T saves g (L x 16; g^T shares its storage); softmax saves its
-    output s (L x L, the quadratic part); s @ g saves s and g again (counted once); the frozen Linear b saves
-    no input. fp32, one sample; no parameter is counted."""
-    class Tiny(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a, self.b = torch.nn.Linear(4, 16), torch.nn.Linear(16, 2)
-            self.b.requires_grad_(False)
+class Attention(torch.nn.Module):
+    """Trainable Linear a (4 -> 16), GELU, one attention-like product over `prefix` virtual keys and the
+    sequence, a frozen Linear b: what each saves for backward is counted by hand in the test below."""
 
-        def forward(self, input_ids, attention_mask):
-            g = torch.nn.functional.gelu(self.a(torch.nn.functional.one_hot(input_ids, 4).float()))
-            s = torch.softmax(g @ g.transpose(-1, -2), dim=-1)
-            return type("Out", (), {"logits": self.b(s @ g)[:, 0]})
+    def __init__(self, prefix: int = 0):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(4, 16), torch.nn.Linear(16, 2)
+        self.b.requires_grad_(False)
+        self.prefix = torch.nn.Parameter(torch.ones(1, prefix, 16))
 
+    def forward(self, input_ids, attention_mask):
+        g = torch.nn.functional.gelu(self.a(torch.nn.functional.one_hot(input_ids, 4).float()))
+        keys = torch.cat([self.prefix, g], dim=1)
+        s = torch.softmax(g @ keys.transpose(-1, -2), dim=-1)
+        return type("Out", (), {"logits": self.b(s @ keys)[:, 0]})
+
+
+@pytest.mark.parametrize("prefix", [0, 3])
+def test_saved_activation_bytes_counts_what_backward_keeps(prefix):
+    """a saves its input x (L x 4); GELU its input h (L x 16); g @ keys^T saves g (L x 16) and keys
+    ((L + P) x 16, a new storage: cat copies; keys^T is a view of it); softmax its output s
+    (L x (L + P), the quadratic part); s @ keys saves s and keys again (counted once); the frozen b saves no
+    input. fp32, one sample; no parameter is counted."""
     L = 10
     batch = {"input_ids": torch.zeros(1, L, dtype=torch.long), "attention_mask": torch.ones(1, L),
              "labels": torch.zeros(1, dtype=torch.long)}
-    total, quadratic = dryrun.saved_activation_bytes(Tiny(), batch, "cpu")
-    assert (total, quadratic) == (4 * (L * 4 + L * 16 + L * 16 + L * L), 4 * L * L)
+    total, quadratic = dryrun.saved_activation_bytes(Attention(prefix), batch, "cpu", prefix=prefix)
+    assert (total, quadratic) == (4 * (L * 4 + L * 16 + L * 16 + (L + prefix) * 16 + L * (L + prefix)),
+                                  4 * L * (L + prefix))
 
 
 def test_gpu_estimate_drops_the_quadratic_part_unless_eager():
     assert dryrun.gpu_estimate(100, 10, 7, 3, "sdpa", 32) == 100 + 10 + 32 * 4
     assert dryrun.gpu_estimate(100, 10, 7, 3, "eager", 32) == 100 + 10 + 32 * 7
+    assert dryrun.gpu_estimate(100, 10, 7, 3, "eager", 32, scale=3) == 100 + 10 + 32 * (4 * 3 + 3 * 9)
+    assert dryrun.gpu_estimate(100, 10, 7, 3, "sdpa", 32, scale=3) == 100 + 10 + 32 * 4 * 3
 
 
 @pytest.mark.parametrize("argv, word", [(["--models", "nope"], "nope"), (["--methods", "lorax"], "lorax"),

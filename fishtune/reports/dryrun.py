@@ -17,7 +17,7 @@ model x method (SUPPORT_MATRIX) runs in a fresh subprocess, so that its peak RSS
   apply_masks, train()   --steps MaskedOptimizer steps at --batch, then evaluate() on --eval examples
 
 Inputs are random token ids within the model's own vocab_size (the pad id left out), every sequence the
-task's max length (RTE: 384, the longest of the paper's tasks), random labels: honest for shapes, memory
+task's max length (RTE: 384, the longest of the paper's tasks; --length cuts it), random labels: honest for shapes, memory
 and time, meaningless for scores (none is recorded). The tokenizer only collates: the embedded MiniLM's
 (fishtune.harness.models.embedded_path()) for every model, since no sequence needs padding.
 
@@ -25,10 +25,11 @@ GPU estimate (gpu_est_mb, fp32 as measured; the harness autocasts to bf16 on a G
 activations): weights and buffers + gradients and Adam's two moments of every trainable tensor (3 x its
 fp32 bytes: a mask keeps masked entries at zero, it does not shrink Adam's state) + the masks + the
 activations saved for backward at batch `gpu_batch` and the task's max length. Those are measured on one
-sample at the max length (act_mb_per_sample: every tensor autograd saves in one forward pass, counted once
+sample at the run's length (act_mb_per_sample: every tensor autograd saves in one forward pass, counted once
 per storage, parameters left out) and scaled linearly in the batch, which is exact (no sample's
-activations depend on another's); no length scaling is needed. attn_quadratic_mb_per_sample is the part of
-it shaped (..., L, L): attention probabilities (and their dropout masks) that eager attention saves, and
+activations depend on another's). At the max length (the default) no length scaling is needed; a run at a
+shorter --length scales the linear part by max/length and the L x L part by its square. attn_quadratic_mb_per_sample is the part of
+it shaped (..., L, L) (L + P keys under a prefix of P): attention probabilities (and their dropout masks) that eager attention saves, and
 CPU sdpa too where it falls back to its math kernel (BERT's attention dropout). The estimate assumes the
 GPU's sdpa kernels (flash, memory-efficient), which save no L x L tensor: it leaves that part out unless
 the model runs eager attention (LLaMA's prefix methods, families.py), where it is kept.
@@ -57,7 +58,7 @@ PAPER_MODELS = ("bert_base", "modernbert_base", "llama32_1b")
 ROOT = CONF_DIR.parent
 # plan() insists on a GLUE folder holding the task's files; the dry run reads none (its inputs are random).
 GLUE_STANDIN = ROOT / "tests" / "fixtures" / "glue"
-COLUMNS = ["model", "method", "status", "task", "max_length", "layers", "k", "trainable", "total", "ratio_pct",
+COLUMNS = ["model", "method", "status", "task", "max_length", "length", "layers", "k", "trainable", "total", "ratio_pct",
            "budget_ratio_pct", "paper_ratio_pct", "build_seconds", "fisher_samples", "fisher_seconds",
            "zero_fisher_filled", "batch", "steps", "seconds_per_step", "eval_examples", "eval_seconds",
            "peak_rss_mb", "weights_mb", "train_state_mb", "act_mb_per_sample", "attn_quadratic_mb_per_sample",
@@ -128,9 +129,10 @@ def random_examples(n: int, length: int, conf, num_labels: int, seed: int) -> li
     return out
 
 
-def saved_activation_bytes(model, batch: dict, device: str) -> tuple[int, int]:
-    """(bytes, bytes of (..., L, L) tensors) that autograd saves for backward in one forward pass of
-    `batch`: each storage once, the model's parameters and buffers left out. The graph is dropped."""
+def saved_activation_bytes(model, batch: dict, device: str, prefix: int = 0) -> tuple[int, int]:
+    """(bytes, bytes of (..., L, L..L+prefix) tensors) that autograd saves for backward in one forward pass
+    of `batch` (L its length; `prefix`: virtual tokens a prefix method puts before the keys): each storage
+    once, the model's parameters and buffers left out. The graph is dropped."""
     import torch
 
     from ..batching import model_inputs
@@ -143,7 +145,8 @@ def saved_activation_bytes(model, batch: dict, device: str) -> tuple[int, int]:
         storage = t.untyped_storage()
         ptr = storage.data_ptr()
         if ptr not in own and ptr not in seen and storage.nbytes():
-            seen[ptr] = (storage.nbytes(), t.dim() >= 2 and tuple(t.shape[-2:]) == (length, length))
+            seen[ptr] = (storage.nbytes(), t.dim() >= 2 and t.shape[-2] == length
+                         and length <= t.shape[-1] <= length + prefix)
         return t
 
     inputs, _ = model_inputs(batch, device)
@@ -154,11 +157,14 @@ def saved_activation_bytes(model, batch: dict, device: str) -> tuple[int, int]:
     return sum(b for b, _ in seen.values()), sum(b for b, q in seen.values() if q)
 
 
-def gpu_estimate(weights: int, state: int, act: int, act_quadratic: int, attention: str | None, batch: int) -> int:
-    """Bytes a GPU run at `batch` (and the measured length) needs: weights + training state + batch x the
-    activations of one sample. The (..., L, L) part counts only under eager attention: the GPU's sdpa
-    kernels (flash, memory-efficient) save no L x L tensor, whatever CPU sdpa saved."""
-    return weights + state + batch * (act - (act_quadratic if attention != "eager" else 0))
+def gpu_estimate(weights: int, state: int, act: int, act_quadratic: int, attention: str | None, batch: int,
+                 scale: float = 1.0) -> int:
+    """Bytes a GPU run at `batch` needs at `scale` times the measured length: weights + training state +
+    batch x one sample's activations, their linear part x scale and their (..., L, L) part x scale^2. The
+    L x L part counts only under eager attention: the GPU's sdpa kernels (flash, memory-efficient) save
+    none, whatever CPU sdpa saved."""
+    quadratic = act_quadratic if attention == "eager" else 0
+    return round(weights + state + batch * ((act - act_quadratic) * scale + quadratic * scale**2))
 
 
 def one(model_name: str, method: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -187,7 +193,7 @@ def one(model_name: str, method: str, args: argparse.Namespace, work: Path) -> d
     config["model"] = model_cfg
     p = plan(config)
     p.path.parent.mkdir(parents=True, exist_ok=True)   # as execute does: the mask file goes beside the result's
-    seed, length = int(config["seed"]), p.task.max_length
+    seed, length = int(config["seed"]), args.length or p.task.max_length
 
     tokenizer = load_tokenizer(model_cfg)
     conf = model_config(model_cfg, p.task.num_labels, tokenizer)
@@ -215,7 +221,7 @@ def one(model_name: str, method: str, args: argparse.Namespace, work: Path) -> d
     _, total = count_parameters(model)
 
     one_sample = next(iter(glue.make_loader(train_set[:1], tokenizer, 1)))
-    act, act_quadratic = saved_activation_bytes(model, one_sample, device)
+    act, act_quadratic = saved_activation_bytes(model, one_sample, device, int(config["peft"].get("prefix_length") or 0))
     model.zero_grad(set_to_none=True)
 
     settings = TrainSettings(lr=float(config["train"]["lr"] or p.task.lr), max_epochs=1, patience=1, device=device,
@@ -231,7 +237,7 @@ def one(model_name: str, method: str, args: argparse.Namespace, work: Path) -> d
     paper = pd.read_csv(PAPER_RATIOS)
     printed = paper[(paper.model == model_name) & (paper.method == method) & (paper.budget == 1)].paper_ratio_pct
     return {
-        "model": model_name, "method": method, "status": "ok", "task": p.task.name, "max_length": length,
+        "model": model_name, "method": method, "status": "ok", "task": p.task.name, "max_length": p.task.max_length, "length": length,
         "layers": p.layers, "k": p.k, "trainable": trainable, "total": total,
         "ratio_pct": round(100 * trainable / total, 6), "budget_ratio_pct": round(100 * trainable / p.budget_total, 6),
         "paper_ratio_pct": float(printed.iloc[0]) if len(printed) else None,
@@ -244,7 +250,7 @@ def one(model_name: str, method: str, args: argparse.Namespace, work: Path) -> d
         "attn_quadratic_mb_per_sample": round(act_quadratic / MB, 1),
         "attn_implementation": attention,
         "gpu_batch": args.gpu_batch, "gpu_est_mb": round(gpu_estimate(weights, state, act, act_quadratic, attention,
-                                                                      args.gpu_batch) / MB),
+                                                                      args.gpu_batch, p.task.max_length / length) / MB),
         "threads": torch.get_num_threads(), "wall_seconds": round(time.perf_counter() - t_start, 1),
     }
 
@@ -301,6 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--models", default=",".join(PAPER_MODELS), help="comma list of conf/model/ names")
     ap.add_argument("--methods", default="", help="comma list narrowing each family's methods (default: all)")
     ap.add_argument("--task", default="rte", help="the task whose max length and labels are used (rte: 384)")
+    ap.add_argument("--length", type=int, default=None,
+                    help="tokens per sequence (default: the task's max length); the GPU estimate is at the max length")
     ap.add_argument("--fisher-samples", type=int, default=8)
     ap.add_argument("--steps", type=int, default=2, help="masked optimiser steps")
     ap.add_argument("--batch", type=int, default=4, help="batch size of the steps")
@@ -326,6 +334,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             combinations([m for m in args.models.split(",") if m], [m for m in args.methods.split(",") if m])
     except (ConfigError, ValueError) as e:
         print(f"dryrun: error: {e}", file=sys.stderr)
+        return 2
+    if args.length is not None and args.length < 2:
+        print(f"dryrun: error: --length={args.length}: must be an integer >= 2", file=sys.stderr)
         return 2
     if args.only:  # the child: one combination, its row to --row-file
         with tempfile.TemporaryDirectory(prefix="dryrun-") as tmp:
