@@ -152,7 +152,7 @@ ratios: setup
 # The paper's models at their true size (docs/BENCH.md "Dry run at true size"): bert-base, ModernBERT-base and
 # LLaMA-3.2-1B from conf/model/arch/ with random fp32 weights, every method each family takes, through the
 # harness's own path on small sizes (Fisher on 8 samples, 2 steps at batch 4, 16 dev examples, RTE length 384),
-# one process per combination, niced -> results/dryrun.csv. About 16 GB of RAM for the 1B; hours on 2 busy cores.
+# one process per combination, niced -> results/dryrun.csv. About 15 GB of RAM for the 1B; hours on 2 busy cores.
 # DRYRUN_ARGS: options of fishtune.reports.dryrun, e.g. '--models bert_base --methods lora,dora'.
 DRYRUN_ARGS ?=
 .PHONY: dryrun
