@@ -41,6 +41,7 @@ help:
 	@echo "make bf16-parity-methods - the same for the five other methods' original rows (SST-2, seeds 1-3)"
 	@echo "make report RUNS_DIR=... REPORT=...html - one self-contained HTML results page of a runs folder"
 	@echo "make ratios - the trainable-parameter ratios of Tables 1 and 2 from architecture configs -> results/ratios.csv"
+	@echo "make dryrun - the paper's models at true size, random weights, every method, small sizes -> results/dryrun.csv"
 	@echo "make bench  - Fisher estimation and masked training against their references -> results/bench.json, .md"
 	@echo "make test-slurm - the Slurm tests on a local single-node cluster (root; docs/SLURM.md)"
 	@echo "make test-browser - the results page in headless Chromium"
@@ -155,6 +156,16 @@ help-tables:
 # Trainable-parameter ratios of Tables 1 and 2 from architecture configs alone (meta device, offline).
 ratios: setup
 	$(OFFLINE) $(BIN)/python -m fishtune.ratios
+
+# The paper's models at their true size (docs/BENCH.md "Dry run at true size"): bert-base, ModernBERT-base and
+# LLaMA-3.2-1B from conf/model/arch/ with random fp32 weights, every method each family takes, through the
+# harness's own path on small sizes (Fisher on 8 samples, 2 steps at batch 4, 16 dev examples, RTE length 384),
+# one process per combination, niced -> results/dryrun.csv. About 15 GB of RAM for the 1B; hours on 2 busy cores.
+# DRYRUN_ARGS: options of fishtune.reports.dryrun, e.g. '--models bert_base --methods lora,dora'.
+DRYRUN_ARGS ?=
+.PHONY: dryrun
+dryrun: setup
+	$(OFFLINE) nice -n 10 $(BIN)/python -m fishtune.reports.dryrun $(DRYRUN_ARGS)
 
 # Sweeps on a real Slurm: starts a local single-node cluster (scripts/slurm-local; root, installs
 # slurm-wlm + munge from apt on first use), runs tests/test_slurm.py through hydra-submitit-launcher
