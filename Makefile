@@ -161,11 +161,11 @@ ratios: setup
 # LLaMA-3.2-1B from conf/model/arch/ with random fp32 weights, every method each family takes, through the
 # harness's own path on small sizes (Fisher on 8 samples, 2 steps at batch 4, 16 dev examples, RTE length 384),
 # one process per combination, niced -> results/dryrun.csv. About 15 GB of RAM for the 1B; hours on 2 busy cores.
-# DRYRUN_ARGS: options of fishtune.reports.dryrun, e.g. '--models bert_base --methods lora,dora'.
+# DRYRUN_ARGS: options of benchmarks/dryrun.py, e.g. '--models bert_base --methods lora,dora'.
 DRYRUN_ARGS ?=
 .PHONY: dryrun
 dryrun: setup
-	$(OFFLINE) nice -n 10 $(BIN)/python -m fishtune.reports.dryrun $(DRYRUN_ARGS)
+	$(OFFLINE) nice -n 10 $(BIN)/python benchmarks/dryrun.py $(DRYRUN_ARGS)
 
 # Sweeps on a real Slurm: starts a local single-node cluster (scripts/slurm-local; root, installs
 # slurm-wlm + munge from apt on first use), runs tests/test_slurm.py through hydra-submitit-launcher

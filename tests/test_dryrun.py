@@ -1,4 +1,4 @@
-"""The dry run (fishtune.reports.dryrun) on the tiny configs: every method each family takes goes through the
+"""The dry run (benchmarks/dryrun.py) on the tiny configs: every method each family takes goes through the
 harness's path, and the counts it reports from the built models equal count_on_meta's (the meta device,
 an independent build); the committed results/dryrun.csv agrees with the paper's printed ratios."""
 import subprocess
@@ -10,10 +10,12 @@ import torch
 
 from conftest import ROOT, model_cfg
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import dryrun  # noqa: E402
+
 from fishtune.harness.methods import METHODS, SUPPORT_MATRIX, count_on_meta
 from fishtune.harness.models import arch_config, load_tokenizer, model_config
 from fishtune.harness.schedules import layer_schedule, original_layers
-from fishtune.reports import dryrun
 from fishtune.reports.ratios import TOLERANCE
 
 TINY = ("tiny_bert", "tiny_modernbert", "tiny_llama")
@@ -60,7 +62,7 @@ def test_counts_equal_count_on_meta(tiny_rows):
 def test_a_combination_in_its_own_process(tmp_path):
     """The default path: each combination in a fresh interpreter, its row written back."""
     out = tmp_path / "dryrun.csv"
-    proc = subprocess.run([sys.executable, "-m", "fishtune.reports.dryrun", "--models", "tiny_llama", "--methods",
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "dryrun.py"), "--models", "tiny_llama", "--methods",
                            "lora", "--out", str(out), *SMALL], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     (row,) = pd.read_csv(out).itertuples()

@@ -1,7 +1,7 @@
 """Dry run of the paper's models at their true size: every PEFT method each family takes, through the
 harness's own code path, with random weights and small sizes, on CPU.
 
-    python -m fishtune.reports.dryrun [--models bert_base,modernbert_base,llama32_1b] [--out results/dryrun.csv]
+    python benchmarks/dryrun.py [--models bert_base,modernbert_base,llama32_1b] [--out results/dryrun.csv]
 
 bert-base, ModernBERT-base and LLaMA-3.2-1B are built from the architecture configs kept in the repo
 (conf/model/arch/*.json, written into a temporary model folder as the hub's config.json) with random
@@ -49,8 +49,8 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from ..harness import CONF_DIR
-from ..harness.checks import ConfigError
+from fishtune.harness import CONF_DIR
+from fishtune.harness.checks import ConfigError
 
 PAPER_MODELS = ("bert_base", "modernbert_base", "llama32_1b")
 ROOT = CONF_DIR.parent
@@ -90,7 +90,7 @@ def model_folder(cfg: dict, folder: Path) -> dict:
         values["pad_token_id"] = eos[0] if isinstance(eos, list) else eos
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(values, indent=1))
-    from ..harness.models import embedded_path
+    from fishtune.harness.models import embedded_path
 
     return {**cfg, "source": "hub", "path": str(folder), "tokenizer": embedded_path()}
 
@@ -100,7 +100,7 @@ def random_model(conf):
     config.json may name bf16 (LLaMA's does); a real run loads fp32 (load_model's dtype=float32)."""
     import torch
 
-    from ..harness.models import _from_config
+    from fishtune.harness.models import _from_config
 
     conf.dtype = torch.float32
     return _from_config(conf)
@@ -133,7 +133,7 @@ def saved_activation_bytes(model, batch: dict, device: str, prefix: int = 0) -> 
     once, the model's parameters and buffers left out. The graph is dropped."""
     import torch
 
-    from ..batching import model_inputs
+    from fishtune.batching import model_inputs
 
     own = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
     length = batch["input_ids"].shape[1]
@@ -171,14 +171,14 @@ def one(model_name: str, method: str, args: argparse.Namespace, work: Path) -> d
     import torch
     from transformers import set_seed
 
-    from ..harness import data as glue
-    from ..harness.methods import count_parameters, insert_method, split_trainable
-    from ..harness.models import load_tokenizer, model_config
-    from ..harness.run import Data, choose_mask, peak_memory, plan, reset_peak_memory
-    from ..harness.sweeps import compose_run
-    from ..harness.train import TrainSettings, train
-    from ..masks import apply_masks
-    from .ratios import PAPER_RATIOS
+    from fishtune.harness import data as glue
+    from fishtune.harness.methods import count_parameters, insert_method, split_trainable
+    from fishtune.harness.models import load_tokenizer, model_config
+    from fishtune.harness.run import Data, choose_mask, peak_memory, plan, reset_peak_memory
+    from fishtune.harness.sweeps import compose_run
+    from fishtune.harness.train import TrainSettings, train
+    from fishtune.masks import apply_masks
+    from fishtune.reports.ratios import PAPER_RATIOS
 
     device = "cpu"
     torch.set_num_threads(args.threads)
@@ -255,7 +255,7 @@ def one(model_name: str, method: str, args: argparse.Namespace, work: Path) -> d
 
 def combinations(models: Sequence[str], methods: Sequence[str] | None) -> list[tuple[str, str]]:
     """(model, method) for every method each model's family takes (SUPPORT_MATRIX), narrowed to `methods`."""
-    from ..harness.methods import METHODS, SUPPORT_MATRIX
+    from fishtune.harness.methods import METHODS, SUPPORT_MATRIX
 
     if methods:
         for m in methods:
@@ -270,7 +270,7 @@ def _child(model: str, method: str, args: argparse.Namespace, argv: Sequence[str
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="dryrun-") as tmp:
         out = Path(tmp) / "row.json"
-        cmd = [sys.executable, "-m", "fishtune.reports.dryrun", *argv, "--only", f"{model}:{method}",
+        cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--only", f"{model}:{method}",
                "--row-file", str(out)]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
@@ -287,7 +287,7 @@ def _child(model: str, method: str, args: argparse.Namespace, argv: Sequence[str
 
 def merge(out: Path, rows: list[dict]) -> pd.DataFrame:
     """The CSV's rows with these rows in place of their (model, method, task), in model then method order."""
-    from ..harness.methods import METHODS
+    from fishtune.harness.methods import METHODS
 
     new = pd.DataFrame(rows).reindex(columns=COLUMNS)
     if out.exists():
@@ -322,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--row-file", help=argparse.SUPPRESS)   # where the child writes its row
     args = ap.parse_args(argv)
     try:
-        from ..harness.tasks import get_task
+        from fishtune.harness.tasks import get_task
 
         get_task(args.task)
         for key in ("fisher_samples", "steps", "batch", "eval", "gpu_batch", "threads"):
