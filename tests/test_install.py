@@ -95,3 +95,17 @@ def test_the_installed_package_trains_a_tiny_model_from_another_directory(instal
     out = _run([str(python), "-m", "fishtune.run", "+experiment=table1"], cwd=elsewhere, env=env)
     assert out.returncode == 2 and out.stderr.strip().splitlines() == [
         "fishtune: error: an experiment is a sweep: run it with -m (python -m fishtune.run -m +experiment=table1)"]
+
+
+def test_the_installed_command_checks_its_input_and_completes_with_hydra(installed):
+    """[project.scripts]: `fishtune` is `python -m fishtune.run`, and Hydra's tab completion works through it."""
+    python, env, elsewhere, _ = installed
+    command = str(python.parent / "fishtune")
+    out = _run([command, "trian.lr=1"], cwd=elsewhere, env=env)
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+        "fishtune: error: unknown key 'trian.lr'; did you mean train.lr?"], out.stderr
+    out = _run([command, "-sc", "query=bash"], cwd=elsewhere, env={**env, "COMP_LINE": "fishtune task=s"})
+    assert out.returncode == 0 and out.stdout.split() == ["task=sst2", "task=stsb"], out.stdout + out.stderr
+    out = _run([command, "-sc", "install=bash"], cwd=elsewhere, env=env)
+    assert out.returncode == 0 and "complete -o nospace -o default -F hydra_bash_completion fishtune" in out.stdout, \
+        out.stdout + out.stderr

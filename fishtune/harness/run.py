@@ -815,10 +815,9 @@ def with_custom_model(argv: list[str]) -> list[str]:
     return argv
 
 
-def main() -> None:
-    """`python -m fishtune.run OVERRIDES`: the command line is checked before Hydra starts (a malformed
-    override, an unknown key or group option, an experiment without -m, a runs folder that cannot be one:
-    one line, exit 2), then Hydra runs the run or the sweep."""
+def _check_command_line() -> None:
+    """main's checks of sys.argv (one line and exit 2 on the first bad value); may add Hydra's own output
+    folder to it (check_runs_dir)."""
     sys.argv[1:] = with_custom_model(sys.argv[1:])
     try:
         argv = sys.argv[1:]
@@ -829,6 +828,15 @@ def main() -> None:
     except ConfigError as e:
         print(f"fishtune: error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def main() -> None:
+    """`python -m fishtune.run OVERRIDES`: the command line is checked before Hydra starts (a malformed
+    override, an unknown key or group option, an experiment without -m, a runs folder that cannot be one:
+    one line, exit 2), then Hydra runs the run or the sweep. Hydra's tab completion (`-sc install=bash`,
+    `-sc query=bash`) reads its words as overrides of its own: it goes to Hydra unchecked."""
+    if not {"-sc", "--shell-completion"} & set(sys.argv[1:]):
+        _check_command_line()
     # Outside a run (a sweep's launcher, Hydra composing): SIGTERM and SIGINT end the process at once, in one
     # line. Not by an exception: joblib would kill a parallel sweep's workers on its way out (SIGKILL, claims
     # left behind), whereas its workers, seeing their launcher gone, stop cleanly (watch_parent).
