@@ -44,10 +44,14 @@ def group_cost_tokens(model) -> float:
     return COST_TOKENS_BERT_BASE * 768 / hidden
 
 
+# Batch entries that are no model input: the targets, and an example's position (which evaluation
+# carries to restore the order).
+NOT_INPUTS = ("labels", "idx")
+
+
 def model_inputs(batch: Mapping[str, torch.Tensor], device: torch.device | str) -> tuple[dict, torch.Tensor]:
-    """(the model's keyword inputs, the labels) of a collated batch, on `device`. An `idx` (an
-    example's position, which evaluation carries to restore the order) is no model input."""
-    inputs = {k: v.to(device) for k, v in batch.items() if k not in ("labels", "idx")}
+    """(the model's keyword inputs, the labels) of a collated batch, on `device` (NOT_INPUTS left out)."""
+    inputs = {k: v.to(device) for k, v in batch.items() if k not in NOT_INPUTS}
     return inputs, batch["labels"].to(device)
 
 

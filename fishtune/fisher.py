@@ -25,15 +25,11 @@ from typing import Callable, Iterable, Iterator, Mapping
 import torch
 from torch import nn
 
-from .batching import group_cost_tokens, length_groups, right_aligned
+from .batching import NOT_INPUTS, group_cost_tokens, length_groups, right_aligned
 
 # loss_fn(model, batch) -> one loss per sample, shape (batch,); the batch is a dict of tensors on the
 # model's device, as the data loader gives it (labels included).
 LossFn = Callable[[nn.Module, Mapping[str, torch.Tensor]], torch.Tensor]
-
-# Batch entries that are no model input: the targets, and an example's position (which evaluation
-# carries to restore the order).
-NOT_INPUTS = ("labels", "idx")
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool,
@@ -137,6 +133,12 @@ def default_loss(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.T
         logits, labels = logits[:, :-1], labels[:, 1:]
     ce = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
     return ce.sum(1)
+
+
+def check_loss_fn(loss_fn: LossFn | None) -> None:
+    """ValueError unless `loss_fn` is None (default_loss) or callable, before any work starts."""
+    if loss_fn is not None and not callable(loss_fn):
+        raise ValueError(f"loss_fn must be callable as loss_fn(model, batch), not {type(loss_fn).__name__}")
 
 
 def _per_sample(loss_fn: LossFn, model: nn.Module, batch: Mapping[str, torch.Tensor], n: int) -> torch.Tensor:
@@ -285,8 +287,7 @@ def empirical_fisher(model: nn.Module, batches: Iterable[Mapping[str, torch.Tens
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if not params:
         raise ValueError("the model has no trainable parameters to score")
-    if loss_fn is not None and not callable(loss_fn):
-        raise ValueError(f"loss_fn must be callable as loss_fn(model, batch), not {type(loss_fn).__name__}")
+    check_loss_fn(loss_fn)
     loss_fn = loss_fn or default_loss
     owners = _linear_owners(model, params)
     covered = sum(len(a) for a in owners.values()) == len(params)

@@ -21,7 +21,7 @@ from torch import nn
 # Defined torch-free in the package, where config checks read them too.
 from .modes import FISHER_MODES, check_mode
 from .families import FAMILIES
-from .fisher import LossFn, empirical_fisher
+from .fisher import LossFn, check_loss_fn, empirical_fisher
 
 
 class ZeroFisherWarning(UserWarning):
@@ -318,8 +318,7 @@ def fish_masks(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]] |
     if not params:
         raise ValueError("the model has no parameter that requires grad: insert the PEFT method (or choose the "
                          "trainable parameters) first")
-    if loss_fn is not None and not callable(loss_fn):
-        raise ValueError(f"loss_fn must be callable as loss_fn(model, batch), not {type(loss_fn).__name__}")
+    check_loss_fn(loss_fn)  # before any work: rand and none never reach empirical_fisher
     if head is None:
         in_head = default_head(model)
     elif callable(head):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import hashlib
 import io
 import math
@@ -107,13 +108,29 @@ def _duplicate(header: list[str]) -> str | None:
     return next((c for i, c in enumerate(header) if c in header[:i]), None)
 
 
+def _stamp(path: str | Path) -> tuple:
+    """What a file's content (a folder's: its files') is taken to be unchanged by: each file's resolved
+    path, size and modification time. The key under which a parsed file is kept for this process."""
+    p = Path(path)
+    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    return tuple((str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+
+
 def read_glue_tsv(task: TaskSpec, path: str | Path) -> list[dict]:
     """Read one GLUE TSV as shipped: UTF-8, no quoting (fields may start with a quote), BOM-tolerant.
 
     Text that is not UTF-8, a field past csv's size limit, a header that lacks a column or names one twice,
     a malformed row (too few columns, a label outside the task's, an STS-B score that is no number or
     outside 0..5) or a file without examples raises ConfigError as `path:line: what is wrong`.
+
+    Parsed once per process while the file stays the same (_stamp): the plan checks a run's files and the
+    data loading reads them again, and a sweep in one process plans every run, finished ones too.
     """
+    return [dict(e) for e in _parse_glue_tsv(task, str(path), _stamp(path))]
+
+
+@functools.lru_cache(maxsize=16)
+def _parse_glue_tsv(task: TaskSpec, path: str, stamp: tuple) -> tuple[dict, ...]:
     path = Path(path)
     a, b, y = task.tsv_columns
     has_header = isinstance(a, str)  # the first row names the columns; else they are positions
@@ -150,7 +167,7 @@ def read_glue_tsv(task: TaskSpec, path: str | Path) -> list[dict]:
         raise ConfigError(f"{path}:{reader.line_num}: {e}") from None
     if not examples:
         raise ConfigError(f"{path}: no examples (an empty split)")
-    return examples
+    return tuple(examples)
 
 
 # --- your own data ------------------------------------------------------------------------------
@@ -185,7 +202,13 @@ def _quiet_datasets() -> Iterator[None]:
 def _read_columns(path: str, text_keys: tuple[str, str | None], label_key: str) -> dict[str, list]:
     """The text and label columns of one file of a file task, read with `datasets` (csv, json or
     load_from_disk): column -> values. ConfigError for an empty file, a header that names a column twice,
-    a column the file lacks (naming those it has), or a file `datasets` cannot read."""
+    a column the file lacks (naming those it has), or a file `datasets` cannot read. Read once per process
+    while the file stays the same (_stamp), as read_glue_tsv."""
+    return {c: list(v) for c, v in _columns(str(path), _stamp(path), text_keys, label_key).items()}
+
+
+@functools.lru_cache(maxsize=16)
+def _columns(path: str, stamp: tuple, text_keys: tuple[str, str | None], label_key: str) -> dict[str, tuple]:
     kind, p = file_format(path), Path(path)
     wanted = {c: key for c, key in ((text_keys[0], "task.text"), (text_keys[1], "task.text"), (label_key, "task.label"))
               if c is not None}
@@ -231,7 +254,7 @@ def _read_columns(path: str, text_keys: tuple[str, str | None], label_key: str) 
         check(list(ds.column_names))
         if len(ds) == 0:
             raise ConfigError(f"{path}: no examples")
-        return ds.select_columns(list(wanted)).to_dict()
+        return {c: tuple(v) for c, v in ds.select_columns(list(wanted)).to_dict().items()}
 
 
 def _raw_rows(path: str, text_keys: tuple[str, str | None], label_key: str) -> tuple[list[dict], list]:
