@@ -87,7 +87,7 @@ TABLE_OPTS = $(if $(PROFILE),--profile $(PROFILE)) $(if $(RUNS_DIR),--runs-dir '
 	$(if $(AGG_ARGS),--agg-args='$(AGG_ARGS)')
 study: setup
 	$(OFFLINE) $(STUDIES) run $(NAME) $(if $(ARMS),--arms $(ARMS)) $(if $(LAUNCH),--launcher $(LAUNCH)) $(ARGS)
-studies:
+studies: setup
 	@$(STUDIES) list
 
 # Without NAME: the results page (fishtune.report) of RUNS_DIR (default the pooler study's runs) into REPORT.
@@ -97,9 +97,9 @@ report: setup
 		'$(subst ','\'',$(or $(RUNS_DIR),results/study/runs))' --out '$(subst ','\'',$(REPORT))')
 
 # The study profile trains nothing new on a fresh clone and needs no hub: offline, like a study.
+TABLE_ARGS = $(if $(TASKS),task=$(TASKS)) $(if $(METHODS),peft=$(METHODS)) $(ARGS)
 table1 table2 table3 table4 table5 figure3: setup
-	$(if $(filter study,$(PROFILE)),$(OFFLINE)) $(STUDIES) run $@ $(if $(LAUNCH),--launcher $(LAUNCH)) $(TABLE_OPTS) \
-		$(if $(TASKS),task=$(TASKS)) $(if $(METHODS),peft=$(METHODS)) $(ARGS)
+	$(if $(filter study,$(PROFILE)),$(OFFLINE)) $(STUDIES) run $@ $(if $(LAUNCH),--launcher $(LAUNCH)) $(TABLE_OPTS) $(TABLE_ARGS)
 tables: setup
 	$(STUDIES) report tables $(TABLE_OPTS)
 

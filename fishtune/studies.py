@@ -2,7 +2,7 @@
 folder, with which extra overrides) and its reports (the `python -m` commands that rebuild its result files).
 
     python -m fishtune.studies list                         # every study: its arms and runs folders
-    python -m fishtune.studies run mean [--arms core,reference] [--launcher basic] [seed=4,5 ...]
+    python -m fishtune.studies run mean [--arms core,reference] [--launcher basic] [seed=4,5 ...]   # Hydra overrides
     python -m fishtune.studies report mean                  # only rebuild results/study/mean/, training nothing
     python -m fishtune.studies run table5 --profile quick task=mrpc,rte   # a paper table (docs/TABLES.md)
 
@@ -73,8 +73,8 @@ def methods_arms(runs_dir: str, overrides: tuple[str, ...] = (), suffix: str = "
 METHODS_REPORTS = (
     ("fishtune.reports.methods_study", "--runs-dir", METHODS_RUNS, "--runs-dir", f"{MEAN_RUNS}/core",
      "--out", "results/study/methods"),
-    page(METHODS_RUNS, "results/study/methods/index.html", "--table1-runs", f"{MEAN_RUNS}/core",
-         "--title", "fishtune: FISH in DoRA, Adapter, Prefix, IA3 and UniPELT"),
+    ("fishtune.report", METHODS_RUNS, "--table1-runs", f"{MEAN_RUNS}/core", "--out", "results/study/methods/index.html",
+     "--title", "fishtune: FISH in DoRA, Adapter, Prefix, IA3 and UniPELT"),
 )
 
 STUDIES = (
@@ -248,15 +248,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.add_argument("--arms", help="comma list: only these arms' sweeps (the reports cover every arm)")
             p.add_argument("--launcher", help="basic, parallel or slurm (a conf/hydra/launcher/ name); "
                                               "default parallel for a study, basic for a table")
-            p.add_argument("overrides", nargs="*", help="more Hydra overrides for every run, e.g. seed=4,5")
         p.add_argument("--profile", help="a table's profile: quick (default), paper or study")
         p.add_argument("--runs-dir", help="a table's runs folder (default runs/PROFILE)")
         p.add_argument("--results-dir", help="a table's output folder (default results, or results/PROFILE)")
         p.add_argument("--model", action="append", default=[], metavar="PAPER=OURS",
                        help="a table's model in place of the paper's, e.g. bert_base=minilm (repeatable)")
         p.add_argument("--agg-args", default="", help="a table's aggregator options, e.g. --paper")
-    args = ap.parse_args(argv)
+    # Hydra overrides (key=value, +key=value, ~key) are what argparse does not know; they may come anywhere.
+    args, overrides = ap.parse_known_args(argv)
     try:
+        if [o for o in overrides if o.startswith("-")] or (overrides and args.command != "run"):
+            raise ConfigError(f"unknown argument {overrides[0]!r}: {args.command} takes "
+                              + ("options and Hydra overrides (key=value)" if args.command == "run" else "no overrides"))
         if args.command == "list":
             print("\n".join(describe(s) for s in STUDIES))
             print(f"paper tables (docs/TABLES.md): {', '.join(TABLES)}; --profile quick, paper or study")
@@ -280,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"fishtune.studies: error: {e}", file=sys.stderr)
         return 2
-    return run(study, arms, launcher, args.overrides)
+    return run(study, arms, launcher, overrides)
 
 
 if __name__ == "__main__":
