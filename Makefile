@@ -26,11 +26,11 @@ help:
 	@echo "make demo   - install, then train original LoRA and fish/rand/rev masks on SST-2 (embedded model)"
 	@echo "make test   - install, then run the test suite"
 	@echo "make run ARGS='task=rte mask=fish' - one run with Hydra overrides"
-	@echo "make examples - FISH masks in your own code: examples/trainer_fish.py, plain_loop.py and sft_fish.py, small sizes"
-	@echo "make study NAME=mean [ARMS=core,reference] - a study (fishtune/studies.py): train what is missing, then its results"
-	@echo "make report NAME=mean - only rebuild a study's results from its committed runs; make studies lists them"
+	@echo "make examples - FISH masks in your own code: examples/trainer_fish.py, plain_loop.py, sft_fish.py, small"
+	@echo "make study NAME=mean [ARMS=core,reference] - a study (fishtune/studies.py): train what is missing, report"
+	@echo "make report NAME=mean - only rebuild a study's results from its runs; make studies lists the studies"
 	@echo "make report RUNS_DIR=... REPORT=...html - one self-contained HTML results page of a runs folder"
-	@echo "make table1 .. table5, figure3 - a paper table's sweep, then its table (docs/TABLES.md); make tables only aggregates"
+	@echo "make table1 .. table5, figure3 - a paper table's sweep, then its table (docs/TABLES.md); tables: only aggregate"
 	@echo "  PROFILE=quick|paper|study LAUNCHER=basic|parallel|slurm TASKS=a,b METHODS=a,b AGG_ARGS=--paper"
 	@echo "  (PROFILE=study: make table1 is the methods study's Table 1 from its committed runs)"
 	@echo "make probe - frozen-feature probe of the embedded model's head choices -> results/probe/"
@@ -99,7 +99,7 @@ report: setup
 # The study profile trains nothing new on a fresh clone and needs no hub: offline, like a study.
 TABLE_ARGS = $(if $(TASKS),task=$(TASKS)) $(if $(METHODS),peft=$(METHODS)) $(ARGS)
 table1 table2 table3 table4 table5 figure3: setup
-	$(if $(filter study,$(PROFILE)),$(OFFLINE)) $(STUDIES) run $@ $(if $(LAUNCH),--launcher $(LAUNCH)) $(TABLE_OPTS) $(TABLE_ARGS)
+	$(if $(filter study,$(PROFILE)),$(OFFLINE)) $(STUDIES) run $@ $(LAUNCH:%=--launcher %) $(TABLE_OPTS) $(TABLE_ARGS)
 tables: setup
 	$(STUDIES) report tables $(TABLE_OPTS)
 
@@ -111,7 +111,7 @@ ratios: setup
 	$(OFFLINE) $(BIN)/python -m fishtune.ratios
 
 # The paper's models at their true size with random weights, every method, small sizes, one process per combination
-# (docs/BENCH.md "Dry run at true size"); about 15 GB of RAM for the 1B. DRYRUN_ARGS: '--models bert_base --methods lora'.
+# (docs/BENCH.md "Dry run at true size"); 15 GB of RAM for the 1B. DRYRUN_ARGS='--models bert_base --methods lora'.
 DRYRUN_ARGS ?=
 dryrun: setup
 	$(OFFLINE) nice -n 10 $(BIN)/python benchmarks/dryrun.py $(DRYRUN_ARGS)

@@ -159,6 +159,7 @@ def paper_table(name: str, profile: str = "quick", runs_dir: str | None = None, 
 
 
 def known() -> str:
+    """Every name `run` and `report` take, comma-separated."""
     return ", ".join([*BY_NAME, *TABLES])
 
 
@@ -206,7 +207,8 @@ def sweep_env(launcher: str) -> dict[str, str]:
 
 def sweep_command(arm: Arm, launcher: str, overrides: Sequence[str] = ()) -> list[str]:
     """fishtune.run's multirun of one arm; `overrides` (the user's) come last, so they win."""
-    return [sys.executable, "-m", "fishtune.run", "-m", *([f"hydra/launcher={launcher}"] if launcher != "basic" else []),
+    hydra_launcher = [f"hydra/launcher={launcher}"] if launcher != "basic" else []
+    return [sys.executable, "-m", "fishtune.run", "-m", *hydra_launcher,
             f"+experiment={arm.experiment}", f"paths.runs_dir={arm.runs_dir}", *arm.overrides, *overrides]
 
 
@@ -231,12 +233,14 @@ def run(study: Study, arms: Sequence[Arm], launcher: str, overrides: Sequence[st
 
 
 def describe(study: Study) -> str:
+    """A study as `list` prints it: its name and what it is, then one line per arm."""
     arms = "".join(f"\n    {a.name}: +experiment={a.experiment} -> {a.runs_dir}"
                    f"{' ' + ' '.join(a.overrides) if a.overrides else ''}" for a in study.arms)
     return f"{study.name}: {study.about}{arms}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line (module docstring); the exit status."""
     ap = argparse.ArgumentParser(prog="python -m fishtune.studies", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="every study, its arms and their runs folders; the paper's tables")
@@ -257,9 +261,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Hydra overrides (key=value, +key=value, ~key) are what argparse does not know; they may come anywhere.
     args, overrides = ap.parse_known_args(argv)
     try:
-        if [o for o in overrides if o.startswith("-")] or (overrides and args.command != "run"):
-            raise ConfigError(f"unknown argument {overrides[0]!r}: {args.command} takes "
-                              + ("options and Hydra overrides (key=value)" if args.command == "run" else "no overrides"))
+        bad = [o for o in overrides if o.startswith("-") or args.command != "run"]
+        if bad:
+            takes = "options and Hydra overrides (key=value)" if args.command == "run" else "no overrides"
+            raise ConfigError(f"unknown argument {bad[0]!r}: {args.command} takes {takes}")
         if args.command == "list":
             print("\n".join(describe(s) for s in STUDIES))
             print(f"paper tables (docs/TABLES.md): {', '.join(TABLES)}; --profile quick, paper or study")
@@ -283,7 +288,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"fishtune.studies: error: {e}", file=sys.stderr)
         return 2
-    return run(study, arms, launcher, overrides)
+    try:
+        return run(study, arms, launcher, overrides)
+    except KeyboardInterrupt:   # the sweep in the foreground got it too and has stopped; no traceback
+        return 130
 
 
 if __name__ == "__main__":

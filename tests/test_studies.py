@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from fishtune import studies
-from fishtune.harness.checks import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "fishtune" / "conf" / "experiment"
@@ -145,8 +144,9 @@ def test_a_sweep_is_fishtune_run_on_the_arm_with_the_users_overrides_last():
     table2 = studies.paper_table("table2", "quick")
     assert studies.sweep_command(table2.arms[0], "basic")[4:] == [
         "+experiment=table2", "paths.runs_dir=runs/quick", "profile=quick", "model=tiny_modernbert,tiny_llama"]
-    assert table2.reports == (("fishtune.aggregate", "--runs-dir", "runs/quick", "--out", "results/quick", "--model-map",
-                               "bert_base=minilm,modernbert_base=tiny_modernbert,llama32_1b=tiny_llama", "--tables", "2"),)
+    assert table2.reports == (("fishtune.aggregate", "--runs-dir", "runs/quick", "--out", "results/quick",
+                               "--model-map", "bert_base=minilm,modernbert_base=tiny_modernbert,llama32_1b=tiny_llama",
+                               "--tables", "2"),)
     paper = studies.paper_table("table1", "paper", models={"bert_base": "roberta"}, agg_args=["--paper"])
     assert paper.arms[0].overrides == ("profile=paper", "model=roberta") and paper.reports[0][3:] == (
         "--out", "results", "--model-map", "bert_base=roberta,modernbert_base=modernbert_base,llama32_1b=llama32_1b",
