@@ -27,7 +27,7 @@ help:
 	@echo "make test   - install, then run the test suite"
 	@echo "make run ARGS='task=rte mask=fish' - one run with Hydra overrides"
 	@echo "make examples - FISH masks in your own code: examples/trainer_fish.py, plain_loop.py, sft_fish.py, small"
-	@echo "make study NAME=mean [ARMS=core,reference] - a study (fishtune/studies.py): train what is missing, report"
+	@echo "make study NAME=mean [ARMS=core,reference] - a study (fishtune/harness/studies.py): train what is missing"
 	@echo "make report NAME=mean - only rebuild a study's results from its runs; make studies lists the studies"
 	@echo "make report RUNS_DIR=... REPORT=...html - one self-contained HTML results page of a runs folder"
 	@echo "make table1 .. table5, figure3 - a paper table's sweep, then its table (docs/TABLES.md); tables: only aggregate"
@@ -72,7 +72,7 @@ examples: setup
 clean:
 	rm -rf runs .pytest_cache
 
-# ---- Studies and the paper's tables: one registry, fishtune/studies.py (docs/STUDY.md, docs/TABLES.md) ----
+# ---- Studies and the paper tables: one registry, fishtune/harness/studies.py (docs/STUDY.md, docs/TABLES.md) ----
 # `make study NAME=...` runs each arm's sweep (finished runs are skipped: a fresh clone trains nothing, a stopped
 # study resumes), then its reports, also when a sweep failed; `make report NAME=...` only rebuilds. ARMS=a,b.
 # LAUNCHER (or STUDY_LAUNCHER)=basic|parallel|slurm: Hydra's own, one run after another; FISHTUNE_JOBS local
