@@ -97,9 +97,10 @@ report: setup
 		'$(subst ','\'',$(or $(RUNS_DIR),results/study/runs))' --out '$(subst ','\'',$(REPORT))')
 
 # The study profile trains nothing new on a fresh clone and needs no hub: offline, like a study.
-TABLE_ARGS = $(if $(TASKS),task=$(TASKS)) $(if $(METHODS),peft=$(METHODS)) $(ARGS)
+TABLE_ARGS = $(if $(LAUNCH),--launcher $(LAUNCH)) $(TABLE_OPTS) \
+	$(if $(TASKS),task=$(TASKS)) $(if $(METHODS),peft=$(METHODS))
 table1 table2 table3 table4 table5 figure3: setup
-	$(if $(filter study,$(PROFILE)),$(OFFLINE)) $(STUDIES) run $@ $(LAUNCH:%=--launcher %) $(TABLE_OPTS) $(TABLE_ARGS)
+	$(if $(filter study,$(PROFILE)),$(OFFLINE)) $(STUDIES) run $@ $(TABLE_ARGS) $(ARGS)
 tables: setup
 	$(STUDIES) report tables $(TABLE_OPTS)
 
