@@ -4,7 +4,7 @@ tasks (the GLUE task table), data (GLUE files, tokenising, batches), models (the
 methods (one MethodSpec per PEFT method), schedules (which layers a run inserts on), train (the masked
 Adam loop), run (one run, config to result file), results (the result file and its RunResult type),
 metrics (GLUE metrics), tracking (wandb), sweeps (an experiment's runs), validate (config checks
-without torch). It imports the library (the package root), never the reports.
+without torch), studies (each study's arms and reports, and their runner). It imports the library (the package root), never the reports.
 """
 from __future__ import annotations
 

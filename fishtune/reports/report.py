@@ -1,6 +1,6 @@
 """One self-contained HTML page of a runs folder's results: tables, figures, curves, placement, cost.
 
-    python -m fishtune.report RUNS_DIR --out results/study/index.html      (make report does this)
+    python -m fishtune.report RUNS_DIR --out results/study/index.html      (make report, make report NAME=... do this)
 
 Built from the result files alone (any folder: the study's, a quick table's), the page needs no server
 and asks none for anything: its script, styles, data and the plotting library (plotly.js) are inline.

@@ -1,6 +1,6 @@
 """The study: does a FISH mask beat the original PEFT run at the same budget, with seeds and intervals?
 
-    python -m fishtune.study --runs-dir results/study/runs --out results/study    (make study does this)
+    python -m fishtune.study --runs-dir results/study/runs --out results/study    (make report NAME=pooler does this)
 
 Reads the result files of `+experiment=study` (docs/STUDY.md) and writes under `--out`:
   table5.csv / .tex   Table 5's layout (rows original, fish, rand, rev, adaptive per budget level, one
