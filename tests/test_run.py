@@ -227,10 +227,13 @@ def test_wandb_offline_logs_keys_tags_group_and_epochs(tmp_path, monkeypatch):
     cfg = run_config(tmp_path, "task=rte", "mask=rand", "logger=wandb", "logger.mode=offline", "logger.table=table5",
                      *QUICK)
     result = run(cfg, progress=False)
-    for key, value in (("table", "table5"), ("method", "lora"), ("budget", 1), ("mask", "rand"), ("task", "rte")):
+    for key, value in (("table", "table5"), ("method", "lora"), ("budget", 1), ("lr", 5e-5)):
         assert seen["config"][key] == value
+    # the config's groups stay dicts (tests/test_tracking.py: through the CLI, with the profile)
+    assert (seen["config"]["mask"]["mode"], seen["config"]["task"]["name"]) == ("rand", "rte")
     assert {"table:table5", "method:lora", "budget:1", "mask:rand"} <= set(seen["tags"])
-    assert seen["group"] == "tiny_bert-rte-lora-r1-b1" and seen["name"] == result["run_id"]  # masks share a group
+    # masks and seeds share a group; no profile outside Hydra; 24 training examples at the paper's 5e-5
+    assert seen["group"] == "tiny_bert-rte-lora-r1-b1-n24-lr5e-05" and seen["name"] == result["run_id"]
     assert [step for step, _ in seen["logs"]] == [1, 2]
     assert [d["dev_score"] for _, d in seen["logs"]] == [h["score"] for h in result["history"]]
     assert {"train_loss", "dev_loss", "dev_accuracy"} <= set(seen["logs"][0][1])

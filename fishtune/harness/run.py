@@ -369,7 +369,7 @@ def execute(p: Plan, progress: bool = True, on_epoch: Callable[[dict], Any] | No
                              max_epochs=int(cfg["train"]["max_epochs"]), patience=int(cfg["train"]["patience"]),
                              device=device, bf16=bf16, progress=progress, head_lr=head_lr)
     keys = result_keys(p)
-    tracker = tracking.start(cfg, keys, p.path.stem)
+    tracker = tracking.start(cfg, keys, p.path.stem, lr=lr, head_lr=head_lr)
     listeners = [f for f in (tracker[0] if tracker else None, on_epoch, claim and claim.beat) if f]
 
     def each_epoch(record: dict) -> None:
