@@ -258,6 +258,7 @@ def test_temporary_files_of_killed_writers_are_removed_by_the_next_owner(tmp_pat
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     left = [tmp_path / f".run.json.{dead.pid}@{host}.a1b2c3.tmp",             # its writer is gone
+            tmp_path / f".run.mask.safetensors.{dead.pid}@{host}.b2c3.tmp",   # its mask's, the same
             tmp_path / f".run.ckpt.pt.{os.getpid()}@node-elsewhere.d4e5.tmp",   # old: past the timeout
             tmp_path / "run.ckpt.pt.tmp"]                                       # an older harness's fixed name
     live = tmp_path / f".run.ckpt.pt.{os.getpid()}@{host}.f6g7.tmp"             # a live writer's, fresh
