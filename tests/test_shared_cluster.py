@@ -404,7 +404,8 @@ def test_a_full_disk_is_said_as_such_in_one_line(tmp_path):
             f.write(b"\0" * 2**20)   # fills it: ENOSPC after 256 KiB
         for write, name in ((lambda p: write_json_atomic(p, {"x": "y" * 20000}), "r.json"),
                             (lambda p: save_checkpoint(p, {"w": torch.zeros(20000)}), "r.ckpt.pt"),
-                            (lambda p: save_mask_file(p, {"w": torch.ones(300_000, dtype=torch.bool)}), "r.mask.safetensors")):
+                            (lambda p: save_mask_file(p, {"w": torch.ones(300_000, dtype=torch.bool)}),
+                             "r.mask.safetensors")):
             with pytest.raises(NoSpace) as e:
                 write(disk / name)
             assert str(e.value) == f"no space left on device: {disk / name}"
