@@ -405,14 +405,20 @@ def save_masks(masks: Mapping[str, torch.Tensor], directory: str | Path, **metad
     loaded back with PeftModel.from_pretrained has the same names). The file's metadata holds
     `chosen` (the True entries) and any `metadata` you pass (mode, seed, num_samples, ...) as strings.
     """
-    from safetensors.torch import save_file
-
     path = Path(directory) / MASK_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(mask_file_bytes(masks, **metadata))
+    return path
+
+
+def mask_file_bytes(masks: Mapping[str, torch.Tensor], **metadata: object) -> bytes:
+    """The bytes of a mask file as save_masks writes it (safetensors, serialised in memory), for a
+    writer that puts them in place itself (the harness writes `<run>.mask.safetensors` atomically)."""
+    from safetensors.torch import save
+
     meta = {"format": "fishtune-masks", "chosen": str(sum(int(m.sum()) for m in masks.values())),
             **{key: str(value) for key, value in metadata.items()}}
-    save_file({n: m.detach().to("cpu", torch.bool).contiguous() for n, m in masks.items()}, str(path), metadata=meta)
-    return path
+    return save({n: m.detach().to("cpu", torch.bool).contiguous() for n, m in masks.items()}, metadata=meta)
 
 
 def load_masks(path: str | Path) -> dict[str, torch.Tensor]:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fishtune.reports.report import PLOTLY_VERSION, build_page, main, write_report
-from fishtune.harness.results import RunResult, save_mask_file
+from fishtune.harness.results import RunResult, mask_path, save_mask_file
 from results_factory import make_result, write_failure, write_result
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,7 +59,7 @@ def runs_dir(tmp_path) -> Path:
             write_result(runs / "study", r)
     other = result(model="tiny_bert", method="adapter", task="rte", mask="fish", seed=1, score=55.0)
     write_result(runs / "quick", other)
-    save_mask_file(runs / "quick" / f"{other.run_id}.mask.pt",
+    save_mask_file(mask_path(runs / "quick" / f"{other.run_id}.json"),
                    {"bert.encoder.layer.3.output.adapter.down.weight": torch.tensor([True, False, True])})
     write_failure(runs / "quick" / "tiny_bert-rte-adapter-L2-fish-b2-s2.failed.json",
                   reason="diverged: non-finite loss at epoch 3, step 7", error="Diverged: loss is nan", traceback="...")

@@ -292,15 +292,15 @@ def choose_mask(p: Plan, model, head: dict, candidates: dict, data: Data,
 
     from ..modes import FISHER_MODES
     from ..masks import ZeroFisherWarning, fish_masks
-    from .results import read_mask_file, save_mask_file
+    from .results import find_mask_file, mask_path, read_mask_file, save_mask_file
 
     cfg, seed = p.config, int(p.config["seed"])
-    mask_file = p.path.with_suffix(".mask.pt")
+    mask_file = mask_path(p.path)
     select = first_mask_mode(cfg["mask"])
     # none: everything inserted trains (adaptive then freezes groups); head_only: none of it does.
     if select in ("none", "adaptive", HEAD_ONLY):
         return {n: torch.full_like(q, select != HEAD_ONLY, dtype=torch.bool) for n, q in candidates.items()}, 0.0, None
-    if (saved := read_mask_file(mask_file, candidates)) is not None:
+    if (saved := read_mask_file(find_mask_file(p.path), candidates)) is not None:   # an older run's .mask.pt too
         return saved
     if (stale := p.path.with_suffix(".ckpt.pt")).exists():  # trained under a mask that is gone: start over
         set_aside(stale, "its run's mask file is missing or damaged, so its training cannot continue")
@@ -369,7 +369,7 @@ def execute(p: Plan, progress: bool = True, on_epoch: Callable[[dict], Any] | No
                              max_epochs=int(cfg["train"]["max_epochs"]), patience=int(cfg["train"]["patience"]),
                              device=device, bf16=bf16, progress=progress, head_lr=head_lr)
     keys = result_keys(p)
-    tracker = tracking.start(cfg, keys, p.path.stem)
+    tracker = tracking.start(cfg, keys, p.path.stem, lr=lr, head_lr=head_lr)
     listeners = [f for f in (tracker[0] if tracker else None, on_epoch, claim and claim.beat) if f]
 
     def each_epoch(record: dict) -> None:

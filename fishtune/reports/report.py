@@ -13,7 +13,7 @@ It shows, each table sortable, filterable and exportable as CSV:
   runs           one line per run; a click shows its per-epoch curves, best epoch, stop reason and costs,
                  and `zero-Fisher filled`: entries its mask had to choose with a zero Fisher score
   placement      chosen mask entries per layer and module, from the result files' `placement` or the
-                 `<run>.mask.pt` saved beside them
+                 `<run>.mask.safetensors` (or an older run's `.mask.pt`) saved beside them
   cost           score against train_seconds (and peak memory where recorded), per mode
   in progress    runs a sweep has claimed and trains (`<run>.claim`): the owner (host, pid, Slurm job),
                  when it started and its last heartbeat
@@ -36,7 +36,8 @@ from typing import Any, Sequence
 import pandas as pd
 
 from ..harness.claims import in_progress
-from ..harness.results import FILE_KEYS, RunResult, finished_runs, load_failures, load_results, set_aside_files
+from ..harness.results import (FILE_KEYS, RunResult, find_mask_file, finished_runs, load_failures, load_results,
+                               set_aside_files)
 from . import ROWS
 from .paper import TASK_TITLES
 from .stats import baselines_from, t_interval
@@ -74,9 +75,9 @@ def compact(value: Any) -> Any:
 
 def run_placement(result: RunResult) -> list[list] | None:
     """[layer, module, chosen, entries] per (layer, module) of a run's mask: from the result's
-    `placement` where recorded, else from the `<run>.mask.pt` saved beside it; None when neither."""
+    `placement` where recorded, else from the mask file saved beside it (find_mask_file); None when neither."""
     tensors = result.placement
-    if not tensors and Path(result.path).with_suffix(".mask.pt").exists():
+    if not tensors and find_mask_file(result.path) is not None:
         from .mask_report import saved_mask
         from ..masks import mask_placement
         tensors = mask_placement(saved_mask(result) or {})
@@ -308,8 +309,8 @@ def placement_view(runs: list[dict]) -> dict:
             "chosen entries in that (model, method, task, budget). Bars: share per layer and per module.")
     if not lines:
         return _view("placement", "Mask placement", pd.DataFrame(), [], figure=None, empty=(
-            "No mask placement: no result file here has a `placement` field and no `<run>.mask.pt` is saved "
-            "beside one."))
+            "No mask placement: no result file here has a `placement` field and no mask file "
+            "(`<run>.mask.safetensors`) is saved beside one."))
     df = pd.DataFrame(lines)
     key = _with_folder(runs, ["model", "method", "task", "budget", "mask"])
     agg = (df.groupby([*key, "layer", "module"], sort=False)
