@@ -330,7 +330,8 @@ def verdict_frame(table1_paired: pd.DataFrame, group_paired: Sequence[tuple[tupl
             size = {True: int(pooled.sum()), False: int((~pooled).sum())}
             label = " / ".join(p for p in part_names if p not in common) or name
             part = paired.assign(label=label, name=name, family=[
-                f"Holm over {name}'s {size[p]} {'pooled' if p else 'per-task'} comparisons" for p in pooled])
+                f"Holm over {name}'s {size[p]} {'pooled' if p else 'per-task'} comparison{'s' * (size[p] != 1)}"
+                for p in pooled])
             if paired.loc[~pooled, "task"].nunique() < 2:
                 part = part[~pooled]
             parts.append(part)
@@ -379,7 +380,8 @@ def verdict_html(verdict: pd.DataFrame) -> str:
     out = [head, '<p class="note">Mean paired difference in best dev score (x100) with its 95 % t-interval, the '
            'pairs n (seeds; pooled: task and seed), and the Holm-adjusted p; shaded and marked &#10003;: Holm p &lt; '
            f'{SIGNIFICANT} (green: fish higher, red: fish lower).</p>',
-           '<div class="verdict-wrap"><table class="verdict"><thead><tr>',
+           # Past three task columns per comparison, the interval goes on a line of its own (narrower cells).
+           f'<div class="verdict-wrap"><table class="verdict{" many" if len(tasks) > 3 else ""}"><thead><tr>',
            f'<th rowspan="2">{"method" if table1 else "group"}</th><th rowspan="2">budget</th>',
            *(f'<th colspan="{len(tasks)}" class="cmp">{escape(c).replace(" - ", " &minus; ")}</th>'
              for c in comparisons),
@@ -404,7 +406,7 @@ def verdict_html(verdict: pd.DataFrame) -> str:
                 ci = f' <span class="ci">[{_signed(rec["ci_lo"])}, {_signed(rec["ci_hi"])}]</span>'
                 out.append(f'<td class="v{first}{kind}" data-key="{escape(f"{name}|{budget}|{t}|{c}")}" '
                            f'data-holm="{float(p)!r}" title="{escape(rec["family"])}"><b>{_signed(rec["mean_diff"])}'
-                           f'</b>{ci}<br><span class="p">n {rec["pairs"]} &middot; Holm {format_p(p)}'
+                           f'</b>{ci}<span class="p">n {rec["pairs"]} &middot; Holm {format_p(p)}'
                            f'{" &#10003;" if won else ""}</span></td>')
         out.append("</tr>")
     families = list(dict.fromkeys(verdict.sort_values("task", key=lambda t: t == "all", kind="stable")["family"]))
