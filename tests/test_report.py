@@ -444,7 +444,8 @@ def test_a_study_group_verdict_takes_its_own_paired_tables_holm(tmp_path):
     for key, want in shown.items():
         got = cells[(name, *key[1:])]
         assert got["holm"] == pytest.approx(want["holm"], rel=1e-9) and got["diff"] == pytest.approx(want["diff"], abs=0.005)
-        assert got["family"] == f"Holm over {name}'s {6 if key[2] == 'all' else 12} {'pooled' if key[2] == 'all' else 'per-task'} comparisons"
+        pooled = key[2] == "all"
+        assert got["family"] == f"Holm over {name}'s {6 if pooled else 12} {'pooled' if pooled else 'per-task'} comparisons"
     paired = next(v for v in page_data(html)["views"] if v["id"].startswith("paired"))
     for r in paired["rows"]:   # the group's table shows the same one value
         if r["comparison"] != "rand - original":

@@ -4,7 +4,12 @@
 
 Built from the result files alone (any folder: the study's, a quick table's), the page needs no server
 and asks none for anything: its script, styles, data and the plotting library (plotly.js) are inline.
-It shows, each table sortable, filterable and exportable as CSV:
+It opens with the verdict: does fish beat the original and rand? A line per method (Table 1's layout) or
+study group and budget, per task and pooled the paired mean difference fish - original and fish - rand
+with its 95 % interval, n and its Holm-adjusted p (survivors shaded), its Holm family named, then the same
+as a forest plot (inline SVG); a line saying so where no runs pair fish with original or rand. Each
+comparison has one Holm p on the page: where Table 1's layout holds a group's comparisons, the group's
+own table shows the unadjusted p. Below it, each table sortable, filterable and exportable as CSV:
   study tables   per (model, method, rank) group of study-like runs (two or more of fishtune.study's rows,
                  no (task, mask, budget) cell mixing learning rates or layer counts): fishtune.study's
                  table with 95 % intervals and the trivial baseline, and its paired comparisons (p, Holm p)
@@ -60,6 +65,7 @@ CELL_KEY = ["folder", "model", "method", "rank", "layers", "lr", "task", "budget
 TASK_IDS = {title: task for task, title in TASK_TITLES.items()}
 DEFAULT_RESAMPLES = 200
 PLOTLY_VERSION = "4.1.1"   # of fishtune/reports/vendor/plotly-basic.min.js
+TABLE1_FAMILY = "comparisons of Table 1's family"   # how the verdict names methods_paired's Holm families
 
 
 def compact(value: Any) -> Any:
@@ -293,7 +299,7 @@ def methods_views(results: list[RunResult], baselines: dict[str, float]) -> tupl
 def _table1_families(paired: pd.DataFrame) -> str:
     """How methods_paired adjusts: Holm over each family whole."""
     sizes = paired.groupby("family").size()
-    return " and ".join(f"Holm over the {sizes[f]} {f.replace(' ', '-')} comparisons of Table 1's family"
+    return " and ".join(f"Holm over the {sizes[f]} {f.replace(' ', '-')} {TABLE1_FAMILY}"
                         for f in ("per task", "pooled") if f in sizes)
 
 
@@ -317,7 +323,7 @@ def verdict_frame(table1_paired: pd.DataFrame, group_paired: Sequence[tuple[tupl
         sizes = table1_paired.groupby("family").size()
         parts.append(table1_paired.assign(
             label=table1_paired["method"], name=table1_paired["method"],
-            family=[f"Holm over the {sizes[f]} {f.replace(' ', '-')} comparisons of Table 1's family"
+            family=[f"Holm over the {sizes[f]} {f.replace(' ', '-')} {TABLE1_FAMILY}"
                     for f in table1_paired["family"]]))
     else:
         keys = [_group_parts(k) for k, _ in group_paired]
@@ -348,8 +354,8 @@ def _verdict_layout(verdict: pd.DataFrame) -> tuple[list[str], list[str], list[t
     tasks = [t for t in TASK_ORDER if t in present] + sorted(present - {*TASK_ORDER, "all"}) + (
         ["all"] if "all" in present else [])
     rows = list(dict.fromkeys(zip(verdict["label"], verdict["name"], verdict["budget"])))
-    order = {m: i for i, m in enumerate(METHOD_ORDER)}  # Table 1's methods in its order; groups as found
-    rows.sort(key=lambda r: (order.get(r[1], len(order)), r[2]) if r[1] in order else (len(order), 0))
+    order = {m: i for i, m in enumerate(METHOD_ORDER)}  # Table 1's methods in its order and by budget
+    rows.sort(key=lambda r: (order[r[1]], r[2]) if r[1] in order else (len(order), 0))  # groups as found
     return comparisons, tasks, rows
 
 
@@ -376,7 +382,7 @@ def verdict_html(verdict: pd.DataFrame) -> str:
                 'original or rand runs (the tables below have what there is).</p></section>')
     comparisons, tasks, rows = _verdict_layout(verdict)
     cells = {(r["name"], r["budget"], r["task"], r["comparison"]): r for r in verdict.to_dict("records")}
-    table1 = verdict["family"].str.contains("Table 1's family").any()
+    table1 = verdict["family"].str.endswith(TABLE1_FAMILY).any()
     out = [head, '<p class="note">Mean paired difference in best dev score (x100) with its 95 % t-interval, the '
            'pairs n (seeds; pooled: task and seed), and the Holm-adjusted p; shaded and marked &#10003;: Holm p &lt; '
            f'{SIGNIFICANT} (green: fish higher, red: fish lower).</p>',
@@ -448,7 +454,8 @@ def forest_svg(verdict: pd.DataFrame) -> str:
                    f'{escape(text)}</text>')
     x_legend = left
     for t in tasks:   # the legend, above the panels
-        out.append(f'<line x1="{x_legend}" x2="{x_legend + 18}" y1="12" y2="12" stroke="{colours[t]}" stroke-width="1.6"/>'
+        out.append(f'<line x1="{x_legend}" x2="{x_legend + 18}" y1="12" y2="12" stroke="{colours[t]}" '
+                   f'stroke-width="1.6"/>'
                    f'<circle cx="{x_legend + 9}" cy="12" r="3.5" fill="{colours[t]}"/>'
                    f'<text x="{x_legend + 24}" y="16">{escape(_task_name(t))}</text>')
         x_legend += 34 + 7 * len(_task_name(t))
