@@ -74,7 +74,7 @@ METHODS_REPORTS = (
     ("fishtune.reports.methods_study", "--runs-dir", METHODS_RUNS, "--runs-dir", f"{MEAN_RUNS}/core",
      "--out", "results/study/methods"),
     ("fishtune.report", METHODS_RUNS, "--table1-runs", f"{MEAN_RUNS}/core", "--out", "results/study/methods/index.html",
-     "--title", "fishtune: FISH in DoRA, Adapter, Prefix, IA3 and UniPELT"),
+     "--title", "fishtune: FISH in all six PEFT methods (LoRA, DoRA, Adapter, Prefix, IA3, UniPELT)"),
 )
 
 STUDIES = (
