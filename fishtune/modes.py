@@ -3,7 +3,8 @@
 Importing this module imports no torch (config checks read it before torch loads); the scores'
 functions import what they need when they run.
 
-A mode says what ranks the entries (`score`: the empirical Fisher, or nothing), how many train (`trains`: k, the original run's count, so budget-matched; everything; or the
+A mode says what ranks the entries (`score`: the empirical Fisher, SNIP's |theta x grad|, or
+nothing), how many train (`trains`: k, the original run's count, so budget-matched; everything; or the
 head only), which it takes (`pick`: the largest or smallest scores, or at random), where the budget
 goes (`allocation`: one ranking over all tensors, fish's count per tensor, or each tensor's share by
 size), which zero-score choices it counts (`zero_score`), its row in the study views (`row`), and
@@ -36,7 +37,40 @@ def _fisher(model, batches, num_samples, loss_fn) -> dict:
     return empirical_fisher(model, batches, num_samples, loss_fn=loss_fn)
 
 
+def _theta_grad(model, batches, num_samples, loss_fn) -> dict:
+    """SNIP's connection sensitivity (Lee et al., 2019) at the inserted weights: |theta_i * dL/dtheta_i|
+    with L = sum_n loss_n over the same samples the Fisher reads. One batch gradient per batch (the sum
+    of the per-sample gradients, not their squares); left padding moved to the right first, so that each
+    sample's loss is its loss alone (fishtune.batching.right_aligned)."""
+    import torch
+
+    from .batching import right_aligned
+    from .fisher import _batch_size, _per_sample, _take_samples, _to, check_loss_fn, default_loss
+
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if not params:
+        raise ValueError("the model has no trainable parameters to score")
+    check_loss_fn(loss_fn)
+    grads = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
+    device = next(iter(params.values())).device
+    flags = [(m, m.training) for m in model.modules()]  # every module's own flag, as empirical_fisher keeps them
+    model.eval()
+    try:
+        for batch in _take_samples(batches, num_samples):
+            batch = _to(right_aligned(batch), device)
+            loss = _per_sample(loss_fn or default_loss, model, batch, _batch_size(batch)).sum()
+            # autograd.grad leaves any .grad the caller holds as it is
+            for name, g in zip(params, torch.autograd.grad(loss, list(params.values()), allow_unused=True)):
+                if g is not None:
+                    grads[name] += g.float()
+    finally:
+        for m, training in flags:
+            m.training = training
+    return {n: (p.detach().float() * grads[n]).abs() for n, p in params.items()}
+
+
 FISHER = Score("Fisher", _fisher)
+THETA_GRAD = Score("|theta x grad|", _theta_grad)
 
 TRAINS = ("k", "all", "head")
 PICKS = ("largest", "smallest", "random")
@@ -103,6 +137,7 @@ MODES: dict[str, ModeSpec] = {spec.name: spec for spec in (
              library=False),
     # The reference an original run must beat: its method inserted and frozen, only the head trains.
     ModeSpec("head_only", trains="head", original_layers=True, row="head only", library=False),
+    ModeSpec("snip", THETA_GRAD, pick="largest", zero_score="chosen", row="snip"),  # SNIP's saliency at init
 )}
 
 # As shipped, for code that imported them before MODES: the library's modes, and those ranking by a Fisher.
