@@ -110,16 +110,16 @@ def test_result_records_precision_memory_throughput_and_threads(tmp_path):
 
 
 def test_the_fisher_and_mask_under_bf16_autocast_equal_fp32(tmp_path, monkeypatch):
-    import fishtune.masks
+    import fishtune.fisher
 
     fishers, masks, results = {}, {}, {}
-    estimate = fishtune.masks.empirical_fisher
+    estimate = fishtune.fisher.empirical_fisher
 
     def recorded(*args, **kwargs):  # the run's own Fisher, as fish_masks receives it
         fishers[precision] = estimate(*args, **kwargs)
         return fishers[precision]
 
-    monkeypatch.setattr(fishtune.masks, "empirical_fisher", recorded)
+    monkeypatch.setattr(fishtune.fisher, "empirical_fisher", recorded)  # the Fisher modes' score calls it there
     for precision in ("fp32", "bf16", "auto"):
         cfg = run_config(tmp_path / precision, "task=mrpc", "mask=fish", f"train.precision={precision}", *QUICK)
         results[precision] = run(cfg, progress=False)

@@ -101,7 +101,7 @@ class NoSpace(OSError):
 
 # The keys an adaptive run adds; absent (not null) in every other result file.
 ADAPTIVE_KEYS = ("trainable_final", "ratio_pct_final", "ratio_pct_mean", "active_ratio_history")
-# Keys written only when set (a run whose mask reads a Fisher); older files lack them.
+# Keys written only when set (zero_fisher_filled: a run whose mode has a score, ModeSpec.score); older files lack them.
 _OPTIONAL_KEYS = (*ADAPTIVE_KEYS, "zero_fisher_filled")
 
 
@@ -137,9 +137,10 @@ class RunResult:
     # per dev example, in the seeded subsample's order; predictions of the best epoch
     dev_labels: list | None = None
     dev_predictions: list | None = None
-    fisher_seconds: float
-    # a Fisher mode's chosen entries whose Fisher score is zero (k beyond the non-zero scores, filled by
-    # position: fishtune.ZeroFisherWarning); absent for masks that read no Fisher and in older files
+    fisher_seconds: float              # seconds the mask's score took (ModeSpec.score: the Fisher, ...); 0 without one
+    # a scoring mode's chosen entries whose score is zero (k beyond the non-zero scores, filled by position:
+    # fishtune.ZeroFisherWarning), as its ModeSpec.zero_score counts them (0 for rev, which counts none);
+    # absent for modes that read no samples (ModeSpec.score None: none, rand, head_only) and in older files
     zero_fisher_filled: int | None = None
     train_seconds: float
     samples_per_second: float

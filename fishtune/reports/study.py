@@ -213,7 +213,8 @@ def plot(df: pd.DataFrame, baselines: dict[str, float], out: Path) -> list[Path]
     tasks = [t for t in TASK_ORDER if t in set(df["task"])]
     budgets = sorted(set(df["budget"]))
     rows = [r for r in ROWS.values() if r in set(df["row"])]
-    colours = dict(zip(ROWS.values(), ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"]))
+    colours = dict(zip(ROWS.values(), ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
+                                       "tab:pink", "tab:olive", "tab:cyan", "tab:gray"]))  # matplotlib's tab10
     unmatched = [str(b) for b, (*_, ok) in adaptive_matched(df).items() if not ok]
     adaptive_label = f"adaptive (not budget-matched: budget {', '.join(unmatched)})" if unmatched else "adaptive"
     fig, axes = plt.subplots(1, len(tasks), figsize=(max(3.2 * len(tasks), 8), 3.6), squeeze=False)
