@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from conftest import CONF, GLUE_FIXTURES, ROOT, loader, run_config, tiny_peft_model
 from fishtune.harness.checks import ConfigError
-from fishtune.harness.results import load_mask_file, load_results
+from fishtune.harness.results import load_mask_file, load_results, mask_path
 from fishtune.harness.validate import check_config
 from fishtune.masks import build_mask, fish_masks, size_proportional
 from fishtune.modes import FISHER, FISHER_MODES, MASK_MODES, MODES, ModeSpec, check_mode
@@ -169,7 +169,7 @@ def test_snip_runs_end_to_end_budget_matched_and_recorded(tmp_path):
     assert result["trainable"] == plan(run_config(tmp_path, "task=rte", "mask=fish")).k  # budget-matched
     # its score has a cost and a zero-fill count, like the Fisher modes (rand records neither)
     assert on_disk["fisher_seconds"] > 0 and on_disk["zero_fisher_filled"] == 0
-    masks, seconds = load_mask_file(plan(cfg).path.with_suffix(".mask.pt"))
+    masks, seconds = load_mask_file(mask_path(plan(cfg).path))
     assert seconds == on_disk["fisher_seconds"] and sum(int(m.sum()) for m in masks.values()) == result["trainable"] - HEAD
     [read] = load_results(tmp_path)
     assert results_frame([read])["row"].tolist() == ["snip"]
