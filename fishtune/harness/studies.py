@@ -58,6 +58,8 @@ STUDY_RUNS = "results/study/runs"
 WHY_RUNS = "results/study/why/runs"
 MEAN_RUNS = "results/study/mean/runs"
 METHODS_RUNS = "results/study/methods/runs"
+ADAPTIVE_RUNS = "results/study/adaptive/runs"
+SMOLLM2_RUNS = "results/study/smollm2/runs"
 PARITY_METHODS = "results/bf16-parity/methods"
 # The methods study's pilot and the bf16 parity of the five methods: its sweeps narrowed to these cells.
 METHODS_PILOT = ("seed=1,2", "budget=1", "mask=none", "task=sst2")
@@ -106,6 +108,21 @@ STUDIES = (
            ("fishtune.reports.heads", "--new", MEAN_RUNS, "--out", "results/study/mean"),
            page(MEAN_RUNS, "results/study/mean/index.html", "--title",
                 "fishtune study under the mean head: core, reference, mechanism and converged arms"))),
+    Study("adaptive", "FisherAdapTune under the mean head, budget-matched: adaptive_fish and adaptive from all "
+          "entries against the mean study's core arm (docs/STUDY.md)",
+          (Arm("calibration1", "study_mean_adaptive_all1", f"{ADAPTIVE_RUNS}/calibration", ("seed=6",)),
+           Arm("calibration2", "study_mean_adaptive_all2", f"{ADAPTIVE_RUNS}/calibration", ("seed=6",)),
+           Arm("fish", "study_mean_adaptive_fish", f"{ADAPTIVE_RUNS}/fish"),
+           Arm("all1", "study_mean_adaptive_all1", f"{ADAPTIVE_RUNS}/all"),
+           Arm("all2", "study_mean_adaptive_all2", f"{ADAPTIVE_RUNS}/all")),
+          (("fishtune.reports.adaptive_study", "--runs-dir", ADAPTIVE_RUNS, "--core-runs", f"{MEAN_RUNS}/core",
+            "--out", "results/study/adaptive"),)),
+    Study("smollm2", "Table 2's LLaMA rows on SmolLM2-135M: the pilot and head-only reference on original rows "
+          "(docs/STUDY.md)",
+          (Arm("pilot", "study_smollm2_pilot", f"{SMOLLM2_RUNS}/pilot"),
+           Arm("reference", "study_smollm2_reference", f"{SMOLLM2_RUNS}/reference")),
+          (("fishtune.reports.pilot", "--runs-dir", f"{SMOLLM2_RUNS}/pilot", "--out", "results/study/smollm2/pilot",
+            "--reference-runs", f"{SMOLLM2_RUNS}/reference", "--rule", "clears-trivial"),)),
     Study("methods", "FISH in DoRA, Adapter, Prefix, IA3 and UniPELT, Table 1's layout with the mean study's LoRA "
           "rows (make table1 PROFILE=study)", methods_arms(METHODS_RUNS), METHODS_REPORTS),
     Study("methods-pilot", "the methods study narrowed to the original rows at budget 1 on SST-2, seeds 1-2",
