@@ -116,13 +116,13 @@ STUDIES = (
            Arm("all1", "study_mean_adaptive_all1", f"{ADAPTIVE_RUNS}/all"),
            Arm("all2", "study_mean_adaptive_all2", f"{ADAPTIVE_RUNS}/all")),
           (("fishtune.reports.adaptive_study", "--runs-dir", ADAPTIVE_RUNS, "--core-runs", f"{MEAN_RUNS}/core",
-            "--out", "results/study/adaptive"),)),
+            "--out", "results/study/adaptive"),), committed=False),   # running: its calibration is committed
     Study("smollm2", "Table 2's LLaMA rows on SmolLM2-135M: the pilot and head-only reference on original rows "
           "(docs/STUDY.md)",
           (Arm("pilot", "study_smollm2_pilot", f"{SMOLLM2_RUNS}/pilot"),
            Arm("reference", "study_smollm2_reference", f"{SMOLLM2_RUNS}/reference")),
           (("fishtune.reports.pilot", "--runs-dir", f"{SMOLLM2_RUNS}/pilot", "--out", "results/study/smollm2/pilot",
-            "--reference-runs", f"{SMOLLM2_RUNS}/reference", "--rule", "clears-trivial"),)),
+            "--reference-runs", f"{SMOLLM2_RUNS}/reference", "--rule", "clears-trivial"),), committed=False),  # running
     Study("methods", "FISH in DoRA, Adapter, Prefix, IA3 and UniPELT, Table 1's layout with the mean study's LoRA "
           "rows (make table1 PROFILE=study)", methods_arms(METHODS_RUNS), METHODS_REPORTS),
     Study("methods-pilot", "the methods study narrowed to the original rows at budget 1 on SST-2, seeds 1-2",
