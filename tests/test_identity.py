@@ -233,7 +233,7 @@ def test_a_read_only_runs_folder_skips_finished_runs_and_rebuilds_the_page(tmp_p
     assert len(before) == 2
     undo = _read_only(runs)
     try:
-        sweep = _cli("-c", "import sys; sys.argv[0] = 'fishtune.run'; from fishtune.harness.run import main; main()",
+        sweep = _cli("-c", "import sys; sys.argv[0] = 'fishtune.run'; from fishtune.harness.cli import main; main()",
                      "-m", "model=tiny_bert", f"data.glue_dir={GLUE_FIXTURES}", f"paths.runs_dir={runs}",
                      "seed='1',2", *QUICK, cwd=tmp_path, XDG_CACHE_HOME=str(tmp_path / "cache"))
         assert sweep.returncode == 0, sweep.stderr[-3000:]

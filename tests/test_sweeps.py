@@ -54,20 +54,21 @@ sys.path.insert(0, sys.argv[1])   # this checkout, not whichever fishtune the ve
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 import fishtune.harness.run as run_module
+from fishtune.harness.cli import main
 from fishtune.harness.results import config_hash
 
-def record(config, progress=True):
+def record(config, progress=True):   # as run_module.train_or_find: (the result, trained)
     with log.open("a") as f:
         f.write(json.dumps({"overrides": list(HydraConfig.get().overrides.task), "hash": config_hash(config)}) + "\n")
     return {"best": {"score": 0.0, "epoch": 0}, "run_id": "recorded", "task": config["task"]["name"],
-            "stop_reason": "not trained", "trainable": 0, "ratio_pct": 0.0}
+            "stop_reason": "not trained", "trainable": 0, "ratio_pct": 0.0}, True
 
-run_module.run = record
+run_module.train_or_find = record
 for log, args in json.loads(sys.argv[2]):
     log = Path(log)
     sys.argv = ["fishtune.run", "-m", *args]
     GlobalHydra.instance().clear()
-    run_module.main()
+    main()
 """
 
 # Narrowed sweeps (a few jobs each) that exercise what the expansion must get right.
