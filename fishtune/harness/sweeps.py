@@ -78,7 +78,8 @@ def _sweep_jobs(overrides: Sequence[str]) -> list[list[str]] | None:
     cfg = loader.load_configuration("config", list(overrides), run_mode=RunMode.MULTIRUN)
     if cfg.hydra.sweeper.get("_target_") != f"{BasicSweeper.__module__}.{BasicSweeper.__name__}":
         return None
-    params = [f"{k}={v}" for k, v in (OmegaConf.to_container(cfg.hydra.sweeper.params) or {}).items()]
+    params = cfg.hydra.sweeper.get("params") or {}
+    params = [f"{k}={v}" for k, v in params.items()]
     # Same order as BasicSweeper.sweep: the config's params, then the command line's (not Hydra's own) overrides.
     parsed = OverridesParser.create(config_loader=loader).parse_overrides([*params, *cfg.hydra.overrides.task])
     return [job for batch in BasicSweeper.split_arguments(parsed, max_batch_size=None) for job in batch]
