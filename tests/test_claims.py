@@ -90,7 +90,7 @@ def test_two_sweeps_started_at_once_train_each_run_once(tmp_path):
             r"(\d+) left to other live sweeps", done).groups())
         assert trained == mine and failed == 0 and mine + left + found == 6, out
         assert "skip," not in out + err and out.count(": best rte score ") == mine, out
-        named = [line for line in out.splitlines() if re.fullmatch(r"  \S+\.json: pid \d+ on .*heartbeat.*", line)]
+        named = [line for line in out.splitlines() if re.fullmatch(r"  \S+\.json: .+, heartbeat \d+ s ago", line)]
         assert len(named) == left, out
 
 

@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 import warnings
@@ -276,7 +277,7 @@ def test_a_sweep_says_one_line_and_a_sweep_of_finished_runs_launches_nothing(tmp
     from conftest import GLUE_FIXTURES
     from fishtune.harness.results import load_results
 
-    args = ["-m", "model=tiny_bert", "task=rte", "mask=none,rand", "seed=1,2", "train.precision=fp32",
+    args = ["-m", "model=tiny_bert", "task=rte", "peft=lora,adapter", "mask=none,rand", "train.precision=fp32",
             f"data.glue_dir={GLUE_FIXTURES}", f"paths.runs_dir={tmp_path}", *QUICK]
 
     def sweep() -> subprocess.CompletedProcess:
@@ -290,6 +291,8 @@ def test_a_sweep_says_one_line_and_a_sweep_of_finished_runs_launches_nothing(tmp
     first = sweep()
     assert "fishtune: sweep done: 4 runs: 4 trained, 0 finished before, 0 failed, 0 left to other live sweeps\n" \
         in first.stdout and first.stdout.count(": best rte score ") == 4
+    # the libraries' INFO lines (adapters' "Adding adapter 'fishtune'.") are muted; Hydra's own stay
+    assert not re.search(r"\]\[(adapters|transformers)[\w.]*\]\[INFO\]", first.stdout + first.stderr), first.stdout
     results = load_results(tmp_path)
     assert len(results) == 4 and len(list((tmp_path / "hydra").iterdir())) == 1
     # One result gone (as if its job was killed): the sweep launches, trains that one, finds three quietly.

@@ -220,19 +220,20 @@ def main() -> None:
     one line, exit 2); a sweep whose runs are all finished says so in one line and launches nothing; else
     Hydra runs the run or the sweep. Hydra's tab completion (`-sc install=bash`, `-sc query=bash`) reads its
     words as overrides of its own: it goes to Hydra unchecked."""
-    if not {"-sc", "--shell-completion"} & set(sys.argv[1:]):
-        flags, overrides, note = _check_command_line()
-        if (n := _all_finished(flags, overrides)) is not None:
-            print(f"fishtune: {n} of {n} finished, 0 to train")
-            return
-        if note:
-            print(note, file=sys.stderr)
+    checked = None if {"-sc", "--shell-completion"} & set(sys.argv[1:]) else _check_command_line()
     # Outside a run (a sweep's launcher, Hydra composing): SIGTERM and SIGINT end the process at once, in one
     # line. Not by an exception: joblib would kill a parallel sweep's workers on its way out (SIGKILL, claims
     # left behind), whereas its workers, seeing their launcher gone, stop cleanly (signals.watch_parent).
     if threading.current_thread() is threading.main_thread():
         for s in (signal.SIGTERM, signal.SIGINT):
             signal.signal(s, exit_at_once)
+    if checked is not None:
+        flags, overrides, note = checked
+        if (n := _all_finished(flags, overrides)) is not None:
+            print(f"fishtune: {n} of {n} finished, 0 to train")
+            return
+        if note:
+            print(note, file=sys.stderr)
     _hydra_main()
 
 

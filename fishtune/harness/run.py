@@ -433,8 +433,8 @@ def finished(p: Plan) -> dict | None:
 
 def finished_file(config: dict) -> Path | None:
     """The result file of a config when its run is finished there (a valid result, as `finished` would find
-    it, force off), found from the config alone: no torch (unless train.precision or train.device is auto,
-    which this machine decides), no model, no data read, nothing written or set aside. None when the run is
+    it, force off), found from the config alone: no torch (unless train.precision is auto, which this
+    machine decides, or train.device asks for CUDA), no model, no data read, nothing written or set aside. None when the run is
     not finished, or when that cannot be told so cheaply (a config that fails its checks, a task of your
     own files, a method's layer schedule that the model's depth would change): `plan` then decides.
     Used before a sweep is launched (sweeps.finished_jobs)."""
