@@ -29,8 +29,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-# The mask modes (fishtune/modes.py, torch-free), as attributes of the package.
-from .modes import FISHER_MODES, MASK_MODES, check_mode  # noqa: F401
+# The mask modes (fishtune/modes.py, torch-free: a ModeSpec each in MODES), as attributes of the package.
+from .modes import FISHER_MODES, MASK_MODES, MODES, ModeSpec, check_mode  # noqa: F401
 
 # The library's modules at the root; the others there are entry points (not a kind of their own: each
 # only runs the `main` of harness/NAME.py or reports/NAME.py).

@@ -1,11 +1,13 @@
 """Masks over a model's trainable parameters: which entries train.
 
-Modes: `none` (train everything), `fish` (the k largest Fisher scores), `rev` (the k smallest),
-`rand` (k uniformly at random, seeded). Selection is global over all candidate tensors. Two more
-take fish apart into where the budget goes (entries per tensor) and which entries get it:
-`fish_shuffled` keeps fish's count per tensor and draws the entries at random within each tensor;
-`fish_spread` gives each tensor its share of k by size (rand's expected allocation, made exact) and
-takes the highest-Fisher entries within each tensor.
+Each mode is a ModeSpec in fishtune/modes.py (MODES): what scores the entries, how many train, which
+it picks and where the budget goes; build_mask and fish_masks read it there. Among them: `none`
+(train everything), `fish` (the k largest Fisher scores), `rev` (the k smallest), `rand` (k
+uniformly at random, seeded). Selection is global over all candidate tensors. Two more take fish
+apart into where the budget goes (entries per tensor) and which entries get it: `fish_shuffled`
+keeps fish's count per tensor and draws the entries at random within each tensor; `fish_spread`
+gives each tensor its share of k by size (rand's expected allocation, made exact) and takes the
+highest-Fisher entries within each tensor.
 `build_mask` ranks given scores; `fish_masks` computes them on a model and keeps its head trained.
 """
 from __future__ import annotations
@@ -19,14 +21,15 @@ import torch
 from torch import nn
 
 # Defined torch-free in the package, where config checks read them too.
-from .modes import FISHER_MODES, check_mode
+from .modes import MODES, check_mode
 from .families import FAMILIES
-from .fisher import LossFn, check_loss_fn, empirical_fisher
+from .fisher import LossFn, check_loss_fn
 
 
 class ZeroFisherWarning(UserWarning):
-    """fish_masks had to choose candidate entries whose Fisher score is zero: k asked for more entries
-    than have a non-zero score, so the rest were filled by position (the tie-break), not by any signal.
+    """fish_masks had to choose candidate entries whose Fisher score (or the mode's own score,
+    ModeSpec.score) is zero: k asked for more entries than have a non-zero score, so the rest were
+    filled by position (the tie-break), not by any signal.
 
     Typical causes: LoRA with peft's default init (B = 0, so lora_A's gradient and Fisher are zero),
     VeRA with its default lambda_b = 0, a path the loss does not reach. Attributes: `needed` (the
@@ -35,14 +38,14 @@ class ZeroFisherWarning(UserWarning):
     (name -> its chosen zero-score entries, for each tensor concerned). Turn it into an error with
     `warnings.simplefilter("error", fishtune.ZeroFisherWarning)`."""
 
-    def __init__(self, needed: int, nonzero: int, candidates: int, tensors: dict[str, int]):
+    def __init__(self, needed: int, nonzero: int, candidates: int, tensors: dict[str, int], score: str = "Fisher"):
         self.needed, self.nonzero, self.candidates, self.tensors = needed, nonzero, candidates, dict(tensors)
         self.filled = sum(self.tensors.values())
         shown = ", ".join(f"{n} ({c})" for n, c in list(self.tensors.items())[:6])
         more = f" and {len(self.tensors) - 6} more" if len(self.tensors) > 6 else ""
         super().__init__(
             f"fish_masks: k asks for {needed} candidate entries but only {nonzero} of {candidates} have a non-zero "
-            f"Fisher score; {self.filled} zero-score entries were chosen by position, in {len(self.tensors)} "
+            f"{score} score; {self.filled} zero-score entries were chosen by position, in {len(self.tensors)} "
             f"tensor{'s' if len(self.tensors) != 1 else ''}: {shown}{more}")
 
 
@@ -64,17 +67,19 @@ class StrayTrainableWarning(UserWarning):
 
 def zero_score_choices(scores: Mapping[str, torch.Tensor], chosen: Mapping[str, torch.Tensor],
                        mode: str) -> dict[str, int]:
-    """Per tensor, the entries a Fisher mode chose although their score is zero (only those tensors).
-
-    fish and fish_spread rank by score, so a zero-score entry is chosen only when k (or a tensor's
-    share) exceeds the non-zero scores; fish_shuffled draws its entries at random by design, so its
-    count is that of the fish mask its counts come from. rev takes the smallest scores on purpose and
-    rand and none read none: empty for them."""
-    if mode == "fish_shuffled":
-        k = sum(int(m.sum()) for m in chosen.values())
-        chosen = build_mask(scores, k, "fish")
-    elif mode not in ("fish", "fish_spread"):
+    """Per tensor, the entries a scoring mode chose although their score is zero (only those tensors),
+    as its ModeSpec.zero_score says: `chosen` counts its own chosen entries (fish and fish_spread rank
+    by score, so a zero-score entry is chosen only when k, or a tensor's share, exceeds the non-zero
+    scores); `allocation` counts those of the global top k its counts per tensor come from
+    (fish_shuffled draws its entries at random by design); None counts none (rev takes the smallest
+    scores on purpose; rand and none read none): empty."""
+    policy = MODES[mode].zero_score
+    if policy is None:
         return {}
+    if policy == "allocation":
+        names, sizes, flat = _flat(scores)
+        k = sum(int(m.sum()) for m in chosen.values())
+        chosen = _unflat(_keep_global(flat, k, "largest", None), names, sizes, scores)
     counts = {n: int((chosen[n] & (scores[n].detach().cpu() == 0)).sum()) for n in scores}
     return {n: c for n, c in counts.items() if c}
 
@@ -82,46 +87,61 @@ def zero_score_choices(scores: Mapping[str, torch.Tensor], chosen: Mapping[str, 
 def build_mask(scores: Mapping[str, torch.Tensor], k: int, mode: str, seed: int = 42) -> dict[str, torch.Tensor]:
     """Boolean masks shaped like `scores`, with exactly k True entries in all (mode none: all True).
 
-    Ties are broken deterministically by position: tensors in the order of `scores` (the model's
-    parameter order), then row-major index. `rand` ignores the scores' values; `fish_shuffled` reads
-    them only for its counts per tensor.
+    The mode's ModeSpec (fishtune/modes.py) says which: its `pick` (largest, smallest, random) over one
+    ranking of all tensors, or within each tensor by its `allocation` (fish: as many as the global top k
+    has there; size: its share of k by size). Ties are broken deterministically by position: tensors
+    in the order of `scores` (the model's parameter order), then row-major index. A random pick ignores
+    the scores' values (seeded by `seed`); fish_shuffled reads them only for its counts per tensor.
     """
-    check_mode(mode)
+    spec = check_mode(mode)
+    names, sizes, flat = _flat(scores)
+    total = flat.numel()
+    if spec.trains == "all":
+        return _unflat(torch.ones(total, dtype=torch.bool), names, sizes, scores)
+    if not 0 <= k <= total:
+        raise ValueError(f"mask budget k={k} is impossible: there are {total} candidate entries (allowed 0..{total})")
+    if spec.score is not None and torch.isnan(flat).any():
+        raise ValueError(f"{spec.score.name} scores contain NaN; cannot rank them")
+    generator = torch.Generator().manual_seed(seed)
+    if spec.allocation == "global":
+        keep = _keep_global(flat, k, spec.pick, generator)
+    else:
+        counts = ([int(part.sum()) for part in _keep_global(flat, k, "largest", None).split(sizes)]
+                  if spec.allocation == "fish" else size_proportional(sizes, k))
+        keep, start = torch.zeros(total, dtype=torch.bool), 0
+        for n, c in zip(sizes, counts):  # one generator through the tensors in order: a seed draws them all
+            keep[start + _pick(flat[start:start + n], c, spec.pick, generator)] = True
+            start += n
+    return _unflat(keep, names, sizes, scores)
+
+
+def _flat(scores: Mapping[str, torch.Tensor]) -> tuple[list[str], list[int], torch.Tensor]:
+    """(names, sizes, every score in one float64 CPU vector, in the order of `scores`)."""
     names = list(scores)
-    sizes = [scores[n].numel() for n in names]
     flat = torch.cat([scores[n].detach().reshape(-1).to("cpu", torch.float64) for n in names]) if names \
         else torch.zeros(0, dtype=torch.float64)
-    total = flat.numel()
-    if mode == "none":
-        keep = torch.ones(total, dtype=torch.bool)
-    else:
-        if not 0 <= k <= total:
-            raise ValueError(f"mask budget k={k} is impossible: there are {total} candidate entries (allowed 0..{total})")
-        if mode in FISHER_MODES and torch.isnan(flat).any():
-            raise ValueError("Fisher scores contain NaN; cannot rank them")
-        keep = torch.zeros(total, dtype=torch.bool)
-        if mode == "rand":
-            keep[torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:k]] = True
-        elif mode in ("fish", "rev"):
-            keep[_top(flat, k, largest=mode == "fish")] = True
-        else:  # fish_shuffled: fish's count per tensor, random entries; fish_spread: counts by size, top entries
-            if mode == "fish_shuffled":
-                fish = torch.zeros(total, dtype=torch.bool)
-                fish[_top(flat, k, largest=True)] = True
-                counts = [int(part.sum()) for part in fish.split(sizes)]
-            else:
-                counts = size_proportional(sizes, k)
-            generator, start = torch.Generator().manual_seed(seed), 0
-            for n, c in zip(sizes, counts):
-                chosen = torch.randperm(n, generator=generator)[:c] if mode == "fish_shuffled" \
-                    else _top(flat[start:start + n], c, largest=True)
-                keep[start + chosen] = True
-                start += n
-    out, start = {}, 0
-    for name, n in zip(names, sizes):
-        out[name] = keep[start:start + n].reshape(scores[name].shape)
-        start += n
-    return out
+    return names, [scores[n].numel() for n in names], flat
+
+
+def _unflat(keep: torch.Tensor, names: list[str], sizes: list[int],
+            like: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One flat bool vector back into masks shaped like `like`'s tensors."""
+    return {n: part.reshape(like[n].shape) for n, part in zip(names, keep.split(sizes))}
+
+
+def _keep_global(flat: torch.Tensor, k: int, pick: str, generator: torch.Generator | None) -> torch.Tensor:
+    """The flat mask of k entries picked over all tensors at once."""
+    keep = torch.zeros(flat.numel(), dtype=torch.bool)
+    keep[_pick(flat, k, pick, generator)] = True
+    return keep
+
+
+def _pick(values: torch.Tensor, k: int, pick: str, generator: torch.Generator | None) -> torch.Tensor:
+    """Indices of k values: the largest, the smallest (a stable sort: ties in position order), or a
+    random draw from `generator` (drawn even for k = 0, so that a seed gives the same draws whatever k)."""
+    if pick == "random":
+        return torch.randperm(values.numel(), generator=generator)[:k]
+    return _top(values, k, largest=pick == "largest")
 
 
 def _top(flat: torch.Tensor, k: int, largest: bool) -> torch.Tensor:
@@ -280,8 +300,9 @@ def fish_masks(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]] |
 
     `batches`: an iterable of batch dicts (a DataLoader with your collator); the first
     `num_samples` samples give the empirical Fisher F_i = sum_n (d loss_n / d theta_i)^2, each
-    sample's gradient squared on its own, dropout off (all samples when None). Shuffle with a seed
-    for a random choice of samples. Modes rand and none do not read them.
+    sample's gradient squared on its own, dropout off (all samples when None), or the mode's own
+    score (ModeSpec.score). Shuffle with a seed for a random choice of samples. Modes rand and none
+    do not read them (their ModeSpec has no score).
 
     `loss_fn(model, batch)`: one loss per sample, shape (batch,), for a batch dict on the model's
     device (fishtune.empirical_fisher says what it may receive and when the fast path is exact).
@@ -300,25 +321,26 @@ def fish_masks(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]] |
     method in the model (method_parameter) are ranked with the method's entries, and fish_masks
     warns once with a StrayTrainableWarning naming them (a base weight left trainable by mistake).
 
-    `mode`: fish (the largest Fisher scores), rev (the smallest), rand (uniformly at random,
-    seeded by `seed`), none (everything trains; k may be None); fish_shuffled (fish's entries per
-    tensor, drawn at random within each tensor) and fish_spread (each tensor's share of k by size,
-    the highest Fisher scores within it). Selection is global over all tensors; ties go to the
-    earlier parameter and the lower index, so masks are deterministic.
+    `mode`: one of fishtune.MASK_MODES, each a ModeSpec in fishtune/modes.py, e.g. fish (the
+    largest Fisher scores), rev (the smallest), rand (uniformly at random, seeded by `seed`), none
+    (everything trains; k may be None); fish_shuffled (fish's entries per tensor, drawn at random
+    within each tensor) and fish_spread (each tensor's share of k by size, the highest Fisher scores
+    within it). Selection is global over all tensors; ties go to the earlier parameter and the lower
+    index, so masks are deterministic.
 
     Returns one bool mask per trainable parameter (the head's all True), on the CPU, in model
     order, with exactly k True entries in all. Then `apply_masks`, and train with MaskedOptimizer
-    or FishMaskCallback. When a Fisher mode has to choose entries whose score is zero (k exceeds the
-    candidates with a non-zero Fisher), it warns once with a ZeroFisherWarning that names the counts
+    or FishMaskCallback. When a scoring mode has to choose entries whose score is zero (k exceeds the
+    candidates with a non-zero score; ModeSpec.zero_score), it warns once with a ZeroFisherWarning that names the counts
     and the tensors. The model is left as it came: every module's training flag, every
     requires_grad, no hook and no .grad added.
     """
-    check_mode(mode)
+    spec = check_mode(mode)
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if not params:
         raise ValueError("the model has no parameter that requires grad: insert the PEFT method (or choose the "
                          "trainable parameters) first")
-    check_loss_fn(loss_fn)  # before any work: rand and none never reach empirical_fisher
+    check_loss_fn(loss_fn)  # before any work: rand and none never reach a score
     if head is None:
         in_head = default_head(model)
     elif callable(head):
@@ -331,9 +353,9 @@ def fish_masks(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]] |
     heads = {n: p for n, p in params.items() if in_head(n)}
     candidates = {n: p for n, p in params.items() if n not in heads}
     head_size, total = sum(p.numel() for p in heads.values()), sum(p.numel() for p in params.values())
-    if mode == "none":
+    if spec.trains == "all":
         if k is not None and k != total:
-            raise ValueError(f"mode none trains all {total} trainable entries, not k={k}")
+            raise ValueError(f"mode {mode} trains all {total} trainable entries, not k={k}")
         k = total
     if k is None or not head_size <= k <= total:
         raise ValueError(f"budget k={k} is impossible: it counts the head's {head_size} entries, so it must lie "
@@ -343,20 +365,20 @@ def fish_masks(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]] |
     if any(map(in_method, candidates)) and (stray := [n for n in candidates if not in_method(n)]):
         warnings.warn(StrayTrainableWarning(stray), stacklevel=2)
     scores = {n: torch.zeros_like(p) for n, p in candidates.items()}
-    if mode in FISHER_MODES and candidates:
+    if spec.score is not None and candidates:
         for p in heads.values():  # always trained: no need to score it (requires_grad was True: in params)
             p.requires_grad_(False)
         try:
-            fisher = empirical_fisher(model, batches, num_samples, loss_fn=loss_fn)
+            scored = spec.score.compute(model, batches, num_samples, loss_fn)
         finally:
             for p in heads.values():
                 p.requires_grad_(True)
-        scores = {n: fisher[n] for n in candidates}
-    chosen = build_mask(scores, k - head_size, "none" if mode == "none" else mode, seed)
-    if mode in FISHER_MODES and (zero := zero_score_choices(scores, chosen, mode)):
+        scores = {n: scored[n] for n in candidates}
+    chosen = build_mask(scores, k - head_size, mode, seed)
+    if zero := zero_score_choices(scores, chosen, mode):
         nonzero = sum(int((s != 0).sum()) for s in scores.values())
-        warnings.warn(ZeroFisherWarning(k - head_size, nonzero, sum(s.numel() for s in scores.values()), zero),
-                      stacklevel=2)
+        warnings.warn(ZeroFisherWarning(k - head_size, nonzero, sum(s.numel() for s in scores.values()), zero,
+                                        spec.score.name), stacklevel=2)
     return {n: chosen[n] if n in chosen else torch.ones(p.shape, dtype=torch.bool) for n, p in params.items()}
 
 
@@ -405,14 +427,20 @@ def save_masks(masks: Mapping[str, torch.Tensor], directory: str | Path, **metad
     loaded back with PeftModel.from_pretrained has the same names). The file's metadata holds
     `chosen` (the True entries) and any `metadata` you pass (mode, seed, num_samples, ...) as strings.
     """
-    from safetensors.torch import save_file
-
     path = Path(directory) / MASK_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(mask_file_bytes(masks, **metadata))
+    return path
+
+
+def mask_file_bytes(masks: Mapping[str, torch.Tensor], **metadata: object) -> bytes:
+    """The bytes of a mask file as save_masks writes it (safetensors, serialised in memory), for a
+    writer that puts them in place itself (the harness writes `<run>.mask.safetensors` atomically)."""
+    from safetensors.torch import save
+
     meta = {"format": "fishtune-masks", "chosen": str(sum(int(m.sum()) for m in masks.values())),
             **{key: str(value) for key, value in metadata.items()}}
-    save_file({n: m.detach().to("cpu", torch.bool).contiguous() for n, m in masks.items()}, str(path), metadata=meta)
-    return path
+    return save({n: m.detach().to("cpu", torch.bool).contiguous() for n, m in masks.items()}, metadata=meta)
 
 
 def load_masks(path: str | Path) -> dict[str, torch.Tensor]:

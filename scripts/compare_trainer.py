@@ -32,7 +32,7 @@ from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, se
 from fishtune import FishMaskCallback, apply_masks  # noqa: E402
 from fishtune.harness import CONF_DIR  # noqa: E402
 from fishtune.harness import data as glue  # noqa: E402
-from fishtune.harness.results import load_mask_file  # noqa: E402
+from fishtune.harness.results import load_mask_file, mask_path  # noqa: E402
 from fishtune.harness.methods import insert_method  # noqa: E402
 from fishtune.harness.models import load_model, load_tokenizer  # noqa: E402
 from fishtune.harness.run import plan, run  # noqa: E402
@@ -58,7 +58,7 @@ def trainer_run(args, cfg: dict, seed: int, out: str) -> list[float]:
     dev = glue.encode(glue.load_split(task, "dev", args.glue_dir), tok, task)
     set_seed(seed)  # as fishtune.run: the head's initialisation and the insertion follow from the seed
     model = insert_method(load_model(cfg["model"], task.num_labels, tok), cfg["peft"], p.layers, p.family)
-    masks, _ = load_mask_file(p.path.with_suffix(".mask.pt"))  # the method's entries; the head trains in full
+    masks, _ = load_mask_file(mask_path(p.path))  # the method's entries; the head trains in full
     apply_masks(model, masks)
     targs = TrainingArguments(
         output_dir=out, per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=128,

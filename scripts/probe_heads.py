@@ -1,4 +1,4 @@
-"""Frozen-feature probe: what a head alone can read off the embedded MiniLM, per head choice.
+"""Frozen-feature probe: what a head alone can read off an embedded model (MiniLM, SmolLM2), per head choice.
 
 For SST-2 and STS-B, the frozen model's features of each head choice (`pooler`: tanh(pooler(h_CLS)),
 transformers' default; `cls`: the [CLS] state; `mean`: the masked mean of the last hidden states) are
@@ -13,11 +13,24 @@ embedded model's `head: mean` (docs/STUDY.md, "The stand-in's head").
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import time
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
+
+
+# The embedded models and the head choices read off each: MiniLM's three (the study's `model.head`), and for
+# SmolLM2 the last prompt token's final hidden state (what LlamaForSequenceClassification's `score` reads, right
+# padding) beside the prompt's mean.
+MODELS = {
+    "minilm": ({"name": "minilm", "family": "bert", "source": "embedded", "path": None, "head": "pooler"},
+               ("pooler", "cls", "mean")),
+    "smollm2": ({"name": "smollm2", "family": "llama", "source": "embedded", "path": None, "head": "pooler"},
+                ("last", "mean")),
+}
 
 
 def features(model, tokenizer, examples: list[dict], task, batch_size: int = 256) -> dict[str, np.ndarray]:
@@ -27,27 +40,39 @@ def features(model, tokenizer, examples: list[dict], task, batch_size: int = 256
     from fishtune.harness import data as glue
     from fishtune.harness.models import pool
 
-    encoded = glue.encode(examples, tokenizer, task)
+    decoder = not hasattr(model, "bert")
+    encoded = glue.encode(examples, tokenizer, task, use_template=decoder)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]["input_ids"]))  # little padding
     loader = glue.make_loader([encoded[i] for i in order], tokenizer, batch_size)
-    out: dict[str, list] = {"pooler": [], "cls": [], "mean": []}
+    out: dict[str, list] = {}
     with torch.no_grad():
-        for batch in loader:
+        for batch in tqdm(loader, desc="features", leave=False):
             batch.pop("labels")
-            h = model.bert(**batch).last_hidden_state
-            out["pooler"].append(model.bert.pooler(h))
-            out["cls"].append(pool(h, batch["attention_mask"], "cls"))
-            out["mean"].append(pool(h, batch["attention_mask"], "mean"))
+            mask = batch["attention_mask"]
+            if decoder:
+                h = model.model(**batch).last_hidden_state
+                heads = {"last": h[torch.arange(len(h)), mask.sum(1) - 1], "mean": pool(h, mask, "mean")}
+            else:
+                h = model.bert(**batch).last_hidden_state
+                heads = {"pooler": model.bert.pooler(h), "cls": pool(h, mask, "cls"), "mean": pool(h, mask, "mean")}
+            for k, v in heads.items():
+                out.setdefault(k, []).append(v.float())
     back = np.argsort(order)
     return {k: torch.cat(v).numpy()[back] for k, v in out.items()}
 
 
-def fit_score(task, x_train, y_train, x_dev, y_dev) -> tuple[float, float, str]:
-    """(dev score x100, weight norm, the chosen penalty) of the closed-form head on frozen features."""
+def fit_score(task, x_train, y_train, x_dev, y_dev, scale: bool = False) -> tuple[float, float, str]:
+    """(dev score x100, weight norm, the chosen penalty) of the closed-form head on frozen features; `scale`
+    first z-scores each feature on the training features (still a linear head: the scaling folds into it), for
+    a decoder's few outsized hidden dimensions, which otherwise dominate one penalty for all weights."""
     from sklearn.linear_model import LogisticRegressionCV, RidgeCV
+    from sklearn.preprocessing import StandardScaler
 
     from fishtune.harness.metrics import glue_metrics
 
+    if scale:
+        scaler = StandardScaler().fit(x_train)
+        x_train, x_dev = scaler.transform(x_train), scaler.transform(x_dev)
     if task.num_labels == 1:
         fit = RidgeCV(alphas=np.logspace(-4, 3, 15)).fit(x_train, y_train)
         penalty = f"alpha {fit.alpha_:.3g}"
@@ -65,6 +90,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tasks", default="sst2,stsb")
     parser.add_argument("--subsample", type=int, default=1000, help="training examples of the small fits")
     parser.add_argument("--seeds", default="1,2", help="the subsamples' seeds (the study's)")
+    parser.add_argument("--model", default="minilm", choices=sorted(MODELS))
+    parser.add_argument("--large", type=int, default=None,
+                        help="cap the large fit at this many training examples (seed 0); default: all of them")
+    parser.add_argument("--dev-samples", type=int, default=None, help="dev examples scored (seed 0); default: all")
     args = parser.parse_args(argv)
 
     import pandas as pd
@@ -75,27 +104,33 @@ def main(argv: list[str] | None = None) -> None:
     from fishtune.harness.tasks import get_task
 
     torch.manual_seed(0)
-    cfg = {"name": "minilm", "family": "bert", "source": "embedded", "path": None, "head": "pooler"}
+    cfg, heads = MODELS[args.model]
     tokenizer = load_tokenizer(cfg)
     model = load_model(cfg, 2, tokenizer).eval()  # the pooler as shipped; the classifier is not used
     rows = []
     for name in args.tasks.split(","):
         task = get_task(name)
         t0 = time.perf_counter()
-        train = glue.load_split(task, "train", args.glue_dir)
-        dev = glue.load_split(task, "dev", args.glue_dir)
+        full = glue.load_split(task, "train", args.glue_dir)
+        # the study's subsamples are drawn from the whole training set, then joined with the large fit's
+        small = {s: glue.subsample(full, args.subsample, int(s)) for s in args.seeds.split(",")}
+        large = glue.subsample(full, args.large, 0)
+        train = list({id(e): e for part in [large, *small.values()] for e in part}.values())
+        dev = glue.subsample(glue.load_split(task, "dev", args.glue_dir), args.dev_samples, 0)
         f_train, f_dev = features(model, tokenizer, train, task), features(model, tokenizer, dev, task)
         y_train = np.array([e["label"] for e in train])
         y_dev = np.array([e["label"] for e in dev])
         print(f"{name}: features of {len(train)} + {len(dev)} examples in {time.perf_counter() - t0:.0f} s")
         index = {id(e): i for i, e in enumerate(train)}
-        subsets = [(f"{args.subsample} (seed {s})", [index[id(e)] for e in glue.subsample(train, args.subsample, int(s))])
-                   for s in args.seeds.split(",")] + [(f"all {len(train)}", list(range(len(train))))]
-        for head in ("pooler", "cls", "mean"):
+        large_label = f"all {len(full)}" if len(large) == len(full) else f"{len(large)} of {len(full)} (seed 0)"
+        subsets = [(f"{args.subsample} (seed {s})", [index[id(e)] for e in part]) for s, part in small.items()]
+        subsets.append((large_label, [index[id(e)] for e in large]))
+        for head in heads:
             spread = f_train[head].std(axis=0).mean()
-            for label, keep in subsets:
-                score, norm, penalty = fit_score(task, f_train[head][keep], y_train[keep], f_dev[head], y_dev)
-                rows.append({"task": name, "head": head, "train": label, "dev_score": round(score, 1),
+            for (label, keep), scale in itertools.product(subsets, (False, True) if args.model != "minilm" else (False,)):
+                score, norm, penalty = fit_score(task, f_train[head][keep], y_train[keep], f_dev[head], y_dev, scale)
+                rows.append({"task": name, "head": head, **({"features": "z-scored" if scale else "raw"}
+                                                             if args.model != "minilm" else {}), "dev": len(dev), "train": label, "dev_score": round(score, 1),
                              "weight_norm": round(norm, 1), "penalty": penalty,
                              "feature_std": round(float(spread), 3)})
                 print(rows[-1])

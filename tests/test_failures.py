@@ -13,7 +13,7 @@ import pytest
 from conftest import GLUE_FIXTURES, ROOT, run_config
 from fishtune.reports.aggregate import aggregate
 from fishtune.harness.metrics import glue_metrics
-from fishtune.harness.results import load_failures, load_results, write_json_atomic
+from fishtune.harness.results import load_failures, load_results, mask_path, write_json_atomic
 from fishtune.reports.sweep_summary import format_summary, summarize
 from fishtune.harness.tasks import TASKS
 
@@ -125,10 +125,10 @@ def test_damaged_result_mask_and_checkpoint_never_crash_a_sweep(tmp_path, capsys
     # RTE: its result file cut in half (a disk that filled up). MRPC: its mask file cut, its result gone
     # (the run was interrupted). SST-2: interrupted with a cut checkpoint (a real torch file, truncated).
     _truncate(paths["rte"])
-    _truncate(paths["mrpc"].with_suffix(".mask.pt"))
+    _truncate(mask_path(paths["mrpc"]))
     paths["mrpc"].unlink()
     checkpoint = paths["sst2"].with_suffix(".ckpt.pt")
-    checkpoint.write_bytes(paths["sst2"].with_suffix(".mask.pt").read_bytes()[:300])
+    checkpoint.write_bytes(mask_path(paths["sst2"]).read_bytes()[:300])
     paths["sst2"].unlink()
 
     # The aggregator and the summary before the sweep: they skip the cut result file and say so.
@@ -141,7 +141,7 @@ def test_damaged_result_mask_and_checkpoint_never_crash_a_sweep(tmp_path, capsys
     out = _sweep(tmp_path, runs, "task=" + ",".join(tasks), "mask=fish")
     assert out.returncode == 0, out.stderr[-3000:]
     assert "FAILED" not in out.stderr
-    for path, what in ((paths["rte"], "the run is redone"), (paths["mrpc"].with_suffix(".mask.pt"), "built again"),
+    for path, what in ((paths["rte"], "the run is redone"), (mask_path(paths["mrpc"]), "built again"),
                        (checkpoint, "the run starts over")):
         assert f"fishtune: warning: {path} is damaged (" in out.stderr and what in out.stderr, out.stderr[-3000:]
         assert path.with_name(path.name + ".damaged").exists()
@@ -155,7 +155,7 @@ def test_damaged_result_mask_and_checkpoint_never_crash_a_sweep(tmp_path, capsys
     done = aggregate(runs, tmp_path / "results", ["1"], model_map={"bert_base": "tiny_bert"})
     assert not done["unreadable"] and len(done["set_aside"]) == 3
     printed = capsys.readouterr().out
-    for path in (paths["rte"], paths["mrpc"].with_suffix(".mask.pt"), checkpoint):
+    for path in (paths["rte"], mask_path(paths["mrpc"]), checkpoint):
         assert f"set aside as damaged by its run (which started over): {path}.damaged" in printed
     assert len(summarize(runs)["set_aside"]) == 3
 

@@ -99,6 +99,20 @@ def test_the_pilot_rule_takes_the_best_rate_that_beats_every_head_only_mean():
     assert choose_lr(table) == (1e-3, {"sst2": 74.0, "stsb": 20.0})
     table.loc[4, "mean"] = 73.0  # now no rate beats the reference on both tasks
     assert choose_lr(table)[0] is None
+    # SmolLM2's rule: the bar is the trivial baseline + 10 per task; 5e-3 clears 60 and 15, 1e-3 misses 15
+    assert choose_lr(table, {"sst2": 60.0, "stsb": 15.0}) == (5e-3, {"sst2": 60.0, "stsb": 15.0})
+
+
+def test_the_trivial_baseline_averages_the_seeds_own_dev_subsets():
+    from types import SimpleNamespace
+
+    from fishtune.reports.stats import baselines_from
+
+    runs = [SimpleNamespace(task="sst2", dev_labels=[1, 1, 1, 0]),      # majority 75 %
+            SimpleNamespace(task="sst2", dev_labels=[1, 1, 1, 0]),      # the same subset counts once
+            SimpleNamespace(task="sst2", dev_labels=[0, 1, 0, 1, 0]),   # majority 60 %
+            SimpleNamespace(task="stsb", dev_labels=[1.0, 2.0, 4.5])]   # a constant prediction: 0
+    assert baselines_from(runs) == {"sst2": (75.0 + 60.0) / 2, "stsb": 0.0}
 
 
 def test_a_head_rate_of_its_own_moves_only_the_head_when_the_method_rate_is_zero(tmp_path):

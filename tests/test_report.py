@@ -2,16 +2,20 @@
 data, asks no server for anything, lists failed and damaged files, and (in headless Chromium, marker
 `browser`) renders its tables, figures and a clicked run's curves without a network request."""
 import json
+import math
 import re
+from html import unescape
 import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 from fishtune.reports.report import PLOTLY_VERSION, build_page, main, write_report
-from fishtune.harness.results import RunResult, save_mask_file
+from fishtune.harness.results import RunResult, mask_path, save_mask_file
 from results_factory import make_result, write_failure, write_result
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,7 +63,7 @@ def runs_dir(tmp_path) -> Path:
             write_result(runs / "study", r)
     other = result(model="tiny_bert", method="adapter", task="rte", mask="fish", seed=1, score=55.0)
     write_result(runs / "quick", other)
-    save_mask_file(runs / "quick" / f"{other.run_id}.mask.pt",
+    save_mask_file(mask_path(runs / "quick" / f"{other.run_id}.json"),
                    {"bert.encoder.layer.3.output.adapter.down.weight": torch.tensor([True, False, True])})
     write_failure(runs / "quick" / "tiny_bert-rte-adapter-L2-fish-b2-s2.failed.json",
                   reason="diverged: non-finite loss at epoch 3, step 7", error="Diverged: loss is nan", traceback="...")
@@ -88,7 +92,7 @@ def test_page_embeds_the_runs_and_lists_failed_and_damaged_files(runs_dir):
     assert views["failed"]["rows"][0]["reason"].startswith("diverged")
     assert [r["path"] for r in views["damaged"]["rows"]] == ["quick/tiny_bert-rte-adapter-L2-rand-b1-s1.json"]
     # The study-like group gets fishtune.study's tables; the other model only the generic views.
-    assert data["study_groups"] == 1 and views["study-0"]["title"].endswith("minilm / lora / 1")
+    assert data["study_groups"] == 1 and views["study-0"]["title"].endswith("minilm / lora / rank 1")
     fish = [r for r in views["study-0"]["rows"] if r["row"] == "fish" and r["task"] == "sst2"][0]
     assert fish["n"] == 3 and fish["mean"] == pytest.approx(74.2) and fish["ci_lo"] < 74.2 < fish["ci_hi"]
     baseline = [r for r in views["study-0"]["rows"] if r["row"] == "baseline" and r["task"] == "sst2"][0]
@@ -131,7 +135,7 @@ def test_study_groups_split_by_folder_and_learning_rate_and_leave_mixed_cells_ge
     assert groups(lr_arm) == ([(".", "minilm", "lora", 1, 1e-3), (".", "minilm", "lora", 1, 2e-2)], [])
     # Table 3's rows: fish on 6 and on 8 layers at one budget are no single study cell.
     found, skipped = groups([result(mask="none")] + [result(mask="fish", layers=n) for n in (6, 8)])
-    assert found == [] and skipped == ["minilm / lora / 1: a (task, mask, budget) cell mixes layer counts"]
+    assert found == [] and skipped == ["minilm / lora / rank 1: a (task, mask, budget) cell mixes layer counts"]
     # Two arms in two folders are two groups; in one folder, they are not a study.
     arms = [result(mask=m, path=str(runs / arm / f"{m}.json")) for arm in ("fp32", "bf16") for m in ("none", "fish")]
     assert groups(arms) == ([("bf16", "minilm", "lora", 1), ("fp32", "minilm", "lora", 1)], [])
@@ -141,8 +145,10 @@ def test_study_groups_split_by_folder_and_learning_rate_and_leave_mixed_cells_ge
 
 def test_an_empty_folder_still_gets_a_page(tmp_path):
     (tmp_path / "runs").mkdir()
-    views = {v["id"]: v for v in page_data(build_page(tmp_path / "runs"))["views"]}
+    html = build_page(tmp_path / "runs")
+    views = {v["id"]: v for v in page_data(html)["views"]}
     assert set(views) == {"in_progress", "failed", "damaged"}
+    assert "No verdict: no study-like group here" in html and '<svg id="forest"' not in html
 
 
 # ---- in a browser ----------------------------------------------------------------------------------
@@ -202,6 +208,11 @@ def test_page_renders_tables_figures_and_a_clicked_runs_curves_offline(runs_dir,
     page = write_report(runs_dir, tmp_path / "index.html", n_resamples=20)
     open_page(browser, page)
     css = browser.find_elements
+    # The verdict and its forest plot come first, above every table.
+    verdict, forest = browser.find_element(By.ID, "verdict"), browser.find_element(By.ID, "forest")
+    assert verdict.is_displayed() and forest.is_displayed() and forest.size["height"] > 50
+    assert forest.rect["y"] < browser.find_element(By.ID, "views").rect["y"]
+    assert "fish − original" in verdict.text and "Holm" in verdict.text
     assert len(css(By.CSS_SELECTOR, "#runs tbody tr")) == 10
     assert len(css(By.CSS_SELECTOR, "#study-0 tbody tr")) > 0 and len(css(By.CSS_SELECTOR, "#paired-1 tbody tr")) > 0
     for figure in ("cells", "placement", "cost"):   # plotly drew each, as SVG with data in it
@@ -254,6 +265,26 @@ def test_study_page_is_small_and_opens(tmp_path, browser):
     assert not [u for u in requested_urls(browser) if OUTSIDE.match(u)]
 
 
+METHODS_RUNS = ROOT / "results" / "study" / "methods" / "runs"
+CORE_RUNS = ROOT / "results" / "study" / "mean" / "runs" / "core"
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not (METHODS_RUNS.is_dir() and CORE_RUNS.is_dir()), reason="no committed methods study runs")
+def test_methods_page_answers_on_its_first_screen(tmp_path, browser):
+    """The committed methods study's page at 1280 x 1600: the verdict table (six methods, two budgets) and
+    the whole forest plot are on the first screen, above every long table."""
+    page = write_report(METHODS_RUNS, tmp_path / "index.html", n_resamples=20, table1_runs=[CORE_RUNS])
+    browser.set_window_size(1280, 1600)
+    open_page(browser, page)
+    box = browser.execute_script(
+        "const r = e => document.getElementById(e).getBoundingClientRect();"
+        "return {forest: r('forest').bottom, table: r('verdict').top, views: r('views').top, "
+        "height: window.innerHeight, methods: [...document.querySelectorAll('#verdict tbody th')].map(t => t.textContent)}")
+    assert box["methods"] == ["lora", "dora", "adapter", "prefix", "ia3", "unipelt"]
+    assert box["table"] < box["forest"] <= box["height"] and box["forest"] < box["views"], box
+
+
 def test_runs_of_several_methods_get_table_1s_layout_filterable_by_method(tmp_path):
     """One model, two methods, original / fish / rand on SST-2 at budget 1 over three seeds: the page has
     methods_study's cells and paired differences, with a method filter; one method alone gets neither."""
@@ -301,3 +332,164 @@ def test_table1_runs_join_table_1s_layout_only(tmp_path):
     for rec in expected.to_dict("records"):
         assert got[(rec["method"], rec["task"], rec["budget"], rec["comparison"])] == pytest.approx(rec["p_holm"], rel=1e-5)
     assert {r["method"] for r in data["runs"]} == {"dora"}   # the runs, cells and costs: this folder's own
+
+
+# ---- the verdict at the top: numbers against an independent computation from the files -------------
+
+VERDICT_CELL = re.compile(r'<td class="v[^"]*" data-key="([^"]*)" data-holm="([^"]*)" title="([^"]*)"><b>([^<]*)</b> '
+                          r'<span class="ci">\[([^,]*), ([^\]]*)\]</span><span class="p">n (\d+) &middot; Holm ([^<&]*)')
+
+
+def verdict_cells(html: str) -> dict[tuple, dict]:
+    """(name, budget, task, comparison) -> the verdict cell's numbers, as the page prints them."""
+    out = {}
+    for key, holm_p, family, diff, lo, hi, n, shown_p in VERDICT_CELL.findall(html):
+        name, budget, task, comparison = unescape(key).split("|")
+        out[(name, int(budget), task, comparison)] = {
+            "holm": float(holm_p), "family": unescape(family), "diff": float(diff), "lo": float(lo), "hi": float(hi),
+            "n": int(n), "shown_p": shown_p.replace(" ", "")}
+    return out
+
+
+def plain_holm(p: list[float]) -> list[float]:
+    """Holm's step-down adjustment, written out: the i-th smallest of m p-values times (m - i), made
+    non-decreasing along that order, at most 1."""
+    order = sorted(range(len(p)), key=lambda i: p[i])
+    out, running = [0.0] * len(p), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p) - rank) * p[i]))
+        out[i] = running
+    return out
+
+
+def expected_comparisons(folders: list[Path], comparisons: list[tuple[str, str]]) -> dict[tuple, dict]:
+    """From the result files alone (json, scipy): per method x budget x task (and `all`, pooled over tasks)
+    x comparison, the mean paired difference over seeds, its 95 % t-interval and the paired t-test p; then
+    Holm over the per-task rows as one family and over the pooled rows as another."""
+    score = {}
+    for folder in folders:
+        for path in folder.rglob("*.json"):
+            f = json.loads(path.read_text())
+            row = {"none": "original"}.get(f["mask"], f["mask"])
+            score[(f["method"], f["budget"], f["task"], f["seed"], row)] = f["best"]["score"]
+    out = {}
+    for method, budget in sorted({(k[0], k[1]) for k in score}):
+        tasks = sorted({k[2] for k in score if k[:2] == (method, budget)})
+        for task in [*tasks, "all"]:
+            for a, b in comparisons:
+                keys = [k for k in score if k[:2] == (method, budget) and k[4] == a and (task == "all" or k[2] == task)]
+                xa = [score[k] for k in keys if (*k[:4], b) in score]
+                xb = [score[(*k[:4], b)] for k in keys if (*k[:4], b) in score]
+                d = np.subtract(xa, xb)
+                half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+                out[(method, budget, task, f"{a} - {b}")] = {"diff": d.mean(), "lo": d.mean() - half,
+                                                             "hi": d.mean() + half, "n": len(d),
+                                                             "p": stats.ttest_rel(xa, xb).pvalue}
+    for pooled in (True, False):
+        family = [k for k in out if (k[2] == "all") == pooled]
+        for k, adjusted in zip(family, plain_holm([out[k]["p"] for k in family])):
+            out[k]["holm"] = adjusted
+    return out
+
+
+def write_methods_runs(folder_of: dict[str, Path], tasks=("sst2", "stsb"), seeds=(1, 2, 3, 4)) -> None:
+    """original, fish and rand per method, task, budget and seed, with scores drawn at random (seeded);
+    Adapter without a rank, as fishtune records it."""
+    rng = np.random.default_rng(7)
+    for method, folder in folder_of.items():
+        for task in tasks:
+            for budget in (1, 2):
+                for seed in seeds:
+                    for mask, shift in (("none", 0.0), ("fish", 3.0), ("rand", 2.0)):
+                        score = float(np.round(70 + shift * budget + rng.normal(0, 1.5), 4))
+                        write_result(folder, result(method=method, task=task, mask=mask, budget=budget, seed=seed,
+                                                    score=score, rank=None if method == "adapter" else 1))
+
+
+def test_the_verdict_equals_scipy_and_a_plain_holm_over_table_1s_family(tmp_path):
+    """Table 1's page (LoRA from a second folder, as the methods study's): each verdict cell's mean
+    difference, interval, n and Holm p equal scipy over the result files with Holm written out, over the
+    per-task family (every method, budget, task, comparison) and the pooled one; the family is named."""
+    write_methods_runs({"lora": tmp_path / "core", "adapter": tmp_path / "methods", "dora": tmp_path / "methods"})
+    html = build_page(tmp_path / "methods", n_resamples=10, table1_runs=[tmp_path / "core"])
+    cells = verdict_cells(html)
+    expected = expected_comparisons([tmp_path / "core", tmp_path / "methods"],
+                                    [("fish", "original"), ("fish", "rand")])
+    assert set(cells) == set(expected) and len(cells) == 3 * 2 * 3 * 2
+    for key, want in expected.items():
+        got = cells[key]
+        assert got["diff"] == pytest.approx(want["diff"], abs=0.005), key   # printed with 2 decimals
+        assert (got["lo"], got["hi"]) == pytest.approx((want["lo"], want["hi"]), abs=0.005), key
+        assert got["n"] == want["n"] == (8 if key[2] == "all" else 4)
+        assert got["holm"] == pytest.approx(want["holm"], rel=1e-9), key
+        assert float(got["shown_p"]) == pytest.approx(want["holm"], rel=5e-3), key
+        family = "pooled" if key[2] == "all" else "per-task"
+        assert got["family"] == f"Holm over the {24 // (2 if key[2] == 'all' else 1)} {family} comparisons of Table 1's family"
+    assert "Holm over the 24 per-task comparisons of Table 1&#x27;s family; Holm over the 12 pooled" in html
+    # Survivors are marked, and only they.
+    marked = re.findall(r'<td class="v[^"]*\b(win|loss)\b[^"]*" data-key="([^"]*)"', html)
+    assert {unescape(k) for _, k in marked} == {"|".join(map(str, k)) for k, w in expected.items() if w["holm"] < 0.05}
+
+
+def test_a_study_group_verdict_takes_its_own_paired_tables_holm(tmp_path):
+    """Without Table 1's layout (one method), the verdict is the study group's: Holm over its paired
+    table's per-task rows (fish - original, rand - original, fish - rand) and over its pooled rows."""
+    write_methods_runs({"lora": tmp_path / "runs"})
+    html = build_page(tmp_path / "runs", n_resamples=10)
+    cells = verdict_cells(html)
+    expected = expected_comparisons([tmp_path / "runs"], [("fish", "original"), ("rand", "original"), ("fish", "rand")])
+    name = "minilm / lora / rank 1"
+    shown = {k: v for k, v in expected.items() if k[3] != "rand - original"}
+    assert set(cells) == {(name, *k[1:]) for k in shown}
+    for key, want in shown.items():
+        got = cells[(name, *key[1:])]
+        assert got["holm"] == pytest.approx(want["holm"], rel=1e-9) and got["diff"] == pytest.approx(want["diff"], abs=0.005)
+        pooled = key[2] == "all"
+        assert got["family"] == f"Holm over {name}'s {6 if pooled else 12} {'pooled' if pooled else 'per-task'} comparisons"
+    paired = next(v for v in page_data(html)["views"] if v["id"].startswith("paired"))
+    for r in paired["rows"]:   # the group's table shows the same one value
+        if r["comparison"] != "rand - original":
+            assert r["p_holm"] == pytest.approx(cells[(name, r["budget"], r["task"], r["comparison"])]["holm"], rel=1e-5)
+
+
+def holm_values_by_comparison(html: str) -> dict[tuple, list]:
+    """(method, budget, task, comparison) -> every Holm-adjusted p the page shows for it: the verdict's,
+    Table 1's paired view's and the study groups' paired views' (methods study pages: one group per method)."""
+    seen: dict[tuple, list] = {}
+    for (name, budget, task, comparison), cell in verdict_cells(html).items():
+        seen.setdefault((name.split(" / ")[-1], budget, task, comparison), []).append(cell["holm"])
+    for view in page_data(html)["views"]:
+        if view["id"] == "methods-paired" or view["id"].startswith("paired-"):
+            method = view["title"].split(": ")[-1].split(" / ")[1] if view["id"].startswith("paired-") else None
+            for r in view["rows"]:
+                if r.get("p_holm") is not None:
+                    key = (method or r["method"], r["budget"], r["task"], r["comparison"])
+                    seen.setdefault(key, []).append(r["p_holm"])
+    return seen
+
+
+def test_one_holm_value_per_comparison_no_none_in_headings_and_the_forest_plot(tmp_path):
+    """The methods page: every comparison shows one Holm-adjusted p (the study groups' tables leave theirs
+    out, Table 1's family holds them), no heading says None (Adapter has no rank), and the forest plot has a
+    dot per verdict cell, self-contained."""
+    write_methods_runs({"lora": tmp_path / "core", "adapter": tmp_path / "methods", "dora": tmp_path / "methods"})
+    html = build_page(tmp_path / "methods", n_resamples=10, table1_runs=[tmp_path / "core"])
+    data = page_data(html)
+    seen = holm_values_by_comparison(html)
+    # One value (the page's data keeps 6 significant digits): the verdict's, and Table 1's view's again.
+    differ = {k: v for k, v in seen.items() if max(v) - min(v) > 1e-5 * max(v)}
+    assert len(seen) == 36 and all(len(v) == 2 for v in seen.values()) and not differ, differ
+    groups = [v for v in data["views"] if v["id"].startswith("paired-")]
+    assert len(groups) == 2 and all("p_holm" not in [c[0] for c in v["columns"]] for v in groups)
+    assert all("unadjusted" in v["note"] for v in groups)
+    titles = [v["title"] for v in data["views"]]
+    assert "Study table: minilm / adapter" in titles and "Study table: minilm / dora / rank 1" in titles
+    assert not [t for t in titles if "None" in t]
+    verdict = html[html.index('<section id="verdict">'):html.index("</section>")]
+    assert "None" not in verdict
+    assert re.findall(r'<th rowspan="2" title="[^"]*">([^<]*)</th>', verdict) == ["lora", "dora", "adapter"]  # Table 1's order
+    svg = verdict[verdict.index('<svg id="forest"'):verdict.index("</svg>")]
+    assert svg.count("<circle") - 5 == len(verdict_cells(html)) == 36   # five in the legend: 3 tasks, filled, hollow
+    assert svg.count("<title>") == 36 and "fish − original" in svg and "fish − rand" in svg
+    # The page is the same bytes from the same files (no build time, no random ids).
+    assert build_page(tmp_path / "methods", n_resamples=10, table1_runs=[tmp_path / "core"]) == html

@@ -10,7 +10,7 @@ import torch
 
 from conftest import ROOT, run_config
 from fishtune.harness import data
-from fishtune.harness.results import ADAPTIVE_KEYS, FILE_KEYS, load_mask_file
+from fishtune.harness.results import ADAPTIVE_KEYS, FILE_KEYS, load_mask_file, mask_path
 from fishtune.harness.metrics import glue_metrics
 from fishtune.harness.cli import check_group_overrides, parse_overrides
 from fishtune.harness.run import ConfigError, plan, run
@@ -52,12 +52,12 @@ def test_run_writes_result_file_then_skips(tmp_path, capsys):
     original = run(run_config(tmp_path, "task=mrpc", "mask=none", "budget=2", *QUICK), progress=False)
     assert original["trainable"] == result["trainable"] and original["layers"] == 2
     assert original["budget_ratio_pct"] == result["budget_ratio_pct"] == original["ratio_pct"] > result["ratio_pct"]
-    mask, fisher_seconds = load_mask_file(path.with_suffix(".mask.pt"))
+    mask, fisher_seconds = load_mask_file(mask_path(path))
     assert sum(int(m.sum()) for m in mask.values()) == result["trainable"] - 66
     assert fisher_seconds == result["fisher_seconds"]  # kept, so a resumed run reports what its mask cost
-    # the placement in the result file is the mask file's, tensor by tensor
-    assert [(t["name"], t["chosen"], t["entries"]) for t in result["placement"]] == \
-        [(n, int(m.sum()), m.numel()) for n, m in mask.items()]
+    # the placement in the result file is the mask file's, tensor by tensor (the file keeps them sorted by name)
+    assert sorted((t["name"], t["chosen"], t["entries"]) for t in result["placement"]) == \
+        [(n, int(m.sum()), m.numel()) for n, m in sorted(mask.items())]
     assert {t["module"] for t in result["placement"]} == {f"{m}.lora_{ab}" for m in ("query", "key", "value") for ab in "AB"}
     assert sorted({t["layer"] for t in result["placement"]}) == [0, 1, 2, 3, 4] and result["head_entries"] == 66
     assert not path.with_suffix(".ckpt.pt").exists()
@@ -113,20 +113,20 @@ def test_result_records_precision_memory_throughput_and_threads(tmp_path):
 
 
 def test_the_fisher_and_mask_under_bf16_autocast_equal_fp32(tmp_path, monkeypatch):
-    import fishtune.masks
+    import fishtune.fisher
 
     fishers, masks, results = {}, {}, {}
-    estimate = fishtune.masks.empirical_fisher
+    estimate = fishtune.fisher.empirical_fisher
 
     def recorded(*args, **kwargs):  # the run's own Fisher, as fish_masks receives it
         fishers[precision] = estimate(*args, **kwargs)
         return fishers[precision]
 
-    monkeypatch.setattr(fishtune.masks, "empirical_fisher", recorded)
+    monkeypatch.setattr(fishtune.fisher, "empirical_fisher", recorded)  # the Fisher modes' score calls it there
     for precision in ("fp32", "bf16", "auto"):
         cfg = run_config(tmp_path / precision, "task=mrpc", "mask=fish", f"train.precision={precision}", *QUICK)
         results[precision] = run(cfg, progress=False)
-        masks[precision] = load_mask_file(plan(cfg).path.with_suffix(".mask.pt"))[0]
+        masks[precision] = load_mask_file(mask_path(plan(cfg).path))[0]
     assert results["bf16"]["precision"] == "bf16" and results["fp32"]["precision"] == "fp32"
     for precision in ("bf16", "auto"):  # the Fisher is estimated in fp32 whatever the training precision
         assert all(f.dtype == torch.float32 for f in fishers[precision].values())
@@ -139,7 +139,7 @@ def test_same_config_and_seed_reproduce_mask_and_metrics(tmp_path):
     for sub in ("a", "b"):
         cfg = run_config(tmp_path / sub, "task=cola", "mask=fish", *QUICK)
         results.append(run(cfg, progress=False))
-        results[-1]["mask"] = load_mask_file(plan(cfg).path.with_suffix(".mask.pt"))[0]
+        results[-1]["mask"] = load_mask_file(mask_path(plan(cfg).path))[0]
     a, b = results
     assert a["history"] == b["history"] and a["config_hash"] == b["config_hash"]
     assert all(torch.equal(a["mask"][n], b["mask"][n]) for n in a["mask"])
@@ -231,10 +231,13 @@ def test_wandb_offline_logs_keys_tags_group_and_epochs(tmp_path, monkeypatch):
     cfg = run_config(tmp_path, "task=rte", "mask=rand", "logger=wandb", "logger.mode=offline", "logger.table=table5",
                      *QUICK)
     result = run(cfg, progress=False)
-    for key, value in (("table", "table5"), ("method", "lora"), ("budget", 1), ("mask", "rand"), ("task", "rte")):
+    for key, value in (("table", "table5"), ("method", "lora"), ("budget", 1), ("lr", 5e-5)):
         assert seen["config"][key] == value
+    # the config's groups stay dicts (tests/test_tracking.py: through the CLI, with the profile)
+    assert (seen["config"]["mask"]["mode"], seen["config"]["task"]["name"]) == ("rand", "rte")
     assert {"table:table5", "method:lora", "budget:1", "mask:rand"} <= set(seen["tags"])
-    assert seen["group"] == "tiny_bert-rte-lora-r1-b1" and seen["name"] == result["run_id"]  # masks share a group
+    # masks and seeds share a group; no profile outside Hydra; 24 training examples at the paper's 5e-5
+    assert seen["group"] == "tiny_bert-rte-lora-r1-b1-n24-lr5e-05" and seen["name"] == result["run_id"]
     assert [step for step, _ in seen["logs"]] == [1, 2]
     assert [d["dev_score"] for _, d in seen["logs"]] == [h["score"] for h in result["history"]]
     assert {"train_loss", "dev_loss", "dev_accuracy"} <= set(seen["logs"][0][1])

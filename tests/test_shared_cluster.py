@@ -31,8 +31,8 @@ import torch
 
 from conftest import GLUE_FIXTURES, ROOT, run_config
 from fishtune.harness import claims
-from fishtune.harness.results import (NoSpace, Unreadable, file_mode, load_failures, load_results, write_atomic,
-                                      write_json_atomic)
+from fishtune.harness.results import (NoSpace, Unreadable, file_mode, load_failures, load_results, mask_path,
+                                      save_mask_file, write_atomic, write_json_atomic)
 
 QUICK = ["model=tiny_bert", "task=rte", "budget=1", "train.max_epochs=1", "fisher.samples=8", "data.train_samples=24",
          "data.dev_samples=12", "mask=rand"]
@@ -127,7 +127,7 @@ def test_two_users_read_each_others_results_and_nothing_is_renamed_or_retrained(
             first = run(cfg[1], progress=False)
         with _umask(0o077):   # a private umask: this result is root's alone
             run(cfg[2], progress=False)
-        assert [p.stat().st_mode & 0o777 for p in (path[1], path[1].with_suffix(".mask.pt"), path[2])] == \
+        assert [p.stat().st_mode & 0o777 for p in (path[1], mask_path(path[1]), path[2])] == \
             [0o644, 0o644, 0o600]
         before = {seed: path[seed].read_bytes() for seed in (1, 2)}
 
@@ -150,7 +150,7 @@ def test_two_users_read_each_others_results_and_nothing_is_renamed_or_retrained(
 
         # Root's private run unfinished (its result gone): its mask file is root's too, and left alone.
         path[2].unlink()
-        mask = path[2].with_suffix(".mask.pt")
+        mask = mask_path(path[2])
         with _user(other.pw_uid, other.pw_gid, 0o002), pytest.raises(Unreadable, match=re.escape(
                 f"cannot read {mask}: permission denied (owned by root)")):
             run(cfg[2], progress=False)
@@ -260,6 +260,7 @@ def test_temporary_files_of_killed_writers_are_removed_by_the_next_owner(tmp_pat
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     left = [tmp_path / f".run.json.{dead.pid}@{host}.a1b2c3.tmp",             # its writer is gone
+            tmp_path / f".run.mask.safetensors.{dead.pid}@{host}.b2c3.tmp",   # its mask's, the same
             tmp_path / f".run.ckpt.pt.{os.getpid()}@node-elsewhere.d4e5.tmp",   # old: past the timeout
             tmp_path / "run.ckpt.pt.tmp"]                                       # an older harness's fixed name
     live = tmp_path / f".run.ckpt.pt.{os.getpid()}@{host}.f6g7.tmp"             # a live writer's, fresh
@@ -404,7 +405,9 @@ def test_a_full_disk_is_said_as_such_in_one_line(tmp_path):
         with contextlib.suppress(OSError), open(disk / "filler", "wb") as f:
             f.write(b"\0" * 2**20)   # fills it: ENOSPC after 256 KiB
         for write, name in ((lambda p: write_json_atomic(p, {"x": "y" * 20000}), "r.json"),
-                            (lambda p: save_checkpoint(p, {"w": torch.zeros(20000)}), "r.ckpt.pt")):
+                            (lambda p: save_checkpoint(p, {"w": torch.zeros(20000)}), "r.ckpt.pt"),
+                            (lambda p: save_mask_file(p, {"w": torch.ones(300_000, dtype=torch.bool)}),
+                             "r.mask.safetensors")):
             with pytest.raises(NoSpace) as e:
                 write(disk / name)
             assert str(e.value) == f"no space left on device: {disk / name}"

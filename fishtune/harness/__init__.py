@@ -5,7 +5,7 @@ methods (one MethodSpec per PEFT method), schedules (which layers a run inserts 
 Adam loop), run (one run, config to result file), cli (the command line and Hydra), signals (SIGTERM,
 SIGINT, a gone launcher), results (the result file and its RunResult type),
 metrics (GLUE metrics), tracking (wandb), sweeps (an experiment's runs), validate (config checks
-without torch). It imports the library (the package root), never the reports.
+without torch), studies (each study's arms and reports, and their runner). It imports the library (the package root), never the reports.
 """
 from __future__ import annotations
 

@@ -45,7 +45,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .results import NoSpace, temp_writer
+from .results import OLD_MASK_SUFFIX, NoSpace, mask_path, temp_writer
 
 CLAIM = ".claim"  # suffix of a claim file: <run>.claim beside <run>.json
 # The Slurm variables that name a job; a requeued job keeps them (SLURM_RESTART_COUNT grows).
@@ -370,8 +370,9 @@ def remove_abandoned_temps(result: str | Path, timeout_s: float) -> list[Path]:
     writers left: a writer on this host whose pid no longer runs, or any file older than `timeout_s`
     (a killed process cannot remove its own). Called by the claim's holder, so no live owner is writing."""
     result = Path(result)
-    names = [result.name, result.with_suffix(".ckpt.pt").name, result.with_suffix(".mask.pt").name,
-             result.with_suffix(".failed.json").name, result.with_suffix(".interrupted.json").name]
+    names = [result.name, result.with_suffix(".ckpt.pt").name, mask_path(result).name,
+             result.with_suffix(OLD_MASK_SUFFIX).name, result.with_suffix(".failed.json").name,
+             result.with_suffix(".interrupted.json").name]
     removed = []
     for name in names:
         target = result.with_name(name)

@@ -101,7 +101,7 @@ class NoSpace(OSError):
 
 # The keys an adaptive run adds; absent (not null) in every other result file.
 ADAPTIVE_KEYS = ("trainable_final", "ratio_pct_final", "ratio_pct_mean", "active_ratio_history")
-# Keys written only when set (a run whose mask reads a Fisher); older files lack them.
+# Keys written only when set (zero_fisher_filled: a run whose mode has a score, ModeSpec.score); older files lack them.
 _OPTIONAL_KEYS = (*ADAPTIVE_KEYS, "zero_fisher_filled")
 
 
@@ -137,9 +137,10 @@ class RunResult:
     # per dev example, in the seeded subsample's order; predictions of the best epoch
     dev_labels: list | None = None
     dev_predictions: list | None = None
-    fisher_seconds: float
-    # a Fisher mode's chosen entries whose Fisher score is zero (k beyond the non-zero scores, filled by
-    # position: fishtune.ZeroFisherWarning); absent for masks that read no Fisher and in older files
+    fisher_seconds: float              # seconds the mask's score took (ModeSpec.score: the Fisher, ...); 0 without one
+    # a scoring mode's chosen entries whose score is zero (k beyond the non-zero scores, filled by position:
+    # fishtune.ZeroFisherWarning), as its ModeSpec.zero_score counts them (0 for rev, which counts none);
+    # absent for modes that read no samples (ModeSpec.score None: none, rand, head_only) and in older files
     zero_fisher_filled: int | None = None
     train_seconds: float
     samples_per_second: float
@@ -734,21 +735,46 @@ def finished_runs(results: Iterable[RunResult], skipped: list[str] | None = None
     return out
 
 
-# A run's mask file (`<run>.mask.pt`): torch is imported only where a mask is read or written.
+# A run's mask file, `<run>.mask.safetensors` beside its result file: the library's format (fishtune.masks:
+# save_masks / load_masks, one bool tensor per parameter of the method, metadata `format` and `chosen`)
+# with what its Fisher cost in the metadata (strings): `fisher_seconds`, and `zero_fisher_filled` where
+# the mask read a Fisher. Runs before safetensors saved `<run>.mask.pt` (torch.save); such files are still
+# read (a resumed run, the reports), never written. torch is imported only where a mask is read or written.
+MASK_SUFFIX = ".mask.safetensors"
+OLD_MASK_SUFFIX = ".mask.pt"
+
+
+def mask_path(result: str | Path) -> Path:
+    """Where the run whose result file is `result` saves its mask (`<run>.mask.safetensors`)."""
+    return Path(result).with_suffix(MASK_SUFFIX)
+
+
+def find_mask_file(result: str | Path) -> Path | None:
+    """The mask file saved beside the result file `result`: `<run>.mask.safetensors`, else an older run's
+    `<run>.mask.pt`; None when there is neither."""
+    for path in (mask_path(result), Path(result).with_suffix(OLD_MASK_SUFFIX)):
+        if path.exists():
+            return path
+    return None
+
 
 def save_mask_file(path, masks: Mapping[str, Any], fisher_seconds: float = 0.0,
                    zero_fisher_filled: int | None = None, guard: Callable[[], None] | None = None) -> None:
-    """A run's mask beside its result file (atomically; `guard` as in write_atomic), with what the Fisher
-    cost and how many of its entries had a zero Fisher score (a resumed run reports both)."""
-    save_torch_atomic(path, {"masks": dict(masks), "fisher_seconds": float(fisher_seconds),
-                             "zero_fisher_filled": zero_fisher_filled}, guard)
+    """A run's mask at `path` (mask_path), atomically and under the umask like every file a run writes
+    (write_atomic; `guard` as there), with what the Fisher cost and how many of its entries had a zero
+    Fisher score (a resumed run reports both)."""
+    from ..masks import mask_file_bytes
+
+    extra = {} if zero_fisher_filled is None else {"zero_fisher_filled": int(zero_fisher_filled)}
+    write_atomic(path, mask_file_bytes(masks, fisher_seconds=float(fisher_seconds), **extra), guard)
 
 
-def read_mask_file(path: Path, like: Mapping[str, Any]) -> tuple[dict[str, Any], float, int | None] | None:
-    """(masks, fisher_seconds, zero_fisher_filled) for a run that resumes: None when there is no file, or
-    when it is damaged (unreadable, truncated, or not shaped like the run's candidate tensors `like`); a
-    damaged one is set aside as `<name>.damaged` with a warning, and the run builds its mask again."""
-    if not path.exists():
+def read_mask_file(path: Path | None, like: Mapping[str, Any]) -> tuple[dict[str, Any], float, int | None] | None:
+    """(masks, fisher_seconds, zero_fisher_filled) for a run that resumes, the masks in the order and on the
+    devices of the run's candidate tensors `like`: None when there is no file (`path` None or absent), or
+    when it is damaged (unreadable, truncated, or not shaped like `like`); a damaged one is set aside as
+    `<name>.damaged` with a warning, and the run builds its mask again."""
+    if path is None or not path.exists():
         return None
     check_readable(path)
     try:
@@ -756,14 +782,32 @@ def read_mask_file(path: Path, like: Mapping[str, Any]) -> tuple[dict[str, Any],
         masks = saved["masks"]
         if set(masks) != set(like) or any(tuple(masks[n].shape) != tuple(q.shape) for n, q in like.items()):
             raise ValueError("its tensors are not the run's candidates")
-    except Exception as e:  # noqa: BLE001 - whatever torch.load makes of a broken file, it cannot be used
+    except Exception as e:  # noqa: BLE001 - whatever safetensors or torch.load make of a broken file, it cannot be used
         set_aside(path, f"{type(e).__name__}: {e}".splitlines()[0][:200] + "; the mask is built again")
         return None
+    import torch
+
+    masks = {n: masks[n].to(q.device, torch.bool) for n, q in like.items()}
     return masks, saved["fisher_seconds"], saved["zero_fisher_filled"]
 
 
 def _mask_record(path) -> dict[str, Any]:
-    """A mask file as {masks, fisher_seconds, zero_fisher_filled}; what older files lack is 0 and None."""
+    """A mask file as {masks, fisher_seconds, zero_fisher_filled}. safetensors: read as the library reads
+    it (fishtune.masks.load_masks), the rest from its metadata. An older `.mask.pt`: torch.load; what the
+    earliest of those lack is 0 and None."""
+    path = Path(path)
+    if path.name.endswith(MASK_SUFFIX):
+        from safetensors import safe_open
+
+        from ..masks import load_masks
+
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("format") != "fishtune-masks":
+            raise ValueError(f"no fishtune mask file (metadata format={meta.get('format')!r})")
+        zero = meta.get("zero_fisher_filled")
+        return {"masks": load_masks(path), "fisher_seconds": float(meta.get("fisher_seconds", 0.0)),
+                "zero_fisher_filled": None if zero is None else int(zero)}
     import torch
 
     saved = torch.load(path)
@@ -774,7 +818,8 @@ def _mask_record(path) -> dict[str, Any]:
 
 
 def load_mask_file(path) -> tuple[dict[str, Any], float]:
-    """(masks, fisher_seconds) of a mask file; files from before fisher_seconds was kept give 0."""
+    """(masks, fisher_seconds) of a mask file, `<run>.mask.safetensors` or an older `<run>.mask.pt`
+    (find_mask_file); files from before fisher_seconds was kept give 0."""
     saved = _mask_record(path)
     return saved["masks"], saved["fisher_seconds"]
 

@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hydra.experimental.callback import Callback
 
+from ..modes import MODES
 from . import claims
 from . import data as glue
 from . import tracking
@@ -39,7 +40,7 @@ from .results import (Diverged, NoSpace, RunFailure, RunResult, Unreadable, chec
 from .schedules import run_layers
 from .signals import Interrupted, gone_launcher, signals_interrupt, watch_parent
 from .tasks import TaskSpec, is_file_task
-from .validate import HEAD_ONLY, ConfigError, check_config, check_hub, first_mask_mode, resolve_model
+from .validate import ConfigError, check_config, check_hub, first_mask_mode, resolve_model
 
 # Recorded in the result file when a run executes as a Slurm job (a requeued job keeps its ids).
 # SLURM_JOB_GPUS: the node's indices of the job's GPUs; SLURM_SHARDS_ON_NODE: its shards of a shared GPU.
@@ -131,9 +132,9 @@ def plan(config: dict) -> Plan:
                                  f"({model_cfg['name']}'s hidden size)")
         counts = count_on_meta(conf, peft_cfg, layers, family)
         k, budget_total = None, counts["total"]
-        if mode == HEAD_ONLY:
+        if MODES[mode].trains == "head":
             k = counts["head"]
-        elif first_mask_mode(mask_cfg) not in ("none", "adaptive"):
+        elif MODES[first_mask_mode(mask_cfg)].budget_matched:
             k = mask_cfg.get("k")
             if k is None:  # the trainable count of the original run at this budget level
                 rank = mask_cfg.get("budget_rank") or peft_cfg.get("rank")
@@ -289,22 +290,22 @@ def choose_mask(p: Plan, model, head: dict, candidates: dict, data: Data,
 
     import torch
 
-    from ..modes import FISHER_MODES
     from ..masks import ZeroFisherWarning, fish_masks
-    from .results import read_mask_file, save_mask_file
+    from .results import find_mask_file, mask_path, read_mask_file, save_mask_file
 
     cfg, seed = p.config, int(p.config["seed"])
-    mask_file = p.path.with_suffix(".mask.pt")
+    mask_file = mask_path(p.path)
     select = first_mask_mode(cfg["mask"])
-    # none: everything inserted trains (adaptive then freezes groups); head_only: none of it does.
-    if select in ("none", "adaptive", HEAD_ONLY):
-        return {n: torch.full_like(q, select != HEAD_ONLY, dtype=torch.bool) for n, q in candidates.items()}, 0.0, None
-    if (saved := read_mask_file(mask_file, candidates)) is not None:
+    # Not budget-matched: everything inserted trains (none; adaptive then freezes groups), or none of it (head_only).
+    if not MODES[select].budget_matched:
+        everything = MODES[select].trains == "all"
+        return {n: torch.full_like(q, everything, dtype=torch.bool) for n, q in candidates.items()}, 0.0, None
+    if (saved := read_mask_file(find_mask_file(p.path), candidates)) is not None:   # an older run's .mask.pt too
         return saved
     if (stale := p.path.with_suffix(".ckpt.pt")).exists():  # trained under a mask that is gone: start over
         set_aside(stale, "its run's mask file is missing or damaged, so its training cannot continue")
     t0 = time.perf_counter()
-    batches = fisher_batches(data.train, data.tokenizer, cfg["fisher"], seed) if select in FISHER_MODES else None
+    batches = fisher_batches(data.train, data.tokenizer, cfg["fisher"], seed) if MODES[select].score is not None else None
     # The warning's count goes into the result file; it is caught here whatever the filters say (a repeated
     # message would otherwise be shown, and so recorded, only once per process), then warned again below.
     with warnings.catch_warnings(record=True) as caught:
@@ -356,7 +357,7 @@ def execute(p: Plan, progress: bool = True, on_epoch: Callable[[dict], Any] | No
     masks, fisher_seconds, zero_fisher_filled = choose_mask(p, model, head, candidates, data, guard)
     trainable = apply_masks(model, masks)
     freezer = None
-    if p.mode == "adaptive":
+    if MODES[p.mode].freezes:
         freezer = AdaptiveFreezer(model, masks, AdaptiveSettings(**{
             k: cfg["mask"][k] for k in AdaptiveSettings.__dataclass_fields__ if k in cfg["mask"]}))
 
@@ -368,7 +369,7 @@ def execute(p: Plan, progress: bool = True, on_epoch: Callable[[dict], Any] | No
                              max_epochs=int(cfg["train"]["max_epochs"]), patience=int(cfg["train"]["patience"]),
                              device=device, bf16=bf16, progress=progress, head_lr=head_lr)
     keys = result_keys(p)
-    tracker = tracking.start(cfg, keys, p.path.stem)
+    tracker = tracking.start(cfg, keys, p.path.stem, lr=lr, head_lr=head_lr)
     listeners = [f for f in (tracker[0] if tracker else None, on_epoch, claim and claim.beat) if f]
 
     def each_epoch(record: dict) -> None:

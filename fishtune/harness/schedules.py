@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
+from ..modes import MODES
 from .checks import ConfigError
 
 
@@ -47,10 +48,12 @@ def original_layers(peft_cfg: Mapping[str, Any], budget: int, depth: int | None 
 
 
 def run_layers(peft_cfg: Mapping[str, Any], mask_mode: str, budget: int, depth: int | None = None) -> int:
-    """Where this run inserts the method: explicit peft.layers, else the original run's layers
-    (mask none or head_only) or peft.fish_layers (a masked run), fitted to the model's depth."""
+    """Where this run inserts the method: explicit peft.layers, else the original run's layers (a mode
+    whose ModeSpec.original_layers says so: none, head_only) or peft.fish_layers (a masked run), fitted
+    to the model's depth."""
     if peft_cfg.get("layers") is not None:
         return int(peft_cfg["layers"])
-    if mask_mode in ("none", "head_only"):  # head_only: the original run's method, frozen
+    spec = MODES.get(mask_mode) if isinstance(mask_mode, str) else None  # a mode no spec knows (an old result file's) reads as a masked run, as before
+    if spec is not None and spec.original_layers:
         return original_layers(peft_cfg, budget, depth)
     return layer_schedule(peft_cfg, depth)[1]

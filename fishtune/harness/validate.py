@@ -8,7 +8,7 @@ files hold (fishtune.harness.data.prepare_task, still without torch). `check_hub
 finds a hub model or dataset that cannot be had (offline, not cached, gated) before training starts.
 
 The model sources live here; the model families and what each knows (its heads, layers, default
-targets) in fishtune/families.py, the mask modes in the package (fishtune.MASK_MODES), which PEFT
+targets) in fishtune/families.py, the mask modes in fishtune/modes.py (a ModeSpec each), which PEFT
 method each family can take and each method's own checks in its MethodSpec (methods.py).
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ import string
 from typing import Any, Mapping
 from urllib.parse import urlparse
 
-from ..modes import FISHER_MODES, check_mode  # the library's modes; mask.mode also takes "adaptive" (fishtune/adaptive.py)
+from ..modes import MODES, ModeSpec  # every mask mode, the harness's own (adaptive, head_only) included
 from ..families import FAMILIES, MODEL_TYPES, families_by_head
 from .checks import ABSENT, ConfigError, as_int, check_choice, check_float, check_int, get, show
 from .methods import check_method
@@ -33,9 +33,6 @@ SOURCES = ("embedded", "hub", "tiny")
 AUTO = "auto"  # model.family=auto: the family of the checkpoint's config.json model_type
 OWN_DOCS = "docs/OWN.md, \"Your own model\""
 PRECISIONS = ("auto", "fp32", "bf16")
-# mask.mode=head_only: the method is inserted as on the original run and frozen; only the classifier trains
-# (the reference an original run must beat: does training the method help at all?).
-HEAD_ONLY = "head_only"
 # model.head, what the classifier reads -> the families that take it (FamilySpec.heads): the family's own
 # pooling (BERT: tanh(pooler(h_CLS)); ModernBERT and LLaMA as their transformers class pools), the masked
 # mean of the last hidden states (padding left out), or the last hidden state of [CLS] (models.py builds them).
@@ -149,14 +146,27 @@ def check_model_config(cfg: Mapping[str, Any]) -> None:
 
 
 def first_mask_mode(mask: Mapping[str, Any]) -> str:
-    """The mode that chooses a run's first mask: mask.mode, except that adaptive with start=fish starts
-    from a fish mask (and so needs a Fisher and a budget k like fish)."""
-    return "fish" if mask["mode"] == "adaptive" and mask.get("start") == "fish" else mask["mode"]
+    """The mode that chooses a run's first mask: mask.mode, or for a mode that starts from another
+    (ModeSpec.starts; adaptive: mask.start all -> none, fish -> fish, the default the first) that one."""
+    spec = MODES[mask["mode"]]
+    return spec.starts[mask.get("start") or next(iter(spec.starts))] if spec.starts else spec.name
 
 
 def uses_fisher(config: Mapping[str, Any]) -> bool:
-    """Whether the run estimates an empirical Fisher (the FISHER_MODES, adaptive with start=fish)."""
-    return first_mask_mode(config["mask"]) in FISHER_MODES
+    """Whether the run scores entries on fisher.samples training samples: its first mask's mode has a
+    score (the Fisher modes, adaptive with start=fish, ...)."""
+    return MODES[first_mask_mode(config["mask"])].score is not None
+
+
+def check_mask_mode(config: Mapping[str, Any]) -> ModeSpec:
+    """mask.mode's spec (and mask.start's value where the mode starts from another), or ConfigError."""
+    mode = get(config, "mask.mode")
+    spec = MODES.get(mode) if isinstance(mode, str) else None
+    if spec is None:
+        raise ConfigError(f"unknown mask mode {show(mode)}; choose one of: {', '.join(MODES)}")
+    if spec.starts:
+        check_choice(config, "mask.start", tuple(spec.starts), optional=True)
+    return spec
 
 
 # --- the whole config ---------------------------------------------------------------------------
@@ -167,14 +177,8 @@ def check_config(config: Mapping[str, Any]) -> None:
     check_task(config)
     model, peft = resolve_model(get(config, "model")), get(config, "peft")
     check_model_config(model)
-    mode = get(config, "mask.mode")
-    if mode == "adaptive":
-        check_choice(config, "mask.start", ("all", "fish"), optional=True)
-    elif mode != HEAD_ONLY:
-        try:
-            check_mode(mode)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
+    mode_spec = check_mask_mode(config)
+    mode = mode_spec.name
     spec = check_method(get(config, "peft.name"), model["family"])
 
     # Where the method goes and the budget level that picks the original run's layers.
@@ -188,10 +192,11 @@ def check_config(config: Mapping[str, Any]) -> None:
     check_int(config, "peft.fish_layers", 1)
     check_int(config, "peft.layers", 1, null="the budget level's layers", optional=True)
     spec.check(config)  # the method's own values (rank, prefix length, ...: fishtune/harness/methods.py)
-    if mode not in ("none", HEAD_ONLY):
+    # A budget-matched mode reads mask.k and mask.budget_rank, and so does one that may start from one.
+    if any(MODES[m].budget_matched for m in (mode, *mode_spec.starts.values())):
         check_int(config, "mask.k", 1, null="the original run's trainable count", optional=True)
         check_int(config, "mask.budget_rank", 1, null="peft.rank", optional=True)
-    if mode == "adaptive":
+    if mode_spec.freezes:
         # Absent: AdaptiveSettings' own default (fishtune/adaptive.py), which the yaml repeats.
         granularity = get(config, "mask.granularity", ABSENT)
         if granularity is not ABSENT and granularity != "tensor" and not re.fullmatch(r"rows:[1-9]\d*", str(granularity)):
@@ -226,7 +231,8 @@ def check_config(config: Mapping[str, Any]) -> None:
         raise ConfigError(f"train.device={show(device)}: choose one of: auto, cpu, cuda, cuda:N")
     check_claim(config)
     if uses_fisher(config):
-        why = f" (mask={mode} ranks entries by a Fisher estimated on that many training samples)"
+        score = MODES[first_mask_mode(config["mask"])].score.name
+        why = f" (mask={mode} ranks entries by a {score} estimated on that many training samples)"
         check_int(config, "fisher.samples", 1, why=why)
         check_int(config, "fisher.chunk_size", 1, why=" (samples per backward pass of the Fisher)")
 

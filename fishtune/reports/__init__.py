@@ -10,15 +10,34 @@ and may use the harness's tables (tasks, schedules, methods); they import nothin
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Iterator, Mapping
 
 import pandas as pd
 
 from ..harness.results import FILE_KEYS, RunResult
+from ..modes import MODES
+
+
+class _Rows(Mapping[str, str]):
+    """mode -> row label of the modes the study views show (ModeSpec.row), in MODES' order, read from MODES
+    when asked, so a mode added there shows without a word here."""
+
+    def __getitem__(self, mode: str) -> str:
+        spec = MODES.get(mode)
+        if spec is None or spec.row is None:
+            raise KeyError(mode)
+        return spec.row
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name, spec in MODES.items() if spec.row is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
 
 # The rows of every table, by the mask mode of their runs, in table order: a row is named after its
 # mode, except the runs without a mask, which are the method's "original" configuration.
-ROWS = {"none": "original", "fish": "fish", "rand": "rand", "rev": "rev", "adaptive": "adaptive", "head_only": "head only"}
+ROWS: Mapping[str, str] = _Rows()
 
 
 def row_label(mode: str) -> str:

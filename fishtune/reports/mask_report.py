@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from ..masks import mask_placement
-from ..harness.results import RunResult, finished_runs, load_mask_file, load_results
+from ..harness.results import RunResult, find_mask_file, finished_runs, load_mask_file, load_results
 from ..harness.tasks import TASK_ORDER, get_task
 from . import ROWS, precision_label, results_frame
 from .stats import paired_bootstrap, paired_test
@@ -115,12 +115,12 @@ def mask_table_latex(table: pd.DataFrame) -> str:
 def saved_mask(result: RunResult) -> dict[str, torch.Tensor] | None:
     """The mask a run saved beside its result, or None: none saved, or a file that cannot be read
     (truncated; said on stderr and skipped, never fatal)."""
-    path = Path(result.path).with_suffix(".mask.pt")
-    if not path.exists():
+    path = find_mask_file(result.path)   # <run>.mask.safetensors, or an older run's <run>.mask.pt
+    if path is None:
         return None
     try:
         return load_mask_file(path)[0]
-    except Exception as e:  # noqa: BLE001 - whatever torch.load makes of a broken file
+    except Exception as e:  # noqa: BLE001 - whatever safetensors or torch.load make of a broken file
         print(f"mask_report: skipped unreadable mask file {path} ({type(e).__name__})", file=sys.stderr)
         return None
 

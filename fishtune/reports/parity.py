@@ -1,4 +1,4 @@
-"""Parity of two sets of runs that differ in one setting only (bf16 against fp32, `make bf16-parity`).
+"""Parity of two sets of runs that differ in one setting only (bf16 against fp32, `make study NAME=bf16-parity`).
 
     python -m fishtune.parity --a results/bf16-parity/runs --b results/study/runs --out results/bf16-parity
 

@@ -1,10 +1,15 @@
 """One self-contained HTML page of a runs folder's results: tables, figures, curves, placement, cost.
 
-    python -m fishtune.report RUNS_DIR --out results/study/index.html      (make report does this)
+    python -m fishtune.report RUNS_DIR --out results/study/index.html      (make report, make report NAME=... do this)
 
 Built from the result files alone (any folder: the study's, a quick table's), the page needs no server
 and asks none for anything: its script, styles, data and the plotting library (plotly.js) are inline.
-It shows, each table sortable, filterable and exportable as CSV:
+It opens with the verdict: does fish beat the original and rand? A line per method (Table 1's layout) or
+study group and budget, per task and pooled the paired mean difference fish - original and fish - rand
+with its 95 % interval, n and its Holm-adjusted p (survivors shaded), its Holm family named, then the same
+as a forest plot (inline SVG); a line saying so where no runs pair fish with original or rand. Each
+comparison has one Holm p on the page: where Table 1's layout holds a group's comparisons, the group's
+own table shows the unadjusted p. Below it, each table sortable, filterable and exportable as CSV:
   study tables   per (model, method, rank) group of study-like runs (two or more of fishtune.study's rows,
                  no (task, mask, budget) cell mixing learning rates or layer counts): fishtune.study's
                  table with 95 % intervals and the trivial baseline, and its paired comparisons (p, Holm p)
@@ -13,7 +18,7 @@ It shows, each table sortable, filterable and exportable as CSV:
   runs           one line per run; a click shows its per-epoch curves, best epoch, stop reason and costs,
                  and `zero-Fisher filled`: entries its mask had to choose with a zero Fisher score
   placement      chosen mask entries per layer and module, from the result files' `placement` or the
-                 `<run>.mask.pt` saved beside them
+                 `<run>.mask.safetensors` (or an older run's `.mask.pt`) saved beside them
   cost           score against train_seconds (and peak memory where recorded), per mode
   in progress    runs a sweep has claimed and trains (`<run>.claim`): the owner (host, pid, Slurm job),
                  when it started and its last heartbeat
@@ -28,19 +33,24 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 from collections import defaultdict
+from html import escape
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 
 from ..harness.claims import in_progress
-from ..harness.results import FILE_KEYS, RunResult, finished_runs, load_failures, load_results, set_aside_files
+from ..harness.results import (FILE_KEYS, RunResult, find_mask_file, finished_runs, load_failures, load_results,
+                               set_aside_files)
+from ..harness.tasks import TASK_ORDER
 from . import ROWS
 from .paper import TASK_TITLES
 from .stats import baselines_from, t_interval
-from .methods_study import methods_frame, methods_paired, methods_table
+from .methods_study import METHOD_ORDER, methods_frame, methods_paired, methods_table
 from .study import frame, paired_table, study_table
 
 # What a run's line leaves out of its result file: the config and the dev examples (too big for a page of
@@ -56,6 +66,7 @@ CELL_KEY = ["folder", "model", "method", "rank", "layers", "lr", "task", "budget
 TASK_IDS = {title: task for task, title in TASK_TITLES.items()}
 DEFAULT_RESAMPLES = 200
 PLOTLY_VERSION = "4.1.1"   # of fishtune/reports/vendor/plotly-basic.min.js
+TABLE1_FAMILY = "comparisons of Table 1's family"   # how the verdict names methods_paired's Holm families
 
 
 def compact(value: Any) -> Any:
@@ -74,9 +85,9 @@ def compact(value: Any) -> Any:
 
 def run_placement(result: RunResult) -> list[list] | None:
     """[layer, module, chosen, entries] per (layer, module) of a run's mask: from the result's
-    `placement` where recorded, else from the `<run>.mask.pt` saved beside it; None when neither."""
+    `placement` where recorded, else from the mask file saved beside it (find_mask_file); None when neither."""
     tensors = result.placement
-    if not tensors and Path(result.path).with_suffix(".mask.pt").exists():
+    if not tensors and find_mask_file(result.path) is not None:
         from .mask_report import saved_mask
         from ..masks import mask_placement
         tensors = mask_placement(saved_mask(result) or {})
@@ -185,18 +196,31 @@ def _with_folder(runs: list[dict], key: list[str]) -> list[str]:
 
 
 def _group_name(key: tuple) -> str:
-    return " / ".join(str(k) for k in key if k != ".")
+    """A study group's heading: folder (where not the runs folder itself), model, method, then the rank and
+    the learning rate where the key has them (methods without a rank, such as Adapter, have None)."""
+    return " / ".join(_group_parts(key))
 
 
-def study_views(results: list[RunResult], runs_dir: Path, baselines: dict[str, float], n_resamples: int) -> list[dict]:
-    """Per study-like group, fishtune.study's table (long form) and its paired comparisons."""
-    views = []
+def _group_parts(key: tuple) -> list[str]:
+    folder, model, method, rank, *lr = key
+    return [*([folder] if folder != "." else []), str(model), str(method),
+            *([f"rank {rank}"] if rank is not None else []), *(f"lr {v:g}" for v in lr)]
+
+
+def study_views(results: list[RunResult], runs_dir: Path, baselines: dict[str, float], n_resamples: int,
+                holm_in_table1: bool = False) -> tuple[list[dict], list[tuple[tuple, pd.DataFrame]]]:
+    """Per study-like group, fishtune.study's table (long form) and its paired comparisons; and each
+    group's key with its paired table (for the verdict). `holm_in_table1`: the page's Table 1 layout
+    holds these groups' comparisons in its Holm family, so their tables show the unadjusted p only (one
+    adjusted p per comparison on the page)."""
+    views, paired_tables = [], []
     groups, skipped = study_groups(results, runs_dir)
     for key, rs in groups.items():
         name = _group_name(key)
         df = frame(rs)
         table = _long_study_table(study_table(df, baselines))
         paired = paired_table(df, rs, n_resamples)
+        paired_tables.append((key, paired))
         lrs = sorted({r.lr for r in rs}, key=str)
         views.append(_view(f"study-{len(views)}", f"Study table: {name}", table, [
             ("budget", "budget", "int"), ("row", "row", "text"), ("task", "task", "text"), ("mean", "mean", "f2"),
@@ -204,6 +228,12 @@ def study_views(results: list[RunResult], runs_dir: Path, baselines: dict[str, f
             ("ratio_pct", "ratio %", "f4"), ("label", "note", "text")], ["task", "budget", "row"],
             note=f"Best dev score (x100) over seeds: mean, sample std, n and the 95 % t-interval of the mean "
                  f"(fishtune.reports.study.study_table); the baseline rows are the trivial baseline. lr: {lrs}."))
+        if holm_in_table1:
+            holm_note = ("p is unadjusted here: the Holm-adjusted p of fish - original and fish - rand is the "
+                         "verdict's and Table 1's layout's (Table 1's family, over every method), shown there once.")
+            paired = paired.drop(columns="p_holm")
+        else:
+            holm_note = f"p (Holm): {_holm_families(name, paired)}."
         views.append(_view(f"paired-{len(views)}", f"Paired comparisons: {name}", paired, [
             ("budget", "budget", "int"), ("comparison", "comparison", "text"), ("task", "task", "text"),
             ("pairs", "pairs", "int"), ("mean_diff", "mean diff", "f2"), ("ci_lo", "95 % low", "f2"),
@@ -211,25 +241,32 @@ def study_views(results: list[RunResult], runs_dir: Path, baselines: dict[str, f
             ("detectable_80", "detectable (80 %)", "f2"), ("a_wins", "a wins", "int"), ("b_wins", "b wins", "int"),
             ("boot_better", "boot better", "int"), ("boot_worse", "boot worse", "int"),
             ("boot_pairs", "boot pairs", "int"), ("budget_matched", "budget-matched", "text")],
-            ["task", "budget", "comparison"], significance=["p_ttest", "p_holm"],
+            ["task", "budget", "comparison"], significance=[c for c in ("p_ttest", "p_holm") if c in paired],
             note=f"fishtune.reports.study.paired_table over (task, seed) pairs; task 'all' pools the tasks. "
-                 f"Holm is over this table's rows only: a study's own family is in its report (for the methods "
-                 f"study, Table 1's layout). The bootstrap columns use {n_resamples} resamples per pair "
+                 f"{holm_note} The bootstrap columns use {n_resamples} resamples per pair "
                  f"(the study reports use their own)."))
     if skipped:
         views.append(_view("not-study", "Groups without study tables", pd.DataFrame({"why": skipped}),
                            [("why", "group: why", "text")], empty=""))
-    return views
+    return views, paired_tables
 
 
-def methods_views(results: list[RunResult], baselines: dict[str, float]) -> list[dict]:
+def _holm_families(name: str, paired: pd.DataFrame) -> str:
+    """How a group's paired table adjusts (fishtune.reports.study.paired_table): two families."""
+    pooled = int((paired["task"] == "all").sum())
+    return (f"Holm over {name}'s {len(paired) - pooled} per-task comparisons (one family) and over its "
+            f"{pooled} pooled comparisons (task all, another)")
+
+
+def methods_views(results: list[RunResult], baselines: dict[str, float]) -> tuple[list[dict], pd.DataFrame]:
     """Table 1's layout over the methods (fishtune.reports.methods_study), when the runs are of one model
     and two or more methods, one run per method, cell and seed: the cells with the paper's values, and the
-    paired differences with Holm over all of them and the paper's deltas, each filterable by method."""
+    paired differences with Holm over all of them and the paper's deltas, each filterable by method; and
+    those paired differences (methods_paired; empty where the layout does not apply)."""
     df = methods_frame(results)
     if (df["model"].nunique() != 1 or df["method"].nunique() < 2
             or df.duplicated(["method", "task", "budget", "row", "seed"]).any()):
-        return []
+        return [], pd.DataFrame()
     table = methods_table(df, baselines)
     lines = [{"method": rec["method"], "budget": rec["budget"], "row": rec["row"], "task": task,
               **{k: rec.get(f"{TASK_TITLES[task]}{suffix}") for k, suffix in
@@ -237,6 +274,9 @@ def methods_views(results: list[RunResult], baselines: dict[str, float]) -> list
               "paper": rec.get(f"paper_{task}"), "trivial": "yes" if rec.get(f"{TASK_TITLES[task]}_trivial") is True else ""}
              for rec in table[table["row"] != "baseline"].to_dict("records")
              for task in TASK_TITLES if f"paper_{task}" in rec]
+    paired = methods_paired(df)
+    # The page lists the per-task rows first (the verdict above leads with them too).
+    shown = paired.sort_values("family", kind="stable") if len(paired) else paired
     return [
         _view("methods", "Table 1's layout: every method", pd.DataFrame(lines), [
             ("method", "method", "text"), ("budget", "budget", "int"), ("row", "row", "text"), ("task", "task", "text"),
@@ -245,16 +285,221 @@ def methods_views(results: list[RunResult], baselines: dict[str, float]) -> list
             ["method", "task", "budget", "row"],
             note="Best dev score (x100) over seeds with its 95 % t-interval (fishtune.reports.methods_study); "
                  "paper: the paper's Table 1 value of the same cell (bert-base; it has no rand rows)."),
-        _view("methods-paired", "Table 1's layout: fish - original and fish - rand per method", methods_paired(df), [
+        _view("methods-paired", "Table 1's layout: fish - original and fish - rand per method", shown, [
             ("family", "family", "text"), ("method", "method", "text"), ("budget", "budget", "int"),
             ("task", "task", "text"), ("comparison", "comparison", "text"), ("pairs", "pairs", "int"),
             ("mean_diff", "mean diff", "f2"), ("ci_lo", "95 % low", "f2"), ("ci_hi", "95 % high", "f2"),
-            ("p_ttest", "p (paired t)", "g3"), ("p_holm", "p (Holm, in its family)", "g3"),
+            ("p_ttest", "p (paired t)", "g3"), ("p_holm", "p (Holm)", "g3"),
             ("paper_delta", "paper", "f2")],
             ["family", "method", "task", "budget", "comparison"], significance=["p_ttest", "p_holm"],
-            note="per task: paired over seeds, Holm over every method, budget, task and comparison (one family); "
-                 "pooled (task all): paired over task and seed per method x budget, Holm over those rows. paper: "
-                 "the paper's fish - original of the cell (pooled: the mean over the same tasks).")]
+            note=f"per task: paired over seeds; pooled (task all): paired over task and seed per method x budget. "
+                 f"p (Holm): {_table1_families(paired)}. paper: the paper's fish - original of the cell (pooled: "
+                 f"the mean over the same tasks).")], paired
+
+
+def _table1_families(paired: pd.DataFrame) -> str:
+    """How methods_paired adjusts: Holm over each family whole."""
+    sizes = paired.groupby("family").size()
+    return " and ".join(f"Holm over the {sizes[f]} {f.replace(' ', '-')} {TABLE1_FAMILY}"
+                        for f in ("per task", "pooled") if f in sizes)
+
+
+# ---- the verdict: does fish beat the original and rand? (the top of the page) -------------------------
+
+VERDICT_COMPARISONS = ("fish - original", "fish - rand")
+VERDICT_COLUMNS = ["label", "name", "budget", "task", "comparison", "pairs", "mean_diff", "ci_lo", "ci_hi", "p_holm",
+                   "family"]
+TASK_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2")   # per task; pooled is black
+SIGNIFICANT = 0.05
+
+
+def verdict_frame(table1_paired: pd.DataFrame, group_paired: Sequence[tuple[tuple, pd.DataFrame]]) -> pd.DataFrame:
+    """fish - original and fish - rand per method (or study group) x budget x task (`all`: pooled), with the
+    paired mean difference, its 95 % t-interval, the pairs and the one Holm-adjusted p the page shows for
+    it, and `family` naming the Holm family. From Table 1's layout (methods_paired) where the page has it,
+    else from each study group's paired table (fishtune.reports.study.paired_table); a group's pooled
+    rows are left out where it has one task (they repeat that task's pairs)."""
+    parts = []
+    if len(table1_paired):
+        sizes = table1_paired.groupby("family").size()
+        parts.append(table1_paired.assign(
+            label=table1_paired["method"], name=table1_paired["method"],
+            family=[f"Holm over the {sizes[f]} {f.replace(' ', '-')} {TABLE1_FAMILY}"
+                    for f in table1_paired["family"]]))
+    else:
+        keys = [_group_parts(k) for k, _ in group_paired]
+        common = set.intersection(*map(set, keys)) if len(keys) > 1 else set()
+        for (key, paired), part_names in zip(group_paired, keys):
+            if not len(paired):
+                continue
+            name = _group_name(key)
+            pooled = paired["task"] == "all"
+            size = {True: int(pooled.sum()), False: int((~pooled).sum())}
+            label = " / ".join(p for p in part_names if p not in common) or name
+            part = paired.assign(label=label, name=name, family=[
+                f"Holm over {name}'s {size[p]} {'pooled' if p else 'per-task'} comparison{'s' * (size[p] != 1)}"
+                for p in pooled])
+            if paired.loc[~pooled, "task"].nunique() < 2:
+                part = part[~pooled]
+            parts.append(part)
+    if not parts:
+        return pd.DataFrame(columns=VERDICT_COLUMNS)
+    out = pd.concat(parts, ignore_index=True)
+    return out[out["comparison"].isin(VERDICT_COMPARISONS)][VERDICT_COLUMNS].reset_index(drop=True)
+
+
+def _verdict_layout(verdict: pd.DataFrame) -> tuple[list[str], list[str], list[tuple[str, str, int]]]:
+    """The verdict's comparisons, tasks (TASK_ORDER, then `all`) and rows (label, name, budget), in order."""
+    comparisons = [c for c in VERDICT_COMPARISONS if c in set(verdict["comparison"])]
+    present = set(verdict["task"])
+    tasks = [t for t in TASK_ORDER if t in present] + sorted(present - {*TASK_ORDER, "all"}) + (
+        ["all"] if "all" in present else [])
+    rows = list(dict.fromkeys(zip(verdict["label"], verdict["name"], verdict["budget"])))
+    order = {m: i for i, m in enumerate(METHOD_ORDER)}  # Table 1's methods in its order and by budget
+    rows.sort(key=lambda r: (order[r[1]], r[2]) if r[1] in order else (len(order), 0))  # groups as found
+    return comparisons, tasks, rows
+
+
+def _task_name(task: str) -> str:
+    return "pooled" if task == "all" else TASK_TITLES.get(task, task)
+
+
+def format_p(p: float) -> str:
+    """A p-value with 3 significant digits, positional (as the page's tables print it: 0.000464, 1)."""
+    return np.format_float_positional(float(f"{p:.3g}"), trim="-") if math.isfinite(p) else "n/a"
+
+
+def _signed(v: float) -> str:
+    return f"{v:+.2f}" if math.isfinite(v) else "n/a"
+
+
+def verdict_html(verdict: pd.DataFrame) -> str:
+    """The verdict table (a line per method x budget; per comparison a column per task and pooled) and the
+    forest plot, as HTML for the top of the page; a one-line note where no runs pair fish with original
+    or rand."""
+    head = '<section id="verdict"><h2>Does fish beat the original and rand?</h2>'
+    if verdict.empty:
+        return (head + '<p class="empty">No verdict: no study-like group here has fish runs paired with '
+                'original or rand runs (the tables below have what there is).</p></section>')
+    comparisons, tasks, rows = _verdict_layout(verdict)
+    cells = {(r["name"], r["budget"], r["task"], r["comparison"]): r for r in verdict.to_dict("records")}
+    table1 = verdict["family"].str.endswith(TABLE1_FAMILY).any()
+    out = [head, '<p class="note">Mean paired difference in best dev score (x100) with its 95 % t-interval, the '
+           'pairs n (seeds; pooled: task and seed), and the Holm-adjusted p; shaded and marked &#10003;: Holm p &lt; '
+           f'{SIGNIFICANT} (green: fish higher, red: fish lower).</p>',
+           # Past three task columns per comparison, the interval goes on a line of its own (narrower cells).
+           f'<div class="verdict-wrap"><table class="verdict{" many" if len(tasks) > 3 else ""}"><thead><tr>',
+           f'<th rowspan="2">{"method" if table1 else "group"}</th><th rowspan="2">budget</th>',
+           *(f'<th colspan="{len(tasks)}" class="cmp">{escape(c).replace(" - ", " &minus; ")}</th>'
+             for c in comparisons),
+           "</tr><tr>", *(f'<th class="cmp-task{" first" if i == 0 else ""}">{escape(_task_name(t))}</th>'
+                          for _ in comparisons for i, t in enumerate(tasks)), "</tr></thead><tbody>"]
+    budgets_of = {label: [r for r in rows if r[0] == label] for label, _, _ in rows}
+    for label, name, budget in rows:
+        out.append("<tr>")
+        if budgets_of[label][0] == (label, name, budget):
+            out.append(f'<th rowspan="{len(budgets_of[label])}" title="{escape(name)}">{escape(label)}</th>')
+        out.append(f'<td class="num">{budget}</td>')
+        for c in comparisons:
+            for i, t in enumerate(tasks):
+                rec = cells.get((name, budget, t, c))
+                first = " first" if i == 0 else ""
+                if rec is None:
+                    out.append(f'<td class="v{first}"></td>')
+                    continue
+                p = rec["p_holm"]
+                won = math.isfinite(p) and p < SIGNIFICANT
+                kind = (" win" if rec["mean_diff"] > 0 else " loss") if won else ""
+                ci = f' <span class="ci">[{_signed(rec["ci_lo"])}, {_signed(rec["ci_hi"])}]</span>'
+                out.append(f'<td class="v{first}{kind}" data-key="{escape(f"{name}|{budget}|{t}|{c}")}" '
+                           f'data-holm="{float(p)!r}" title="{escape(rec["family"])}"><b>{_signed(rec["mean_diff"])}'
+                           f'</b>{ci}<span class="p">n {rec["pairs"]} &middot; Holm {format_p(p)}'
+                           f'{" &#10003;" if won else ""}</span></td>')
+        out.append("</tr>")
+    families = list(dict.fromkeys(verdict.sort_values("task", key=lambda t: t == "all", kind="stable")["family"]))
+    out += ["</tbody></table></div>",
+            f'<p class="note families">One Holm-adjusted p per comparison on this page: {escape("; ".join(families))}.'
+            + (" The study groups' tables below show the unadjusted p of the same comparisons." if table1 else "")
+            + "</p>", forest_svg(verdict), "</section>"]
+    return "".join(out)
+
+
+def _ticks(lo: float, hi: float) -> list[float]:
+    """Round tick values spanning [lo, hi]: a step of 1, 2 or 5 times a power of ten, at most 7 ticks."""
+    span = hi - lo
+    base = 10 ** math.floor(math.log10(span / 5))
+    step = next(m * base for m in (1, 2, 5, 10) if span / (m * base) <= 6)
+    return [k * step for k in range(math.ceil(lo / step), math.floor(hi / step) + 1)]
+
+
+def forest_svg(verdict: pd.DataFrame) -> str:
+    """The forest plot, as inline SVG: a panel per comparison, a block per method (or group) x budget, in it a
+    line per task and pooled: the mean paired difference (dot) and its 95 % interval (line); a filled dot
+    where Holm p < 0.05. Every number is written with fixed decimals, so the same data give the same bytes."""
+    comparisons, tasks, rows = _verdict_layout(verdict)
+    colours = {t: "#222" if t == "all" else TASK_COLOURS[i % len(TASK_COLOURS)] for i, t in enumerate(tasks)}
+    left, panel, gap, right, top, bottom, sub = 150, 420, 40, 12, 52, 44, 9
+    block = sub * len(tasks) + 10
+    width = left + len(comparisons) * panel + (len(comparisons) - 1) * gap + right
+    height = top + block * len(rows) + bottom
+    cells = {(r["name"], r["budget"], r["task"], r["comparison"]): r for r in verdict.to_dict("records")}
+    one_budget = len({b for _, _, b in rows}) == 1
+    out = [f'<svg id="forest" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" '
+           f'height="{height}" role="img" aria-label="forest plot of fish - original and fish - rand" '
+           f'font-size="11" font-family="system-ui, sans-serif">']
+    for i in range(0, len(rows), 2):   # stripes: every other block shaded, across the panels
+        out.append(f'<rect x="0" y="{top + i * block}" width="{width}" height="{block}" fill="#f4f6f9"/>')
+    for i, (label, name, budget) in enumerate(rows):
+        text = label if one_budget else f"{label}  b{budget}"
+        out.append(f'<text x="{left - 10}" y="{top + i * block + block / 2 + 4:.1f}" text-anchor="end">'
+                   f'{escape(text)}</text>')
+    x_legend = left
+    for t in tasks:   # the legend, above the panels
+        out.append(f'<line x1="{x_legend}" x2="{x_legend + 18}" y1="12" y2="12" stroke="{colours[t]}" '
+                   f'stroke-width="1.6"/>'
+                   f'<circle cx="{x_legend + 9}" cy="12" r="3.5" fill="{colours[t]}"/>'
+                   f'<text x="{x_legend + 24}" y="16">{escape(_task_name(t))}</text>')
+        x_legend += 34 + 7 * len(_task_name(t))
+    out.append(f'<circle cx="{x_legend + 9}" cy="12" r="3.5" fill="#555"/><text x="{x_legend + 17}" y="16">'
+               f'Holm p &lt; {SIGNIFICANT}</text><circle cx="{x_legend + 120}" cy="12" r="3.5" fill="#fff" '
+               f'stroke="#555" stroke-width="1.3"/><text x="{x_legend + 128}" y="16">not</text>')
+    for k, c in enumerate(comparisons):
+        x0 = left + k * (panel + gap)
+        part = verdict[verdict["comparison"] == c]
+        ends = [0.0, *[v for col in ("ci_lo", "ci_hi", "mean_diff") for v in part[col] if math.isfinite(v)]]
+        lo, hi = min(ends), max(ends)
+        pad = 0.04 * (hi - lo) or 1.0
+        lo, hi = lo - pad, hi + pad
+        def x(v: float) -> float:
+            return x0 + (v - lo) / (hi - lo) * panel
+        y_end = top + block * len(rows)
+        out.append(f'<text x="{x0 + panel / 2:.1f}" y="{top - 10}" text-anchor="middle" font-weight="600" '
+                   f'font-size="12">{escape(c.replace(" - ", " − "))}</text>'
+                   f'<rect x="{x0}" y="{top}" width="{panel}" height="{y_end - top}" fill="none" stroke="#bbb"/>')
+        for v in _ticks(lo, hi):
+            out.append(f'<line x1="{x(v):.1f}" x2="{x(v):.1f}" y1="{top}" y2="{y_end + 4}" stroke="#e2e2e2"/>'
+                       f'<text x="{x(v):.1f}" y="{y_end + 16}" text-anchor="middle">{v:g}</text>')
+        out.append(f'<line x1="{x(0):.1f}" x2="{x(0):.1f}" y1="{top}" y2="{y_end}" stroke="#777" '
+                   f'stroke-dasharray="4 3"/><text x="{x0 + panel / 2:.1f}" y="{y_end + 34}" text-anchor="middle">'
+                   f'difference in best dev score (x100)</text>')
+        for i, (label, name, budget) in enumerate(rows):
+            for j, t in enumerate(tasks):
+                rec = cells.get((name, budget, t, c))
+                if rec is None or not math.isfinite(rec["mean_diff"]):
+                    continue
+                y = top + i * block + 5 + j * sub + sub / 2
+                won = math.isfinite(rec["p_holm"]) and rec["p_holm"] < SIGNIFICANT
+                tip = (f"{name}, budget {budget}, {_task_name(t)}, {c}: {_signed(rec['mean_diff'])} "
+                       f"[{_signed(rec['ci_lo'])}, {_signed(rec['ci_hi'])}], n {rec['pairs']}, Holm "
+                       f"{format_p(rec['p_holm'])} ({rec['family']})")
+                out.append(f'<g><title>{escape(tip)}</title>')
+                if math.isfinite(rec["ci_lo"]) and math.isfinite(rec["ci_hi"]):
+                    out.append(f'<line x1="{x(rec["ci_lo"]):.1f}" x2="{x(rec["ci_hi"]):.1f}" y1="{y:.1f}" '
+                               f'y2="{y:.1f}" stroke="{colours[t]}" stroke-width="1.6"/>')
+                out.append(f'<circle cx="{x(rec["mean_diff"]):.1f}" cy="{y:.1f}" r="3.5" '
+                           f'fill="{colours[t] if won else "#fff"}" stroke="{colours[t]}" stroke-width="1.3"/></g>')
+    out.append("</svg>")
+    return "".join(out)
 
 
 def cells_view(runs: list[dict], baselines: dict[str, float]) -> dict:
@@ -308,8 +553,8 @@ def placement_view(runs: list[dict]) -> dict:
             "chosen entries in that (model, method, task, budget). Bars: share per layer and per module.")
     if not lines:
         return _view("placement", "Mask placement", pd.DataFrame(), [], figure=None, empty=(
-            "No mask placement: no result file here has a `placement` field and no `<run>.mask.pt` is saved "
-            "beside one."))
+            "No mask placement: no result file here has a `placement` field and no mask file "
+            "(`<run>.mask.safetensors`) is saved beside one."))
     df = pd.DataFrame(lines)
     key = _with_folder(runs, ["model", "method", "task", "budget", "mask"])
     agg = (df.groupby([*key, "layer", "module"], sort=False)
@@ -387,7 +632,13 @@ def build_page(runs_dir: str | Path, n_resamples: int = DEFAULT_RESAMPLES, title
     runs = [run_record(r, runs_dir) for r in results]
     baselines = baselines_from(results)
     table1 = results + [r for folder in table1_runs for r in finished_runs(load_results(Path(folder), damaged), damaged)]
-    views = [*methods_views(table1, baselines), *study_views(results, runs_dir, baselines, n_resamples)] if results else []
+    views, verdict = [], verdict_frame(pd.DataFrame(), [])
+    if results:
+        table1_views, table1_paired = methods_views(table1, baselines)
+        group_views, group_paired = study_views(results, runs_dir, baselines, n_resamples,
+                                                holm_in_table1=len(table1_paired) > 0)
+        views = [*table1_views, *group_views]
+        verdict = verdict_frame(table1_paired, group_paired)
     if runs:
         views += [cells_view(runs, baselines), runs_view(runs), placement_view(runs), cost_view(runs)]
     views += [in_progress_view(runs_dir), *problem_views(runs_dir, damaged)]
@@ -402,8 +653,9 @@ def build_page(runs_dir: str | Path, n_resamples: int = DEFAULT_RESAMPLES, title
     package = files("fishtune.reports")
     plotly = package.joinpath("vendor", "plotly-basic.min.js").read_text(encoding="utf-8")
     template = package.joinpath("report_template.html").read_text(encoding="utf-8")
-    # The data last: the template and plotly.js hold no placeholder, the data might.
-    return template.replace("__PLOTLY_JS__", plotly).replace("__REPORT_DATA__", blob)
+    # One pass over the template: what goes in (the data, plotly.js) is never searched for placeholders.
+    parts = {"PLOTLY_JS": plotly, "REPORT_DATA": blob, "VERDICT": verdict_html(verdict)}
+    return re.sub(r"__(PLOTLY_JS|REPORT_DATA|VERDICT)__", lambda m: parts[m.group(1)], template)
 
 
 def write_report(runs_dir: str | Path, out: str | Path, n_resamples: int = DEFAULT_RESAMPLES,

@@ -185,12 +185,16 @@ def trivial_baseline(task_name: str, labels: Sequence[float]) -> float:
 
 
 def baselines_from(results: list[RunResult]) -> dict[str, float]:
-    """task -> trivial baseline score, from the dev labels of the first result file of each task."""
-    out = {}
+    """task -> trivial baseline score from the result files' dev labels: the mean over the distinct dev sets of
+    each task (one when every run reads the whole dev set; one per seed when each seed draws its own subset)."""
+    dev_sets: dict[str, dict[tuple, float]] = {}
     for r in results:
-        if r.task not in out and r.dev_labels:
-            out[r.task] = trivial_baseline(r.task, r.dev_labels)
-    return out
+        if r.dev_labels:
+            labels = tuple(r.dev_labels)
+            seen = dev_sets.setdefault(r.task, {})
+            if labels not in seen:
+                seen[labels] = trivial_baseline(r.task, r.dev_labels)
+    return {task: float(np.mean(list(scores.values()))) for task, scores in dev_sets.items()}
 
 
 # Dev scores are printed with one decimal or two; a run within this of its trivial baseline learned nothing.

@@ -1,6 +1,6 @@
 """The study: does a FISH mask beat the original PEFT run at the same budget, with seeds and intervals?
 
-    python -m fishtune.study --runs-dir results/study/runs --out results/study    (make study does this)
+    python -m fishtune.study --runs-dir results/study/runs --out results/study    (make report NAME=pooler does this)
 
 Reads the result files of `+experiment=study` (docs/STUDY.md) and writes under `--out`:
   table5.csv / .tex   Table 5's layout (rows original, fish, rand, rev, adaptive per budget level, one
@@ -213,7 +213,8 @@ def plot(df: pd.DataFrame, baselines: dict[str, float], out: Path) -> list[Path]
     tasks = [t for t in TASK_ORDER if t in set(df["task"])]
     budgets = sorted(set(df["budget"]))
     rows = [r for r in ROWS.values() if r in set(df["row"])]
-    colours = dict(zip(ROWS.values(), ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"]))
+    colours = dict(zip(ROWS.values(), ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
+                                       "tab:pink", "tab:olive", "tab:cyan", "tab:gray"]))  # matplotlib's tab10
     unmatched = [str(b) for b, (*_, ok) in adaptive_matched(df).items() if not ok]
     adaptive_label = f"adaptive (not budget-matched: budget {', '.join(unmatched)})" if unmatched else "adaptive"
     fig, axes = plt.subplots(1, len(tasks), figsize=(max(3.2 * len(tasks), 8), 3.6), squeeze=False)

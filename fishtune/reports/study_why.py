@@ -1,4 +1,4 @@
-"""Why a random mask beats FISH in the study, and whether it lasts (docs/STUDY.md, `make study-why`).
+"""Why a random mask beats FISH in the study, and whether it lasts (docs/STUDY.md, `make study NAME=pooler-why`).
 
     python -m fishtune.study_why --study-runs results/study/runs --runs-dir results/study/why/runs \
         --out results/study/why
