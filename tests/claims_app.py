@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import fishtune.harness.train as train_module  # noqa: E402
-from fishtune.harness.run import main  # noqa: E402
+from fishtune.harness.cli import main  # noqa: E402
 
 _train, _save_checkpoint = train_module.train, train_module.save_checkpoint
 

@@ -67,13 +67,13 @@ def run_cli(monkeypatch, capsys, argv: list[str]) -> tuple[int, list[str]]:
 
     from hydra.core.global_hydra import GlobalHydra
 
-    from fishtune.harness import run as run_module
+    from fishtune.harness import cli
 
     monkeypatch.setattr(sys, "argv", ["fishtune.run", *argv])
     GlobalHydra.instance().clear()
     capsys.readouterr()
     with pytest.raises(SystemExit) as stop:
-        run_module.main()
+        cli.main()
     err = capsys.readouterr().err
     assert "Traceback" not in err, err
     return stop.value.code, err.strip().splitlines()

@@ -450,7 +450,9 @@ def test_layout_library_at_the_root_harness_and_reports_below():
     assert set(fishtune.LIBRARY) <= root, "fishtune.LIBRARY names a module that is not at the root"
     for name in sorted(root - set(fishtune.LIBRARY)):  # an entry point: it runs the main of its namesake below
         text = (package / f"{name}.py").read_text()
-        assert len(text.splitlines()) <= 8 and f".{name} import main" in text, name
+        # (fishtune.run's main is the command line's, harness/cli.py; its namesake below is the runner)
+        assert len(text.splitlines()) <= 8 and (f".{name} import main" in text or
+                                                name == "run" and ".harness.cli import main" in text), name
         kind = "harness" if (package / "harness" / f"{name}.py").exists() else "reports"
         assert (package / kind / f"{name}.py").exists(), name
     graph = import_graph()
@@ -467,7 +469,7 @@ def test_layout_library_at_the_root_harness_and_reports_below():
 
 def test_no_import_circle_in_the_package():
     graph = import_graph()
-    assert "fishtune.harness.run" in graph["fishtune.run"]  # the graph sees relative imports
+    assert "fishtune.harness.cli" in graph["fishtune.run"]  # the graph sees relative imports
     state: dict[str, int] = {}  # 1: on the current path, 2: done
 
     def visit(module, path):

@@ -234,7 +234,7 @@ def test_check_config_needs_no_torch():
 # Real processes: the command as typed, and proof that nothing heavy was imported, let alone a model loaded.
 _MAIN = ("import atexit, sys; atexit.register(lambda: print('heavy imported:', "
          "[m for m in ('torch', 'transformers', 'peft', 'adapters') if m in sys.modules])); "
-         "sys.argv[0] = 'fishtune.run'; from fishtune.harness.run import main; main()")
+         "sys.argv[0] = 'fishtune.run'; from fishtune.harness.cli import main; main()")
 
 
 def _cli_process(tmp_path, *overrides, glue=GLUE_FIXTURES, **env):

@@ -8,6 +8,7 @@ starts, so trainings are counted from outside the code under test); the rules of
 on claim files written by hand."""
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -79,13 +80,18 @@ def test_two_sweeps_started_at_once_train_each_run_once(tmp_path):
     assert not list(runs.glob("*.claim*")) and not list(runs.glob("*.ckpt.pt"))
     assert len(list(runs.glob("hydra/multirun_*"))) == 2  # one Hydra folder each, though started together
 
-    # Each sweep trained its share, left runs another sweep had claimed, found the rest finished, and said so.
+    # Each sweep trained its share, left runs another sweep had claimed, found the rest finished, and said so
+    # in one line at its end (no line per run it did not train), naming the runs it left.
     for p, (out, err) in zip(sweeps, outs):
         mine = sum(pid == p.pid for pid, _ in trainings)
-        left = out.count("fishtune: skip, claimed by another live sweep: ")
-        found = out.count("fishtune: skip, result exists: ")
-        assert mine + left + found == 6, out
-        assert f"fishtune: sweep done: {left} run{'' if left == 1 else 's'} left to other live sweeps" in out, out
+        [done] = [line for line in out.splitlines() if line.startswith("fishtune: sweep done: ")]
+        trained, found, failed, left = map(int, re.fullmatch(
+            r"fishtune: sweep done: 6 runs: (\d+) trained, (\d+) finished before, (\d+) failed, "
+            r"(\d+) left to other live sweeps", done).groups())
+        assert trained == mine and failed == 0 and mine + left + found == 6, out
+        assert "skip," not in out + err and out.count(": best rte score ") == mine, out
+        named = [line for line in out.splitlines() if re.fullmatch(r"  \S+\.json: .+, heartbeat \d+ s ago", line)]
+        assert len(named) == left, out
 
 
 def test_a_sigkilled_sweep_leaves_a_claim_taken_over_after_the_timeout(tmp_path, capsys):

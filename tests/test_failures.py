@@ -71,7 +71,7 @@ def test_diverged_run_in_a_sweep_of_three(tmp_path, capsys):
 def test_single_diverged_run_exits_nonzero_with_one_line(tmp_path, monkeypatch, capsys):
     from hydra.core.global_hydra import GlobalHydra
 
-    from fishtune.harness.run import main
+    from fishtune.harness.cli import main
 
     runs = tmp_path / "runs"
     monkeypatch.setattr(sys, "argv", ["fishtune.run", f"data.glue_dir={GLUE_FIXTURES}", f"paths.runs_dir={runs}",

@@ -76,7 +76,7 @@ def test_a_run_with_a_quoted_seed_skips_the_finished_run(tmp_path, capsys):
     first = run_module.run(run_config(tmp_path, "seed=3", *QUICK), progress=False)
     capsys.readouterr()
     again = run_module.run(run_config(tmp_path, "seed='3'", *QUICK), progress=False)
-    assert "skip, result exists" in capsys.readouterr().out and again == first
+    assert capsys.readouterr() == ("", "") and again == first   # found, quietly
     assert len(load_results(tmp_path)) == 1
 
 
@@ -233,11 +233,20 @@ def test_a_read_only_runs_folder_skips_finished_runs_and_rebuilds_the_page(tmp_p
     assert len(before) == 2
     undo = _read_only(runs)
     try:
-        sweep = _cli("-c", "import sys; sys.argv[0] = 'fishtune.run'; from fishtune.harness.run import main; main()",
-                     "-m", "model=tiny_bert", f"data.glue_dir={GLUE_FIXTURES}", f"paths.runs_dir={runs}",
+        main = "import sys; sys.argv[0] = 'fishtune.run'; from fishtune.harness.cli import main; main()"
+        sweep = _cli("-c", main, "-m", "model=tiny_bert", f"data.glue_dir={GLUE_FIXTURES}", f"paths.runs_dir={runs}",
                      "seed='1',2", *QUICK, cwd=tmp_path, XDG_CACHE_HOME=str(tmp_path / "cache"))
         assert sweep.returncode == 0, sweep.stderr[-3000:]
-        assert sweep.stdout.count("fishtune: skip, result exists") == 2 and "epochs:" not in sweep.stderr
+        # Every run finished: one line, and nothing launched, so nothing written, not even Hydra's own files.
+        assert sweep.stdout == "fishtune: 2 of 2 finished, 0 to train\n" and sweep.stderr == ""
+        assert not (tmp_path / "cache").exists()
+        # One run to train: the sweep launches, Hydra's files go elsewhere; the run cannot be written there.
+        sweep = _cli("-c", main, "-m", "model=tiny_bert", f"data.glue_dir={GLUE_FIXTURES}", f"paths.runs_dir={runs}",
+                     "seed='1',2,3", *QUICK, cwd=tmp_path, XDG_CACHE_HOME=str(tmp_path / "cache"))
+        assert sweep.returncode == 0, sweep.stderr[-3000:]
+        assert "fishtune: sweep done: 3 runs: 0 trained, 2 finished before, 1 failed, 0 left to other live sweeps" \
+            in sweep.stdout and "skip," not in sweep.stdout and "epochs:" not in sweep.stderr
+        assert f"FAILED (paths.runs_dir: {runs} is not writable" in sweep.stderr
         assert f"fishtune: note: {runs} cannot be written; Hydra's own files go to {tmp_path / 'cache'}" \
             in sweep.stderr
         assert list((tmp_path / "cache" / "fishtune" / "hydra").glob("multirun_*"))

@@ -232,7 +232,7 @@ def test_bad_own_data_is_reported_before_torch(tmp_path):
     file without it), so before any claim, model or tokenising."""
     main = ("import atexit, sys; atexit.register(lambda: print('heavy imported:', "
             "[m for m in ('torch', 'transformers', 'peft', 'adapters') if m in sys.modules])); "
-            "sys.argv[0] = 'fishtune.run'; from fishtune.harness.run import main; main()")
+            "sys.argv[0] = 'fishtune.run'; from fishtune.harness.cli import main; main()")
     out = subprocess.run([sys.executable, "-c", main, "model=tiny_bert", f"paths.runs_dir={tmp_path}",
                           *CSV_TASK, "task.label=answer"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2, out.stderr

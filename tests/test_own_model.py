@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from conftest import GLUE_FIXTURES, model_cfg, run_config, run_cli
 from fishtune.families import FAMILIES
-from fishtune.harness import run as run_module
+from fishtune.harness.cli import main as fishtune_main
 from fishtune.harness.checks import ConfigError
 from fishtune.harness.models import embedded_path, load_model
 from fishtune.harness.run import run
@@ -175,7 +175,7 @@ def test_a_path_with_the_embedded_minilm_never_trains_minilm(tmp_path, checkpoin
     monkeypatch.setattr(sys, "argv", ["fishtune.run", f"model.path={folder}", "mask=rand", *QUICK,
                                       f"data.glue_dir={GLUE_FIXTURES}", f"paths.runs_dir={tmp_path / 'runs'}"])
     GlobalHydra.instance().clear()
-    run_module.main()
+    fishtune_main()
     [path] = (tmp_path / "runs").glob("*.json")
     result = json.loads(path.read_text())
     assert path.name.startswith("tiny_qwen2-rte-lora-") and result["config"]["model"]["family"] == "qwen2"

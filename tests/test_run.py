@@ -1,7 +1,9 @@
 import json
+import re
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +12,8 @@ from conftest import ROOT, run_config
 from fishtune.harness import data
 from fishtune.harness.results import ADAPTIVE_KEYS, FILE_KEYS, load_mask_file, mask_path
 from fishtune.harness.metrics import glue_metrics
-from fishtune.harness.run import ConfigError, check_group_overrides, plan, run
+from fishtune.harness.cli import check_group_overrides, parse_overrides
+from fishtune.harness.run import ConfigError, plan, run
 from fishtune.harness.tasks import get_task
 
 QUICK = ["train.max_epochs=2", "fisher.samples=16", "data.train_samples=24", "data.dev_samples=12"]
@@ -60,8 +63,8 @@ def test_run_writes_result_file_then_skips(tmp_path, capsys):
     assert not path.with_suffix(".ckpt.pt").exists()
 
     capsys.readouterr()
-    again = run(cfg, progress=False)
-    assert "skip, result exists" in capsys.readouterr().out and again == json.loads(path.read_text())
+    again = run(cfg, progress=False)   # found, quietly: a sweep counts it in its one line (test_sweep_over_...)
+    assert capsys.readouterr() == ("", "") and again == json.loads(path.read_text())
 
 
 @pytest.mark.parametrize("mode", ["fish_shuffled", "fish_spread"])
@@ -161,13 +164,14 @@ def test_schedules_deeper_than_the_model_scale_down(tmp_path):
 ])
 def test_unknown_group_option_is_one_clear_line(override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
-        check_group_overrides([override])
+        check_group_overrides(parse_overrides([override]))
 
 
 def test_plugin_groups_and_plain_keys_pass_the_check():
-    check_group_overrides(["hydra/launcher=submitit_slurm", "task=rte,mrpc", "train.lr=1e-3", "+experiment=table5"])
+    check_group_overrides(parse_overrides(["hydra/launcher=submitit_slurm", "task=rte,mrpc", "train.lr=1e-3",
+                                           "+experiment=table5"]))
     with pytest.raises(ConfigError, match="unknown experiment 'table9'"):
-        check_group_overrides(["+experiment=table9"])
+        check_group_overrides(parse_overrides(["+experiment=table9"]))
 
 
 def test_cli_error_exits_nonzero_with_one_line():
@@ -267,3 +271,67 @@ def test_a_bug_while_planning_is_a_bug_not_a_bad_value(tmp_path, monkeypatch):
     with pytest.raises(KeyError) as caught:
         plan(run_config(tmp_path, "task=rte"))
     assert not isinstance(caught.value, ConfigError)
+
+
+def test_a_sweep_says_one_line_and_a_sweep_of_finished_runs_launches_nothing(tmp_path):
+    """A sweep says what came of its runs in one line at its end (no line per run it found finished); a
+    sweep whose runs are all finished says so in one line before Hydra starts: no job launched, no Hydra
+    folder, torch never imported (train.precision=fp32: nothing of this machine's to ask it)."""
+    from conftest import GLUE_FIXTURES
+    from fishtune.harness.results import load_results
+
+    args = ["-m", "model=tiny_bert", "task=rte", "peft=lora,adapter", "mask=none,rand", "train.precision=fp32",
+            f"data.glue_dir={GLUE_FIXTURES}", f"paths.runs_dir={tmp_path}", *QUICK]
+
+    def sweep() -> subprocess.CompletedProcess:
+        main = "import sys; sys.argv[0] = 'fishtune.run'; from fishtune.harness.cli import main; main(); " \
+               "print('torch imported' if 'torch' in sys.modules else 'no torch')"
+        out = subprocess.run([sys.executable, "-c", main, *args], cwd=ROOT, capture_output=True, text=True,
+                             timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return out
+
+    first = sweep()
+    assert "fishtune: sweep done: 4 runs: 4 trained, 0 finished before, 0 failed, 0 left to other live sweeps\n" \
+        in first.stdout and first.stdout.count(": best rte score ") == 4
+    # the libraries' INFO lines (adapters' "Adding adapter 'fishtune'.") are muted; Hydra's own stay
+    assert not re.search(r"\]\[(adapters|transformers)[\w.]*\]\[INFO\]", first.stdout + first.stderr), first.stdout
+    results = load_results(tmp_path)
+    assert len(results) == 4 and len(list((tmp_path / "hydra").iterdir())) == 1
+    # One result gone (as if its job was killed): the sweep launches, trains that one, finds three quietly.
+    gone = results[1].path
+    Path(gone).unlink()
+    second = sweep()
+    assert "fishtune: sweep done: 4 runs: 1 trained, 3 finished before, 0 failed, 0 left to other live sweeps\n" \
+        in second.stdout and second.stdout.count(": best rte score ") == 1 and "skip" not in second.stdout
+    assert Path(gone).stem in second.stdout and len(load_results(tmp_path)) == 4
+    # All four finished: one line, nothing launched.
+    hydra = sorted((tmp_path / "hydra").iterdir())
+    third = sweep()
+    assert third.stdout == "fishtune: 4 of 4 finished, 0 to train\nno torch\n" and third.stderr == ""
+    assert sorted((tmp_path / "hydra").iterdir()) == hydra
+    # A result that no longer stands for its run (edited by hand) is not taken for finished: the sweep
+    # launches, and the run sets it aside and trains again.
+    data = json.loads(Path(gone).read_text())
+    Path(gone).write_text(json.dumps({**data, "config": {**data["config"], "seed": 7}}))
+    fourth = sweep()
+    assert "fishtune: sweep done: 4 runs: 1 trained, 3 finished before" in fourth.stdout
+    assert len(list(tmp_path.glob("*.damaged"))) == 1 and len(load_results(tmp_path)) == 4
+
+
+def test_finished_jobs_counts_a_sweep_only_when_every_run_is_there(tmp_path):
+    """sweeps.finished_jobs against the runs as plan() names them: the count when all are there, None as soon
+    as one is missing, force is on, or a config fails its checks (the launch then says why)."""
+    from fishtune.harness.sweeps import finished_jobs
+
+    cfgs = [run_config(tmp_path, "task=rte", f"mask={m}", "seed=1", *QUICK) for m in ("none", "rand")]
+    for cfg in cfgs:
+        run(cfg, progress=False)
+    sweep = ["model=tiny_bert", "task=rte", "mask=none,rand", "seed=1", f"paths.runs_dir={tmp_path}",
+             f"data.glue_dir={cfgs[0]['data']['glue_dir']}", *QUICK]
+    assert finished_jobs(sweep) == 2
+    assert finished_jobs([*sweep, "force=true"]) is None
+    assert finished_jobs([*sweep, "claim.timeout_s=1"]) is None   # a bad value (not of the identity): plan says it
+    assert finished_jobs([s.replace("seed=1", "seed=1,2") for s in sweep]) is None
+    plan(cfgs[1]).path.unlink()
+    assert finished_jobs(sweep) is None

@@ -141,7 +141,7 @@ def test_two_users_read_each_others_results_and_nothing_is_renamed_or_retrained(
             seen = sorted(r.seed for r in load_results(folder, unreadable))
         assert str(e.value) == f"cannot read {path[2]}: permission denied (owned by root); the run is left alone"
         assert seen == [1, 3] and unreadable == [f"{path[2]}: permission denied (owned by root)"]
-        assert f"fishtune: skip, result exists: {path[1]}" in capsys.readouterr().out
+        assert capsys.readouterr().out == ""   # root's finished run found quietly, nobody's trained without a word
         assert path[3].stat().st_uid == other.pw_uid and path[3].stat().st_mode & 0o777 == 0o664   # its umask's
 
         assert run(cfg[3], progress=False) == third   # and root reads nobody's
@@ -163,13 +163,15 @@ def test_two_users_read_each_others_results_and_nothing_is_renamed_or_retrained(
 def test_a_sweep_counts_the_runs_it_left_alone_as_not_ours(tmp_path, capsys):
     from omegaconf import OmegaConf
 
-    from fishtune.harness.run import NOT_OURS, SweepEnd
+    from fishtune.harness.run import SweepJob, SweepEnd
 
     for job, (run_id, owner) in enumerate((("a", "alice"), ("b", "bob"))):
-        write_json_atomic(tmp_path / str(job) / NOT_OURS, {"run": str(tmp_path / f"{run_id}.json"), "owner": owner})
+        SweepJob(tmp_path, tmp_path / str(job)).note("not_ours", run=str(tmp_path / f"{run_id}.json"), owner=owner)
+    SweepJob(tmp_path, tmp_path / "2").note("finished", run=str(tmp_path / "c.json"))
     SweepEnd().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
     out = capsys.readouterr().out
-    assert "fishtune: sweep done: 0 runs left to other live sweeps\n" in out
+    assert "fishtune: sweep done: 3 runs: 0 trained, 1 finished before, 0 failed, 0 left to other live sweeps, " \
+           "2 not ours\n" in out
     assert "fishtune: 2 runs not ours: another user's file this user may not read (left alone):\n" \
            "  a.json: owned by alice\n  b.json: owned by bob\n" in out
 

@@ -544,12 +544,14 @@ def test_two_arrays_over_one_folder_train_no_config_twice(cluster, tmp_path):
                if re.search(r"(rte|mrpc) epochs:", log.read_text())]
     assert len(trained) == 4, trained  # not 8
     assert sorted(trained) == sorted(_label(r.slurm) for r in results)
-    # The other 4 jobs each left their run to the other array's job, or found it finished: the sweeps say so.
-    left = sum(int(re.search(r"fishtune: sweep done: (\d+) runs? left to other live sweeps", log).group(1))
-               for log in logs.values())
-    found = sum(log.read_text().count("fishtune: skip, result exists")
-                for sweep in sweeps for log in sweep.glob(".submitit/*/*_log.out"))
-    assert left + found == 4, (left, found, logs)
+    # The other 4 jobs each left their run to the other array's job, or found it finished: each sweep says so
+    # in one line at its end, and no job says a line per run it did not train.
+    done = [re.search(r"fishtune: sweep done: 4 runs: (\d+) trained, (\d+) finished before, (\d+) failed, "
+                      r"(\d+) left to other live sweeps", log) for log in logs.values()]
+    assert all(done), logs
+    trained, found, failed, left = (sum(int(d.group(i)) for d in done) for i in (1, 2, 3, 4))
+    assert trained == 4 and failed == 0 and left + found == 4, (trained, found, left, logs)
+    assert not [log for sweep in sweeps for log in sweep.glob(".submitit/*/*_log.out") if "skip," in log.read_text()]
     assert not list(runs.glob("*.claim*")) and not list(runs.glob("*.ckpt.pt"))
 
 

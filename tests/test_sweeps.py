@@ -54,20 +54,21 @@ sys.path.insert(0, sys.argv[1])   # this checkout, not whichever fishtune the ve
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 import fishtune.harness.run as run_module
+from fishtune.harness.cli import main
 from fishtune.harness.results import config_hash
 
-def record(config, progress=True):
+def record(config, progress=True):   # as run_module.train_or_find: (the result, trained)
     with log.open("a") as f:
         f.write(json.dumps({"overrides": list(HydraConfig.get().overrides.task), "hash": config_hash(config)}) + "\n")
     return {"best": {"score": 0.0, "epoch": 0}, "run_id": "recorded", "task": config["task"]["name"],
-            "stop_reason": "not trained", "trainable": 0, "ratio_pct": 0.0}
+            "stop_reason": "not trained", "trainable": 0, "ratio_pct": 0.0}, True
 
-run_module.run = record
+run_module.train_or_find = record
 for log, args in json.loads(sys.argv[2]):
     log = Path(log)
     sys.argv = ["fishtune.run", "-m", *args]
     GlobalHydra.instance().clear()
-    run_module.main()
+    main()
 """
 
 # Narrowed sweeps (a few jobs each) that exercise what the expansion must get right.
@@ -190,3 +191,26 @@ def test_every_run_of_every_table_passes_the_config_check(rte_configs):
         for c in configs:
             check_config(c)
     check_config(compose_run(["+experiment=table1", "profile=quick", "task=rte", "peft=ia3", "mask=fish"]))
+
+
+@pytest.mark.parametrize("experiment,overrides", [
+    ("study_methods_ia3", ["seed=1,2", "task=stsb"]),            # a list value (peft.budget_layers=[3,5]) per job
+    ("table3", ["task=rte", "budget=3", "train.lr=1e-4"]),         # +row groups, and a value on the command line
+])
+def test_a_shared_composition_is_hydras_own_of_each_job(experiment, overrides):
+    """compose_jobs composes once per set of group options and applies each job's values to a copy: the same
+    config, value for value, as Hydra's compose of each job's whole override list."""
+    from hydra import compose
+    from omegaconf import OmegaConf
+
+    from fishtune.harness.sweeps import _Hydra, compose_jobs
+    from fishtune.harness.train import resolve_precision
+
+    jobs = job_overrides(experiment, overrides)
+    assert len(jobs) >= 6 and len({tuple(j) for j in jobs}) == len(jobs)
+    with _Hydra():
+        ours = list(compose_jobs(jobs))
+        theirs = [OmegaConf.to_container(compose("config", overrides=job), resolve=True) for job in jobs]
+    for config in theirs:
+        resolve_precision(config["train"])
+    assert ours == theirs

@@ -2,7 +2,8 @@
 
 tasks (the GLUE task table), data (GLUE files, tokenising, batches), models (the model registry),
 methods (one MethodSpec per PEFT method), schedules (which layers a run inserts on), train (the masked
-Adam loop), run (one run, config to result file), results (the result file and its RunResult type),
+Adam loop), run (one run, config to result file), cli (the command line and Hydra), signals (SIGTERM,
+SIGINT, a gone launcher), results (the result file and its RunResult type),
 metrics (GLUE metrics), tracking (wandb), sweeps (an experiment's runs), validate (config checks
 without torch), studies (each study's arms and reports, and their runner). It imports the library (the package root), never the reports.
 """

@@ -6,47 +6,46 @@ every value without torch (fishtune/harness/validate.py, about a second after th
 task's data, still without torch (fishtune/harness/data.py: GLUE's TSVs or your own files), then what
 needs the model's architecture. torch, transformers, peft and adapters (~7 s to import) are imported
 inside the functions that need them, so that a bad value never waits for them.
+
+The command line and Hydra are fishtune/harness/cli.py's; each run or sweep job it starts comes here
+(`run_job`): what a job's outcome was (trained, finished before, failed, left to another sweep) is said in
+one line, or, in a sweep, counted and said once at the sweep's end (`SweepEnd`).
 """
 from __future__ import annotations
 
-import contextlib
 import glob
 import json
+import logging
 import os
-import signal
 import socket
 import sys
-import tempfile
-import threading
 import time
 import traceback
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from hydra.experimental.callback import Callback
 
 from ..modes import MODES
-from . import CONF_DIR
 from . import claims
 from . import data as glue
 from . import tracking
-from .results import (Diverged, NoSpace, RunFailure, RunResult, Unreadable, read_json, config_hash, git_commit,
-                      identity, json_safe, now_iso, package_versions, read_result, result_path, run_name, set_aside,
-                      write_json_atomic)
-from .tasks import TaskSpec
+from .results import (Diverged, NoSpace, RunFailure, RunResult, Unreadable, check_readable, config_hash, git_commit,
+                      identity, identity_problem, json_safe, now_iso, package_versions, read_json, read_result,
+                      result_path, run_name, set_aside, write_json_atomic)
+from .schedules import run_layers
+from .signals import Interrupted, gone_launcher, signals_interrupt, watch_parent
+from .tasks import TaskSpec, is_file_task
 from .validate import ConfigError, check_config, check_hub, first_mask_mode, resolve_model
 
 # Recorded in the result file when a run executes as a Slurm job (a requeued job keeps its ids).
 # SLURM_JOB_GPUS: the node's indices of the job's GPUs; SLURM_SHARDS_ON_NODE: its shards of a shared GPU.
 SLURM_KEYS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT", "SLURM_JOB_PARTITION",
               "SLURM_JOB_GPUS", "SLURM_SHARDS_ON_NODE")
-# Config groups whose options all live in conf/: its folders, but hydra/ (hydra/* groups also
-# have options from plugins).
-OWN_GROUPS = tuple(sorted(d.name for d in CONF_DIR.iterdir() if d.is_dir() and d.name != "hydra"))
 
 
 def slurm_ids() -> dict | None:
@@ -103,7 +102,7 @@ def plan(config: dict) -> Plan:
     import torch
 
     from .methods import METHODS, check_layers, count_on_meta
-    from .schedules import original_layers, run_layers
+    from .schedules import original_layers
     from .models import load_tokenizer, model_config
     from .train import resolve_precision
 
@@ -429,26 +428,54 @@ def write_result(p: Plan, result: RunResult, tracker=None, guard: Callable[[], N
 def finished(p: Plan) -> dict | None:
     """The run's result when its file is there (and readable) and force is off, else None."""
     if p.path.exists() and not p.config.get("force"):
-        existing = read_result(p.path)  # None: damaged, set aside with a warning, and the run is redone
-        if existing is not None:
-            print(f"fishtune: skip, result exists: {p.path}")
-            return existing
+        return read_result(p.path)  # None: damaged, set aside with a warning, and the run is redone
     return None
 
 
-def run(config: dict | DictConfig, progress: bool = True) -> dict:
-    """Plan and execute one run, or return the existing result when its file is already there.
+def finished_file(config: dict) -> Path | None:
+    """The result file of a config when its run is finished there (a valid result, as `finished` would find
+    it, force off), found from the config alone: no torch (unless train.precision is auto, which this
+    machine decides, or train.device asks for CUDA), no model, no data read, nothing written or set aside. None when the run is
+    not finished, or when that cannot be told so cheaply (a config that fails its checks, a task of your
+    own files, a method's layer schedule that the model's depth would change): `plan` then decides.
+    Used before a sweep is launched (sweeps.finished_jobs)."""
+    if config.get("force") or is_file_task(config.get("task")):
+        return None
+    try:
+        config = {**config, "model": resolve_model(config["model"])}
+        check_config(config)
+        train_cfg = config["train"]
+        if train_cfg["precision"] == "auto" or str(train_cfg["device"]).startswith("cuda"):
+            import torch
 
-    The run is claimed while it trains (claim.enabled; fishtune/harness/claims.py): a run that another
-    live sweep has claimed raises claims.ClaimedElsewhere and is not touched; a run whose claim is lost
-    while it trains raises claims.ClaimLost, having written nothing. A result, mask or checkpoint this user
-    may not read raises results.Unreadable (the run is left alone). Interrupted (SIGTERM, SIGINT under
-    `signals_interrupt`) leaves with the claim released and `run` set to the result path."""
+            from .train import resolve_precision
+
+            if str(train_cfg["device"]).startswith("cuda") and not torch.cuda.is_available():
+                return None   # plan says it, in one line
+            config = {**config, "train": dict(train_cfg)}
+            resolve_precision(config["train"])
+        # The layers as the schedule names them: a model too shallow for it would change them, and then no
+        # file of this name is the run's (plan fits the schedule to the model, and names the file so).
+        layers = run_layers(config["peft"], config["mask"]["mode"], int(config["budget"]))
+        path = result_path(config["paths"]["runs_dir"], config, layers)
+        if not path.is_file():
+            return None
+        check_readable(path)
+        data, why = read_json(path)
+        if why is not None or identity_problem(RunResult.from_json(data, path), path)[1] is not None:
+            return None   # read_result sets it aside when the run comes to it
+    except (ConfigError, Unreadable, TypeError, ValueError, KeyError):
+        return None
+    return path
+
+
+def train_or_find(config: dict | DictConfig, progress: bool = True) -> tuple[dict, bool]:
+    """(the run's result, whether this call trained it): `run`'s, which see."""
     if isinstance(config, DictConfig):
         config = OmegaConf.to_container(config, resolve=True)
     p = plan(config)
     if (existing := finished(p)) is not None:
-        return existing
+        return existing, False
     # A read-only runs folder serves finished runs; one still to train cannot be written there.
     folder = next((d for d in (p.path.parent, *p.path.parents) if d.exists()), None)
     if folder is not None and not os.access(folder, os.W_OK):
@@ -456,16 +483,27 @@ def run(config: dict | DictConfig, progress: bool = True) -> dict:
                           f"(a read-only runs folder serves only finished runs)")
     settings = config["claim"]
     if not settings["enabled"]:
-        return _execute_own(p, progress=progress)
+        return _execute_own(p, progress=progress), True
     claim = claims.acquire(p.path, float(settings["timeout_s"]), float(settings["heartbeat_s"]))
     if isinstance(claim, claims.Busy):
         raise claims.ClaimedElsewhere(claim, p.path)
     with claim:  # heartbeats while it trains; released however the run ends
         # Another sweep may have finished the run between the look above and the claim.
         if (existing := finished(p)) is not None:
-            return existing
+            return existing, False
         claims.remove_abandoned_temps(p.path, float(settings["timeout_s"]))  # of writers killed mid-write
-        return _execute_own(p, progress=progress, claim=claim)
+        return _execute_own(p, progress=progress, claim=claim), True
+
+
+def run(config: dict | DictConfig, progress: bool = True) -> dict:
+    """Plan and execute one run, or return the existing result (quietly) when its file is already there.
+
+    The run is claimed while it trains (claim.enabled; fishtune/harness/claims.py): a run that another
+    live sweep has claimed raises claims.ClaimedElsewhere and is not touched; a run whose claim is lost
+    while it trains raises claims.ClaimLost, having written nothing. A result, mask or checkpoint this user
+    may not read raises results.Unreadable (the run is left alone). Interrupted (SIGTERM, SIGINT under
+    `signals_interrupt`) leaves with the claim released and `run` set to the result path."""
+    return train_or_find(config, progress)[0]
 
 
 def _execute_own(p: Plan, **kwargs: Any) -> dict:
@@ -476,192 +514,6 @@ def _execute_own(p: Plan, **kwargs: Any) -> dict:
         e.run = p.path
         raise
 
-
-class Interrupted(BaseException):
-    """SIGTERM or SIGINT, raised in the main thread (signals_interrupt). A BaseException, so that no
-    `except Exception` on the way holds it up: every `with` and `finally` on the way out runs (the claim
-    is released, temporary files are removed)."""
-
-    def __init__(self, signum: int):
-        self.signum, self.run = signum, None   # run: the result path of the run it stopped, if ours
-        super().__init__(f"interrupted by {signal.Signals(signum).name}")
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise Interrupted(signum)
-
-
-@contextlib.contextmanager
-def signals_interrupt():
-    """Within the block, SIGTERM and SIGINT raise Interrupted in the main thread. A signal that someone else
-    handles is left to them (submitit's handlers in a Slurm job requeue it), and so is any other thread."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    ours = (signal.SIG_DFL, signal.default_int_handler, _interrupt, _exit_at_once)
-    before = {s: signal.signal(s, _interrupt) for s in (signal.SIGTERM, signal.SIGINT) if signal.getsignal(s) in ours}
-    try:
-        yield
-    finally:
-        for s, handler in before.items():
-            signal.signal(s, handler)
-
-
-# Set once this process watches its parent, and the parent's pid then. (Module state that _hydra_main reads
-# only through functions: a parallel sweep pickles _hydra_main by value, with the globals it names.)
-_WATCHING_PARENT = threading.Event()
-_PARENT = [0]
-PARENT_POLL_S = 0.5
-
-
-def gone_launcher() -> int | None:
-    """The pid of this process's launcher when it watches it (watch_parent) and it is gone, else None."""
-    return _PARENT[0] if _WATCHING_PARENT.is_set() and _PARENT[0] != os.getppid() else None
-
-
-def watch_parent() -> None:
-    """In a worker process of a local parallel sweep: when the process that launched it goes (killed, even
-    with SIGKILL), its pid's parent changes; then SIGTERM this process, which stops its run cleanly
-    (Interrupted: claim released, temporary files removed), or, between runs, ends it."""
-    if _WATCHING_PARENT.is_set():
-        return
-    _WATCHING_PARENT.set()
-    parent = _PARENT[0] = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(PARENT_POLL_S)
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(60)    # a run on its way out releases its claim in well under a minute
-        os._exit(128 + signal.SIGTERM)
-
-    threading.Thread(target=watch, name="fishtune parent watch", daemon=True).start()
-
-
-def parse_overrides(argv: list[str]) -> list:
-    """The Hydra overrides on a command line (Hydra's own flags, -m or --cfg job, left out), parsed with
-    Hydra's grammar; a malformed one is one line (ConfigError) naming it and what is wrong."""
-    from hydra._internal.utils import get_args_parser
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parser = OverridesParser.create()
-    out = []
-    for text in get_args_parser().parse_known_args(argv)[0].overrides or []:
-        try:
-            out += parser.parse_overrides([text])
-        except Exception as e:  # noqa: BLE001 - Hydra's OverrideParseException and the lexer's own
-            why = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
-            if why.startswith("LexerNoViableAltException"):   # the lexer repeats the text and points at it
-                why = "a key must be a dotted name (letters, digits, _ . / -)"
-            raise ConfigError(f"cannot read the override {text!r}: {why} "
-                              f"(Hydra's override grammar: key=value, group=option, +key=value, ~key; "
-                              f"a value with spaces or commas in quotes)") from None
-    return out
-
-
-def check_group_overrides(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
-    """Reject an unknown option of a config group (task=foo) with one line naming the allowed ones,
-    before Hydra composes anything."""
-    try:
-        overrides = parse_overrides(argv)
-    except ConfigError:
-        return  # check_keys says it
-    given: dict[str, str] = {}
-    for o in overrides:
-        group = conf_dir / o.key_or_group
-        if o.key_or_group not in OWN_GROUPS or o.package is not None or o.is_delete():
-            continue
-        if o.key_or_group in given:  # Hydra would take the last one without a word
-            raise ConfigError(f"{o.key_or_group} is given twice ({given[o.key_or_group]} and {o.input_line}); give it "
-                              f"once (several values: {o.key_or_group}=a,b with -m)")
-        given[o.key_or_group] = o.input_line
-        allowed = sorted(f.stem for f in group.glob("*.yaml"))
-        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
-        for v in values:
-            if v not in allowed:
-                raise ConfigError(f"unknown {o.key_or_group} {v!r}; choose one of: {', '.join(allowed)}")
-
-
-def check_keys(argv: list[str]) -> None:
-    """Reject, in one line naming the closest known key, an override of a key that no file of conf/ has
-    (a typo, `trian.lr=1`; `+train.foo=1`, which Hydra would add and the run never read, yet it would
-    change the run's identity). Keys of Hydra's own config (hydra.*) are Hydra's to check."""
-    import difflib
-
-    from hydra._internal.utils import get_args_parser
-
-    from .results import conf_types
-
-    flags = get_args_parser().parse_known_args(argv)[0]
-    if flags.config_path or flags.config_name:
-        return   # another primary config: its keys are its own
-    overrides = parse_overrides(argv)
-    # the user's own config folders (--config-dir, hydra.searchpath=[file://...]) add groups of theirs
-    folders = [Path(flags.config_dir)] if flags.config_dir else []
-    for o in overrides:
-        if o.key_or_group == "hydra.searchpath":
-            entries = o.value() if isinstance(o.value(), list) else [o.value()]
-            if any(not str(e).startswith("file://") for e in entries):
-                return   # a package's configs: not looked into here
-            folders += [Path(str(e).removeprefix("file://")) for e in entries]
-    keys = {k.removesuffix("[]") for k in conf_types()}
-    known = keys | {".".join(k.split(".")[:i]) for k in keys for i in range(1, k.count(".") + 1)} | set(OWN_GROUPS)
-    for o in overrides:
-        key = o.key_or_group
-        if o.is_hydra_override() or o.package is not None or key in known or "/" in key \
-                or any((folder / key.split(".")[0]).is_dir() for folder in folders):
-            continue
-        # a known parent (train.lrr): the closest of its own keys, else all of them; else the closest key
-        parent = key.rpartition(".")[0]
-        under = sorted(k[len(parent) + 1:] for k in keys if parent and k.startswith(parent + ".")
-                       and "." not in k[len(parent) + 1:])
-        close = difflib.get_close_matches(key.rpartition(".")[2], under, n=1) if under else \
-            difflib.get_close_matches(key, sorted(keys), n=1)
-        hint = (f"did you mean {f'{parent}.' if under else ''}{close[0]}?" if close
-                else f"{parent} has: {', '.join(under)}" if under else "conf/config.yaml and its groups list the keys")
-        added = " (+ adds a key that fishtune never reads)" if o.is_add() or o.is_force_add() else ""
-        raise ConfigError(f"unknown key {key!r}{added}; {hint}")
-
-
-def _default_runs_dir() -> str:
-    import yaml
-
-    return str(yaml.safe_load((CONF_DIR / "config.yaml").read_text())["paths"]["runs_dir"])
-
-
-def _writable(folder: Path) -> bool:
-    """Whether `folder` can be written, or created: the nearest folder of it that exists can be written."""
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    return folder.is_dir() and os.access(folder, os.W_OK)
-
-
-def check_runs_dir(argv: list[str]) -> list[str]:
-    """Check paths.runs_dir as typed (one line, ConfigError: empty, or under a file), and return the
-    overrides that keep Hydra's own files out of a runs folder that cannot be written (a read-only
-    checkout whose runs are all finished still rebuilds and skips): Hydra's run and sweep folders go to
-    ~/.cache/fishtune/hydra (else a temporary folder). Nothing when the user set Hydra's folders."""
-    overrides = parse_overrides(argv)
-    chosen = [str(v) for o in overrides if o.key_or_group == "paths.runs_dir" and not o.is_delete()
-              for v in (o.sweep_string_iterator() if o.is_sweep_override() else [o.value()])]
-    runs_dirs = chosen or [_default_runs_dir()]
-    for runs_dir in runs_dirs:
-        if not runs_dir.strip():
-            raise ConfigError(f"paths.runs_dir={runs_dir!r}: must be a folder path (e.g. paths.runs_dir=runs); "
-                              f"empty would write result files into the current folder")
-        for folder in (Path(runs_dir), *Path(runs_dir).parents):
-            if folder.exists() and not folder.is_dir():
-                raise ConfigError(f"paths.runs_dir={runs_dir}: {folder} is a file, not a folder (choose a folder path)")
-    if any(o.key_or_group in ("hydra.run.dir", "hydra.sweep.dir") for o in overrides) \
-            or all(_writable(Path(d) / "hydra") for d in runs_dirs):
-        return []
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fishtune" / "hydra"
-    base = cache if _writable(cache) else Path(tempfile.gettempdir()) / f"fishtune-hydra-{os.getuid()}"
-    print(f"fishtune: note: {', '.join(runs_dirs)} cannot be written; Hydra's own files go to {base}",
-          file=sys.stderr)
-    quoted = "'" + str(base).replace("\\", "\\\\").replace("'", "\\'")
-    return [f"hydra.run.dir={quoted}/${{now:%Y-%m-%d_%H-%M-%S}}'",
-            f"hydra.sweep.dir={quoted}/multirun_${{now:%Y-%m-%d_%H-%M-%S-%f}}'"]
 
 
 def failure_reason(error: BaseException) -> str:
@@ -698,37 +550,66 @@ def _details(path: Path | None) -> str:
     return f"details in {path}" if path is not None else "no record written (a full disk or a read-only folder)"
 
 
-# An absolute config path: main() also works when called from Python (`from fishtune.run import main`),
-# where Hydra would otherwise look for conf/ as a package next to fishtune.
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def _hydra_main(cfg: DictConfig) -> None:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
+# Beside the result file, instead of it, when a run was stopped by SIGTERM or SIGINT (record_failure).
+INTERRUPTED = ".interrupted.json"
+# Written in the sweep's folder when a run would mix precisions (MixedPrecisionError): later jobs skip.
+STOPPED = "stopped_mixed_precision.json"
+# Written in each sweep job's Hydra folder: what came of its run (SweepJob.note), counted by SweepEnd.
+OUTCOME = "fishtune_outcome.json"
 
-    config = OmegaConf.to_container(cfg, resolve=True)
-    in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
-    stop = Path(str(HydraConfig.get().sweep.dir)) / STOPPED if in_sweep else None
+
+@dataclass
+class SweepJob:
+    """A job of a sweep: the sweep's folder and the job's own (Hydra's), and whether it is a worker of a
+    local parallel sweep (joblib), which stops when its launcher is gone."""
+    sweep_dir: Path
+    job_dir: Path
+    parallel: bool = False
+
+    def note(self, outcome: str, **details: Any) -> None:
+        """Record the job's outcome (trained, finished, failed, left, not_ours, stopped, lost) for SweepEnd."""
+        write_json_atomic(self.job_dir / OUTCOME, {"outcome": outcome, **details})
+
+
+def quiet_libraries() -> None:
+    """Mute the INFO lines of the libraries a run calls (adapters' "Adding adapter ...", transformers'),
+    which Hydra's logging would print for every run: their warnings still show."""
+    for name in ("adapters", "transformers"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def run_job(config: dict, sweep: SweepJob | None = None) -> None:
+    """One run of the command line (`sweep` None), or one job of a sweep, and what is said of it.
+
+    A run that trained says its result in one line. On its own, a finished run says where its file is, bad
+    input is one line and exit 2, a diverged run or a full disk one line and exit 1. In a sweep every outcome
+    is noted for the sweep's one line at its end (SweepEnd): a finished run says nothing, a failure is
+    recorded (`<run>.failed.json`) and said in one line, and the sweep goes on."""
+    quiet_libraries()
+    stop = sweep.sweep_dir / STOPPED if sweep is not None else None
     if stop is not None and stop.exists():   # an earlier job found precisions about to mix: nothing more trains
-        print(f"fishtune: skip, the sweep stopped: {json.loads(stop.read_text())['reason']}", file=sys.stderr)
+        sweep.note("stopped")
         return
-    if in_sweep and "joblib" in str(HydraConfig.get().launcher.get("_target_", "")):
+    if sweep is not None and sweep.parallel:
         watch_parent()   # a worker of a local parallel sweep: it stops when its launcher is killed
     try:
         with signals_interrupt():
-            result = run(config)
-    except claims.ClaimedElsewhere as e:  # not this sweep's to train: counted at the sweep's end (SweepEnd)
-        print(f"fishtune: skip, claimed by another live sweep: {e.result} ({e.busy.describe()})")
-        if in_sweep:
-            write_json_atomic(Path(HydraConfig.get().runtime.output_dir) / LEFT_TO_OTHERS,
-                              {"run": str(e.result), "owner": e.busy.describe()})
+            result, trained = train_or_find(config)
+    except claims.ClaimedElsewhere as e:  # not this sweep's to train
+        if sweep is None:
+            print(f"fishtune: skip, claimed by another live sweep: {e.result} ({e.busy.describe()})")
+        else:
+            sweep.note("left", run=str(e.result), owner=e.busy.describe())
         return
     except claims.ClaimLost:   # said in one line by the claim; the run is another owner's now
+        if sweep is not None:
+            sweep.note("lost")
         return
     except Unreadable as e:   # another user's file: never taken for damage, never retrained
-        print(f"fishtune: skip, {e}", file=sys.stderr)
-        if in_sweep:
-            write_json_atomic(Path(HydraConfig.get().runtime.output_dir) / NOT_OURS,
-                              {"run": str(e.path), "owner": e.owner})
+        if sweep is None:
+            print(f"fishtune: skip, {e}", file=sys.stderr)
+        else:
+            sweep.note("not_ours", run=str(e.path), owner=e.owner)
         return
     except Interrupted as e:   # the claim is released and the temporary files are gone by now
         path = record_failure(config, e, e.run) if e.run is not None else None
@@ -740,16 +621,17 @@ def _hydra_main(cfg: DictConfig) -> None:
             os._exit(128 + e.signum)
         raise SystemExit(128 + e.signum) from None
     except MixedPrecisionError as e:   # the sweep stops: every later run would mix precisions the same way
-        if stop is not None:
-            write_json_atomic(stop, {"reason": str(e), "run": json_safe(config)})
         print(f"fishtune: error: {e}", file=sys.stderr)
         if stop is None:
             sys.exit(2)
+        write_json_atomic(stop, {"reason": str(e), "run": json_safe(config)})
+        sweep.note("stopped")
         return
     except Exception as e:  # noqa: BLE001 - a sweep records every failure and goes on with the next run
-        if in_sweep:
+        if sweep is not None:
             path = record_failure(config, e)
             print(f"fishtune: FAILED ({failure_reason(e)}); {_details(path)}", file=sys.stderr)
+            sweep.note("failed", run=None if path is None else str(path), reason=failure_reason(e))
             return
         if isinstance(e, ConfigError):
             print(f"fishtune: error: {e}", file=sys.stderr)
@@ -759,33 +641,43 @@ def _hydra_main(cfg: DictConfig) -> None:
             print(f"fishtune: FAILED: {failure_reason(e)}; {_details(path)}", file=sys.stderr)
             sys.exit(1)
         raise
-    best = result["best"]
-    print(f"fishtune: {result['run_id']}: best {result['task']} score {best['score']:.2f} at epoch {best['epoch']} "
-          f"({result['stop_reason']}), trainable {result['trainable']} = {result['ratio_pct']:.4f}%")
+    path = Path(config["paths"]["runs_dir"]) / f"{result['run_id']}.json"
+    if trained:
+        best = result["best"]
+        print(f"fishtune: {result['run_id']}: best {result['task']} score {best['score']:.2f} at epoch "
+              f"{best['epoch']} ({result['stop_reason']}), trainable {result['trainable']} = "
+              f"{result['ratio_pct']:.4f}%")
+    elif sweep is None:
+        print(f"fishtune: finished already: {path} (force=true trains it again)")
+    if sweep is not None:
+        sweep.note("trained" if trained else "finished", run=str(path))
 
 
-# Written in a sweep job's Hydra folder when its run was left to another live sweep; SweepEnd counts them.
-LEFT_TO_OTHERS = "left_to_another_sweep.json"
-# Written in a sweep job's Hydra folder when its run's files are another user's that this one may not read.
-NOT_OURS = "not_ours_unreadable.json"
-# Beside the result file, instead of it, when a run was stopped by SIGTERM or SIGINT (record_failure).
-INTERRUPTED = ".interrupted.json"
-# Written in the sweep's folder when a run would mix precisions (MixedPrecisionError): later jobs skip.
-STOPPED = "stopped_mixed_precision.json"
+def sweep_done(outcomes: list[str]) -> str:
+    """The one line a sweep ends with: how many of its runs trained, were finished before, failed, or were
+    left to other live sweeps (and, when any, not ours, stopped, or lost to another owner)."""
+    n, count = len(outcomes), Counter(outcomes)
+    said = [f"{count['trained']} trained", f"{count['finished']} finished before", f"{count['failed']} failed",
+            f"{count['left']} left to other live sweeps"]
+    said += [f"{count[k]} {what}" for k, what in (("not_ours", "not ours"), ("stopped", "not run (the sweep stopped)"),
+                                                   ("lost", "lost to another owner")) if count[k]]
+    return f"fishtune: sweep done: {n} run{'' if n == 1 else 's'}: {', '.join(said)}"
 
 
 class SweepEnd(Callback):
-    """Hydra callback (conf/config.yaml): at the end of a sweep, in the process that launched
-    it (also for Slurm arrays), say how many of its runs it left to other live sweeps, and which."""
+    """Hydra callback (conf/config.yaml): at the end of a sweep, in the process that launched it (also for
+    Slurm arrays), say in one line what came of its runs (sweep_done), then name the runs it left to other
+    live sweeps and those it may not read."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        left = [json.loads(f.read_text()) for f in sorted(sweep_dir.rglob(LEFT_TO_OTHERS))]
-        print(f"fishtune: sweep done: {len(left)} run{'' if len(left) == 1 else 's'} left to other live sweeps"
-              + (" (python -m fishtune.sweep_summary shows them in progress):" if left else ""))
-        for item in left:
-            print(f"  {Path(item['run']).name}: {item['owner']}")
-        if not_ours := [json.loads(f.read_text()) for f in sorted(sweep_dir.rglob(NOT_OURS))]:
+        notes = [json.loads(f.read_text()) for f in sorted(sweep_dir.rglob(OUTCOME))]
+        print(sweep_done([n["outcome"] for n in notes]))
+        if left := [n for n in notes if n["outcome"] == "left"]:
+            print("fishtune: left to other live sweeps (python -m fishtune.sweep_summary shows them in progress):")
+            for item in left:
+                print(f"  {Path(item['run']).name}: {item['owner']}")
+        if not_ours := [n for n in notes if n["outcome"] == "not_ours"]:
             print(f"fishtune: {len(not_ours)} run{'' if len(not_ours) == 1 else 's'} not ours: another user's file "
                   f"this user may not read (left alone):")
             for item in not_ours:
@@ -794,65 +686,3 @@ class SweepEnd(Callback):
             print(f"fishtune: error: the sweep stopped: {json.loads((sweep_dir / STOPPED).read_text())['reason']}",
                   file=sys.stderr)
             sys.exit(2)
-
-
-def check_experiment_is_a_sweep(argv: list[str]) -> None:
-    """An experiment (conf/experiment/) lists its runs under hydra.sweeper.params, which only a
-    multirun reads: without -m Hydra would do one default run and say nothing. Refuse that in one line."""
-    multirun = any(a in ("-m", "--multirun") or a.replace(" ", "") == "hydra.mode=MULTIRUN" for a in argv)
-    names = [a.split("=", 1)[1] for a in argv if a.lstrip("+~").startswith("experiment=")]
-    if names and not multirun:
-        raise ConfigError(f"an experiment is a sweep: run it with -m (python -m fishtune.run -m "
-                          f"+experiment={names[0]})")
-
-
-def with_custom_model(argv: list[str]) -> list[str]:
-    """`model.path=X` without a `model=` choice means your own checkpoint: add `model=custom`
-    (conf/model/custom.yaml: family and name from the checkpoint). The default model, the embedded MiniLM,
-    reads no path, and would otherwise refuse it (docs/OWN.md, "Your own model")."""
-    keys = [a.split("=", 1)[0].lstrip("+~") for a in argv if "=" in a and not a.startswith("-")]
-    if "model.path" in keys and "model" not in keys and "experiment" not in keys:
-        return [*argv, "model=custom"]
-    return argv
-
-
-def _check_command_line() -> None:
-    """main's checks of sys.argv (one line and exit 2 on the first bad value); may add Hydra's own output
-    folder to it (check_runs_dir)."""
-    sys.argv[1:] = with_custom_model(sys.argv[1:])
-    try:
-        argv = sys.argv[1:]
-        check_experiment_is_a_sweep(argv)
-        check_keys(argv)
-        check_group_overrides(argv)
-        sys.argv += check_runs_dir(argv)
-    except ConfigError as e:
-        print(f"fishtune: error: {e}", file=sys.stderr)
-        sys.exit(2)
-
-
-def main() -> None:
-    """`python -m fishtune.run OVERRIDES`: the command line is checked before Hydra starts (a malformed
-    override, an unknown key or group option, an experiment without -m, a runs folder that cannot be one:
-    one line, exit 2), then Hydra runs the run or the sweep. Hydra's tab completion (`-sc install=bash`,
-    `-sc query=bash`) reads its words as overrides of its own: it goes to Hydra unchecked."""
-    if not {"-sc", "--shell-completion"} & set(sys.argv[1:]):
-        _check_command_line()
-    # Outside a run (a sweep's launcher, Hydra composing): SIGTERM and SIGINT end the process at once, in one
-    # line. Not by an exception: joblib would kill a parallel sweep's workers on its way out (SIGKILL, claims
-    # left behind), whereas its workers, seeing their launcher gone, stop cleanly (watch_parent).
-    if threading.current_thread() is threading.main_thread():
-        for s in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(s, _exit_at_once)
-    _hydra_main()
-
-
-def _exit_at_once(signum: int, frame: Any) -> None:
-    print(f"fishtune: interrupted by {signal.Signals(signum).name}", file=sys.stderr)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(128 + signum)
-
-
-if __name__ == "__main__":
-    main()
