@@ -265,9 +265,8 @@ def report(runs_dirs: Sequence[str | Path], out: str | Path, verbose: bool = Tru
     cost.to_csv(out / "cost.csv", index=False, float_format="%.6g")
     (out / "summary.md").write_text(to_markdown(table, paired) + "\n" + cost_markdown(cost))
     figures = forest(paired, out) if len(paired) else []
-    say(f"fishtune.reports.methods_study: {len(df)} runs, {df['method'].nunique()} methods; tables in {out}"
+    say(f"fishtune.reports.methods_study: {len(df)} runs, {df['method'].nunique()} methods; tables in {out / 'summary.md'}"
         + "".join(f", {p}" for p in figures))
-    say(to_markdown(table, paired))
     return {"table": table, "paired": paired, "cost": cost, "frame": df}
 
 

@@ -285,9 +285,8 @@ def report(runs_dir: str | Path, out: str | Path, n_resamples: int = 1000, verbo
     counts = df.groupby(["budget", "row", "task"]).size()
     say(f"fishtune.study: {len(df)} runs under {runs_dir}; cells {len(counts)}, seeds per cell "
         f"{counts.min()}..{counts.max()}")
-    say(f"  {out / 'table5.csv'}, .tex, {out / 'paired.csv'}, {out / 'summary.md'}, "
+    say(f"  {out / 'table5.csv'}, .tex, {out / 'paired.csv'}, {out / 'summary.md'} (the tables), "
         + ", ".join(str(p) for p in figures))
-    say(to_markdown(table, paired))
     return {"table": table, "paired": paired, "frame": df}
 
 

@@ -244,8 +244,7 @@ def report(study_runs: str | Path, runs_dir: str | Path, out: str | Path, verbos
         table.to_csv(out / f"{name}.csv", index=False, float_format="%.6g")
     (out / "summary.md").write_text(to_markdown(*tables.values(), settings(lr_runs, conv_runs)))
     counts = {arm: len(rs) for arm, rs in arms.items()}
-    say(f"fishtune.study_why: {len(study)} study runs, arms {counts}; tables in {out}")
-    say((out / "summary.md").read_text())
+    say(f"fishtune.study_why: {len(study)} study runs, arms {counts}; tables in {out / 'summary.md'}")
     return tables
 
 
