@@ -77,3 +77,14 @@ def run_cli(monkeypatch, capsys, argv: list[str]) -> tuple[int, list[str]]:
     err = capsys.readouterr().err
     assert "Traceback" not in err, err
     return stop.value.code, err.strip().splitlines()
+
+
+def plain_holm(p: list[float]) -> list[float]:
+    """Holm's step-down adjustment, written out: the i-th smallest of m p-values times (m - i), made
+    non-decreasing along that order, at most 1."""
+    order = sorted(range(len(p)), key=lambda i: p[i])
+    out, running = [0.0] * len(p), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p) - rank) * p[i]))
+        out[i] = running
+    return out

@@ -13,6 +13,7 @@ from scipy import stats
 
 from fishtune.reports import methods_study as methods
 from results_factory import write_result
+from conftest import plain_holm
 
 SST2_LABELS = [1, 1, 1, 0, 0]          # majority class 1: the trivial baseline is 60.0
 STSB_LABELS = [0.5, 2.0, 3.5, 4.0, 1.0]
@@ -49,16 +50,6 @@ def _paper_value(method: str, budget: int, row: str, task: str) -> float:
                     ("bert_base", method, str(budget), row, task):
                 return float(rec["value"])
     return math.nan
-
-
-def _holm(p: list[float]) -> list[float]:
-    """Holm's step-down adjustment, written out: the i-th smallest p times (m - i), running maximum."""
-    order = sorted(range(len(p)), key=lambda i: p[i])
-    out, running = [0.0] * len(p), 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (len(p) - rank) * p[i]))
-        out[i] = running
-    return out
 
 
 def test_table_cells_paper_values_and_trivial_mark(runs, tmp_path):
@@ -116,7 +107,7 @@ def test_paired_differences_and_holm_over_the_whole_family(runs, tmp_path):
                   for t in ("sst2", "stsb")]
         assert lora.loc[(budget, "all", "fish - original"), "paper_delta"] == pytest.approx(np.mean(deltas))
     for family in (per_task, pooled):   # Holm within each family, not over both
-        assert family["p_holm"].tolist() == pytest.approx(_holm(family["p_ttest"].tolist()), nan_ok=True)
+        assert family["p_holm"].tolist() == pytest.approx(plain_holm(family["p_ttest"].tolist()), nan_ok=True)
 
 
 def test_one_run_per_cell_and_seed(runs, tmp_path):

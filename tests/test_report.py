@@ -16,6 +16,7 @@ from scipy import stats
 
 from fishtune.reports.report import PLOTLY_VERSION, build_page, main, write_report
 from fishtune.harness.results import RunResult, mask_path, save_mask_file
+from conftest import plain_holm
 from results_factory import make_result, write_failure, write_result
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -348,17 +349,6 @@ def verdict_cells(html: str) -> dict[tuple, dict]:
         out[(name, int(budget), task, comparison)] = {
             "holm": float(holm_p), "family": unescape(family), "diff": float(diff), "lo": float(lo), "hi": float(hi),
             "n": int(n), "shown_p": shown_p.replace(" ", "")}
-    return out
-
-
-def plain_holm(p: list[float]) -> list[float]:
-    """Holm's step-down adjustment, written out: the i-th smallest of m p-values times (m - i), made
-    non-decreasing along that order, at most 1."""
-    order = sorted(range(len(p)), key=lambda i: p[i])
-    out, running = [0.0] * len(p), 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (len(p) - rank) * p[i]))
-        out[i] = running
     return out
 
 
