@@ -116,7 +116,9 @@ STUDIES = (
            Arm("all1", "study_mean_adaptive_all1", f"{ADAPTIVE_RUNS}/all"),
            Arm("all2", "study_mean_adaptive_all2", f"{ADAPTIVE_RUNS}/all")),
           (("fishtune.reports.adaptive_study", "--runs-dir", ADAPTIVE_RUNS, "--core-runs", f"{MEAN_RUNS}/core",
-            "--out", "results/study/adaptive"),), committed=False),   # running: its calibration is committed
+            "--out", "results/study/adaptive"),
+           page(ADAPTIVE_RUNS, "results/study/adaptive/index.html", "--title",
+                "fishtune: FisherAdapTune under the mean head (adaptive_fish, adaptive from all entries)"))),
     Study("smollm2", "Table 2's LLaMA rows on SmolLM2-135M: the pilot and head-only reference on original rows "
           "(docs/STUDY.md)",
           (Arm("pilot", "study_smollm2_pilot", f"{SMOLLM2_RUNS}/pilot"),
