@@ -203,9 +203,9 @@ def to_latex(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def plot(df: pd.DataFrame, baselines: dict[str, float], out: Path) -> list[Path]:
+def plot(df: pd.DataFrame, baselines: dict[str, float], out: Path, setting: str) -> list[Path]:
     """Per task one panel: each row's seeds (dots) and mean with its 95 % interval, per budget level;
-    the trivial baseline as a dashed line."""
+    the trivial baseline as a dashed line. `setting` names the model and method in the title."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -246,7 +246,7 @@ def plot(df: pd.DataFrame, baselines: dict[str, float], out: Path) -> list[Path]
                handles=[*axes[0][0].get_legend_handles_labels()[0],
                         plt.Line2D([], [], color="0.4", ls="--", lw=1)],
                labels=[*axes[0][0].get_legend_handles_labels()[1], "trivial baseline"])
-    fig.suptitle("FISH-Tuning study: MiniLM + LoRA r1; mean and 95 % interval over seeds (dots: seeds; "
+    fig.suptitle(f"FISH-Tuning study: {setting}; mean and 95 % interval over seeds (dots: seeds; "
                  "the axis shows the seeds' range, longer intervals run off it)", fontsize=10)
     fig.tight_layout(rect=(0, 0.07, 1, 0.95))
     out.mkdir(parents=True, exist_ok=True)
@@ -281,7 +281,8 @@ def report(runs_dir: str | Path, out: str | Path, n_resamples: int = 1000, verbo
     (out / "table5.tex").write_text(to_latex(table))
     paired.to_csv(out / "paired.csv", index=False, float_format="%.6g")
     (out / "summary.md").write_text(to_markdown(table, paired))
-    figures = plot(df, baselines, out)
+    models = "/".join(sorted({r.model for r in results if r.mask in ROWS}))
+    figures = plot(df, baselines, out, "MiniLM + LoRA r1" if models == "minilm" else f"{models} + LoRA r1")
     counts = df.groupby(["budget", "row", "task"]).size()
     say(f"fishtune.study: {len(df)} runs under {runs_dir}; cells {len(counts)}, seeds per cell "
         f"{counts.min()}..{counts.max()}")

@@ -1,0 +1,78 @@
+"""fishtune.reports.paper_rows: a study beside the paper's Table 2 rows of the model it stands in for."""
+import csv
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from conftest import plain_holm
+from fishtune.reports import paper_rows
+from results_factory import write_result
+
+TABLE2 = Path(paper_rows.__file__).parent / "paper_data" / "table2.csv"
+
+
+def _study(runs_dir: Path) -> dict:
+    """smollm2 runs: original, fish and rand x SST-2, STS-B x budgets 1, 2 x seeds 1-4, fish and rand with a
+    placement over two layers. Returns (mask, budget, task, seed) -> score."""
+    rng = np.random.default_rng(0)
+    scores = {}
+    for mask, budget, task, seed in itertools.product(("none", "fish", "rand"), (1, 2), ("sst2", "stsb"), range(1, 5)):
+        score = float(70 + 3 * (mask == "fish") + budget + rng.normal(0, 1.5))
+        scores[mask, budget, task, seed] = score
+        chosen = (3, 1) if mask == "fish" else (2, 2)
+        placement = None if mask == "none" else [
+            {"name": f"l{layer}", "layer": layer, "module": "o_proj.lora_A", "chosen": chosen[layer], "entries": 8}
+            for layer in (0, 1)]
+        write_result(runs_dir, run_id=f"smollm2-{task}-{mask}-{budget}-{seed}", model="smollm2", task=task, mask=mask,
+                     budget=budget, seed=seed, score=score, placement=placement)
+    return scores
+
+
+def test_paper_rows_beside_the_paired_differences_with_holm(tmp_path):
+    scores = _study(tmp_path / "runs")
+    out = paper_rows.report(tmp_path / "runs", tmp_path / "out", "llama32_1b", n_resamples=50)
+    beside = out["paper"].set_index(["budget", "task"])
+    assert sorted(beside.index) == [(1, "sst2"), (1, "stsb"), (2, "sst2"), (2, "stsb")]
+
+    with open(TABLE2) as f:   # the paper's printed values, read apart from the report's reader
+        printed = {(int(r["budget"]), r["task"], r["row"]): float(r["value"]) for r in csv.DictReader(f)
+                   if r["model"] == "llama32_1b" and r["method"] == "lora"}
+    # L3's families: fish - original one-sided (greater) over the 4 cells, fish - rand two-sided over its 4.
+    cells = [(budget, task) for budget in (1, 2) for task in ("sst2", "stsb")]
+    holm = {}
+    for a, b, side in (("fish", "none", "greater"), ("fish", "rand", "two-sided")):
+        p = [stats.ttest_rel([scores[a, bu, t, s] for s in range(1, 5)], [scores[b, bu, t, s] for s in range(1, 5)],
+                             alternative=side).pvalue for bu, t in cells]
+        holm.update({(a, b, *cell): q for cell, q in zip(cells, plain_holm(p))})
+    for (budget, task), rec in beside.iterrows():
+        assert rec["paper_original"] == printed[budget, task, "original"]
+        assert rec["paper_fish"] == printed[budget, task, "fish"]
+        assert rec["paper_diff"] == pytest.approx(printed[budget, task, "fish"] - printed[budget, task, "original"])
+        for a, b, key in (("fish", "none", "fish_original"), ("fish", "rand", "fish_rand")):
+            diffs = [scores[a, budget, task, s] - scores[b, budget, task, s] for s in range(1, 5)]
+            lo, hi = stats.t.interval(0.95, 3, loc=np.mean(diffs), scale=stats.sem(diffs))
+            assert (rec[key], rec[f"{key}_lo"], rec[f"{key}_hi"], rec[f"{key}_n"]) == (
+                pytest.approx(np.mean(diffs)), pytest.approx(lo), pytest.approx(hi), 4)
+            assert rec[f"{key}_holm"] == pytest.approx(holm[a, b, budget, task])
+        assert rec["original"] == pytest.approx(np.mean([scores["none", budget, task, s] for s in range(1, 5)]))
+
+    place = out["placement"].set_index(["mode", "budget", "by", "value"])["share_mean"]
+    assert place["fish", 1, "layer", "0"] == pytest.approx(0.75) and place["rand", 2, "layer", "1"] == pytest.approx(0.5)
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "Beside the paper's Table 2 (llama32_1b)" in summary and "| 1 | SST-2 | 89.68 | 90.94 | +1.26 |" in summary
+    # Rebuilt from the same files: the same bytes, the appended sections not doubled.
+    before = {n: (tmp_path / "out" / n).read_bytes() for n in ("paper.csv", "placement.csv", "summary.md")}
+    paper_rows.report(tmp_path / "runs", tmp_path / "out", "llama32_1b", n_resamples=50)
+    assert {n: (tmp_path / "out" / n).read_bytes() for n in before} == before
+
+
+def test_an_unknown_paper_model_is_one_line_before_any_work(tmp_path, capsys):
+    _study(tmp_path / "runs")
+    with pytest.raises(SystemExit) as e:
+        paper_rows.main(["--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--paper-model", "llama3"])
+    assert str(e.value).startswith("fishtune.paper_rows: error: Table 2 has no LoRA rows of model 'llama3'; it has ")
+    assert "llama32_1b" in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "out").exists()
