@@ -119,12 +119,18 @@ STUDIES = (
             "--out", "results/study/adaptive"),
            page(ADAPTIVE_RUNS, "results/study/adaptive/index.html", "--title",
                 "fishtune: FisherAdapTune under the mean head (adaptive_fish, adaptive from all entries)"))),
-    Study("smollm2", "Table 2's LLaMA rows on SmolLM2-135M: the pilot and head-only reference on original rows "
-          "(docs/STUDY.md)",
+    Study("smollm2", "Table 2's LLaMA rows on SmolLM2-135M: the pilot and head-only reference on original rows, "
+          "then original, fish and rand at the chosen rate beside the paper's values (docs/STUDY.md)",
           (Arm("pilot", "study_smollm2_pilot", f"{SMOLLM2_RUNS}/pilot"),
-           Arm("reference", "study_smollm2_reference", f"{SMOLLM2_RUNS}/reference")),
+           Arm("reference", "study_smollm2_reference", f"{SMOLLM2_RUNS}/reference"),
+           Arm("core", "study_smollm2", f"{SMOLLM2_RUNS}/core")),
           (("fishtune.reports.pilot", "--runs-dir", f"{SMOLLM2_RUNS}/pilot", "--out", "results/study/smollm2/pilot",
-            "--reference-runs", f"{SMOLLM2_RUNS}/reference", "--rule", "clears-trivial"),), committed=False),  # running
+            "--reference-runs", f"{SMOLLM2_RUNS}/reference", "--rule", "clears-trivial"),
+           ("fishtune.reports.paper_rows", "--runs-dir", f"{SMOLLM2_RUNS}/core", "--paper-model", "llama32_1b",
+            "--out", "results/study/smollm2/core"),
+           page(f"{SMOLLM2_RUNS}/core", "results/study/smollm2/index.html", "--title",
+                "fishtune: Table 2's LLaMA rows on SmolLM2-135M (original, fish and rand LoRA on W_O)")),
+          committed=False),  # running
     Study("methods", "FISH in DoRA, Adapter, Prefix, IA3 and UniPELT, Table 1's layout with the mean study's LoRA "
           "rows (make table1 PROFILE=study)", methods_arms(METHODS_RUNS), METHODS_REPORTS),
     Study("methods-pilot", "the methods study narrowed to the original rows at budget 1 on SST-2, seeds 1-2",
