@@ -131,3 +131,18 @@ def test_a_folder_with_two_runs_of_one_cell_is_one_clear_error(tmp_path, capsys)
     message = str(e.value)
     assert message.startswith("fishtune.study: error: ") and "\n" not in message
     assert "2 runs of fish on sst2 at budget 1, seed 1" in message and not (tmp_path / "out").exists()
+
+
+def test_smollm2_comparison_is_table2s_llama_rows_at_the_chosen_rate_seed_major():
+    """docs/STUDY.md "A second real model": original, fish and rand x SST-2, STS-B x budgets 1, 2 x seeds 1-5,
+    at the pilot's 5e-3 on the cut profile; fish and rand over the bottom 5 layers, the original row on 1 or 2."""
+    configs = run_configs("study_smollm2")
+    assert len(configs) == 60
+    axes = {"seed": [1, 2, 3, 4, 5], "budget": [1, 2], "mask": ["none", "fish", "rand"], "task": ["sst2", "stsb"]}
+    cells = [(c["seed"], c["budget"], c["mask"]["mode"], c["task"]["name"]) for c in configs]
+    assert set(cells) == set(itertools.product(*axes.values())) and [c[0] for c in cells] == sorted(c[0] for c in cells)
+    for c in configs:
+        assert (c["model"]["name"], c["peft"]["name"], c["peft"]["rank"], c["peft"]["init"]) == ("smollm2", "lora", 1, "pissa")
+        assert c["train"]["lr_scale"] == 100 and c["train"]["precision"] == "fp32"
+        assert c["data"] == {**c["data"], "train_samples": 400, "dev_samples": 400}
+        assert c["peft"]["fish_layers"] == 5 and c["fisher"]["samples"] == 128

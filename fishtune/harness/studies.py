@@ -128,8 +128,9 @@ STUDIES = (
             "--reference-runs", f"{SMOLLM2_RUNS}/reference", "--rule", "clears-trivial"),
            ("fishtune.reports.paper_rows", "--runs-dir", f"{SMOLLM2_RUNS}/core", "--paper-model", "llama32_1b",
             "--out", "results/study/smollm2/core"),
-           page(f"{SMOLLM2_RUNS}/core", "results/study/smollm2/index.html", "--title",
-                "fishtune: Table 2's LLaMA rows on SmolLM2-135M (original, fish and rand LoRA on W_O)")),
+           page(SMOLLM2_RUNS, "results/study/smollm2/index.html", "--title",
+                "fishtune: Table 2's LLaMA rows on SmolLM2-135M (pilot, head-only reference; original, fish and "
+                "rand LoRA on W_O)")),
           committed=False),  # running
     Study("methods", "FISH in DoRA, Adapter, Prefix, IA3 and UniPELT, Table 1's layout with the mean study's LoRA "
           "rows (make table1 PROFILE=study)", methods_arms(METHODS_RUNS), METHODS_REPORTS),
