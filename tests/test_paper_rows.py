@@ -76,3 +76,13 @@ def test_an_unknown_paper_model_is_one_line_before_any_work(tmp_path, capsys):
     assert str(e.value).startswith("fishtune.paper_rows: error: Table 2 has no LoRA rows of model 'llama3'; it has ")
     assert "llama32_1b" in str(e.value) and "\n" not in str(e.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_study_with_only_its_original_rows_so_far_reports_them_and_no_pair(tmp_path):
+    """The first runs of a seed-major sweep are original rows: the tables say so, nothing is paired yet."""
+    for task, seed in itertools.product(("sst2", "stsb"), (1, 2)):
+        write_result(tmp_path / "runs", run_id=f"{task}-{seed}", model="smollm2", task=task, seed=seed, score=60.0 + seed)
+    out = paper_rows.report(tmp_path / "runs", tmp_path / "out", "llama32_1b", n_resamples=10)
+    assert list(out["table"]["row"]) == ["baseline", "original"] and out["table"]["SST-2"].iloc[1] == pytest.approx(61.5)
+    assert out["paired"].empty and out["paper"].empty and out["placement"].empty
+    assert "| 1 | original |" in (tmp_path / "out" / "summary.md").read_text()

@@ -43,6 +43,8 @@ from . import ROWS, precision_label, results_frame
 COMPARISONS = (("fish", "original"), ("rand", "original"), ("rev", "original"), ("adaptive", "original"),
                ("fish", "rand"), ("rand", "rev"))
 MATCH_TOLERANCE = 0.10   # adaptive: mean trainable count within 10 % of k
+PAIRED_COLUMNS = ["budget", "comparison", "task", "pairs", "mean_diff", "std", "ci_lo", "ci_hi", "p_ttest",
+                  "detectable_80", "a_wins", "b_wins", "boot_better", "boot_worse", "boot_pairs", "budget_matched"]
 
 
 def _row(result: RunResult) -> str:
@@ -141,7 +143,7 @@ def paired_table(df: pd.DataFrame, results: list[RunResult], n_resamples: int = 
                             "boot_better": sum(r["p_value"] < 0.05 and r["diff"] > 0 for r in pairs),
                             "boot_worse": sum(r["p_value"] < 0.05 and r["diff"] < 0 for r in pairs),
                             "boot_pairs": len(pairs), "budget_matched": not not_matched})
-    table = pd.DataFrame(out)
+    table = pd.DataFrame(out, columns=PAIRED_COLUMNS)   # no pair yet (a study's first runs): the columns alone
     if len(table):  # two families: the pooled comparisons, and the per-task ones
         pooled = table["task"] == "all"
         table["p_holm"] = np.nan
