@@ -51,7 +51,7 @@ def features(model, tokenizer, examples: list[dict], task, batch_size: int = 256
             mask = batch["attention_mask"]
             if decoder:
                 h = model.model(**batch).last_hidden_state
-                heads = {"last": h[torch.arange(len(h)), mask.sum(1) - 1], "mean": pool(h, mask, "mean")}
+                heads = {"last": pool(h, mask, "last"), "mean": pool(h, mask, "mean")}
             else:
                 h = model.bert(**batch).last_hidden_state
                 heads = {"pooler": model.bert.pooler(h), "cls": pool(h, mask, "cls"), "mean": pool(h, mask, "mean")}

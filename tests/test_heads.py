@@ -8,7 +8,8 @@ from transformers import AutoModelForSequenceClassification, BertConfig
 
 from conftest import loader, model_cfg, peft_cfg, run_config
 from fishtune.harness.methods import count_on_meta, insert_method, split_trainable
-from fishtune.harness.models import BertForSequenceClassificationPooled, build_on_meta, load_model, load_tokenizer, model_config
+from fishtune.harness.models import (BertForSequenceClassificationPooled, build_on_meta, load_model, load_tokenizer,
+                                     model_config, pool)
 from fishtune.harness.results import config_hash
 from fishtune.harness.tasks import get_task
 from fishtune.masks import fish_masks
@@ -182,3 +183,23 @@ def test_the_original_row_is_paired_with_the_head_only_reference_by_seed():
     assert rec["vs_head_only_mean_diff"] == pytest.approx(12.0)
     assert rec["vs_head_only_p_ttest"] == pytest.approx(stats.ttest_rel([44, 45, 47], [34, 30, 36]).pvalue)
     assert (rec["mean"], rec["pooler"], rec["head_only"], rec["probe_ceiling"]) == pytest.approx((45.33333, 9.0, 33.33333, 31.6))
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_the_last_head_reads_the_token_llamas_own_score_reads_on_either_padding_side(side):
+    """pool(..., "last") is what LlamaForSequenceClassification classifies (the last non-pad token), on a
+    padded batch of either side (SmolLM2's tokenizer pads on the left), and each prompt's own last state."""
+    cfg = model_cfg("tiny_llama")
+    tok = load_tokenizer(cfg)
+    tok.padding_side = side
+    torch.manual_seed(0)
+    model = load_model(cfg, 2, tok).eval()
+    texts = ["a b", "a much longer sentence than the first one", "c"]
+    batch = tok(texts, padding=True, return_tensors="pt")
+    assert (batch["attention_mask"] == 0).any()   # really padded
+    with torch.no_grad():
+        last = pool(model.model(**batch).last_hidden_state, batch["attention_mask"], "last")
+        assert torch.allclose(model.score(last), model(**batch).logits, atol=1e-5)
+        for text, row in zip(texts, last):
+            alone = model.model(**tok([text], return_tensors="pt")).last_hidden_state[0, -1]
+            assert torch.allclose(row, alone, atol=1e-4)

@@ -68,9 +68,18 @@ class BertForSequenceClassificationPooled(BertForSequenceClassification):
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, head: str) -> torch.Tensor:
     """(batch, hidden) features of (batch, length, hidden) states: `cls` the first position, `mean` the
-    mean over the positions the attention mask keeps (all of them without a mask)."""
+    mean over the positions the attention mask keeps (all of them without a mask), `last` the last position
+    it keeps (a decoder's last prompt token, what LlamaForSequenceClassification's `score` reads), on either
+    padding side."""
     if head == "cls":
         return hidden[:, 0]
+    if head == "last":
+        if attention_mask is None:
+            return hidden[:, -1]
+        # the highest kept position: right for left padding too (SmolLM2's tokenizer pads on the left)
+        keep = attention_mask[:, -hidden.shape[1]:]
+        last = (torch.arange(keep.shape[1], device=keep.device) * keep).argmax(dim=1)
+        return hidden[torch.arange(len(hidden), device=hidden.device), last]
     if attention_mask is None:
         return hidden.mean(dim=1)
     # A prefix method may have widened the mask by its virtual tokens: the states' own positions are last.
