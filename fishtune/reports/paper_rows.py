@@ -22,7 +22,6 @@ from typing import Sequence
 
 import pandas as pd
 
-from ..harness.results import finished_runs, load_results
 from ..harness.tasks import TASK_ORDER
 from .paper import TASK_TITLES, paper_table
 from .study import report as study_report
@@ -108,9 +107,7 @@ def report(runs_dir: str | Path, out: str | Path, paper_model: str, n_resamples:
     if tables["table"].empty:
         return tables
     beside = paper_beside(tables["table"], tables["paired"], paper)
-    placement = placement_table(finished_runs(load_results(runs_dir)))
-    placement = placement.assign(order=pd.to_numeric(placement["value"], errors="coerce")).sort_values(
-        ["mode", "budget", "by", "order", "value"]).drop(columns="order")
+    placement = placement_table(tables["results"])
     beside.to_csv(out / "paper.csv", index=False, float_format="%.6g")
     placement.to_csv(out / "placement.csv", index=False, float_format="%.6g")
     with open(out / "summary.md", "a") as f:

@@ -256,7 +256,7 @@ def plot(df: pd.DataFrame, baselines: dict[str, float], out: Path, setting: str)
 
 
 def report(runs_dir: str | Path, out: str | Path, n_resamples: int = 1000, verbose: bool = True) -> dict:
-    """Write every output of the study (see the module docstring); returns the tables."""
+    """Write every output of the study (see the module docstring); returns the tables and the finished runs."""
     say = print if verbose else (lambda *a, **k: None)
     out = Path(out)
     unreadable: list[str] = []
@@ -290,7 +290,7 @@ def report(runs_dir: str | Path, out: str | Path, n_resamples: int = 1000, verbo
         f"{counts.min()}..{counts.max()}")
     say(f"  {out / 'table5.csv'}, .tex, {out / 'paired.csv'}, {out / 'summary.md'} (the tables), "
         + ", ".join(str(p) for p in figures))
-    return {"table": table, "paired": paired, "frame": df}
+    return {"table": table, "paired": paired, "frame": df, "results": results}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

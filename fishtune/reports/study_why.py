@@ -147,8 +147,12 @@ def placement_table(results: list[RunResult]) -> pd.DataFrame:
     if not rows:
         return pd.DataFrame(columns=["mode", "budget", "by", "value", "share_mean", "runs"])
     per_run = pd.DataFrame(rows).groupby(["mode", "budget", "by", "value", "run"], as_index=False)["share"].sum()
-    return (per_run.groupby(["mode", "budget", "by", "value"])
-            .agg(share_mean=("share", "mean"), runs=("run", "nunique")).reset_index())
+    table = (per_run.groupby(["mode", "budget", "by", "value"])
+             .agg(share_mean=("share", "mean"), runs=("run", "nunique")).reset_index())
+    # layers in numeric order (a 30-layer model's "10" after "9"), modules by name
+    order = pd.to_numeric(table["value"], errors="coerce")
+    return table.assign(order=order).sort_values(["mode", "budget", "by", "order", "value"]).drop(columns="order") \
+        .reset_index(drop=True)
 
 
 def _values(values: pd.Series, name=str) -> str:
