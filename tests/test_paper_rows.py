@@ -73,8 +73,10 @@ def test_an_unknown_paper_model_is_one_line_before_any_work(tmp_path, capsys):
     _study(tmp_path / "runs")
     with pytest.raises(SystemExit) as e:
         paper_rows.main(["--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--paper-model", "llama3"])
-    assert str(e.value).startswith("fishtune.paper_rows: error: Table 2 has no LoRA rows of model 'llama3'; it has ")
-    assert "llama32_1b" in str(e.value) and "\n" not in str(e.value)
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert err.startswith("fishtune.paper_rows: error: Table 2 has no LoRA rows of model 'llama3'; it has ")
+    assert "llama32_1b" in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -123,6 +124,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--paper-model", required=True, help=f"the model column of Table {PAPER_TABLE}, e.g. llama32_1b")
     ap.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples per pair (default 1000)")
     args = ap.parse_args(argv)
+    try:
+        paper_rows(args.paper_model)
+    except ValueError as e:   # a bad argument: one line, exit 2, before any work
+        print(f"fishtune.paper_rows: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     try:
         report(args.runs_dir, args.out, args.paper_model, args.resamples)
     except ValueError as e:
