@@ -144,6 +144,29 @@ def test_study_groups_split_by_folder_and_learning_rate_and_leave_mixed_cells_ge
     assert found == [] and "more than one run" in skipped[0]
 
 
+def test_several_folders_make_one_page_of_each_folders_own_groups(runs_dir, tmp_path):
+    """Two studies on one page: every run of each, keyed by its folder under the common one, and each study
+    group's tables exactly those of its folder's own page."""
+    other = tmp_path / "second" / "runs"
+    for seed in (1, 2):
+        for mask, score in (("none", 40.0), ("fish", 45.0 + seed)):
+            write_result(other / "core", result(model="smollm2", task="stsb", mask=mask, seed=seed, score=score))
+    alone = {p: page_data(build_page(p, n_resamples=20)) for p in (runs_dir, other)}
+    both = page_data(build_page([runs_dir, other], n_resamples=20))
+    assert sorted(r["path"] for r in both["runs"]) == sorted(
+        f"{p.relative_to(tmp_path)}/{r['path']}" for p, data in alone.items() for r in data["runs"])
+    views = {v["title"]: v["rows"] for v in both["views"]}
+    for p, data in alone.items():
+        for view in data["views"]:
+            if view["id"].startswith(("study", "paired")):
+                name = view["title"].replace(": ", f": {p.relative_to(tmp_path)}/", 1)
+                assert views[name] == view["rows"], name
+    assert {r["path"] for r in views[next(t for t in views if t.startswith("Failed"))]} == {
+        "runs/quick/tiny_bert-rte-adapter-L2-fish-b2-s2.failed.json"}
+    with pytest.raises(ValueError, match="one lies in the other"):
+        build_page([runs_dir, runs_dir / "study"])
+
+
 def test_an_empty_folder_still_gets_a_page(tmp_path):
     (tmp_path / "runs").mkdir()
     html = build_page(tmp_path / "runs")

@@ -49,9 +49,9 @@ class Study:
     committed: bool = True
 
 
-def page(runs_dir: str, out: str, *options: str) -> tuple[str, ...]:
-    """The results page of a runs folder (fishtune.report)."""
-    return ("fishtune.report", runs_dir, "--out", out, *options)
+def page(runs_dir: str | tuple[str, ...], out: str, *options: str) -> tuple[str, ...]:
+    """The results page of a runs folder, or of several on one page (fishtune.report)."""
+    return ("fishtune.report", *((runs_dir,) if isinstance(runs_dir, str) else runs_dir), "--out", out, *options)
 
 
 STUDY_RUNS = "results/study/runs"
@@ -130,7 +130,12 @@ STUDIES = (
             "--out", "results/study/smollm2/core"),
            page(SMOLLM2_RUNS, "results/study/smollm2/index.html", "--title",
                 "fishtune: Table 2's LLaMA rows on SmolLM2-135M (pilot, head-only reference; original, fish and "
-                "rand LoRA on W_O)")),
+                "rand LoRA on W_O)"),
+           # The second model and the second method on one page: this study, and FisherAdapTune with the core arm
+           # it is paired with.
+           page((SMOLLM2_RUNS, ADAPTIVE_RUNS, f"{MEAN_RUNS}/core"), "results/study/second/index.html", "--title",
+                "fishtune: a second model (SmolLM2-135M, Table 2's LLaMA rows) and a second method (FisherAdapTune "
+                "on MiniLM, with the mean study's core arm)")),
           committed=False),  # running
     Study("methods", "FISH in DoRA, Adapter, Prefix, IA3 and UniPELT, Table 1's layout with the mean study's LoRA "
           "rows (make table1 PROFILE=study)", methods_arms(METHODS_RUNS), METHODS_REPORTS),

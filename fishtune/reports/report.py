@@ -1,6 +1,6 @@
 """One self-contained HTML page of a runs folder's results: tables, figures, curves, placement, cost.
 
-    python -m fishtune.report RUNS_DIR --out results/study/index.html      (make report, make report NAME=... do this)
+    python -m fishtune.report RUNS_DIR [RUNS_DIR ...] --out results/study/index.html   (make report [NAME=...])
 
 Built from the result files alone (any folder: the study's, a quick table's), the page needs no server
 and asks none for anything: its script, styles, data and the plotting library (plotly.js) are inline.
@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 from collections import defaultdict
 from html import escape
@@ -590,11 +591,12 @@ def cost_view(runs: list[dict]) -> dict:
                                  "Peak memory is drawn where the result files record it.")
 
 
-def in_progress_view(runs_dir: Path) -> dict:
-    """The runs being trained: their claims' owners and last heartbeats (as of the page's build: the only
-    part of the page that changes without a result file changing)."""
+def in_progress_view(folders: Sequence[Path], base: Path) -> dict:
+    """The runs being trained under `folders`: their claims' owners and last heartbeats (as of the page's
+    build: the only part of the page that changes without a result file changing); paths under `base`."""
     rows = pd.DataFrame([{**{k: v for k, v in c.to_json().items() if k != "heartbeat_age_s"},
-                          "path": str(Path(c.path).relative_to(runs_dir))} for c in in_progress(runs_dir)])
+                          "path": str(Path(c.path).relative_to(base))}
+                         for folder in folders for c in in_progress(folder)])
     return _view("in_progress", f"In progress ({len(rows)})", rows, [
         ("run_id", "run", "text"), ("owner", "owner", "text"), ("host", "host", "text"), ("pid", "pid", "int"),
         ("slurm", "Slurm job", "text"), ("started_at", "started", "text"), ("heartbeat", "last heartbeat", "text"),
@@ -602,14 +604,16 @@ def in_progress_view(runs_dir: Path) -> dict:
         empty="No run in progress: no sweep holds a claim here.")
 
 
-def problem_views(runs_dir: Path, damaged: list[str]) -> list[dict]:
-    """The failed runs (their reason and error) and the files that could not be read or were set aside."""
-    failures = pd.DataFrame([{"path": str(Path(f.path).relative_to(runs_dir)), "reason": f.reason,
-                              "error": str(f.error or "")[:300], "host": f.host,
-                              "finished_at": f.finished_at} for f in load_failures(runs_dir, damaged)])
+def problem_views(folders: Sequence[Path], base: Path, damaged: list[str]) -> list[dict]:
+    """The failed runs under `folders` (their reason and error) and the files that could not be read or were
+    set aside; paths under `base`."""
+    failures = pd.DataFrame([{"path": str(Path(f.path).relative_to(base)), "reason": f.reason,
+                              "error": str(f.error or "")[:300], "host": f.host, "finished_at": f.finished_at}
+                             for folder in folders for f in load_failures(folder, damaged)])
     bad = [d.split(": ", 1) for d in damaged]
-    bad += [[str(p), "set aside by its run as damaged (the run is redone)"] for p in set_aside_files(runs_dir)]
-    bad_df = pd.DataFrame([{"path": str(Path(p).relative_to(runs_dir)) if Path(p).is_relative_to(runs_dir) else p,
+    bad += [[str(p), "set aside by its run as damaged (the run is redone)"]
+            for folder in folders for p in set_aside_files(folder)]
+    bad_df = pd.DataFrame([{"path": str(Path(p).relative_to(base)) if Path(p).is_relative_to(base) else p,
                             "why": why} for p, why in bad])
     return [_view("failed", f"Failed runs ({len(failures)})", failures, [
                 ("path", "file", "text"), ("reason", "reason", "text"), ("error", "error", "text"),
@@ -618,33 +622,43 @@ def problem_views(runs_dir: Path, damaged: list[str]) -> list[dict]:
                 ("path", "file", "text"), ("why", "why", "text")], empty="No damaged files.")]
 
 
-def build_page(runs_dir: str | Path, n_resamples: int = DEFAULT_RESAMPLES, title: str | None = None,
-               table1_runs: Sequence[str | Path] = (), skipped: list[str] | None = None) -> str:
-    """The page's HTML for the result files under `runs_dir`. The finished runs under `table1_runs` join
+def build_page(runs_dir: str | Path | Sequence[str | Path], n_resamples: int = DEFAULT_RESAMPLES,
+               title: str | None = None, table1_runs: Sequence[str | Path] = (),
+               skipped: list[str] | None = None) -> str:
+    """The page's HTML for the result files under `runs_dir`, one folder or several (two studies on one
+    page: their folders under the common one key the groups and cells, so they never mix; the trivial
+    baseline of a task stays the mean over its distinct dev sets). The finished runs under `table1_runs` join
     Table 1's layout only (the methods study's LoRA rows are the core arm's), so that its cells and its
     Holm family are those of `fishtune.reports.methods_study` over the same folders. Every file not
     counted ('path: why': unreadable, no result, not its computation's, no best score; load_results and
     finished_runs) is on the page and, with `skipped`, appended to it."""
-    runs_dir = Path(runs_dir)
+    folders = [Path(runs_dir)] if isinstance(runs_dir, (str, Path)) else [Path(d) for d in runs_dir]
+    nested = [(a, b) for a in folders for b in folders if a != b and b.resolve().is_relative_to(a.resolve())]
+    if nested:
+        raise ValueError(f"runs folders {nested[0][1]} and {nested[0][0]}: one lies in the other (its runs would "
+                         f"count twice); give folders side by side")
+    # One folder is its own base (the page of one runs folder is as it always was); several, their common one.
+    base = folders[0] if len(folders) == 1 else Path(os.path.commonpath(folders))
     damaged: list[str] = []
-    results = finished_runs(load_results(runs_dir, damaged), damaged)
+    results = finished_runs([r for folder in folders for r in load_results(folder, damaged)], damaged)
     results.sort(key=lambda r: (r.model, r.method, r.task, str(r.mask), r.budget, r.seed))
-    runs = [run_record(r, runs_dir) for r in results]
+    runs = [run_record(r, base) for r in results]
     baselines = baselines_from(results)
     table1 = results + [r for folder in table1_runs for r in finished_runs(load_results(Path(folder), damaged), damaged)]
     views, verdict = [], verdict_frame(pd.DataFrame(), [])
     if results:
         table1_views, table1_paired = methods_views(table1, baselines)
-        group_views, group_paired = study_views(results, runs_dir, baselines, n_resamples,
+        group_views, group_paired = study_views(results, base, baselines, n_resamples,
                                                 holm_in_table1=len(table1_paired) > 0)
         views = [*table1_views, *group_views]
         verdict = verdict_frame(table1_paired, group_paired)
     if runs:
         views += [cells_view(runs, baselines), runs_view(runs), placement_view(runs), cost_view(runs)]
-    views += [in_progress_view(runs_dir), *problem_views(runs_dir, damaged)]
+    views += [in_progress_view(folders, base), *problem_views(folders, base, damaged)]
     if skipped is not None:
         skipped += damaged
-    data = {"title": title or f"fishtune results: {runs_dir}", "runs_dir": str(runs_dir), "runs": runs,
+    where = ", ".join(map(str, folders))
+    data = {"title": title or f"fishtune results: {where}", "runs_dir": where, "runs": runs,
             # No build time: the same result files give the same page, byte for byte.
             "latest": max((r.finished_at or "" for r in results), default=""), "views": views,
             "baselines": compact(baselines), "study_groups": sum(v["id"].startswith("study") for v in views)}
@@ -658,11 +672,11 @@ def build_page(runs_dir: str | Path, n_resamples: int = DEFAULT_RESAMPLES, title
     return re.sub(r"__(PLOTLY_JS|REPORT_DATA|VERDICT)__", lambda m: parts[m.group(1)], template)
 
 
-def write_report(runs_dir: str | Path, out: str | Path, n_resamples: int = DEFAULT_RESAMPLES,
-                 title: str | None = None, table1_runs: Sequence[str | Path] = (),
-                 skipped: list[str] | None = None) -> Path:
-    """Write the page for `runs_dir` (and `table1_runs`, `skipped`, as in build_page) to `out` (its folder
-    is created); returns `out`."""
+def write_report(runs_dir: str | Path | Sequence[str | Path], out: str | Path,
+                 n_resamples: int = DEFAULT_RESAMPLES, title: str | None = None,
+                 table1_runs: Sequence[str | Path] = (), skipped: list[str] | None = None) -> Path:
+    """Write the page for `runs_dir` (one folder or several; `table1_runs`, `skipped`: as in build_page) to
+    `out` (its folder is created); returns `out`."""
     out = Path(out)
     page = build_page(runs_dir, n_resamples, title, table1_runs, skipped)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -672,7 +686,8 @@ def write_report(runs_dir: str | Path, out: str | Path, n_resamples: int = DEFAU
 
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m fishtune.report", description=__doc__.split("\n\n")[0])
-    ap.add_argument("runs_dir", help="a folder of result files (searched recursively)")
+    ap.add_argument("runs_dir", nargs="+", help="a folder of result files (searched recursively), or several: "
+                    "one page of them all, each group and cell keyed by its folder")
     ap.add_argument("--out", required=True, help="the HTML file to write")
     ap.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES,
                     help=f"paired-bootstrap resamples per pair in the study tables (default {DEFAULT_RESAMPLES})")
@@ -680,11 +695,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--table1-runs", action="append", default=[], metavar="DIR",
                     help="a further folder of result files for Table 1's layout only (repeatable)")
     args = ap.parse_args(argv)
-    for folder in (args.runs_dir, *args.table1_runs):
+    for folder in (*args.runs_dir, *args.table1_runs):
         if not Path(folder).is_dir():
             ap.error(f"{folder} is not a folder")
     skipped: list[str] = []
-    out = write_report(args.runs_dir, args.out, args.resamples, args.title, args.table1_runs, skipped)
+    try:
+        out = write_report(args.runs_dir, args.out, args.resamples, args.title, args.table1_runs, skipped)
+    except ValueError as e:
+        ap.error(str(e))
     print(f"fishtune.report: wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
     if skipped:
         print(f"fishtune.report: {len(skipped)} file(s) not counted (on the page under 'Damaged or unreadable "
