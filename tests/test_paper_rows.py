@@ -88,3 +88,41 @@ def test_a_study_with_only_its_original_rows_so_far_reports_them_and_no_pair(tmp
     assert list(out["table"]["row"]) == ["baseline", "original"] and out["table"]["SST-2"].iloc[1] == pytest.approx(61.5)
     assert out["paired"].empty and out["paper"].empty and out["placement"].empty
     assert "| 1 | original |" in (tmp_path / "out" / "summary.md").read_text()
+
+
+def test_cost_beside_another_study_per_model_and_task_as_the_files_record_it(tmp_path, capsys):
+    """cost.csv sets a run of each study side by side: per model and task the mean, min and max seconds of
+    training, the Fisher seconds of masked runs, the median samples/s and the highest peak RSS, checked against
+    a plain loop over the written files."""
+    rng = np.random.default_rng(1)
+    written = []
+    for folder, model in (("runs", "smollm2"), ("beside", "minilm")):
+        for mask, task, seed in itertools.product(("none", "fish", "rand"), ("sst2", "stsb"), (1, 2)):
+            written.append(write_result(
+                tmp_path / folder, run_id=f"{model}-{task}-{mask}-{seed}", model=model, task=task, mask=mask, seed=seed,
+                score=70.0 + seed, train_seconds=float(rng.uniform(50, 900)), samples_per_second=float(rng.uniform(1, 60)),
+                fisher_seconds=0.0 if mask == "none" else float(rng.uniform(1, 60)),
+                peak_rss_mb=float(rng.uniform(900, 4000))))
+    # a head-only run of the other folder is no row of the study: left out of the cost
+    write_result(tmp_path / "beside", run_id="minilm-sst2-head_only-1", model="minilm", mask="head_only", train_seconds=1e6)
+    paper_rows.main(["--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--paper-model", "llama32_1b",
+                     "--resamples", "10", "--cost-beside", str(tmp_path / "beside")])
+    with open(tmp_path / "out" / "cost.csv") as f:
+        cost = {(r["model"], r["task"]): r for r in csv.DictReader(f)}
+    assert sorted(cost) == [("minilm", "sst2"), ("minilm", "stsb"), ("smollm2", "sst2"), ("smollm2", "stsb")]
+    for (model, task), row in cost.items():
+        runs = [r for r in written if (r.model, r.task) == (model, task)]
+        train = [r.train_seconds for r in runs]
+        assert int(row["runs"]) == len(runs) == 6
+        assert float(row["train_s_mean"]) == pytest.approx(sum(train) / len(train), rel=1e-5)
+        assert (float(row["train_s_min"]), float(row["train_s_max"])) == pytest.approx((min(train), max(train)), rel=1e-5)
+        fisher = [r.fisher_seconds for r in runs if r.mask != "none"]
+        assert float(row["fisher_s_mean"]) == pytest.approx(sum(fisher) / len(fisher), rel=1e-5)
+        median = float(np.median([r.samples_per_second for r in runs]))
+        assert float(row["samples_per_s_median"]) == pytest.approx(median, rel=1e-5)
+        assert float(row["peak_rss_mb_max"]) == pytest.approx(max(r.peak_rss_mb for r in runs), rel=1e-5)
+    assert "## Cost of a run beside" in (tmp_path / "out" / "summary.md").read_text()
+    with pytest.raises(SystemExit) as e:
+        paper_rows.main(["--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "o2"), "--paper-model",
+                         "llama32_1b", "--cost-beside", str(tmp_path / "nowhere")])
+    assert e.value.code == 2 and "--cost-beside" in capsys.readouterr().err and not (tmp_path / "o2").exists()

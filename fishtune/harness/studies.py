@@ -127,7 +127,7 @@ STUDIES = (
           (("fishtune.reports.pilot", "--runs-dir", f"{SMOLLM2_RUNS}/pilot", "--out", "results/study/smollm2/pilot",
             "--reference-runs", f"{SMOLLM2_RUNS}/reference", "--rule", "clears-trivial"),
            ("fishtune.reports.paper_rows", "--runs-dir", f"{SMOLLM2_RUNS}/core", "--paper-model", "llama32_1b",
-            "--out", "results/study/smollm2/core"),
+            "--out", "results/study/smollm2/core", "--cost-beside", f"{MEAN_RUNS}/core"),
            page(SMOLLM2_RUNS, "results/study/smollm2/index.html", "--title",
                 "fishtune: Table 2's LLaMA rows on SmolLM2-135M (pilot, head-only reference; original, fish and "
                 "rand LoRA on W_O)"),

@@ -119,15 +119,16 @@ def methods_paired(df: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def methods_cost(results: list[RunResult]) -> pd.DataFrame:
-    """Per method and task, what a run cost as its result files record it (on whatever machines trained
-    them: the files' `host`, `threads` and `precision` say which)."""
+def methods_cost(results: list[RunResult], by: Sequence[str] = ("method", "task")) -> pd.DataFrame:
+    """Per `by` group (method and task; model and task to set two models side by side), what a run cost as its
+    result files record it (on whatever machines trained them: the files' `host`, `threads` and `precision`
+    say which)."""
     files = results_frame(results)
     files["masked"] = files["mask"] != "none"
     out = []
-    for (method, task), g in files.groupby(["method", "task"], sort=False):
+    for key, g in files.groupby(list(by), sort=False):
         train = g["train_seconds"].astype(float)
-        out.append({"method": method, "task": task, "runs": len(g), "train_s_mean": train.mean(),
+        out.append({**dict(zip(by, key)), "runs": len(g), "train_s_mean": train.mean(),
                     "train_s_min": train.min(), "train_s_max": train.max(),
                     "fisher_s_mean": g.loc[g["masked"], "fisher_seconds"].astype(float).mean(),
                     "samples_per_s_median": g["samples_per_second"].astype(float).median(),
@@ -135,16 +136,16 @@ def methods_cost(results: list[RunResult]) -> pd.DataFrame:
                     "precision": ",".join(sorted(set(g["precision"].dropna())))})
     cost = pd.DataFrame(out)
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
-    return cost.sort_values(["method", "task"], key=lambda c: c.map(order) if c.name == "method" else c,
-                            ignore_index=True)
+    return cost.sort_values(list(by), key=lambda c: c.map(order) if c.name == "method" else c, ignore_index=True)
 
 
-def cost_markdown(cost: pd.DataFrame) -> str:
-    """cost.csv as Markdown."""
-    lines = ["| method | task | runs | train s per run, mean (min-max) | Fisher s per masked run | samples/s (median) | "
-             "peak RSS MB (max) | precision |", "|---|---|---:|---:|---:|---:|---:|---|"]
+def cost_markdown(cost: pd.DataFrame, by: Sequence[str] = ("method", "task")) -> str:
+    """cost.csv (of methods_cost with the same `by`) as Markdown."""
+    lines = ["| " + " | ".join(by) + " | runs | train s per run, mean (min-max) | Fisher s per masked run | "
+             "samples/s (median) | peak RSS MB (max) | precision |", "|" + "---|" * len(by) + "---:|---:|---:|---:|---:|---|"]
     for r in cost.to_dict("records"):
-        lines.append(f"| {r['method']} | {TASK_TITLES.get(r['task'], r['task'])} | {r['runs']} | {r['train_s_mean']:.0f} "
+        keys = [TASK_TITLES.get(r[k], r[k]) if k == "task" else str(r[k]) for k in by]
+        lines.append(f"| {' | '.join(keys)} | {r['runs']} | {r['train_s_mean']:.0f} "
                      f"({r['train_s_min']:.0f}-{r['train_s_max']:.0f}) | {_num(r['fisher_s_mean'], '.1f')} | "
                      f"{r['samples_per_s_median']:.1f} | {r['peak_rss_mb_max']:.0f} | {r['precision']} |")
     return "\n".join(lines) + "\n"

@@ -11,7 +11,9 @@ writes under --out what `fishtune.study` writes (table5.csv, paired.csv with Hol
                 adjustment within FAMILIES: hypothesis L3's families, fixed before the runs)
   placement.csv per mode x budget: the mean share of the chosen entries per layer and per module
                 (fish: where the Fisher mask puts its k entries among the fish_layers; rand: at random)
-and appends both tables to summary.md.
+  cost.csv      with --cost-beside DIR: per model x task, seconds of training per run, Fisher seconds,
+                samples/s and peak memory of this study's runs beside another study's (e.g. MiniLM's core arm)
+and appends these tables to summary.md.
 """
 from __future__ import annotations
 
@@ -23,7 +25,9 @@ from typing import Sequence
 
 import pandas as pd
 
+from ..harness.results import finished_runs, load_results
 from ..harness.tasks import TASK_ORDER
+from .methods_study import cost_markdown, methods_cost
 from .paper import TASK_TITLES, paper_table
 from .study import report as study_report
 from .stats import holm
@@ -101,8 +105,13 @@ def to_markdown(beside: pd.DataFrame, placement: pd.DataFrame, paper_model: str)
     return "\n".join(lines) + "\n"
 
 
-def report(runs_dir: str | Path, out: str | Path, paper_model: str, n_resamples: int = 1000) -> dict:
-    """fishtune.study's outputs, then the paper's rows beside them and the placement (the module's doc)."""
+COST_BY = ("model", "task")
+
+
+def report(runs_dir: str | Path, out: str | Path, paper_model: str, n_resamples: int = 1000,
+           cost_beside: str | Path | None = None) -> dict:
+    """fishtune.study's outputs, then the paper's rows beside them, the placement and, with `cost_beside`
+    (another study's runs folder), the cost of a run of each (the module's doc)."""
     out, paper = Path(out), paper_rows(paper_model)
     tables = study_report(runs_dir, out, n_resamples)
     if tables["table"].empty:
@@ -111,10 +120,20 @@ def report(runs_dir: str | Path, out: str | Path, paper_model: str, n_resamples:
     placement = placement_table(tables["results"])
     beside.to_csv(out / "paper.csv", index=False, float_format="%.6g")
     placement.to_csv(out / "placement.csv", index=False, float_format="%.6g")
+    markdown = to_markdown(beside, placement, paper_model)
+    written = [out / "paper.csv", out / "placement.csv"]
+    cost = None
+    if cost_beside is not None:
+        other = finished_runs(load_results(cost_beside))
+        cost = methods_cost([r for r in [*tables["results"], *other] if r.mask in ("none", "fish", "rand")], COST_BY)
+        cost.to_csv(out / "cost.csv", index=False, float_format="%.6g")
+        markdown += (f"\n## Cost of a run beside {cost_beside}\n\nAs the result files record it (the machines and "
+                     f"their load differ between studies).\n\n" + cost_markdown(cost, COST_BY))
+        written.append(out / "cost.csv")
     with open(out / "summary.md", "a") as f:
-        f.write("\n" + to_markdown(beside, placement, paper_model))
-    print(f"fishtune.paper_rows: {out / 'paper.csv'}, {out / 'placement.csv'} (appended to {out / 'summary.md'})")
-    return {**tables, "paper": beside, "placement": placement}
+        f.write("\n" + markdown)
+    print(f"fishtune.paper_rows: {', '.join(map(str, written))} (appended to {out / 'summary.md'})")
+    return {**tables, "paper": beside, "placement": placement, "cost": cost}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -123,14 +142,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--out", required=True, help="where the tables and the figure go")
     ap.add_argument("--paper-model", required=True, help=f"the model column of Table {PAPER_TABLE}, e.g. llama32_1b")
     ap.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples per pair (default 1000)")
+    ap.add_argument("--cost-beside", metavar="DIR", help="another study's runs folder: cost.csv sets a run of each "
+                    "side by side (e.g. results/study/mean/runs/core, MiniLM's)")
     args = ap.parse_args(argv)
+    if args.cost_beside is not None and not Path(args.cost_beside).is_dir():
+        print(f"fishtune.paper_rows: error: --cost-beside {args.cost_beside}: not a folder", file=sys.stderr)
+        raise SystemExit(2)
     try:
         paper_rows(args.paper_model)
     except ValueError as e:   # a bad argument: one line, exit 2, before any work
         print(f"fishtune.paper_rows: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     try:
-        report(args.runs_dir, args.out, args.paper_model, args.resamples)
+        report(args.runs_dir, args.out, args.paper_model, args.resamples, args.cost_beside)
     except ValueError as e:
         raise SystemExit(f"fishtune.paper_rows: error: {e}") from None
 
