@@ -40,12 +40,13 @@ from .study import format_cell, frame, study_table
 # Table 1's methods in its order, and the rows and comparisons this report makes of them.
 METHOD_ORDER = ("lora", "dora", "adapter", "prefix", "ia3", "unipelt")
 ROWS = ("original", "fish", "rand")
+MASKS = ("none", "fish", "rand")   # the masks of ROWS
 COMPARISONS = (("fish", "original"), ("fish", "rand"))
 
 
 def methods_frame(results: list) -> pd.DataFrame:
     """study.frame's lines (task, budget, row, seed, score, ...) with each run's model and method."""
-    runs = [r for r in results if r.mask in ("none", "fish", "rand")]
+    runs = [r for r in results if r.mask in MASKS]
     df, files = frame(runs), results_frame(runs)
     df["model"], df["method"] = files["model"].to_numpy(), files["method"].to_numpy()
     return df
@@ -120,10 +121,10 @@ def methods_paired(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def methods_cost(results: list[RunResult], by: Sequence[str] = ("method", "task")) -> pd.DataFrame:
-    """Per `by` group (method and task; model and task to set two models side by side), what a run cost as its
-    result files record it (on whatever machines trained them: the files' `host`, `threads` and `precision`
-    say which)."""
-    files = results_frame(results)
+    """Per `by` group (method and task; model and task to set two models side by side), what a run of ROWS cost
+    as its result files record it (on whatever machines trained them: the files' `host`, `threads` and
+    `precision` say which); other masks' runs are left out."""
+    files = results_frame([r for r in results if r.mask in MASKS])
     files["masked"] = files["mask"] != "none"
     out = []
     for key, g in files.groupby(list(by), sort=False):
@@ -258,7 +259,7 @@ def report(runs_dirs: Sequence[str | Path], out: str | Path, verbose: bool = Tru
         raise ValueError(f"{len(twice)} runs share a method, cell and seed (e.g. {twice.iloc[0]['path']}): one "
                          f"run per cell and seed; point --runs-dir at one study's folders")
     table, paired = methods_table(df, baselines_from(results)), methods_paired(df)
-    cost = methods_cost([r for r in results if r.mask in ("none", "fish", "rand")])
+    cost = methods_cost(results)
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "table1.csv", index=False, float_format="%.6g")
     (out / "table1.tex").write_text(to_latex(table))

@@ -125,7 +125,7 @@ def report(runs_dir: str | Path, out: str | Path, paper_model: str, n_resamples:
     cost = None
     if cost_beside is not None:
         other = finished_runs(load_results(cost_beside))
-        cost = methods_cost([r for r in [*tables["results"], *other] if r.mask in ("none", "fish", "rand")], COST_BY)
+        cost = methods_cost([*tables["results"], *other], COST_BY)
         cost.to_csv(out / "cost.csv", index=False, float_format="%.6g")
         markdown += (f"\n## Cost of a run beside {cost_beside}\n\nAs the result files record it (the machines and "
                      f"their load differ between studies).\n\n" + cost_markdown(cost, COST_BY))
