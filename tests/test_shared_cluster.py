@@ -31,7 +31,7 @@ import torch
 
 from conftest import GLUE_FIXTURES, ROOT, run_config
 from fishtune.harness import claims
-from fishtune.harness.results import (NoSpace, Unreadable, file_mode, load_failures, load_results, mask_path,
+from fishtune.harness.results import (NoSpace, Unreadable, load_failures, load_results, mask_path,
                                       save_mask_file, write_atomic, write_json_atomic)
 
 QUICK = ["model=tiny_bert", "task=rte", "budget=1", "train.max_epochs=1", "fisher.samples=8", "data.train_samples=24",
@@ -180,7 +180,6 @@ def test_files_follow_the_umask():
     with tempfile.TemporaryDirectory() as d, _umask(0o002):
         write_json_atomic(Path(d) / "r.json", {"a": 1})
         claim = claims.acquire(Path(d) / "r.json", timeout_s=600, heartbeat_s=60)
-        assert file_mode() == 0o664
         assert (Path(d) / "r.json").stat().st_mode & 0o777 == 0o664 and claim.path.stat().st_mode & 0o777 == 0o664
         claim.release()
 
@@ -252,6 +251,27 @@ def test_a_write_stopped_before_its_rename_leaves_nothing(tmp_path):
     with pytest.raises(Stop):   # a lost claim, or a signal's exception, just before the rename
         write_json_atomic(target, {"v": 2}, guard=lost)
     assert json.loads(target.read_text()) == {"v": 1} and sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+
+
+def test_a_signal_the_moment_the_temporary_file_is_made_leaves_nothing(tmp_path, monkeypatch):
+    """The race a killed sweep's worker once hit: its signal's exception raised right after the temporary
+    file was created, before the writer knew the file's name (mkstemp), so nothing removed it."""
+    from fishtune.harness.signals import Interrupted
+    from fishtune.harness.train import save_checkpoint
+    real_open = os.open
+
+    def open_then_signal(path, flags, *args, **kw):
+        fd = real_open(path, flags, *args, **kw)
+        if str(path).endswith(".tmp"):
+            os.close(fd)
+            raise Interrupted(signal.SIGTERM)
+        return fd
+    monkeypatch.setattr(os, "open", open_then_signal)
+    for write, name in ((lambda p: write_json_atomic(p, {"v": 1}), "r.json"),
+                        (lambda p: save_checkpoint(p, {"w": torch.zeros(4)}), "r.ckpt.pt")):
+        with pytest.raises(Interrupted):
+            write(tmp_path / name)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_temporary_files_of_killed_writers_are_removed_by_the_next_owner(tmp_path):

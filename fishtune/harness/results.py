@@ -47,10 +47,10 @@ import json
 import math
 import os
 import re
+import secrets
 import socket
 import subprocess
 import sys
-import tempfile
 import types
 import typing
 from collections import defaultdict
@@ -507,24 +507,6 @@ def file_owner(path: str | Path) -> str:
         return f"uid {uid}"
 
 
-def current_umask() -> int:
-    """This process's umask (Linux reads it from /proc without changing it, elsewhere it is set and put back)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def file_mode() -> int:
-    """The mode of a new file under this process's umask, as `open` would give it: 0o666 & ~umask."""
-    return 0o666 & ~current_umask()
-
-
 def temp_prefix(path: str | Path) -> str:
     """Start of the temporary files written for `path`: `.<name>.<pid>@<host>.`, then a random part and
     `.tmp`. Each writer (process, and call) has its own, and the pid and host say whether it still runs."""
@@ -552,8 +534,10 @@ def write_atomic(path: str | Path, data: bytes | memoryview, guard: Callable[[],
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=".tmp")
-        os.fchmod(fd, file_mode())  # mkstemp makes it 0600: the group could not read the result
+        # Named before it exists (not mkstemp): a signal's exception raised the moment the file is created
+        # still finds `tmp` set and removes it. O_EXCL: never another writer's file; 0o666 under the umask.
+        tmp = path.with_name(f"{temp_prefix(path)}{secrets.token_hex(8)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -562,8 +546,8 @@ def write_atomic(path: str | Path, data: bytes | memoryview, guard: Callable[[],
             guard()
         os.replace(tmp, path)
     except BaseException as e:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
+        if tmp is not None and not isinstance(e, FileExistsError):   # that one is not ours to remove
+            tmp.unlink(missing_ok=True)
         if isinstance(e, OSError) and not isinstance(e, NoSpace) and e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise NoSpace(path) from e
         raise
