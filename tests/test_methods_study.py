@@ -119,7 +119,7 @@ def test_one_run_per_cell_and_seed(runs, tmp_path):
 
 def test_cost_per_method_and_task_from_the_files(tmp_path):
     """cost.csv's figures equal the recorded fields, computed here with plain loops; Fisher seconds count
-    only the masked runs (an original row computes none)."""
+    only the fish runs (original and rand compute none and record 0 s, as the harness writes them)."""
     folder = tmp_path / "runs"
     rng = np.random.default_rng(3)
     written = []
@@ -128,7 +128,7 @@ def test_cost_per_method_and_task_from_the_files(tmp_path):
             for seed in SEEDS:
                 written.append(write_result(folder, method=method, mask=mask, task="sst2", seed=seed, precision="fp32",
                                             dev_labels=SST2_LABELS, train_seconds=float(rng.uniform(50, 90)),
-                                            fisher_seconds=0.0 if mask == "none" else float(rng.uniform(1, 2)),
+                                            fisher_seconds=float(rng.uniform(1, 2)) if mask == "fish" else 0.0,
                                             samples_per_second=float(rng.uniform(10, 60)),
                                             peak_rss_mb=float(rng.uniform(900, 1400))))
     cost = methods.report([folder], tmp_path / "out", verbose=False)["cost"].set_index("method")
@@ -140,7 +140,7 @@ def test_cost_per_method_and_task_from_the_files(tmp_path):
         assert row["runs"] == 9 and row["precision"] == "fp32"
         assert (row["train_s_mean"], row["train_s_min"], row["train_s_max"]) == (
             pytest.approx(sum(train) / 9), min(train), max(train))
-        assert row["fisher_s_mean"] == pytest.approx(np.mean([r.fisher_seconds for r in mine if r.mask != "none"]))
+        assert row["fisher_s_mean"] == pytest.approx(np.mean([r.fisher_seconds for r in mine if r.mask == "fish"]))
         assert row["samples_per_s_median"] == pytest.approx(np.median([r.samples_per_second for r in mine]))
         assert row["peak_rss_mb_max"] == max(r.peak_rss_mb for r in mine)
     assert "| ia3 | SST-2 | 9 |" in (tmp_path / "out" / "summary.md").read_text()

@@ -92,7 +92,7 @@ def test_a_study_with_only_its_original_rows_so_far_reports_them_and_no_pair(tmp
 
 def test_cost_beside_another_study_per_model_and_task_as_the_files_record_it(tmp_path, capsys):
     """cost.csv sets a run of each study side by side: per model and task the mean, min and max seconds of
-    training, the Fisher seconds of masked runs, the median samples/s and the highest peak RSS, checked against
+    training, the Fisher seconds of fish runs (rand's 0 s left out), the median samples/s and the highest peak RSS, checked against
     a plain loop over the written files."""
     rng = np.random.default_rng(1)
     written = []
@@ -101,7 +101,7 @@ def test_cost_beside_another_study_per_model_and_task_as_the_files_record_it(tmp
             written.append(write_result(
                 tmp_path / folder, run_id=f"{model}-{task}-{mask}-{seed}", model=model, task=task, mask=mask, seed=seed,
                 score=70.0 + seed, train_seconds=float(rng.uniform(50, 900)), samples_per_second=float(rng.uniform(1, 60)),
-                fisher_seconds=0.0 if mask == "none" else float(rng.uniform(1, 60)),
+                fisher_seconds=float(rng.uniform(1, 60)) if mask == "fish" else 0.0,
                 peak_rss_mb=float(rng.uniform(900, 4000))))
     # a head-only run of the other folder is no row of the study: left out of the cost
     write_result(tmp_path / "beside", run_id="minilm-sst2-head_only-1", model="minilm", mask="head_only", train_seconds=1e6)
@@ -116,7 +116,7 @@ def test_cost_beside_another_study_per_model_and_task_as_the_files_record_it(tmp
         assert int(row["runs"]) == len(runs) == 6
         assert float(row["train_s_mean"]) == pytest.approx(sum(train) / len(train), rel=1e-5)
         assert (float(row["train_s_min"]), float(row["train_s_max"])) == pytest.approx((min(train), max(train)), rel=1e-5)
-        fisher = [r.fisher_seconds for r in runs if r.mask != "none"]
+        fisher = [r.fisher_seconds for r in runs if r.mask == "fish"]
         assert float(row["fisher_s_mean"]) == pytest.approx(sum(fisher) / len(fisher), rel=1e-5)
         median = float(np.median([r.samples_per_second for r in runs]))
         assert float(row["samples_per_s_median"]) == pytest.approx(median, rel=1e-5)

@@ -18,7 +18,7 @@ writes under `--out`:
                       paper's fish - original (pooled: the mean of its deltas on the same tasks)
   forest.png / .pdf   those differences with their intervals per method, the paper's deltas marked
   cost.csv            per method and task: runs, seconds of training per run (mean, min, max), seconds of
-                      Fisher per masked run, samples per second (median) and peak RSS (max) as recorded
+                      Fisher per fish run, samples per second (median) and peak RSS (max) as recorded
   summary.md          the three tables in Markdown
 """
 from __future__ import annotations
@@ -31,6 +31,7 @@ from typing import Sequence
 import pandas as pd
 
 from ..harness.results import RunResult, finished_runs, load_results
+from ..modes import MODES
 from . import results_frame
 from .aggregate import save_figure
 from .paper import TASK_TITLES, paper_table
@@ -123,15 +124,16 @@ def methods_paired(df: pd.DataFrame) -> pd.DataFrame:
 def methods_cost(results: list[RunResult], by: Sequence[str] = ("method", "task")) -> pd.DataFrame:
     """Per `by` group (method and task; model and task to set two models side by side), what a run of ROWS cost
     as its result files record it (on whatever machines trained them: the files' `host`, `threads` and
-    `precision` say which); other masks' runs are left out."""
+    `precision` say which); other masks' runs are left out. The Fisher time is the mean over the runs whose mask
+    scores entries (fish; rand's 0 s would halve it)."""
     files = results_frame([r for r in results if r.mask in MASKS])
-    files["masked"] = files["mask"] != "none"
+    files["scored"] = files["mask"].map(lambda m: MODES[m].score is not None)
     out = []
     for key, g in files.groupby(list(by), sort=False):
         train = g["train_seconds"].astype(float)
         out.append({**dict(zip(by, key)), "runs": len(g), "train_s_mean": train.mean(),
                     "train_s_min": train.min(), "train_s_max": train.max(),
-                    "fisher_s_mean": g.loc[g["masked"], "fisher_seconds"].astype(float).mean(),
+                    "fisher_s_mean": g.loc[g["scored"], "fisher_seconds"].astype(float).mean(),
                     "samples_per_s_median": g["samples_per_second"].astype(float).median(),
                     "peak_rss_mb_max": g["peak_rss_mb"].astype(float).max(),
                     "precision": ",".join(sorted(set(g["precision"].dropna())))})
@@ -142,7 +144,7 @@ def methods_cost(results: list[RunResult], by: Sequence[str] = ("method", "task"
 
 def cost_markdown(cost: pd.DataFrame, by: Sequence[str] = ("method", "task")) -> str:
     """cost.csv (of methods_cost with the same `by`) as Markdown."""
-    lines = ["| " + " | ".join(by) + " | runs | train s per run, mean (min-max) | Fisher s per masked run | "
+    lines = ["| " + " | ".join(by) + " | runs | train s per run, mean (min-max) | Fisher s per fish run | "
              "samples/s (median) | peak RSS MB (max) | precision |", "|" + "---|" * len(by) + "---:|---:|---:|---:|---:|---|"]
     for r in cost.to_dict("records"):
         keys = [TASK_TITLES.get(r[k], r[k]) if k == "task" else str(r[k]) for k in by]
