@@ -49,7 +49,7 @@ def test_every_study_names_experiments_and_report_modules_that_exist(study):
 def test_the_committed_studies_runs_folders_hold_their_runs_and_every_committed_runs_folder_is_registered():
     committed = [s for s in studies.STUDIES if s.committed]
     assert {s.name for s in committed} >= {"pooler", "pooler-why", "mean", "methods", "bf16-parity",
-                                           "bf16-parity-methods"}
+                                           "bf16-parity-methods", "adaptive", "smollm2"}
     folders = {arm.runs_dir for s in committed for arm in s.arms}
     for folder in folders:
         assert list((ROOT / folder).glob("*.json")), f"{folder}: no committed result file"

@@ -135,8 +135,7 @@ STUDIES = (
            # it is paired with.
            page((SMOLLM2_RUNS, ADAPTIVE_RUNS, f"{MEAN_RUNS}/core"), "results/study/second/index.html", "--title",
                 "fishtune: a second model (SmolLM2-135M, Table 2's LLaMA rows) and a second method (FisherAdapTune "
-                "on MiniLM, with the mean study's core arm)")),
-          committed=False),  # running
+                "on MiniLM, with the mean study's core arm)"))),
     Study("methods", "FISH in DoRA, Adapter, Prefix, IA3 and UniPELT, Table 1's layout with the mean study's LoRA "
           "rows (make table1 PROFILE=study)", methods_arms(METHODS_RUNS), METHODS_REPORTS),
     Study("methods-pilot", "the methods study narrowed to the original rows at budget 1 on SST-2, seeds 1-2",
