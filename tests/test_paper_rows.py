@@ -92,8 +92,8 @@ def test_a_study_with_only_its_original_rows_so_far_reports_them_and_no_pair(tmp
 
 def test_cost_beside_another_study_per_model_and_task_as_the_files_record_it(tmp_path, capsys):
     """cost.csv sets a run of each study side by side: per model and task the mean, min and max seconds of
-    training, the Fisher seconds of fish runs (rand's 0 s left out), the median samples/s and the highest peak RSS, checked against
-    a plain loop over the written files."""
+    training, the Fisher seconds of fish runs (rand's 0 s left out), the median samples/s and the highest peak
+    RSS, checked against a plain loop over the written files."""
     rng = np.random.default_rng(1)
     written = []
     for folder, model in (("runs", "smollm2"), ("beside", "minilm")):
